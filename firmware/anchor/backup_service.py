@@ -1,0 +1,194 @@
+"""The anchor's side of a backup: answers a rover's manifest from what it holds.
+
+One BackupHandler per session. It turns checked messages into replies and touches the
+store and catalog only in ways that are safe to repeat: chunks land in the store as they
+arrive (so a resumed session never re-sends them), and nothing becomes part of a snapshot
+until COMMIT, which checks the whole tree against the rover's root digest first.
+"""
+import hashlib
+import logging
+import zlib
+
+from core import chunker
+from core import messages as m
+from anchor.trees import apply_delta
+
+log = logging.getLogger("anchor.backup")
+
+
+class BackupHandler:
+    def __init__(self, anchor):
+        self.anchor = anchor
+        self.catalog = anchor.catalog
+        self.store = anchor.store
+        self.trees = anchor.trees
+        self.dev = None
+        self.device = None
+        self.parent = None
+        self.delta = []               # PUT/DEL entries in canonical order
+        self.last_key = None
+        self.batches = {}             # seq -> entries, kept until VERDICT is sent
+        self.expected = {}            # oid -> size, for objects we asked the chunk list of
+        self.declaring = {}           # oid -> bytearray of chunk ids received so far
+        self.declared = {}            # oid -> (size, ids) complete chunk lists
+        self.needed = set()           # chunk ids asked for and not yet received
+        self.uploaded = []            # chunk ids received this session (scope)
+        self.uploaded_set = set()
+        self.counts = {"backup_rx_data": 0, "chunks_uploaded": 0, "raw_uploaded": 0}
+
+    def handle(self, msg):
+        t = msg[0]
+        if t == m.HELLO:
+            return [self._hello(msg)]
+        if t == m.ENTRIES:
+            return [self._entries(msg)]
+        if t == m.CHUNKLIST:
+            return [self._chunklist(msg)]
+        if t == m.DATA:
+            self._data(msg)
+            return []
+        if t == m.COMMIT:
+            return [self._commit(msg)]
+        if t == m.ERROR:
+            log.info("rover %s ended the session: %s", self.device, msg[2])
+            return []
+        raise m.ProtocolError(m.E_PROTOCOL, "unexpected %s" % m.NAMES.get(t, t))
+
+    # --- HELLO -------------------------------------------------------------------------
+
+    def _hello(self, msg):
+        self.device = msg[2]
+        self.dev = self.catalog.device_id(self.device)
+        self.catalog.seen(self.dev)
+        latest = self.catalog.latest(self.dev)
+        parent = msg[3]
+        ok = True
+        if parent is not None and self.catalog.snapshot(self.dev, parent) is None:
+            # The rover's base is unknown here: it must describe its whole tree.
+            ok = False
+            parent = None
+        self.parent = parent
+        log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[3],
+                 "ok" if ok else "unknown", latest)
+        return m.welcome(latest, ok, m.CAP_ZLIB)
+
+    # --- manifest ----------------------------------------------------------------------
+
+    def _entries(self, msg):
+        wanted = []
+        for i, e in enumerate(msg[2]):
+            key = m.path_key(e[1])
+            if self.last_key is not None and key <= self.last_key:
+                raise m.ProtocolError(m.E_PROTOCOL, "entries out of order at %r" % e[1])
+            self.last_key = key
+            self.delta.append(e)
+            if e[0] != m.OP_PUT or e[2] != m.T_FILE:
+                continue
+            oid, size = e[6], e[3]
+            if self._have_object(oid, size):
+                continue
+            if oid in self.expected and self.expected[oid] != size:
+                raise m.ProtocolError(m.E_BAD_DATA, "object %s named with two sizes" % oid.hex()[:16])
+            self.expected[oid] = size
+            wanted.append(i)
+        return m.verdict(msg[1], wanted)
+
+    def _have_object(self, oid, size):
+        if size == 0 and oid == chunker.EMPTY_OBJECT_ID:
+            return True
+        if oid in self.declared:
+            return True
+        return self.catalog.device_has_object(self.dev, oid)
+
+    def _chunklist(self, msg):
+        oid, start, ids, last = msg[1], msg[2], msg[3], msg[4]
+        if oid not in self.expected or oid in self.declared:
+            raise m.ProtocolError(m.E_PROTOCOL, "chunk list for an object not asked for")
+        got = self.declaring.setdefault(oid, bytearray())
+        if start != len(got) // 32:
+            raise m.ProtocolError(m.E_PROTOCOL, "chunk list resumes at %d, expected %d" % (start, len(got) // 32))
+        for c in ids:
+            got += c
+        if len(got) // 32 > self.expected[oid] // chunker.MIN_SIZE + 2:
+            raise m.ProtocolError(m.E_BAD_DATA, "more chunks than the object's size allows")
+        # A chunk counts as held only if this device brought it in: knowing a hash must
+        # never be enough to claim another rover's data.
+        in_scope = self.catalog.chunks_in_scope(self.dev, ids)
+        needed = []
+        for i, c in enumerate(ids):
+            if c in self.uploaded_set or c in self.needed or (c in in_scope and self.store.has(c)):
+                continue
+            needed.append(i)
+            self.needed.add(c)
+        if last:
+            h = chunker.ObjectId()
+            for i in range(0, len(got), 32):
+                h.add(bytes(got[i:i + 32]))
+            if h.finish(self.expected[oid]) != oid:
+                raise m.ProtocolError(m.E_BAD_DATA, "chunk list does not hash to object %s" % oid.hex()[:16])
+            self.declared[oid] = (self.expected[oid], bytes(got))
+            del self.declaring[oid]
+        return m.need(oid, start, needed)
+
+    # --- data --------------------------------------------------------------------------
+
+    def _data(self, msg):
+        cid, enc, payload = msg[1], msg[2], msg[3]
+        if cid not in self.needed:
+            raise m.ProtocolError(m.E_PROTOCOL, "chunk %s was not asked for" % cid.hex()[:16])
+        if enc == m.ENC_ZLIB:
+            d = zlib.decompressobj()
+            try:
+                raw = d.decompress(payload, m.MAX_CHUNK + 1)
+            except zlib.error as e:
+                raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: bad zlib data (%s)" % (cid.hex()[:16], e))
+            if len(raw) > m.MAX_CHUNK or d.unconsumed_tail or not d.eof:
+                raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: zlib data too long or truncated" % cid.hex()[:16])
+        else:
+            raw = payload
+            if len(raw) > m.MAX_CHUNK:
+                raise m.ProtocolError(m.E_TOO_LARGE, "chunk larger than %d" % m.MAX_CHUNK)
+        if hashlib.sha256(raw).digest() != cid:
+            raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: bytes do not match their id" % cid.hex()[:16])
+        self.store.put(cid, raw, enc, payload if enc == m.ENC_ZLIB else None)
+        self.needed.discard(cid)
+        self.uploaded.append(cid)
+        self.uploaded_set.add(cid)
+        self.counts["backup_rx_data"] += len(payload)
+        self.counts["chunks_uploaded"] += 1
+        self.counts["raw_uploaded"] += len(raw)
+
+    # --- commit ------------------------------------------------------------------------
+
+    def _commit(self, msg):
+        root, n_entries, total = msg[1], msg[2], msg[3]
+        if self.needed:
+            raise m.ProtocolError(m.E_MISSING, "%d asked-for chunks never arrived" % len(self.needed))
+        if self.declaring:
+            raise m.ProtocolError(m.E_MISSING, "%d chunk lists were left unfinished" % len(self.declaring))
+        missing = [oid for oid in self.expected if oid not in self.declared]
+        if missing:
+            raise m.ProtocolError(m.E_MISSING, "%d objects were named but never described" % len(missing))
+        # Chunks first, so the catalog never points at bytes that are not durable.
+        self.store.flush()
+        for oid, (size, ids) in self.declared.items():
+            for i in range(0, len(ids), 32):
+                if not self.store.has(ids[i:i + 32]):
+                    raise m.ProtocolError(m.E_MISSING, "object %s lacks chunk %s" % (oid.hex()[:16], ids[i:i + 32].hex()[:16]))
+        parent_root = None
+        if self.parent is not None:
+            parent_root = self.catalog.snapshot(self.dev, self.parent)["root"]
+        records = apply_delta(self.trees.read(parent_root), self.delta)
+        digest, count, nbytes = self.trees.write(records)
+        if digest != root or count != n_entries or nbytes != total:
+            raise m.ProtocolError(m.E_TREE, "tree mismatch: anchor built %d entries/%d bytes (%s), rover has %d/%d (%s)"
+                                  % (count, nbytes, digest.hex()[:16], n_entries, total, root.hex()[:16]))
+        new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
+        seq = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes,
+                                           new_objects, self.uploaded)
+        self.store.pin([ids[i:i + 32] for _, (_, ids) in self.declared.items() for i in range(0, len(ids), 32)])
+        self.counts["backups"] = 1
+        self.counts["bytes_protected"] = nbytes
+        log.info("rover %s: snapshot %d committed (%d entries, %d bytes, %d chunks uploaded)",
+                 self.device, seq, count, nbytes, len(self.uploaded))
+        return m.committed(seq)

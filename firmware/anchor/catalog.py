@@ -1,0 +1,181 @@
+"""The catalog: devices, snapshots, objects and what each device may see.
+
+SQLite in WAL mode (docs/decisions.md has the measurements). The catalog only ever
+refers to chunks that the chunk store has already made durable, because the backup
+service flushes the store before it commits a catalog transaction.
+"""
+import os
+import sqlite3
+import time
+
+CATALOG_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    device_id INTEGER NOT NULL REFERENCES devices(id),
+    seq INTEGER NOT NULL,
+    parent INTEGER,
+    created REAL NOT NULL,
+    root BLOB NOT NULL,
+    entries INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE TABLE IF NOT EXISTS objects (
+    oid BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    nchunks INTEGER NOT NULL,
+    chunks BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_objects (
+    device_id INTEGER NOT NULL,
+    oid BLOB NOT NULL,
+    PRIMARY KEY (device_id, oid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_chunks (
+    device_id INTEGER NOT NULL,
+    chunk BLOB NOT NULL,
+    PRIMARY KEY (device_id, chunk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    device_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (device_id, name)
+) WITHOUT ROWID;
+"""
+
+
+class CatalogError(Exception):
+    pass
+
+
+class Catalog:
+    def __init__(self, path):
+        new = not os.path.exists(path)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None:
+            if not new and self.db.execute("SELECT count(*) FROM devices").fetchone()[0]:
+                raise CatalogError("catalog %s has data but no version" % path)
+            self.db.execute("INSERT INTO meta VALUES ('version', ?)", (str(CATALOG_VERSION),))
+        elif int(row[0]) != CATALOG_VERSION:
+            raise CatalogError("catalog %s is format version %s; this anchor reads version %d"
+                               % (path, row[0], CATALOG_VERSION))
+
+    def close(self):
+        self.db.close()
+
+    # --- devices -----------------------------------------------------------------------
+
+    def device_id(self, name, create=True):
+        row = self.db.execute("SELECT id FROM devices WHERE name=?", (name,)).fetchone()
+        if row:
+            return row[0]
+        if not create:
+            return None
+        cur = self.db.execute("INSERT INTO devices(name, created) VALUES (?, ?)", (name, time.time()))
+        return cur.lastrowid
+
+    def seen(self, dev):
+        self.db.execute("UPDATE devices SET last_seen=? WHERE id=?", (time.time(), dev))
+
+    def devices(self):
+        rows = self.db.execute(
+            "SELECT d.name, d.created, d.last_seen, count(s.seq), max(s.seq) "
+            "FROM devices d LEFT JOIN snapshots s ON s.device_id = d.id GROUP BY d.id ORDER BY d.name")
+        return [{"device": r[0], "created": r[1], "last_seen": r[2], "snapshots": r[3], "latest": r[4]}
+                for r in rows]
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def latest(self, dev):
+        row = self.db.execute("SELECT max(seq) FROM snapshots WHERE device_id=?", (dev,)).fetchone()
+        return row[0]
+
+    def snapshot(self, dev, seq):
+        row = self.db.execute(
+            "SELECT seq, parent, created, root, entries, bytes FROM snapshots WHERE device_id=? AND seq=?",
+            (dev, seq)).fetchone()
+        if row is None:
+            return None
+        return {"id": row[0], "parent": row[1], "time": row[2], "root": row[3],
+                "entries": row[4], "bytes": row[5]}
+
+    def snapshots(self, dev):
+        rows = self.db.execute(
+            "SELECT seq, parent, created, root, entries, bytes FROM snapshots WHERE device_id=? ORDER BY seq",
+            (dev,))
+        return [{"id": r[0], "parent": r[1], "time": r[2], "root": r[3], "entries": r[4], "bytes": r[5]}
+                for r in rows]
+
+    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, chunk_scope):
+        """One transaction: the objects this backup declared, the device's scope, the snapshot.
+
+        new_objects: iterable of (oid, size, chunk_ids_bytes). chunk_scope: chunk ids the
+        device proved it holds (uploaded). Returns the new snapshot number.
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for oid, size, ids in new_objects:
+                db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
+                db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
+                db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
+                               ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
+            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
+                           ((dev, c) for c in chunk_scope))
+            seq = (self.latest(dev) or 0) + 1
+            db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (dev, seq, parent, time.time(), root, entries, total))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return seq
+
+    # --- objects and scope -------------------------------------------------------------
+
+    def device_has_object(self, dev, oid):
+        return self.db.execute("SELECT 1 FROM device_objects WHERE device_id=? AND oid=?",
+                               (dev, oid)).fetchone() is not None
+
+    def object_chunks(self, oid):
+        row = self.db.execute("SELECT size, chunks FROM objects WHERE oid=?", (oid,)).fetchone()
+        if row is None:
+            return None
+        ids = row[1]
+        return row[0], [ids[i:i + 32] for i in range(0, len(ids), 32)]
+
+    def chunks_in_scope(self, dev, ids):
+        """The subset of `ids` this device has uploaded or holds through its objects."""
+        have = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            q = "SELECT chunk FROM device_chunks WHERE device_id=? AND chunk IN (%s)" % ",".join("?" * len(part))
+            have.update(r[0] for r in self.db.execute(q, (dev, *part)))
+        return have
+
+    # --- counters ----------------------------------------------------------------------
+
+    def count(self, dev, **amounts):
+        self.db.executemany(
+            "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(device_id, name) DO UPDATE SET value = value + excluded.value",
+            ((dev, k, v) for k, v in amounts.items() if v))
+
+    def counters(self):
+        out = {}
+        for name, key, value in self.db.execute(
+                "SELECT d.name, c.name, c.value FROM counters c JOIN devices d ON d.id = c.device_id"):
+            out.setdefault(name, {})[key] = value
+        return out

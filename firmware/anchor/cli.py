@@ -1,0 +1,73 @@
+"""`anchor serve`: the gateway daemon's command line."""
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+DEFAULT_DATA = "./var/anchor"
+DEFAULT_LISTEN = "tcp://127.0.0.1:7420"
+
+
+def parse_tcp(url):
+    if not url.startswith("tcp://"):
+        raise ValueError("link %r: expected tcp://HOST:PORT" % url)
+    host, _, port = url[6:].rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("link %r: expected tcp://HOST:PORT" % url)
+    return host.strip("[]"), int(port)
+
+
+def parse_unix(url):
+    if not url.startswith("unix:") or len(url) <= 5:
+        raise ValueError("management address %r: expected unix:PATH" % url)
+    return url[5:]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="anchor", description="Anchor gateway daemon")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("serve", help="serve rover links and the management API")
+    sp.add_argument("--data", default=DEFAULT_DATA, help="data directory (default %(default)s)")
+    sp.add_argument("--listen", default=DEFAULT_LISTEN, help="rover link, tcp://HOST:PORT (default %(default)s; port 0 picks one)")
+    sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
+    sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        host, port = parse_tcp(args.listen)
+        mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
+    except ValueError as e:
+        ap.error(str(e))
+
+    from anchor.daemon import Anchor, serve
+
+    anchor = Anchor(args.data)
+
+    def ready(bound):
+        print("anchor: data in %s" % anchor.data_dir, flush=True)
+        print("anchor: rovers connect to tcp://%s:%d, e.g.\n"
+              "    .venv/bin/rover --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT\n"
+              "    tools/rover-mpy --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT"
+              % (host, bound, host, bound, host, bound), flush=True)
+        print("anchor: operators use  ANCHOR=unix:%s .venv/bin/anchorctl devices" % os.path.abspath(mgmt), flush=True)
+        if args.ready_file:
+            tmp = args.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("%d\n" % bound)
+            os.rename(tmp, args.ready_file)
+
+    try:
+        asyncio.run(serve(anchor, host, port, mgmt, ready))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        anchor.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

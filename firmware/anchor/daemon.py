@@ -1,0 +1,128 @@
+"""The anchor daemon: opens the data directory, serves rover links and the management API."""
+import asyncio
+import logging
+import os
+
+from core import messages as m
+from core import states
+from core.session import Session
+from anchor.backup_service import BackupHandler
+from anchor.catalog import Catalog
+from anchor.store import ChunkStore
+from anchor.trees import TreeStore
+
+log = logging.getLogger("anchor")
+
+DATA_VERSION = 1
+READ_SIZE = 65536
+IDLE_TIMEOUT = 300
+
+
+class Anchor:
+    """Everything the anchor holds, opened from one data directory."""
+
+    def __init__(self, data_dir):
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._check_version()
+        self.store = ChunkStore(os.path.join(self.data_dir, "chunks"))
+        self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
+        self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
+        self.link_bytes = {"rx": 0, "tx": 0}
+
+    def _check_version(self):
+        p = os.path.join(self.data_dir, "ANCHOR-DATA")
+        if os.path.exists(p):
+            with open(p) as f:
+                v = f.read().strip()
+            if v != "anchor-data %d" % DATA_VERSION:
+                raise SystemExit("%s: data format %r, this anchor reads 'anchor-data %d'" % (p, v, DATA_VERSION))
+        else:
+            with open(p + ".tmp", "w") as f:
+                f.write("anchor-data %d\n" % DATA_VERSION)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(p + ".tmp", p)
+
+    def close(self):
+        self.store.close()
+        self.catalog.close()
+
+    # --- one rover link ----------------------------------------------------------------
+
+    async def serve_stream(self, reader, writer):
+        """Run one session over a byte stream. Errors end this session only."""
+        peer = writer.get_extra_info("peername")
+        sess = Session(states.ANCHOR)
+        handler = BackupHandler(self)
+        try:
+            while not sess.closed:
+                try:
+                    data = await asyncio.wait_for(reader.read(READ_SIZE), IDLE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    raise m.ProtocolError(m.E_PROTOCOL, "no data for %d s; closing" % IDLE_TIMEOUT)
+                if not data:
+                    break
+                sess.receive_data(data)
+                if sess.corrupt:
+                    # A stream link delivers bytes intact or not at all: damage here means
+                    # a broken or hostile peer, not noise to resynchronise over.
+                    raise m.ProtocolError(m.E_PROTOCOL, "corrupt frame on a stream link (%d bad frames, %d garbage bytes)"
+                                          % (sess.corrupt[0], sess.corrupt[1]))
+                while True:
+                    msg = sess.next_event()
+                    if msg is None:
+                        break
+                    for reply in handler.handle(msg):
+                        writer.write(sess.send(reply))
+                    if sess.closed:
+                        break
+                await writer.drain()
+        except m.ProtocolError as e:
+            log.warning("session %s (%s): %s", peer, handler.device, e.text)
+            await self._send_error(sess, writer, e.code, e.text)
+        except Exception as e:  # one broken session must not take the anchor down
+            log.exception("session %s (%s) failed", peer, handler.device)
+            await self._send_error(sess, writer, m.E_INTERNAL, "anchor error: %s" % e)
+        finally:
+            self.link_bytes["rx"] += sess.bytes_in
+            self.link_bytes["tx"] += sess.bytes_out
+            if handler.dev is not None:
+                handler.counts["link_rx"] = sess.bytes_in
+                handler.counts["link_tx"] = sess.bytes_out
+                try:
+                    self.catalog.count(handler.dev, **handler.counts)
+                except Exception:
+                    log.exception("could not record counters")
+            # Chunks that arrived stay useful to a resumed session.
+            try:
+                self.store.flush()
+            except Exception:
+                log.exception("flush after session failed")
+            writer.close()
+
+    async def _send_error(self, sess, writer, code, text):
+        try:
+            if not sess.closed:
+                writer.write(sess.send(m.error(code, text)))
+                await writer.drain()
+        except Exception:
+            pass
+
+
+async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None):
+    from anchor import mgmt
+    server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)
+    port = server.sockets[0].getsockname()[1]
+    mserver = None
+    if mgmt_path:
+        mserver = await mgmt.start(anchor, mgmt_path)
+    log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
+    if ready:
+        ready(port)
+    try:
+        await server.serve_forever()
+    finally:
+        server.close()
+        if mserver:
+            mserver.close()

@@ -1,0 +1,196 @@
+"""The management API: HTTP/1.1 over a unix socket, JSON in and out (docs/management.md).
+
+HTTP because operators already have clients for it (`curl --unix-socket`), and a unix
+socket because its file permissions decide who is an operator. One request per
+connection keeps the server small; restore streams its answer until the connection closes.
+"""
+import asyncio
+import json
+import logging
+import os
+import struct
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from core import messages as m
+
+log = logging.getLogger("anchor.mgmt")
+
+MAX_REQUEST = 16384
+RESTORE_TYPE = "application/x-anchor-restore"
+
+
+class ApiError(Exception):
+    def __init__(self, status, text):
+        Exception.__init__(self, text)
+        self.status = status
+        self.text = text
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+
+
+async def start(anchor, path):
+    if os.path.exists(path):
+        os.unlink(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    api = Api(anchor)
+    old = os.umask(0o177)   # the socket is the operator's alone (owner read/write)
+    try:
+        server = await asyncio.start_unix_server(api.handle, path)
+    finally:
+        os.umask(old)
+    return server
+
+
+class Api:
+    def __init__(self, anchor):
+        self.anchor = anchor
+        self.catalog = anchor.catalog
+
+    async def handle(self, reader, writer):
+        try:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+                raise ApiError(400, "request head missing or too long")
+            if len(head) > MAX_REQUEST:
+                raise ApiError(400, "request head too long")
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split(" ")
+            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                raise ApiError(400, "bad request line")
+            if parts[0] != "GET":
+                raise ApiError(405, "only GET is supported")
+            url = urlsplit(parts[1])
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            segs = [unquote(s) for s in url.path.split("/") if s]
+            await self.route(segs, query, writer)
+        except ApiError as e:
+            await self._json(writer, {"error": e.text}, e.status)
+        except Exception as e:
+            log.exception("management request failed")
+            try:
+                await self._json(writer, {"error": "internal error: %s" % e}, 500)
+            except Exception:
+                pass
+        finally:
+            try:
+                await writer.drain()
+            except Exception:
+                pass
+            writer.close()
+
+    async def _json(self, writer, obj, status=200):
+        body = (json.dumps(obj, indent=None) + "\n").encode()
+        writer.write(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\n\r\n" % (status, _REASONS.get(status, ""), len(body))).encode() + body)
+        await writer.drain()
+
+    # --- routing -----------------------------------------------------------------------
+
+    async def route(self, segs, q, writer):
+        if len(segs) < 2 or segs[0] != "v1":
+            raise ApiError(404, "no such endpoint")
+        if segs[1:] == ["devices"]:
+            return await self._json(writer, self.catalog.devices())
+        if segs[1:] == ["stats"]:
+            return await self._json(writer, self.stats())
+        if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":
+            dev = self._device(segs[2])
+            if len(segs) == 4:
+                return await self._json(writer, [self._snap_json(s) for s in self.catalog.snapshots(dev)])
+            snap = self._snapshot(dev, segs[4])
+            if len(segs) == 5:
+                return await self._json(writer, self._snap_json(snap))
+            if len(segs) == 6 and segs[5] == "tree":
+                return await self._json(writer, self.ls(snap, q.get("path", ""), q.get("recursive") == "1"))
+            if len(segs) == 6 and segs[5] == "restore":
+                return await self.restore(writer, snap, q.get("path", ""))
+        raise ApiError(404, "no such endpoint")
+
+    def _device(self, name):
+        dev = self.catalog.device_id(name, create=False)
+        if dev is None:
+            raise ApiError(404, "no device %r" % name)
+        return dev
+
+    def _snapshot(self, dev, which):
+        if which == "latest":
+            seq = self.catalog.latest(dev)
+            if seq is None:
+                raise ApiError(404, "device has no snapshots yet")
+        else:
+            try:
+                seq = int(which)
+            except ValueError:
+                raise ApiError(400, "snapshot must be a number or 'latest'")
+        snap = self.catalog.snapshot(dev, seq)
+        if snap is None:
+            raise ApiError(404, "no snapshot %s" % which)
+        return snap
+
+    @staticmethod
+    def _snap_json(s):
+        return {"id": s["id"], "parent": s["parent"], "time": s["time"], "root": s["root"].hex(),
+                "entries": s["entries"], "bytes": s["bytes"]}
+
+    @staticmethod
+    def _entry_json(r):
+        e = {"path": r[0], "type": ("file", "dir", "symlink")[r[1]], "size": r[2], "mtime_ns": r[3],
+             "mode": r[4]}
+        if r[5] is not None:
+            e["object"] = r[5].hex()
+        if r[6] is not None:
+            e["target"] = r[6]
+        return e
+
+    def _records(self, snap, prefix):
+        prefix = prefix.strip("/")
+        if prefix:
+            try:
+                m.check_path(prefix)
+            except m.ProtocolError as e:
+                raise ApiError(400, "bad path: %s" % e.text)
+        found = False
+        for r in self.anchor.trees.read(snap["root"]):
+            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/"):
+                found = True
+                yield r
+        if prefix and not found:
+            raise ApiError(404, "no path %r in snapshot %d" % (prefix, snap["id"]))
+
+    def ls(self, snap, prefix, recursive):
+        prefix = prefix.strip("/")
+        depth = prefix.count("/") + 1 if prefix else 0
+        out = []
+        for r in self._records(snap, prefix):
+            d = r[0].count("/")
+            if recursive or r[0] == prefix or d == depth:
+                out.append(self._entry_json(r))
+        return out
+
+    async def restore(self, writer, snap, prefix):
+        """Stream entries: u32 header length, JSON header, then `size` bytes for files; a
+        zero length ends the stream, so a cut connection is never taken for a whole restore."""
+        records = self._records(snap, prefix)
+        first = next(records, None)   # a bad path is reported as an HTTP error, before the 200
+        writer.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n" % RESTORE_TYPE).encode())
+        store = self.anchor.store
+        r = first
+        while r is not None:
+            hdr = json.dumps(self._entry_json(r)).encode()
+            writer.write(struct.pack(">I", len(hdr)) + hdr)
+            if r[1] == m.T_FILE and r[2]:
+                info = self.catalog.object_chunks(r[5])
+                if info is None:
+                    raise ApiError(500, "object of %s is missing" % r[0])
+                for cid in info[1]:
+                    writer.write(store.get(cid))
+                    await writer.drain()
+            r = next(records, None)
+        writer.write(struct.pack(">I", 0))
+        await writer.drain()
+
+    def stats(self):
+        store = self.anchor.store.stats()
+        return {"store": store, "link_bytes": self.anchor.link_bytes, "devices": self.catalog.counters()}

@@ -1,0 +1,124 @@
+"""Snapshot trees on the anchor: one file per distinct tree, named by its root digest.
+
+A tree is the sorted list of entry records of one snapshot (docs/storage.md §Trees).
+Content addressing means a backup in which nothing changed adds no file at all.
+"""
+import hashlib
+import os
+import struct
+import zlib
+
+from core import cbor
+from core import messages as m
+
+TREE_MAGIC = b"ANTR"
+TREE_VERSION = 1
+_HDR = TREE_MAGIC + bytes([TREE_VERSION])
+
+
+class TreeError(Exception):
+    pass
+
+
+def record_digest_update(h, rec):
+    h.update(cbor.encode(rec))
+
+
+class TreeStore:
+    def __init__(self, root):
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    def path(self, digest):
+        return os.path.join(self.root, digest.hex() + ".tree")
+
+    def exists(self, digest):
+        return os.path.exists(self.path(digest))
+
+    def write(self, records):
+        """Write records (already in canonical order) and return (digest, count, bytes).
+
+        The file lands under its digest only after fsync and rename, so a crash leaves
+        either no tree or a whole one.
+        """
+        h = hashlib.sha256()
+        count = 0
+        total = 0
+        tmp = os.path.join(self.root, ".tmp-%d" % os.getpid())
+        comp = zlib.compressobj(6)
+        with open(tmp, "wb") as f:
+            f.write(_HDR)
+            for rec in records:
+                enc = cbor.encode(rec)
+                h.update(enc)
+                count += 1
+                if rec[1] == m.T_FILE:
+                    total += rec[2]
+                f.write(comp.compress(struct.pack(">I", len(enc)) + enc))
+            f.write(comp.flush())
+            f.flush()
+            os.fsync(f.fileno())
+        digest = h.digest()
+        final = self.path(digest)
+        if os.path.exists(final):
+            os.unlink(tmp)
+        else:
+            os.rename(tmp, final)
+            dfd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return digest, count, total
+
+    def read(self, digest):
+        """Yield the records of a tree, streaming."""
+        if digest is None:
+            return
+        p = self.path(digest)
+        try:
+            f = open(p, "rb")
+        except FileNotFoundError:
+            raise TreeError("tree %s is missing from the catalog" % digest.hex())
+        with f:
+            if f.read(len(_HDR)) != _HDR:
+                raise TreeError("tree %s has an unknown header (format version %d expected)"
+                                % (digest.hex(), TREE_VERSION))
+            d = zlib.decompressobj()
+            buf = b""
+            while True:
+                block = f.read(65536)
+                if block:
+                    buf += d.decompress(block)
+                else:
+                    buf += d.flush()
+                pos = 0
+                while len(buf) - pos >= 4:
+                    n = struct.unpack_from(">I", buf, pos)[0]
+                    if len(buf) - pos - 4 < n:
+                        break
+                    yield cbor.decode(buf, pos + 4, pos + 4 + n)
+                    pos += 4 + n
+                buf = buf[pos:]
+                if not block:
+                    if buf:
+                        raise TreeError("tree %s is truncated" % digest.hex())
+                    return
+
+
+def apply_delta(parent_records, delta):
+    """Merge a sorted parent tree with a sorted delta (PUT/DEL entries) into new records."""
+    it = iter(parent_records)
+    old = next(it, None)
+    for e in delta:
+        key = m.path_key(e[1])
+        while old is not None and m.path_key(old[0]) < key:
+            yield old
+            old = next(it, None)
+        if old is not None and m.path_key(old[0]) == key:
+            old = next(it, None)
+        if e[0] == m.OP_PUT:
+            yield m.tree_record(e[1], e[2], e[3], e[4], e[5], e[6], e[7] if len(e) > 7 else None)
+    while old is not None:
+        yield old
+        old = next(it, None)

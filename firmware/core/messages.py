@@ -1,0 +1,311 @@
+# Protocol messages: numbers, builders and the checks every received message passes.
+#
+# A message is a CBOR array [type, field, ...] (docs/protocol.md §3). Arrays, not maps:
+# field names would cost radio bytes on every message. Receivers ignore trailing fields
+# they do not know, so a later minor revision can append fields without a version bump.
+from core.compat import const
+from core import cbor
+
+PROTO_VERSION = const(1)
+
+HELLO = const(1)
+WELCOME = const(2)
+ENTRIES = const(3)
+VERDICT = const(4)
+CHUNKLIST = const(5)
+NEED = const(6)
+DATA = const(7)
+COMMIT = const(8)
+COMMITTED = const(9)
+ERROR = const(10)
+
+NAMES = {
+    HELLO: "HELLO", WELCOME: "WELCOME", ENTRIES: "ENTRIES", VERDICT: "VERDICT",
+    CHUNKLIST: "CHUNKLIST", NEED: "NEED", DATA: "DATA", COMMIT: "COMMIT",
+    COMMITTED: "COMMITTED", ERROR: "ERROR",
+}
+
+# Entry operations and types inside ENTRIES.
+OP_PUT = const(0)
+OP_DEL = const(1)
+T_FILE = const(0)
+T_DIR = const(1)
+T_LINK = const(2)
+
+# Chunk payload encodings inside DATA (the store uses the same numbers).
+ENC_RAW = const(0)
+ENC_ZLIB = const(1)
+
+# Capability bits in HELLO/WELCOME.
+CAP_ZLIB = const(1)   # sender can produce zlib DATA (every anchor accepts it)
+
+# Error codes (ERROR message). Numbers are part of the protocol; text is for people.
+E_PROTOCOL = const(1)     # malformed or out-of-order message
+E_VERSION = const(2)      # unsupported protocol version
+E_DEVICE = const(3)       # unknown or refused device
+E_BAD_DATA = const(4)     # chunk bytes do not match their id, object id mismatch
+E_MISSING = const(5)      # COMMIT names data the anchor does not hold
+E_TREE = const(6)         # the tree the anchor built differs from the rover's root digest
+E_INTERNAL = const(7)     # the anchor failed; nothing was committed
+E_TOO_LARGE = const(8)    # a length or count above the limits
+
+# Limits on anything that arrives from the wire.
+MAX_DEVICE_LEN = const(64)
+MAX_PATH_BYTES = const(1024)
+MAX_PATH_DEPTH = const(64)
+MAX_ENTRIES = const(256)       # entries per ENTRIES message
+MAX_IDS = const(512)           # chunk ids per CHUNKLIST message (16 KiB)
+MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
+MAX_SIZE = 1 << 48             # largest file
+MAX_TEXT = const(512)
+
+
+class ProtocolError(Exception):
+    """A message broke the protocol. `code` is the ERROR code to send back."""
+
+    def __init__(self, code, text):
+        Exception.__init__(self, text)
+        self.code = code
+        self.text = text
+
+
+def _fail(text, code=E_PROTOCOL):
+    raise ProtocolError(code, text)
+
+
+def _int(v, lo, hi, what):
+    if type(v) is not int or v < lo or v > hi:
+        _fail("%s must be an integer in [%d, %d]" % (what, lo, hi))
+    return v
+
+
+def _opt_int(v, lo, hi, what):
+    if v is None:
+        return v
+    return _int(v, lo, hi, what)
+
+
+def _bytes(v, n, what):
+    if type(v) is not bytes or len(v) != n:
+        _fail("%s must be %d bytes" % (what, n))
+    return v
+
+
+def _text(v, maxlen, what):
+    if type(v) is not str or len(v) > maxlen:
+        _fail("%s must be text of at most %d characters" % (what, maxlen))
+    return v
+
+
+def _list(v, maxlen, what):
+    if type(v) is not list:
+        _fail("%s must be an array" % what)
+    if len(v) > maxlen:
+        _fail("%s has %d items, limit %d" % (what, len(v), maxlen), E_TOO_LARGE)
+    return v
+
+
+def check_device(name):
+    if type(name) is not str or not 0 < len(name) <= MAX_DEVICE_LEN:
+        _fail("device id must be 1..%d characters" % MAX_DEVICE_LEN, E_DEVICE)
+    for c in name:
+        if not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c in "._-"):
+            _fail("device id may hold only letters, digits, '.', '_' and '-'", E_DEVICE)
+    return name
+
+
+def check_path(path):
+    """A relative path inside the backed-up tree: '/'-separated, no '', '.', '..', no NUL."""
+    if type(path) is not str or not path:
+        _fail("path must be non-empty text")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        _fail("path longer than %d bytes" % MAX_PATH_BYTES, E_TOO_LARGE)
+    if "\x00" in path:
+        _fail("path holds NUL")
+    parts = path.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        _fail("path deeper than %d" % MAX_PATH_DEPTH, E_TOO_LARGE)
+    for p in parts:
+        if p == "" or p == "." or p == "..":
+            _fail("path component '%s' not allowed" % p)
+    return path
+
+
+def path_key(path):
+    # Canonical tree order compares paths component by component; mapping '/' to the
+    # lowest character makes plain string comparison do exactly that.
+    return path.replace("/", "\x00")
+
+
+# --- builders -------------------------------------------------------------------------
+
+def hello(device, parent, caps):
+    return [HELLO, PROTO_VERSION, device, parent, caps]
+
+
+def welcome(latest, parent_ok, caps):
+    return [WELCOME, PROTO_VERSION, latest, parent_ok, caps]
+
+
+def put_entry(path, etype, size, mtime_ns, mode, oid, target=None):
+    if target is None:
+        return [OP_PUT, path, etype, size, mtime_ns, mode, oid]
+    return [OP_PUT, path, etype, size, mtime_ns, mode, oid, target]
+
+
+def del_entry(path):
+    return [OP_DEL, path]
+
+
+def entries(seq, items):
+    return [ENTRIES, seq, items]
+
+
+def verdict(seq, wanted):
+    return [VERDICT, seq, wanted]
+
+
+def chunklist(oid, start, ids, last):
+    return [CHUNKLIST, oid, start, ids, last]
+
+
+def need(oid, start, indices):
+    return [NEED, oid, start, indices]
+
+
+def data(chunk_id, enc, payload):
+    return [DATA, chunk_id, enc, payload]
+
+
+def commit(root, n_entries, total_bytes):
+    return [COMMIT, root, n_entries, total_bytes]
+
+
+def committed(snapshot):
+    return [COMMITTED, snapshot]
+
+
+def error(code, text):
+    return [ERROR, code, text[:MAX_TEXT]]
+
+
+# --- checks ---------------------------------------------------------------------------
+
+def check_entry(e):
+    if type(e) is not list or len(e) < 2:
+        _fail("entry must be an array")
+    op = e[0]
+    check_path(e[1])
+    if op == OP_DEL:
+        return e
+    if op != OP_PUT or len(e) < 7:
+        _fail("entry op must be PUT with 7 fields or DEL")
+    etype = _int(e[2], 0, 2, "entry type")
+    _int(e[3], 0, MAX_SIZE, "size")
+    _int(e[4], -(1 << 63), (1 << 63) - 1, "mtime")
+    _int(e[5], 0, 0o7777, "mode")
+    if etype == T_FILE:
+        _bytes(e[6], 32, "object id")
+    elif e[6] is not None:
+        _fail("only files carry an object id")
+    if etype == T_LINK:
+        if len(e) < 8:
+            _fail("symlink entry needs a target")
+        _text(e[7], MAX_PATH_BYTES, "symlink target")
+    return e
+
+
+def check(msg):
+    """Validate a decoded message; returns it or raises ProtocolError."""
+    if type(msg) is not list or not msg or type(msg[0]) is not int:
+        _fail("message must be an array starting with its type")
+    t = msg[0]
+    n = len(msg)
+    if t == HELLO:
+        if n < 5:
+            _fail("HELLO too short")
+        if msg[1] != PROTO_VERSION:
+            _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
+        check_device(msg[2])
+        _opt_int(msg[3], 1, 1 << 62, "parent snapshot")
+        _int(msg[4], 0, 0xFFFF, "caps")
+    elif t == WELCOME:
+        if n < 5:
+            _fail("WELCOME too short")
+        if msg[1] != PROTO_VERSION:
+            _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
+        _opt_int(msg[2], 1, 1 << 62, "latest snapshot")
+        if type(msg[3]) is not bool:
+            _fail("parent_ok must be a bool")
+        _int(msg[4], 0, 0xFFFF, "caps")
+    elif t == ENTRIES:
+        if n < 3:
+            _fail("ENTRIES too short")
+        _int(msg[1], 0, 1 << 62, "batch number")
+        for e in _list(msg[2], MAX_ENTRIES, "entries"):
+            check_entry(e)
+    elif t == VERDICT:
+        if n < 3:
+            _fail("VERDICT too short")
+        _int(msg[1], 0, 1 << 62, "batch number")
+        for i in _list(msg[2], MAX_ENTRIES, "wanted"):
+            _int(i, 0, MAX_ENTRIES - 1, "wanted index")
+    elif t == CHUNKLIST:
+        if n < 5:
+            _fail("CHUNKLIST too short")
+        _bytes(msg[1], 32, "object id")
+        _int(msg[2], 0, 1 << 40, "chunk index")
+        for c in _list(msg[3], MAX_IDS, "chunk ids"):
+            _bytes(c, 32, "chunk id")
+        if type(msg[4]) is not bool:
+            _fail("last must be a bool")
+    elif t == NEED:
+        if n < 4:
+            _fail("NEED too short")
+        _bytes(msg[1], 32, "object id")
+        _int(msg[2], 0, 1 << 40, "chunk index")
+        for i in _list(msg[3], MAX_IDS, "needed"):
+            _int(i, 0, MAX_IDS - 1, "needed index")
+    elif t == DATA:
+        if n < 4:
+            _fail("DATA too short")
+        _bytes(msg[1], 32, "chunk id")
+        _int(msg[2], 0, 1, "encoding")
+        if type(msg[3]) is not bytes or len(msg[3]) > MAX_CHUNK + 1024:
+            _fail("DATA payload must be bytes of at most %d" % (MAX_CHUNK + 1024), E_TOO_LARGE)
+    elif t == COMMIT:
+        if n < 4:
+            _fail("COMMIT too short")
+        _bytes(msg[1], 32, "root digest")
+        _int(msg[2], 0, 1 << 40, "entry count")
+        _int(msg[3], 0, 1 << 62, "total bytes")
+    elif t == COMMITTED:
+        if n < 2:
+            _fail("COMMITTED too short")
+        _int(msg[1], 1, 1 << 62, "snapshot")
+    elif t == ERROR:
+        if n < 3:
+            _fail("ERROR too short")
+        _int(msg[1], 0, 0xFFFF, "error code")
+        _text(msg[2], MAX_TEXT, "error text")
+    else:
+        _fail("unknown message type %d" % t)
+    return msg
+
+
+def encode(msg):
+    return cbor.encode(msg)
+
+
+def decode(payload):
+    """Bytes of one frame -> checked message."""
+    try:
+        msg = cbor.decode(payload)
+    except ValueError as e:
+        raise ProtocolError(E_PROTOCOL, "bad CBOR: %s" % e)
+    return check(msg)
+
+
+def tree_record(path, etype, size, mtime_ns, mode, oid, target=None):
+    """One entry of a snapshot tree; its CBOR encoding feeds the root digest."""
+    return [path, etype, size, mtime_ns, mode, oid, target]

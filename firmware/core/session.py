@@ -1,0 +1,98 @@
+# One end of a backup session, sans I/O: bytes in, checked messages out; messages in,
+# framed bytes out. Drivers (sockets, UARTs, asyncio) only move the bytes.
+from core import framing
+from core import messages as m
+from core import states as st
+
+NEED_DATA = None
+
+
+class Session:
+    def __init__(self, role, max_payload=framing.MAX_PAYLOAD):
+        self.role = role
+        self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
+        self.state = st.START
+        self._deframer = framing.Deframer(max_payload)
+        self._pending = b""          # bytes the deframer had no room for yet
+        self._request = None         # (type, key) of the request the peer must answer
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data):
+        self.bytes_in += len(data)
+        if self._pending:
+            self._pending = self._pending + bytes(data)
+        else:
+            self._pending = bytes(data)
+        self._feed()
+
+    def _feed(self):
+        if self._pending:
+            n = self._deframer.receive_data(self._pending)
+            self._pending = self._pending[n:]
+
+    def next_event(self):
+        """The next checked message from the peer, or NEED_DATA. Raises ProtocolError."""
+        while True:
+            payload = self._deframer.next_frame()
+            if payload is None:
+                if not self._pending:
+                    return NEED_DATA
+                before = len(self._pending)
+                self._feed()
+                if len(self._pending) == before:
+                    return NEED_DATA
+                continue
+            msg = m.decode(payload)
+            self._advance(self.peer, msg)
+            return msg
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send(self, msg):
+        """Check `msg` against the protocol and return its framed bytes."""
+        m.check(msg)
+        self._advance(self.role, msg)
+        out = framing.encode_frame(m.encode(msg))
+        self.bytes_out += len(out)
+        return out
+
+    # --- rules -------------------------------------------------------------------------
+
+    def _advance(self, sender, msg):
+        t = msg[0]
+        nxt = st.next_state(self.state, sender, t)
+        if nxt < 0:
+            raise m.ProtocolError(
+                m.E_PROTOCOL, "%s not allowed from %s in state %s" % (
+                    m.NAMES.get(t, str(t)), "rover" if sender == st.ROVER else "anchor",
+                    st.STATE_NAMES[self.state]))
+        # Replies must answer the request they follow, not an earlier one.
+        if t == m.ENTRIES:
+            self._request = (m.VERDICT, msg[1])
+        elif t == m.CHUNKLIST:
+            self._request = (m.NEED, (msg[1], msg[2]))
+        elif t == m.VERDICT:
+            self._expect(t, msg[1])
+        elif t == m.NEED:
+            self._expect(t, (msg[1], msg[2]))
+        self.state = nxt
+
+    def _expect(self, t, key):
+        if self._request != (t, key):
+            raise m.ProtocolError(m.E_PROTOCOL, "%s does not answer the pending request" % m.NAMES[t])
+        self._request = None
+
+    @property
+    def corrupt(self):
+        """(bad frames, garbage bytes) seen so far, or None if the stream was clean."""
+        d = self._deframer
+        if d.bad_frames or d.garbage_bytes:
+            return (d.bad_frames, d.garbage_bytes)
+        return None
+
+    @property
+    def closed(self):
+        return self.state == st.CLOSED

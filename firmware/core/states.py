@@ -1,0 +1,42 @@
+# The session's transition table: every rule about which message may come when.
+#
+# A session is one conversation between one rover and one anchor. Both ends run the same
+# table; each checks what it sends and what it receives against it, so a bug on either
+# side or a hostile peer is caught at the first message out of place.
+from core.compat import const
+from core import messages as m
+
+ROVER = const(0)
+ANCHOR = const(1)
+
+START = const(0)            # nothing said yet
+HELLO_SENT = const(1)       # rover waits for WELCOME
+READY = const(2)            # rover may send ENTRIES, CHUNKLIST, DATA or COMMIT
+AWAIT_VERDICT = const(3)    # anchor owes a VERDICT for the last ENTRIES
+AWAIT_NEED = const(4)       # anchor owes a NEED for the last CHUNKLIST
+AWAIT_COMMITTED = const(5)  # anchor owes COMMITTED for COMMIT
+CLOSED = const(6)           # after ERROR or a finished backup; nothing more
+
+STATE_NAMES = ("START", "HELLO_SENT", "READY", "AWAIT_VERDICT", "AWAIT_NEED",
+               "AWAIT_COMMITTED", "CLOSED")
+
+# (state, sender, message type) -> next state.  ERROR from either side, in any state but
+# CLOSED, goes to CLOSED; that rule is applied in session.py rather than spelled out 14 times.
+TRANSITIONS = {
+    (START, ROVER, m.HELLO): HELLO_SENT,
+    (HELLO_SENT, ANCHOR, m.WELCOME): READY,
+    (READY, ROVER, m.ENTRIES): AWAIT_VERDICT,
+    (AWAIT_VERDICT, ANCHOR, m.VERDICT): READY,
+    (READY, ROVER, m.CHUNKLIST): AWAIT_NEED,
+    (AWAIT_NEED, ANCHOR, m.NEED): READY,
+    (READY, ROVER, m.DATA): READY,
+    (READY, ROVER, m.COMMIT): AWAIT_COMMITTED,
+    (AWAIT_COMMITTED, ANCHOR, m.COMMITTED): CLOSED,
+}
+
+
+def next_state(state, sender, mtype):
+    """The state after `sender` sends a message of `mtype`, or -1 if not allowed."""
+    if mtype == m.ERROR:
+        return CLOSED if state != CLOSED else -1
+    return TRANSITIONS.get((state, sender, mtype), -1)

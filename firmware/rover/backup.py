@@ -1,0 +1,289 @@
+# The rover's side of a backup (docs/protocol.md §4), on MicroPython and CPython alike.
+#
+# Memory stays flat: the tree is walked one directory listing at a time, the previous
+# tree is read back as a stream from flash, chunk lists of the current batch go to a
+# scratch file, and chunk bytes are re-read from the file when the anchor asks for them.
+import hashlib
+import struct
+
+from core.compat import const
+from core import cbor
+from core import chunker
+from core import messages as m
+from core import states
+from core.session import Session
+from rover import fsys
+from rover import treefile
+
+try:
+    import zlib   # CPython; MicroPython's deflate module here cannot compress
+except ImportError:
+    zlib = None
+
+BATCH_ENTRIES = const(64)      # entries per ENTRIES message
+BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
+LIST_IDS = const(256)          # chunk ids per CHUNKLIST message
+_REC = const(44)               # scratch record: offset u64, length u32, chunk id
+STATE_VERSION = const(1)
+RX_PAYLOAD = const(8192)       # the rover only ever receives small messages
+
+
+class RoverError(Exception):
+    pass
+
+
+def walk(root):
+    """Yield (relative path, stat) in canonical order: depth first, names sorted."""
+    stack = [["", sorted(fsys.listdir(root)), 0]]
+    while stack:
+        top = stack[-1]
+        names = top[1]
+        i = top[2]
+        if i >= len(names):
+            stack.pop()
+            continue
+        top[2] = i + 1
+        rel = fsys.join(top[0], names[i])
+        full = root + "/" + rel
+        try:
+            s = fsys.stat(full)
+        except OSError:
+            continue          # vanished between listing and stat
+        if s is None:
+            continue          # sockets, devices, fifos: nothing to back up
+        yield rel, s
+        if s[0] == m.T_DIR:
+            stack.append([rel, sorted(fsys.listdir(full)), 0])
+
+
+def load_state(state_dir, device):
+    try:
+        f = open(state_dir + "/state.cbor", "rb")
+    except OSError:
+        return None
+    with f:
+        st = cbor.decode(f.read())
+    if type(st) is not list or len(st) < 4 or st[0] != STATE_VERSION:
+        raise RoverError("state in %s has an unknown format" % state_dir)
+    if st[1] != device:
+        raise RoverError("state in %s belongs to device %r, not %r" % (state_dir, st[1], device))
+    return st
+
+
+def save_state(state_dir, device, parent, root):
+    tmp = state_dir + "/state.cbor.new"
+    with open(tmp, "wb") as f:
+        f.write(cbor.encode([STATE_VERSION, device, parent, root]))
+    fsys.rename(tmp, state_dir + "/state.cbor")
+
+
+class Backup:
+    def __init__(self, link, device, state_dir, root, log=None):
+        m.check_device(device)
+        self.link = link
+        self.device = device
+        self.state_dir = state_dir
+        self.root = root.rstrip("/") or "/"
+        self.log = log or (lambda s: None)
+        self.sess = Session(states.ROVER, RX_PAYLOAD)
+        self.rxbuf = bytearray(2048)
+        self.rbuf = bytearray(16384)              # file reads while hashing
+        self.cbuf = bytearray(chunker.MAX_SIZE)   # one chunk being uploaded
+        self.recbuf = bytearray(_REC)
+        self.seq = 0
+        self.batch = []
+        self.files = {}          # batch index -> (full path, oid, first record, count)
+        self.nrec = 0
+        self.cfile = None
+        self.cpath = state_dir + "/batch.chunks"
+        self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
+                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None}
+
+    # --- link --------------------------------------------------------------------------
+
+    def send(self, msg):
+        self.link.write(self.sess.send(msg))
+
+    def recv(self, expected):
+        while True:
+            msg = self.sess.next_event()
+            if msg is not None:
+                if msg[0] == m.ERROR:
+                    raise RoverError("anchor refused: %s (error %d)" % (msg[2], msg[1]))
+                if msg[0] != expected:
+                    raise RoverError("anchor sent %s, expected %s" % (m.NAMES[msg[0]], m.NAMES[expected]))
+                return msg
+            n = self.link.readinto(self.rxbuf)
+            if not n:
+                raise RoverError("anchor closed the link")
+            self.sess.receive_data(memoryview(self.rxbuf)[:n])
+
+    # --- the backup --------------------------------------------------------------------
+
+    def run(self):
+        fsys.makedirs(self.state_dir)
+        st = load_state(self.state_dir, self.device)
+        parent = st[2] if st else None
+        self.send(m.hello(self.device, parent, m.CAP_ZLIB if zlib else 0))
+        w = self.recv(m.WELCOME)
+        tree_path = self.state_dir + "/tree"
+        if parent is not None and not w[3]:
+            self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
+            parent = None
+        old_iter = treefile.read_records(tree_path) if parent is not None else iter(())
+        new_path = tree_path + ".new"
+        writer = treefile.TreeWriter(new_path)
+        digest = hashlib.sha256()
+        total = 0
+        self._open_batch()
+        old = next(old_iter, None)
+        try:
+            for rel, s in walk(self.root):
+                key = m.path_key(rel)
+                while old is not None and m.path_key(old[0]) < key:
+                    self._delete(old[0])
+                    old = next(old_iter, None)
+                prev = None
+                if old is not None and old[0] == rel:
+                    prev = old
+                    old = next(old_iter, None)
+                rec = self._record(rel, s, prev)
+                enc = cbor.encode(rec)
+                digest.update(enc)
+                writer.add_encoded(enc)
+                if rec[1] == m.T_FILE:
+                    total += rec[2]
+            while old is not None:
+                self._delete(old[0])
+                old = next(old_iter, None)
+            self._flush_batch()
+            writer.close()
+            root = digest.digest()
+            self.send(m.commit(root, writer.count, total))
+            snap = self.recv(m.COMMITTED)[1]
+        finally:
+            if self.cfile:
+                self.cfile.close()
+                self.cfile = None
+            fsys.remove(self.cpath)
+        fsys.rename(new_path, tree_path)
+        save_state(self.state_dir, self.device, snap, root)
+        self.stats["entries"] = writer.count
+        self.stats["bytes"] = total
+        self.stats["snapshot"] = snap
+        return self.stats
+
+    def _record(self, rel, s, prev):
+        t, size, mtime, mode, target = s
+        if (prev is not None and prev[1] == t and prev[2] == size and prev[3] == mtime
+                and prev[4] == mode and prev[6] == target):
+            return prev       # unchanged: the anchor already has it, say nothing
+        oid = None
+        idx = len(self.batch)
+        if t == m.T_FILE:
+            oid, size, first, n = self._hash_file(self.root + "/" + rel)
+            self.files[idx] = (self.root + "/" + rel, oid, first, n)
+        self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target))
+        self.stats["changed"] += 1
+        self._maybe_flush()
+        return m.tree_record(rel, t, size, mtime, mode, oid, target)
+
+    def _delete(self, path):
+        self.batch.append(m.del_entry(path))
+        self.stats["deleted"] += 1
+        self._maybe_flush()
+
+    def _hash_file(self, path):
+        first = self.nrec
+        oid = chunker.ObjectId()
+        size = 0
+        with open(path, "rb") as f:
+            for off, ln, cid in chunker.chunks_of(f, self.rbuf):
+                oid.add(cid)
+                self.cfile.write(struct.pack(">QI", off, ln))
+                self.cfile.write(cid)
+                self.nrec += 1
+                size = off + ln
+        self.stats["hashed_bytes"] += size
+        return oid.finish(size), size, first, self.nrec - first
+
+    # --- batches -----------------------------------------------------------------------
+
+    def _open_batch(self):
+        self.cfile = open(self.cpath, "wb")
+        self.nrec = 0
+        self.batch = []
+        self.files = {}
+
+    def _maybe_flush(self):
+        if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS:
+            self._flush_batch()
+            self._open_batch()
+
+    def _flush_batch(self):
+        if not self.batch:
+            return
+        self.cfile.close()
+        self.cfile = None
+        self.send(m.entries(self.seq, self.batch))
+        v = self.recv(m.VERDICT)
+        self.seq += 1
+        if v[2]:
+            recs = open(self.cpath, "rb")
+            try:
+                for idx in v[2]:
+                    info = self.files.get(idx)
+                    if info is None:
+                        raise RoverError("anchor asked for entry %d, which has no content" % idx)
+                    self._upload(recs, info)
+            finally:
+                recs.close()
+        self.batch = []
+
+    def _read_rec(self, recs, i):
+        recs.seek(i * _REC)
+        if recs.readinto(self.recbuf) != _REC:
+            raise RoverError("scratch file %s is short" % self.cpath)
+        off, ln = struct.unpack_from(">QI", self.recbuf, 0)
+        return off, ln, bytes(self.recbuf[12:])
+
+    def _upload(self, recs, info):
+        path, oid, first, n = info
+        f = open(path, "rb")
+        try:
+            start = 0
+            while True:
+                cnt = n - start
+                if cnt > LIST_IDS:
+                    cnt = LIST_IDS
+                ids = []
+                for j in range(cnt):
+                    ids.append(self._read_rec(recs, first + start + j)[2])
+                self.send(m.chunklist(oid, start, ids, start + cnt >= n))
+                need = self.recv(m.NEED)
+                for i in need[3]:
+                    if i >= cnt:
+                        raise RoverError("anchor asked for chunk %d of a list of %d" % (i, cnt))
+                    off, ln, cid = self._read_rec(recs, first + start + i)
+                    self._send_chunk(f, path, off, ln, cid)
+                start += cnt
+                if start >= n:
+                    break
+        finally:
+            f.close()
+
+    def _send_chunk(self, f, path, off, ln, cid):
+        f.seek(off)
+        mv = memoryview(self.cbuf)[:ln]
+        if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
+            raise RoverError("%s changed during the backup; run it again" % path)
+        if zlib is not None:
+            comp = zlib.compress(mv, 6)
+            if len(comp) < ln:
+                self.send(m.data(cid, m.ENC_ZLIB, comp))
+                self.stats["chunks_sent"] += 1
+                self.stats["data_bytes_sent"] += len(comp)
+                return
+        self.send(m.data(cid, m.ENC_RAW, bytes(mv)))
+        self.stats["chunks_sent"] += 1
+        self.stats["data_bytes_sent"] += ln

@@ -1,0 +1,90 @@
+# The rover's command line, shared by CPython (`rover`) and MicroPython (`tools/rover-mpy`).
+# MicroPython has no argparse, so the parser is a small one of our own.
+import sys
+import time
+
+from core.compat import MICROPYTHON
+
+USAGE = """usage: rover --link tcp://HOST:PORT --device ID --state DIR [-q] COMMAND ...
+
+commands:
+  backup ROOT     back up the tree under ROOT through the anchor
+"""
+
+OPTIONS = ("--link", "--device", "--state")
+
+
+def parse(argv):
+    opts = {"quiet": False}
+    rest = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in OPTIONS:
+            if i + 1 >= len(argv):
+                raise ValueError("%s needs a value" % a)
+            opts[a[2:]] = argv[i + 1]
+            i += 2
+        elif a.startswith("--") and "=" in a and a.split("=", 1)[0] in OPTIONS:
+            k, v = a.split("=", 1)
+            opts[k[2:]] = v
+            i += 1
+        elif a in ("-q", "--quiet"):
+            opts["quiet"] = True
+            i += 1
+        elif a in ("-h", "--help"):
+            raise ValueError("")
+        elif a.startswith("-") and not rest:
+            raise ValueError("unknown option %s" % a)
+        else:
+            rest.append(a)
+            i += 1
+    for k in ("link", "device", "state"):
+        if k not in opts:
+            raise ValueError("--%s is required" % k)
+    if not rest:
+        raise ValueError("a command is required")
+    return opts, rest
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        opts, rest = parse(argv)
+    except ValueError as e:
+        if str(e):
+            print("rover: %s" % e)
+        print(USAGE)
+        return 2
+    from rover.link import open_link, LinkError
+    from rover.backup import Backup, RoverError
+    from core.messages import ProtocolError
+
+    cmd = rest[0]
+    if cmd != "backup" or len(rest) != 2:
+        print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
+        print(USAGE)
+        return 2
+    log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
+    t0 = time.time()
+    try:
+        link = open_link(opts["link"])
+        try:
+            b = Backup(link, opts["device"], opts["state"], rest[1], log)
+            s = b.run()
+        finally:
+            link.close()
+    except (RoverError, LinkError, ProtocolError, OSError) as e:
+        print("rover: backup failed: %s" % e)
+        return 1
+    dt = time.time() - t0
+    print("rover: snapshot %d committed: %d entries, %d bytes; %d changed, %d deleted; "
+          "%d chunks (%d bytes) uploaded; link %d bytes out, %d in; %.2f s"
+          % (s["snapshot"], s["entries"], s["bytes"], s["changed"], s["deleted"], s["chunks_sent"],
+             s["data_bytes_sent"], link.tx, link.rx, dt))
+    return 0
+
+
+if __name__ == "__main__" and not MICROPYTHON:
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""anchorctl: the operator's command line. Each command is a thin shell over anchorctl.client."""
+import argparse
+import json
+import sys
+import time
+
+from anchorctl.client import AnchorError, Client, ENV, DEFAULT
+
+
+def _when(t):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
+def cmd_devices(c, a):
+    rows = c.devices()
+    if a.json:
+        return rows
+    print("%-24s %9s %7s  %s" % ("DEVICE", "SNAPSHOTS", "LATEST", "LAST SEEN"))
+    for r in rows:
+        print("%-24s %9d %7s  %s" % (r["device"], r["snapshots"], r["latest"] or "-", _when(r["last_seen"])))
+
+
+def cmd_snapshots(c, a):
+    rows = c.snapshots(a.device)
+    if a.json:
+        return rows
+    print("%5s %6s  %-19s %8s %10s  %s" % ("ID", "PARENT", "TIME", "ENTRIES", "SIZE", "ROOT"))
+    for r in rows:
+        print("%5d %6s  %-19s %8d %10s  %s" % (r["id"], r["parent"] or "-", _when(r["time"]), r["entries"],
+                                               _size(r["bytes"]), r["root"][:16]))
+
+
+def cmd_ls(c, a):
+    rows = c.ls(a.device, a.snapshot, a.path, a.recursive)
+    if a.json:
+        return rows
+    for r in rows:
+        t = {"file": "-", "dir": "d", "symlink": "l"}[r["type"]]
+        extra = " -> " + r["target"] if "target" in r else ""
+        print("%s%s %10d  %s  %s%s" % (t, _mode(r["mode"]), r["size"], _when(r["mtime_ns"] / 1e9), r["path"], extra))
+
+
+def _mode(mode):
+    out = ""
+    for shift in (6, 3, 0):
+        bits = (mode >> shift) & 7
+        out += ("r" if bits & 4 else "-") + ("w" if bits & 2 else "-") + ("x" if bits & 1 else "-")
+    return out
+
+
+def cmd_restore(c, a):
+    counts = c.restore(a.device, a.to, a.snapshot, a.path)
+    if a.json:
+        return counts
+    print("restored %d files (%s), %d folders, %d symlinks to %s"
+          % (counts["files"], _size(counts["bytes"]), counts["dirs"], counts["symlinks"], a.to))
+
+
+def cmd_stats(c, a):
+    s = c.stats()
+    if a.json:
+        return s
+    st = s["store"]
+    print("store: %d chunks, %s raw, %s on flash" % (st.get("chunks", 0), _size(st.get("raw_bytes", 0)),
+                                                       _size(st.get("stored_bytes", 0))))
+    print("links: %s received, %s sent" % (_size(s["link_bytes"]["rx"]), _size(s["link_bytes"]["tx"])))
+    for dev, counters in sorted(s["devices"].items()):
+        print("%s: %s" % (dev, ", ".join("%s=%d" % kv for kv in sorted(counters.items()))))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="anchorctl", description="Manage an Anchor gateway")
+    ap.add_argument("--anchor", default=None,
+                    help="management address, unix:PATH (default $%s or %s)" % (ENV, DEFAULT))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("devices", cmd_devices, "list rovers the anchor knows")
+    p = add("snapshots", cmd_snapshots, "list a rover's snapshots")
+    p.add_argument("device")
+    p = add("ls", cmd_ls, "list a folder of a snapshot")
+    p.add_argument("device")
+    p.add_argument("snapshot", nargs="?", default="latest")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p = add("restore", cmd_restore, "restore a snapshot to a folder")
+    p.add_argument("device")
+    p.add_argument("snapshot", nargs="?", default="latest")
+    p.add_argument("--to", required=True, help="target folder (created if missing)")
+    p.add_argument("--path", default="", help="restore only this file or folder")
+    add("stats", cmd_stats, "store and link statistics")
+    a = ap.parse_args(argv)
+    try:
+        out = a.fn(Client(a.anchor), a)
+    except AnchorError as e:
+        print("anchorctl: %s" % e, file=sys.stderr)
+        return 1
+    if a.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

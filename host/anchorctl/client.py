@@ -1,0 +1,132 @@
+"""Library API over the anchor's management socket; `anchorctl` is a thin shell over it."""
+import http.client
+import json
+import os
+import socket
+import struct
+from urllib.parse import quote, urlencode
+
+ENV = "ANCHOR"
+DEFAULT = "unix:./var/anchor/mgmt.sock"
+
+
+class AnchorError(Exception):
+    pass
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=120):
+        http.client.HTTPConnection.__init__(self, "anchor", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.unix_path)
+        except OSError as e:
+            s.close()
+            raise AnchorError("cannot reach the anchor at unix:%s: %s" % (self.unix_path, e))
+        self.sock = s
+
+
+def resolve(address=None):
+    address = address or os.environ.get(ENV) or DEFAULT
+    if not address.startswith("unix:") or len(address) <= 5:
+        raise AnchorError("anchor address %r: expected unix:PATH" % address)
+    return address[5:]
+
+
+class Client:
+    def __init__(self, address=None):
+        self.path = resolve(address)
+
+    def _get(self, path, params=None):
+        conn = _UnixHTTPConnection(self.path)
+        url = path + ("?" + urlencode(params) if params else "")
+        try:
+            conn.request("GET", url)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise AnchorError("anchor at unix:%s: %s" % (self.path, e))
+        if resp.status != 200:
+            body = resp.read()
+            conn.close()
+            try:
+                msg = json.loads(body)["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = body.decode(errors="replace")
+            raise AnchorError(msg)
+        return conn, resp
+
+    def _json(self, path, params=None):
+        conn, resp = self._get(path, params)
+        try:
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _dev(device):
+        return "/v1/devices/" + quote(device, safe="")
+
+    def devices(self):
+        return self._json("/v1/devices")
+
+    def snapshots(self, device):
+        return self._json(self._dev(device) + "/snapshots")
+
+    def ls(self, device, snapshot="latest", path="", recursive=False):
+        params = {"path": path}
+        if recursive:
+            params["recursive"] = "1"
+        return self._json("%s/snapshots/%s/tree" % (self._dev(device), snapshot), params)
+
+    def stats(self):
+        return self._json("/v1/stats")
+
+    def restore(self, device, to, snapshot="latest", path=""):
+        """Restore a snapshot (or the subtree at `path`) under directory `to`.
+
+        Every path is checked to stay inside `to` before anything is written; mode and
+        mtime are set after contents, directories last so their mtime survives.
+        Returns {"files", "dirs", "symlinks", "bytes"}.
+        """
+        from anchorctl.restore import Restorer
+        conn, resp = self._get("%s/snapshots/%s/restore" % (self._dev(device), snapshot), {"path": path})
+        try:
+            return Restorer(to).run(_Reader(resp))
+        finally:
+            conn.close()
+
+
+class _Reader:
+    def __init__(self, resp):
+        self.resp = resp
+
+    def exactly(self, n):
+        out = bytearray()
+        while len(out) < n:
+            b = self.resp.read(min(n - len(out), 1 << 20))
+            if not b:
+                raise AnchorError("restore stream ended early: the anchor stopped or the connection broke")
+            out += b
+        return bytes(out)
+
+    def header(self):
+        n = struct.unpack(">I", self.exactly(4))[0]
+        if n == 0:
+            return None
+        if n > 1 << 20:
+            raise AnchorError("restore stream is corrupt (header of %d bytes)" % n)
+        return json.loads(self.exactly(n))
+
+    def copy(self, f, size):
+        left = size
+        while left:
+            b = self.resp.read(min(left, 1 << 20))
+            if not b:
+                raise AnchorError("restore stream ended inside a file")
+            f.write(b)
+            left -= len(b)
