@@ -64,7 +64,7 @@ class ProtocolError(Exception):
     """A message broke the protocol. `code` is the ERROR code to send back."""
 
     def __init__(self, code, text):
-        Exception.__init__(self, text)
+        super().__init__(text)
         self.code = code
         self.text = text
 

@@ -1,0 +1,127 @@
+# Session rules and message checks; runs under CPython (pytest) and MicroPython (mpy_runner).
+from core import messages as m
+from core import states as st
+from core.session import Session
+from core import cbor
+from core import framing
+
+
+def expect_error(fn, code=None):
+    try:
+        fn()
+    except m.ProtocolError as e:
+        if code is not None and e.code != code:
+            raise AssertionError("error code %d, expected %d (%s)" % (e.code, code, e.text))
+        return e
+    raise AssertionError("no ProtocolError raised")
+
+
+def pipe(src, dst, msg):
+    dst.receive_data(src.send(msg))
+    got = dst.next_event()
+    assert got == msg, (got, msg)
+    return got
+
+
+OID = b"\x11" * 32
+CID = b"\x22" * 32
+
+
+def test_full_conversation_walks_the_table():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", None, m.CAP_ZLIB))
+    pipe(a, r, m.welcome(None, True, m.CAP_ZLIB))
+    pipe(r, a, m.entries(0, [m.put_entry("a/b.txt", m.T_FILE, 5, 10 ** 18, 0o644, OID), m.del_entry("old")]))
+    pipe(a, r, m.verdict(0, [0]))
+    pipe(r, a, m.chunklist(OID, 0, [CID], True))
+    pipe(a, r, m.need(OID, 0, [0]))
+    pipe(r, a, m.data(CID, m.ENC_RAW, b"hello"))
+    pipe(r, a, m.commit(b"\x33" * 32, 1, 5))
+    pipe(a, r, m.committed(1))
+    assert r.closed and a.closed
+    assert r.bytes_out == a.bytes_in and a.bytes_out == r.bytes_in
+
+
+def test_out_of_order_message_rejected_on_both_ends():
+    r = Session(st.ROVER, 4096)
+    expect_error(lambda: r.send(m.commit(b"\x00" * 32, 0, 0)), m.E_PROTOCOL)
+    a = Session(st.ANCHOR, 4096)
+    r2 = Session(st.ROVER, 4096)
+    r2.send(m.hello("x", None, 0))
+    # a hostile rover that skips HELLO: framed DATA straight away
+    a.receive_data(framing.encode_frame(cbor.encode(m.data(CID, 0, b"x"))))
+    expect_error(a.next_event, m.E_PROTOCOL)
+
+
+def test_reply_must_answer_pending_request():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", 3, 0))
+    pipe(a, r, m.welcome(3, True, 0))
+    pipe(r, a, m.entries(7, []))
+    r.receive_data(a.send(m.verdict(7, [])))
+    r.next_event()
+    pipe(r, a, m.entries(8, []))
+    # a VERDICT for batch 7 again: the anchor end refuses to send it, the rover end to take it
+    expect_error(lambda: a.send(m.verdict(7, [])), m.E_PROTOCOL)
+
+
+def test_error_closes_from_any_state():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", None, 0))
+    pipe(a, r, m.error(m.E_DEVICE, "not paired"))
+    assert r.closed and a.closed
+    expect_error(lambda: r.send(m.hello("rover-1", None, 0)))
+
+
+def test_hostile_fields_rejected():
+    bad = [
+        [m.HELLO, 99, "rover", None, 0],                      # version
+        [m.HELLO, 1, "bad/name", None, 0],                     # device id
+        [m.HELLO, 1, "x" * 65, None, 0],
+        [m.ENTRIES, 0, [[m.OP_PUT, "../etc/passwd", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "/abs", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a//b", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a/./b", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, 1, 0, 0o644, b"short"]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, -1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, 1, 0, 0o10000, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 1, 0, 0, 0o755, OID]]],   # dir with an object id
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 2, 0, 0, 0o777, None]]],  # symlink without target
+        [m.ENTRIES, 0, [[m.OP_PUT, "a" * 1025, 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [m.del_entry("x")] * (m.MAX_ENTRIES + 1)],
+        [m.CHUNKLIST, OID, 0, [CID] * (m.MAX_IDS + 1), True],
+        [m.DATA, CID, 5, b"x"],
+        [m.DATA, CID, 0, b"x" * (m.MAX_CHUNK + 1025)],
+        [m.COMMIT, b"x", 0, 0],
+        [42],
+        [],
+        "not a list",
+    ]
+    for msg in bad:
+        expect_error(lambda: m.check(msg))
+
+
+def test_bad_cbor_is_a_protocol_error():
+    expect_error(lambda: m.decode(b"\xff\x00"), m.E_PROTOCOL)
+    expect_error(lambda: m.decode(cbor.encode([m.HELLO, 1])), m.E_PROTOCOL)
+
+
+def test_path_key_orders_by_component():
+    paths = ["a", "a/b", "a/b/c", "a/c", "a.b", "a0", "b"]
+    keyed = sorted(paths, key=m.path_key)
+    assert keyed == paths, keyed
+    assert sorted(paths) != paths   # plain string order would put "a.b" before "a/b"
+
+
+def test_received_bytes_in_small_pieces():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    wire = r.send(m.hello("rover-1", None, 0))
+    for i in range(len(wire) - 1):
+        a.receive_data(wire[i:i + 1])
+        assert a.next_event() is None
+    a.receive_data(wire[-1:])
+    assert a.next_event()[0] == m.HELLO

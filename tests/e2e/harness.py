@@ -1,0 +1,167 @@
+"""Shared pieces of the end-to-end tests: a real anchor process, rovers on both runtimes,
+trees to back up, and byte-for-byte comparison."""
+import os
+import random
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+ROVER_MPY = os.path.join(ROOT, "tools", "rover-mpy")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+
+class AnchorProc:
+    """`anchor serve` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.mgmt = os.path.join(data_dir, "mgmt.sock")
+        self.proc = None
+        self.port = None
+
+    def start(self, timeout=30):
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.log = open(os.path.join(self.data_dir, "anchor.log"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "anchor"), "serve", "--data", self.data_dir,
+             "--listen", "tcp://127.0.0.1:0", "--mgmt", "unix:" + self.mgmt],
+            stdout=subprocess.PIPE, stderr=self.log)
+        # The daemon prints its port once it listens; read that line, bounded in time.
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not r:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            buf += line
+            mo = re.search(rb"connect to tcp://127\.0\.0\.1:(\d+)", line)
+            if mo:
+                self.port = int(mo.group(1))
+                return self
+        self.stop()
+        raise RuntimeError("anchor did not start: %r" % buf)
+
+    @property
+    def link(self):
+        return "tcp://127.0.0.1:%d" % self.port
+
+    @property
+    def address(self):
+        return "unix:" + self.mgmt
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.log.close()
+
+
+def rover_cmd(runtime, link, device, state, *args):
+    if runtime == "micropython":
+        base = [ROVER_MPY]
+    else:
+        base = [os.path.join(BIN, "rover")]
+    return base + ["--link", link, "--device", device, "--state", state] + list(args)
+
+
+def run_rover(runtime, link, device, state, *args, timeout=300, check=True):
+    p = subprocess.run(rover_cmd(runtime, link, device, state, *args), capture_output=True,
+                       text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError("rover failed (%d):\n%s\n%s" % (p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def anchorctl(address, *args, check=True, timeout=300):
+    p = subprocess.run([os.path.join(BIN, "anchorctl"), "--anchor", address] + list(args),
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError("anchorctl %s failed (%d):\n%s\n%s" % (args, p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def make_tree(root, n_files, total_bytes, seed=1, depth=4):
+    """A deterministic tree: nested folders, empty files, text-like and random files."""
+    rnd = random.Random(seed)
+    os.makedirs(root, exist_ok=True)
+    dirs = [""]
+    for i in range(max(1, n_files // 40)):
+        parent = rnd.choice([d for d in dirs if d.count("/") < depth])
+        d = os.path.join(parent, "dir%03d" % i) if parent else "dir%03d" % i
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+        dirs.append(d)
+    os.makedirs(os.path.join(root, "empty-folder", "nested-empty"), exist_ok=True)
+    budget = total_bytes
+    words = [b"anchor", b"rover", b"backup", b"chunk", b"radio", b"flash", b"log", b"entry", b"\n"]
+    for i in range(n_files):
+        d = rnd.choice(dirs)
+        name = "f%05d%s" % (i, rnd.choice([".txt", ".bin", ".log", "", ".jpg"]))
+        path = os.path.join(root, d, name)
+        r = rnd.random()
+        if r < 0.08:
+            data = b""
+        else:
+            size = min(budget, int(rnd.expovariate(1.0 / max(1, total_bytes // n_files))))
+            budget -= size
+            if rnd.random() < 0.5:
+                data = rnd.randbytes(size)
+            else:
+                data = b" ".join(rnd.choice(words) for _ in range(size // 5 + 1))[:size]
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, rnd.choice([0o644, 0o600, 0o755, 0o640]))
+        t = 1_600_000_000 + rnd.randrange(100_000_000)
+        os.utime(path, (t, t))
+    return root
+
+
+def snapshot_of(root):
+    """{path: (kind, mode, mtime_s, sha/target)} for everything under root (not root itself)."""
+    import hashlib
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                out[rel] = ("l", os.readlink(full))
+            elif os.path.isdir(full):
+                out[rel] = ("d", st.st_mode & 0o7777)
+            else:
+                with open(full, "rb") as f:
+                    h = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ("f", st.st_mode & 0o7777, st.st_mtime_ns, h)
+    return out
+
+
+def assert_same_tree(src_snapshot, restored_root, mtime_resolution_ns=1):
+    got = snapshot_of(restored_root)
+    assert sorted(got) == sorted(src_snapshot), (
+        "paths differ: missing %s, extra %s" % (sorted(set(src_snapshot) - set(got))[:5], sorted(set(got) - set(src_snapshot))[:5]))
+    for p, want in src_snapshot.items():
+        have = got[p]
+        if want[0] == "f":
+            assert have[0] == "f" and have[1] == want[1] and have[3] == want[3], (p, have, want)
+            assert have[2] // mtime_resolution_ns == want[2] // mtime_resolution_ns, (p, have[2], want[2])
+        else:
+            assert have == want, (p, have, want)
