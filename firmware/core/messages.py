@@ -303,6 +303,9 @@ def decode(payload):
         msg = cbor.decode(payload)
     except ValueError as e:
         raise ProtocolError(E_PROTOCOL, "bad CBOR: %s" % e)
+    except MemoryError:
+        # A small frame can still describe more items than a rover's heap holds.
+        raise ProtocolError(E_TOO_LARGE, "message too large to decode here")
     return check(msg)
 
 
