@@ -177,6 +177,18 @@ def data(chunk_id, enc, payload):
     return [DATA, chunk_id, enc, payload]
 
 
+def data_prefix(chunk_id, enc, n):
+    """The CBOR bytes of DATA up to its payload of n bytes (see framing.frame_around)."""
+    head = cbor.encode([DATA, chunk_id, enc])
+    if n < 24:
+        blen = bytes([0x40 + n])
+    elif n < 256:
+        blen = bytes([0x58, n])
+    else:
+        blen = bytes([0x59, n >> 8, n & 0xFF])
+    return bytes([0x84]) + head[1:] + blen
+
+
 def commit(root, n_entries, total_bytes):
     return [COMMIT, root, n_entries, total_bytes]
 

@@ -59,6 +59,17 @@ class Session:
         self.bytes_out += len(out)
         return out
 
+    def send_data(self, chunk_id, enc, body):
+        """DATA without copying `body`: returns (head, tail) to write around it."""
+        msg = m.data(chunk_id, enc, b"")
+        m.check(msg)
+        if len(body) > m.MAX_CHUNK + 1024:
+            raise m.ProtocolError(m.E_TOO_LARGE, "DATA payload too large")
+        self._advance(self.role, msg)
+        head, tail = framing.frame_around(m.data_prefix(chunk_id, enc, len(body)), body)
+        self.bytes_out += len(head) + len(body) + len(tail)
+        return head, tail
+
     # --- rules -------------------------------------------------------------------------
 
     def _advance(self, sender, msg):

@@ -277,13 +277,15 @@ class Backup:
         mv = memoryview(self.cbuf)[:ln]
         if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
             raise RoverError("%s changed during the backup; run it again" % path)
+        enc = m.ENC_RAW
         if zlib is not None:
             comp = zlib.compress(mv, 6)
             if len(comp) < ln:
-                self.send(m.data(cid, m.ENC_ZLIB, comp))
-                self.stats["chunks_sent"] += 1
-                self.stats["data_bytes_sent"] += len(comp)
-                return
-        self.send(m.data(cid, m.ENC_RAW, bytes(mv)))
+                enc = m.ENC_ZLIB
+                mv = comp
+        head, tail = self.sess.send_data(cid, enc, mv)
+        self.link.write(head)
+        self.link.write(mv)
+        self.link.write(tail)
         self.stats["chunks_sent"] += 1
-        self.stats["data_bytes_sent"] += ln
+        self.stats["data_bytes_sent"] += len(mv)

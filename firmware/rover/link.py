@@ -23,8 +23,9 @@ class TcpLink:
         except OSError as e:
             self.sock.close()
             raise LinkError("cannot reach the anchor at %s:%d: %s" % (host, port, e))
-        # CPython sockets have recv_into, MicroPython's have readinto.
-        self._recv_into = getattr(self.sock, "recv_into", None) or self.sock.readinto
+        # CPython sockets have recv_into. MicroPython's readinto waits to fill the whole
+        # buffer, so there recv (whatever has arrived) is copied in instead.
+        self._recv_into = getattr(self.sock, "recv_into", None) or self._recv_copy
         self.tx = 0
         self.rx = 0
 
@@ -43,6 +44,12 @@ class TcpLink:
         if n is None:
             n = 0
         self.rx += n
+        return n
+
+    def _recv_copy(self, buf):
+        data = self.sock.recv(len(buf))
+        n = len(data)
+        buf[:n] = data
         return n
 
     def close(self):

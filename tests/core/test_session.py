@@ -125,3 +125,18 @@ def test_received_bytes_in_small_pieces():
         assert a.next_event() is None
     a.receive_data(wire[-1:])
     assert a.next_event()[0] == m.HELLO
+
+
+def test_send_data_without_copy_matches_send():
+    body = bytes(range(256)) * 40
+    for n in (0, 5, 23, 24, 255, 256, len(body)):
+        r1 = Session(st.ROVER, 4096)
+        r2 = Session(st.ROVER, 4096)
+        for r in (r1, r2):       # bring both to READY
+            a = Session(st.ANCHOR, 4096)
+            pipe(r, a, m.hello("rover-1", None, 0))
+            pipe(a, r, m.welcome(None, True, 0))
+        whole = r1.send(m.data(CID, m.ENC_RAW, body[:n]))
+        head, tail = r2.send_data(CID, m.ENC_RAW, memoryview(body)[:n])
+        assert head + body[:n] + tail == whole, n
+        assert r1.bytes_out == r2.bytes_out
