@@ -1,0 +1,510 @@
+"""Chunk store: round trips, dedup, input checks, recovery from torn tails and lost commits,
+format versioning, verify(), segment rollover, and a real SIGKILL of a writing process."""
+import hashlib
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import zlib
+
+import pyfastcdc
+import pytest
+import zstandard
+
+from anchor import store as S
+from anchor.store import ChunkStore, StoreError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "firmware")
+
+
+def cid(raw):
+    return hashlib.sha256(raw).digest()
+
+
+def text_chunk(r, n):
+    words = [b"anchor", b"rover", b"chunk", b"backup", b"GET", b"200", b"sensor", b"temp=21.5"]
+    out = bytearray()
+    while len(out) < n:
+        out += r.choice(words) + b" %d\n" % r.randrange(1000)
+    return bytes(out[:n])
+
+
+def chunks(n, seed=1, size=(1000, 20000)):
+    """Half incompressible, half text."""
+    r = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = r.randrange(*size)
+        out.append(r.randbytes(k) if i % 2 else text_chunk(r, k))
+    return out
+
+
+def seg_files(root):
+    d = os.path.join(root, "segments")
+    return sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".seg"))
+
+
+def crash(store):
+    """Drop the store as a killed process would: buffered records and open handles are lost."""
+    store._pending.clear()
+    store._release()
+
+
+def write_uncommitted(store):
+    """Steps 1-2 of a flush (segment data written and fsynced), then a crash before step 3."""
+    store._write_segments()
+    crash(store)
+
+
+def assert_all_readable(store, items):
+    for raw in items:
+        assert store.get(cid(raw)) == raw
+
+
+# ---------------------------------------------------------------------------- basics
+
+def test_round_trip_all_encodings(tmp_path):
+    r = random.Random(5)
+    text = text_chunk(r, 9000)
+    noise = r.randbytes(9000)
+    zl = text_chunk(r, 7000)
+    zs = text_chunk(r, 6000)
+    with ChunkStore(str(tmp_path)) as s:
+        assert s.put(cid(text), text)
+        assert s.put(cid(noise), noise)
+        assert s.put(cid(zl), zl, S.ENC_ZLIB, zlib.compress(zl))
+        assert s.put(cid(zs), zs, S.ENC_ZSTD, zstandard.ZstdCompressor(level=3).compress(zs))
+        assert s.put(cid(b""), b"")
+        # readable while still buffered
+        for raw in (text, noise, zl, zs, b""):
+            assert s.get(cid(raw)) == raw
+        s.flush()
+        for raw in (text, noise, zl, zs, b""):
+            assert s.get(cid(raw)) == raw
+        assert s.info(cid(text))["enc"] == S.ENC_ZSTD
+        assert s.info(cid(noise))["enc"] == S.ENC_RAW
+        assert s.info(cid(zl))["enc"] == S.ENC_ZLIB
+        assert s.info(cid(zs))["enc"] == S.ENC_ZSTD
+        st = s.stats()
+        assert st["chunks"] == 5
+        assert st["raw_bytes"] == 9000 * 2 + 7000 + 6000
+        assert st["stored_bytes"] < st["raw_bytes"]
+        assert st["segments"] == 1
+
+
+def test_payload_not_smaller_is_stored_raw(tmp_path):
+    raw = os.urandom(3000)
+    with ChunkStore(str(tmp_path)) as s:
+        assert s.put(cid(raw), raw, S.ENC_ZLIB, zlib.compress(raw))
+        assert s.info(cid(raw))["enc"] == S.ENC_RAW
+        assert s.get(cid(raw)) == raw
+
+
+def test_dedup(tmp_path):
+    items = chunks(20)
+    with ChunkStore(str(tmp_path)) as s:
+        assert all(s.put(cid(x), x) for x in items)
+        assert not any(s.put(cid(x), x) for x in items)          # buffered duplicates
+        s.flush()
+        assert not any(s.put(cid(x), x) for x in items)          # stored duplicates
+        ids = s.ingest(items + items)                              # ingest sees them too
+        assert ids == [cid(x) for x in items + items]
+        assert s.stats()["chunks"] == 20
+        size = sum(os.path.getsize(f) for f in seg_files(str(tmp_path)))
+        s.flush()
+        assert sum(os.path.getsize(f) for f in seg_files(str(tmp_path))) == size
+
+
+def test_ingest_matches_put_and_dedups_within_a_call(tmp_path):
+    r = random.Random(3)
+    data = r.randbytes(3 << 20) + text_chunk(r, 3 << 20)
+    data = data + data[: 1 << 20]                                  # repeats inside one call
+    cdc = pyfastcdc.FastCDC(8192, normalized_chunking=1)
+    cuts = [bytes(c.data) for c in cdc.cut_buf(data)]
+    with ChunkStore(str(tmp_path / "a"), flush_bytes=1 << 20) as a:
+        ids = a.ingest(c.data for c in cdc.cut_buf(data))
+        assert ids == [cid(c) for c in cuts]
+        a.flush()
+        st_a = a.stats()
+        for c in cuts:
+            assert a.get(cid(c)) == c
+    with ChunkStore(str(tmp_path / "b")) as b:
+        for c in cuts:
+            b.put(cid(c), c)
+        b.flush()
+        st_b = b.stats()
+    assert st_a["chunks"] == st_b["chunks"] == len(set(ids))
+    assert st_a["stored_bytes"] == st_b["stored_bytes"]
+
+
+def test_ingest_copies_writable_buffers(tmp_path):
+    buf = bytearray(os.urandom(5000))
+    raw = bytes(buf)
+    with ChunkStore(str(tmp_path)) as s:
+        s.ingest([memoryview(buf)])
+        buf[:] = bytes(5000)                                      # caller reuses its buffer
+        s.flush()
+        assert s.get(cid(raw)) == raw
+
+
+def test_wrong_hash_rejected_nothing_written(tmp_path):
+    raw = b"x" * 5000
+    with ChunkStore(str(tmp_path)) as s:
+        with pytest.raises(StoreError):
+            s.put(cid(b"something else"), raw)
+        with pytest.raises(StoreError):                             # payload that is not raw
+            s.put(cid(raw), raw, S.ENC_ZLIB, zlib.compress(b"y" * 5000))
+        with pytest.raises(StoreError):                             # payload that is not zlib
+            s.put(cid(raw), raw, S.ENC_ZLIB, b"garbage")
+        with pytest.raises(StoreError):
+            s.put(cid(raw), raw, 7, b"abc")
+        with pytest.raises(StoreError):
+            s.put(b"short", raw)
+        big = os.urandom(S.MAX_CHUNK + 1)
+        with pytest.raises(StoreError):
+            s.put(cid(big), big)
+        with pytest.raises(StoreError):
+            s.ingest([big])
+        assert not s.has(cid(raw))
+        s.flush()
+        assert s.stats()["chunks"] == 0
+    assert seg_files(str(tmp_path)) == []
+    db = sqlite3.connect(str(tmp_path / "index.sqlite"))
+    assert db.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+
+
+def test_get_missing(tmp_path):
+    with ChunkStore(str(tmp_path)) as s:
+        with pytest.raises(StoreError):
+            s.get(cid(b"nope"))
+
+
+def test_missing(tmp_path):
+    items = chunks(30)
+    with ChunkStore(str(tmp_path)) as s:
+        for x in items[:10]:
+            s.put(cid(x), x)
+        s.flush()
+        for x in items[10:20]:
+            s.put(cid(x), x)                                       # buffered
+        ids = [cid(x) for x in items]
+        assert s.missing(ids) == list(range(20, 30))
+        assert s.missing([]) == []
+        many = [hashlib.sha256(b"%d" % i).digest() for i in range(40000)] + ids[:3]
+        assert s.missing(many) == list(range(40000))                # more ids than one statement
+        assert s.has(ids[0]) and s.has(ids[15]) and not s.has(ids[25])
+        assert s.has(memoryview(ids[0]))                            # any bytes-like id
+
+
+def test_reopen_after_close(tmp_path):
+    items = chunks(40)
+    with ChunkStore(str(tmp_path)) as s:
+        for x in items[:20]:
+            s.put(cid(x), x)
+    with ChunkStore(str(tmp_path)) as s:                            # close flushed
+        assert s.recovery["reindexed"] == 0
+        assert_all_readable(s, items[:20])
+        for x in items[20:]:
+            s.put(cid(x), x)
+    with ChunkStore(str(tmp_path)) as s:
+        assert_all_readable(s, items)
+        assert s.stats()["chunks"] == 40
+        assert s.verify() == {"chunks": 40, "bad": []}
+
+
+def test_pin_touch_classes(tmp_path):
+    items = chunks(6)
+    ids = [cid(x) for x in items]
+    with ChunkStore(str(tmp_path)) as s:
+        for x in items:
+            s.put(cid(x), x)
+        assert s.info(ids[0])["class"] == ChunkStore.CLASS_PASS_THROUGH
+        assert s.pin(ids[:3]) == 3                                   # flushes buffered ones first
+        assert s.info(ids[0])["flushed"]
+        s.touch(ids[3:])
+        assert s.pin([cid(b"absent")]) == 0
+    with ChunkStore(str(tmp_path)) as s:
+        assert [s.info(i)["class"] for i in ids] == [1, 1, 1, 0, 0, 0]
+        assert s.unpin(ids[:1]) == 1
+        assert s.info(ids[0])["class"] == ChunkStore.CLASS_PASS_THROUGH
+
+
+# ---------------------------------------------------------------------------- recovery
+
+def _store_with_tail(root, committed, tail):
+    """committed chunks flushed normally; tail chunks written and fsynced but never indexed."""
+    s = ChunkStore(root)
+    for x in committed:
+        s.put(cid(x), x)
+    s.flush()
+    for x in tail:
+        s.put(cid(x), x)
+    write_uncommitted(s)
+
+
+def test_written_but_not_indexed_is_reindexed(tmp_path):
+    items = chunks(30)
+    root = str(tmp_path)
+    _store_with_tail(root, items[:10], items[10:])
+    with ChunkStore(root) as s:
+        assert s.recovery["reindexed"] == 20
+        assert s.recovery["truncated_bytes"] == 0
+        assert_all_readable(s, items)
+        assert s.verify() == {"chunks": 30, "bad": []}
+    with ChunkStore(root) as s:                                      # and it stuck
+        assert s.recovery["reindexed"] == 0
+
+
+def test_deleted_index_rows_are_rebuilt(tmp_path):
+    items = chunks(12)
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+    # An index that lost its last transactions (e.g. WAL tail after power loss) only knows an
+    # older state: forget the rows and the committed end of the segment.
+    db = sqlite3.connect(os.path.join(root, "index.sqlite"))
+    first = db.execute("SELECT off FROM chunks WHERE id=?", (cid(items[6]),)).fetchone()[0]
+    db.execute("DELETE FROM chunks WHERE off >= ?", (first,))
+    db.execute("UPDATE segments SET committed_end=?", (first,))
+    db.commit()
+    db.close()
+    with ChunkStore(root) as s:
+        assert s.recovery["reindexed"] == 6
+        assert_all_readable(s, items)
+
+
+def test_new_segment_file_never_committed_is_recovered(tmp_path):
+    items = chunks(40, size=(20000, 30000))
+    root = str(tmp_path)
+    s = ChunkStore(root, segment_size=128 << 10)
+    for x in items[:5]:
+        s.put(cid(x), x)
+    s.flush()
+    for x in items[5:]:
+        s.put(cid(x), x)
+    write_uncommitted(s)                       # several new files, none in the index
+    assert len(seg_files(root)) > 3
+    with ChunkStore(root, segment_size=128 << 10) as s:
+        assert_all_readable(s, items)
+
+
+def test_torn_tail_truncated_at_every_offset(tmp_path):
+    r = random.Random(9)
+    base = [r.randbytes(3000) for _ in range(5)]
+    last = r.randbytes(2000)                   # incompressible: record = 49 + 2000 bytes
+    src = str(tmp_path / "src")
+    _store_with_tail(src, base, [last])
+    seg = seg_files(src)[-1]
+    full = os.path.getsize(seg)
+    rec_start = full - S.RECORD_HEADER_SIZE - len(last)
+    offsets = sorted(set(list(range(rec_start, rec_start + 60)) +
+                         list(range(rec_start, full, 97)) + [full - 1]))
+    for cut in offsets:
+        root = str(tmp_path / ("cut%d" % cut))
+        shutil.copytree(src, root)
+        os.truncate(seg_files(root)[-1], cut)
+        with ChunkStore(root) as s:
+            assert s.recovery["truncated_bytes"] == cut - rec_start
+            assert os.path.getsize(seg_files(root)[-1]) == rec_start
+            assert_all_readable(s, base)
+            assert not s.has(cid(last))
+            assert s.put(cid(last), last)                        # appends cleanly after the cut
+        with ChunkStore(root) as s:
+            assert s.recovery == {"reindexed": 0, "truncated_bytes": 0, "removed_files": 0,
+                                  "lost_rows": 0}
+            assert_all_readable(s, base + [last])
+            assert s.verify()["bad"] == []
+        shutil.rmtree(root)
+
+
+def test_garbage_tail_is_cut(tmp_path):
+    items = chunks(8)
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+    seg = seg_files(root)[-1]
+    good = os.path.getsize(seg)
+    fake = struct.pack("<4s32sBII", S.RECORD_MAGIC, cid(b"z"), 0, 1, 1) + b"\0\0\0\0z"  # bad CRC
+    for junk in (os.urandom(5000), bytes(4096), S.RECORD_MAGIC, fake, b"\x89CHK" + os.urandom(60)):
+        with open(seg, "ab") as f:
+            f.write(junk)
+        with ChunkStore(root) as s:
+            assert s.recovery["truncated_bytes"] == len(junk)
+            assert os.path.getsize(seg) == good
+            assert_all_readable(s, items)
+            assert s.verify() == {"chunks": 8, "bad": []}
+
+
+def test_torn_new_segment_header_is_removed(tmp_path):
+    items = chunks(4)
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+    nxt = os.path.join(root, "segments", S.segment_name(2))
+    for content in (b"", b"ANCH", bytes(16), bytes(4096)):
+        with open(nxt, "wb") as f:
+            f.write(content)
+        with ChunkStore(root) as s:
+            assert s.recovery["removed_files"] == 1
+            assert not os.path.exists(nxt)
+            assert_all_readable(s, items)
+
+
+def test_committed_bytes_lost_are_dropped_from_index(tmp_path):
+    items = chunks(6)
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+        off = s.info(cid(items[4]))["off"]
+    os.truncate(seg_files(root)[-1], off + 10)                  # the medium lost committed data
+    with ChunkStore(root) as s:
+        assert s.recovery["lost_rows"] == 2
+        assert_all_readable(s, items[:4])
+        assert s.missing([cid(x) for x in items]) == [4, 5]
+        assert s.verify() == {"chunks": 4, "bad": []}
+
+
+def test_unknown_segment_version_refused(tmp_path):
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        raw = b"v" * 100
+        s.put(cid(raw), raw)
+    seg = seg_files(root)[0]
+    with open(seg, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<H", 2))
+    with pytest.raises(StoreError, match="version 2"):
+        ChunkStore(root)
+    with open(seg, "r+b") as f:
+        f.write(b"NOTANCHR")
+    with pytest.raises(StoreError, match="not an Anchor segment"):
+        ChunkStore(root)
+
+
+def test_unknown_index_version_refused(tmp_path):
+    root = str(tmp_path)
+    ChunkStore(root).close()
+    db = sqlite3.connect(os.path.join(root, "index.sqlite"))
+    db.execute("UPDATE meta SET value=9 WHERE key='format_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="version 9"):
+        ChunkStore(root)
+
+
+def test_verify_finds_flipped_byte(tmp_path):
+    items = chunks(10)
+    root = str(tmp_path)
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+        s.flush()
+        victim = cid(items[3])
+        where = s.info(victim)
+        assert s.verify() == {"chunks": 10, "bad": []}
+    seg = seg_files(root)[where["seg"] - 1]
+    with open(seg, "r+b") as f:
+        pos = where["off"] + S.RECORD_HEADER_SIZE + where["stored_len"] // 2
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x40]))
+    with ChunkStore(root) as s:
+        assert s.verify() == {"chunks": 10, "bad": [victim.hex()]}
+        with pytest.raises(StoreError):
+            s.get(victim)
+        assert_all_readable(s, items[:3] + items[4:])
+
+
+def test_segment_rollover(tmp_path):
+    items = chunks(60, size=(8000, 16000))
+    root = str(tmp_path)
+    size = 64 << 10
+    with ChunkStore(root, segment_size=size, flush_bytes=100 << 10) as s:
+        for x in items[:30]:
+            s.put(cid(x), x)
+        s.ingest(items[30:])
+    files = seg_files(root)
+    assert len(files) > 5
+    assert [os.path.basename(f) for f in files] == [S.segment_name(i + 1) for i in range(len(files))]
+    assert all(os.path.getsize(f) <= size for f in files)
+    with ChunkStore(root, segment_size=size) as s:
+        assert_all_readable(s, items)
+        assert s.stats()["segments"] == len(files)
+        assert s.verify() == {"chunks": 60, "bad": []}
+
+
+# ---------------------------------------------------------------------------- a real crash
+
+CHILD = r"""
+import hashlib, random, sys
+sys.path.insert(0, sys.argv[2])
+from anchor.store import ChunkStore
+s = ChunkStore(sys.argv[1], segment_size=256 << 10, flush_bytes=1 << 30)
+r = random.Random(int(sys.argv[3]))
+out = sys.stdout
+for rnd in range(1000000):
+    batch = [r.randbytes(r.randrange(500, 30000)) if r.random() < 0.5
+             else (b"line %d of round %d\n" % (r.randrange(99), rnd)) * r.randrange(20, 1500)
+             for _ in range(r.randrange(5, 40))]
+    if rnd % 2:
+        ids = s.ingest(batch)
+    else:
+        ids = [hashlib.sha256(x).digest() for x in batch]
+        for i, x in zip(ids, batch):
+            s.put(i, x)
+    out.write("W\n")
+    out.flush()
+    s.flush()
+    out.write("F " + " ".join(i.hex() for i in ids) + "\n")
+    out.flush()
+"""
+
+
+@pytest.mark.parametrize("seed,kill_after,when", [
+    (1, 3, "W"), (2, 8, "W"), (3, 5, "F"), (4, 12, "W"), (5, 1, "W"), (6, 20, "F"),
+])
+def test_sigkill_during_writes(tmp_path, seed, kill_after, when):
+    """The child reports each flush; we SIGKILL it right after its n-th report of `when`
+    (W: it is about to flush, so the kill lands in the middle of writing; F: between flushes)."""
+    root = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, FIRMWARE, str(seed)],
+                            stdout=subprocess.PIPE, text=True)
+    flushed = []
+    seen = 0
+    try:
+        for line in proc.stdout:
+            if line.startswith("F "):
+                flushed.extend(bytes.fromhex(h) for h in line.split()[1:])
+            if line[0] == when:
+                seen += 1
+                if seen == kill_after:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert flushed or kill_after == 1
+    with ChunkStore(root, segment_size=256 << 10) as s:
+        print("RECOVERY", seed, kill_after, when, len(flushed), s.recovery)
+        assert s.missing(flushed) == []
+        for i in flushed:
+            assert cid(s.get(i)) == i
+        v = s.verify()
+        assert v["bad"] == []
+        assert v["chunks"] >= len(set(flushed))
+        extra = b"after the crash"
+        s.put(cid(extra), extra)
+    with ChunkStore(root) as s:
+        assert s.get(cid(extra)) == extra
