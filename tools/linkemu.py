@@ -47,6 +47,9 @@ class CountingRelay:
             except OSError:
                 c.close()
                 continue
+            for s in (c, u):
+                # a relay must not add Nagle delays the real link does not have
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.connections += 1
             for a, b, up in ((c, u, True), (u, c, False)):
                 t = threading.Thread(target=self._pump, args=(a, b, up), daemon=True)

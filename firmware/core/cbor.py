@@ -12,7 +12,8 @@
 # The decoder also refuses counts that the remaining input cannot hold, so a
 # hostile length cannot make it allocate more than the input justifies.
 #
-# API: encode(obj) -> bytes, decode(buf, start=0, end=None) -> obj, CBORError.
+# API: encode(obj) -> bytes, encode_into(obj, buf, pos) -> end,
+#      decode(buf, start=0, end=None) -> obj, CBORError.
 
 import struct
 
@@ -35,6 +36,36 @@ def encode(obj):
     out = bytearray()
     _enc(obj, out, 0)
     return bytes(out)
+
+
+class _Fixed:
+    # Writes into a caller's preallocated buffer: on a fragmented 256 KB heap a message
+    # must not need a fresh contiguous block (the encoder only uses append and +=).
+    def __init__(self, buf, pos):
+        self.buf = buf
+        self.pos = pos
+        self.cap = len(buf)
+
+    def append(self, b):
+        if self.pos >= self.cap:
+            raise CBORError("message does not fit in %d bytes" % self.cap)
+        self.buf[self.pos] = b
+        self.pos += 1
+
+    def __iadd__(self, b):
+        n = len(b)
+        if self.pos + n > self.cap:
+            raise CBORError("message does not fit in %d bytes" % self.cap)
+        self.buf[self.pos:self.pos + n] = b
+        self.pos += n
+        return self
+
+
+def encode_into(obj, buf, pos=0):
+    """Encode obj into bytearray buf at pos; returns the end position."""
+    w = _Fixed(buf, pos)
+    _enc(obj, w, 0)
+    return w.pos
 
 
 def _head(out, major, n):

@@ -46,6 +46,18 @@ def encode_frame(payload, max_payload=MAX_PAYLOAD):
     ))
 
 
+def frame_in_place(buf, n):
+    """Frame a payload already encoded at buf[6:6+n]; returns the frame's length.
+
+    buf is a preallocated bytearray; nothing is allocated beyond small ints.
+    """
+    if n > 0xFFFF or n + 10 > len(buf):
+        raise ValueError("payload of %d bytes does not fit the frame buffer" % n)
+    struct.pack_into(">BBHH", buf, 0, 0xA7, 0x5C, n, n ^ 0xFFFF)
+    struct.pack_into(">I", buf, 6 + n, crc32(memoryview(buf)[6:6 + n]) & 0xFFFFFFFF)
+    return n + 10
+
+
 def frame_around(prefix, body, max_payload=MAX_PAYLOAD):
     """(head, tail) such that head + body + tail is the frame of payload prefix + body.
 

@@ -1,5 +1,6 @@
 # One end of a backup session, sans I/O: bytes in, checked messages out; messages in,
 # framed bytes out. Drivers (sockets, UARTs, asyncio) only move the bytes.
+from core import cbor
 from core import framing
 from core import messages as m
 from core import states as st
@@ -8,12 +9,16 @@ NEED_DATA = None
 
 
 class Session:
-    def __init__(self, role, max_payload=framing.MAX_PAYLOAD):
+    def __init__(self, role, max_payload=framing.MAX_PAYLOAD, buffer_size=None, tx_buffer=0):
         self.role = role
         self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
         self.state = st.START
-        self._deframer = framing.Deframer(max_payload)
+        self._deframer = framing.Deframer(max_payload, buffer_size)
         self._pending = b""          # bytes the deframer had no room for yet
+        # With tx_buffer, send() encodes into one preallocated buffer and returns a
+        # memoryview of it, valid until the next send (the rover's heap cannot afford a
+        # new block per message). Without, send() returns fresh bytes.
+        self._tx = bytearray(tx_buffer) if tx_buffer else None
         self._request = None         # (type, key) of the request the peer must answer
         self.bytes_in = 0
         self.bytes_out = 0
@@ -21,12 +26,16 @@ class Session:
     # --- receiving ---------------------------------------------------------------------
 
     def receive_data(self, data):
+        """Take bytes from the link. Call next_event() until it returns NEED_DATA before
+        passing more: then the deframer has room and nothing is copied."""
         self.bytes_in += len(data)
         if self._pending:
             self._pending = self._pending + bytes(data)
-        else:
-            self._pending = bytes(data)
-        self._feed()
+            self._feed()
+            return
+        n = self._deframer.receive_data(data)
+        if n < len(data):
+            self._pending = bytes(data[n:])
 
     def _feed(self):
         if self._pending:
@@ -55,7 +64,14 @@ class Session:
         """Check `msg` against the protocol and return its framed bytes."""
         m.check(msg)
         self._advance(self.role, msg)
-        out = framing.encode_frame(m.encode(msg))
+        if self._tx is not None:
+            try:
+                n = cbor.encode_into(msg, self._tx, 6)
+            except cbor.CBORError as e:
+                raise m.ProtocolError(m.E_TOO_LARGE, str(e))
+            out = memoryview(self._tx)[:framing.frame_in_place(self._tx, n - 6)]
+        else:
+            out = framing.encode_frame(m.encode(msg))
         self.bytes_out += len(out)
         return out
 

@@ -20,12 +20,14 @@ try:
 except ImportError:
     zlib = None
 
-BATCH_ENTRIES = const(64)      # entries per ENTRIES message
+BATCH_ENTRIES = const(32)      # entries per ENTRIES message
+BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUFFER
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
-LIST_IDS = const(256)          # chunk ids per CHUNKLIST message
+LIST_IDS = const(128)          # chunk ids per CHUNKLIST message (4.4 KB)
+TX_BUFFER = const(8192)        # every message the rover sends is encoded in here
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
 STATE_VERSION = const(1)
-RX_PAYLOAD = const(8192)       # the rover only ever receives small messages
+RX_PAYLOAD = const(4096)       # the rover only ever receives small messages (NEED <= ~1.6 KB)
 
 
 class RoverError(Exception):
@@ -85,15 +87,17 @@ class Backup:
         self.state_dir = state_dir
         self.root = root.rstrip("/") or "/"
         self.log = log or (lambda s: None)
-        self.sess = Session(states.ROVER, RX_PAYLOAD)
+        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, TX_BUFFER)
         self.rxbuf = bytearray(2048)
-        self.rbuf = bytearray(16384)              # file reads while hashing
-        self.cbuf = bytearray(chunker.MAX_SIZE)   # one chunk being uploaded
+        # One buffer serves file reads while hashing and the chunk being uploaded: a batch
+        # is hashed completely before any of it is uploaded, so the two never overlap.
+        self.cbuf = bytearray(chunker.MAX_SIZE)
         self.recbuf = bytearray(_REC)
         self.seq = 0
         self.batch = []
         self.files = {}          # batch index -> (full path, oid, first record, count)
         self.nrec = 0
+        self.batch_bytes = 0
         self.cfile = None
         self.cpath = state_dir + "/batch.chunks"
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
@@ -198,7 +202,7 @@ class Backup:
         oid = chunker.ObjectId()
         size = 0
         with open(path, "rb") as f:
-            for off, ln, cid in chunker.chunks_of(f, self.rbuf):
+            for off, ln, cid in chunker.chunks_of(f, self.cbuf):
                 oid.add(cid)
                 self.cfile.write(struct.pack(">QI", off, ln))
                 self.cfile.write(cid)
@@ -212,11 +216,14 @@ class Backup:
     def _open_batch(self):
         self.cfile = open(self.cpath, "wb")
         self.nrec = 0
+        self.batch_bytes = 0
         self.batch = []
         self.files = {}
 
     def _maybe_flush(self):
-        if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS:
+        e = self.batch[-1]
+        self.batch_bytes += len(e[1]) + 64 + (len(e[7]) if len(e) > 7 else 0)
+        if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS or self.batch_bytes >= BATCH_BYTES:
             self._flush_batch()
             self._open_batch()
 

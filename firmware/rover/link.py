@@ -1,6 +1,11 @@
 # Byte-stream links for the rover. Drivers only move bytes; the session does the rest.
 import socket
 
+from core.compat import MICROPYTHON
+
+if MICROPYTHON:
+    import select
+
 
 class LinkError(Exception):
     pass
@@ -20,18 +25,31 @@ class TcpLink:
         try:
             self.sock.settimeout(timeout)
             self.sock.connect(socket.getaddrinfo(host, port)[0][-1])
+            # Frames go out as head, body and tail writes; without this, Nagle holds the
+            # tail for the peer's delayed ACK (40 ms per chunk).
+            self.sock.setsockopt(6, 1, 1)   # IPPROTO_TCP, TCP_NODELAY
         except OSError as e:
             self.sock.close()
             raise LinkError("cannot reach the anchor at %s:%d: %s" % (host, port, e))
-        # CPython sockets have recv_into. MicroPython's readinto waits to fill the whole
-        # buffer, so there recv (whatever has arrived) is copied in instead.
-        self._recv_into = getattr(self.sock, "recv_into", None) or self._recv_copy
+        self.timeout_ms = int(timeout * 1000)
+        if MICROPYTHON:
+            # A blocking readinto waits to fill the whole buffer; non-blocking with poll
+            # takes what has arrived, into the caller's buffer, allocating nothing.
+            self.sock.setblocking(False)
+            self.poll = select.poll()
+            self.poll.register(self.sock, select.POLLIN)
+            self._recv_into = self._recv_poll
+        else:
+            self._recv_into = self.sock.recv_into
         self.tx = 0
         self.rx = 0
 
     def write(self, data):
         try:
-            self.sock.sendall(data)
+            if MICROPYTHON:
+                self._write_poll(data)
+            else:
+                self.sock.sendall(data)
         except OSError as e:
             raise LinkError("link lost while sending: %s" % e)
         self.tx += len(data)
@@ -46,11 +64,24 @@ class TcpLink:
         self.rx += n
         return n
 
-    def _recv_copy(self, buf):
-        data = self.sock.recv(len(buf))
-        n = len(data)
-        buf[:n] = data
-        return n
+    def _recv_poll(self, buf):
+        if not self.poll.poll(self.timeout_ms):
+            raise OSError("no answer from the anchor for %d s" % (self.timeout_ms // 1000))
+        n = self.sock.readinto(buf)
+        return 0 if n is None else n
+
+    def _write_poll(self, data):
+        mv = memoryview(data)
+        while mv:
+            n = self.sock.write(mv)
+            if not n:
+                self.poll.modify(self.sock, select.POLLOUT)
+                ready = self.poll.poll(self.timeout_ms)
+                self.poll.modify(self.sock, select.POLLIN)
+                if not ready:
+                    raise OSError("link stalled for %d s" % (self.timeout_ms // 1000))
+                continue
+            mv = mv[n:]
 
     def close(self):
         self.sock.close()

@@ -30,7 +30,7 @@ class AnchorProc:
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "anchor"), "serve", "--data", self.data_dir,
              "--listen", "tcp://127.0.0.1:0", "--mgmt", "unix:" + self.mgmt],
-            stdout=subprocess.PIPE, stderr=self.log)
+            stdout=subprocess.PIPE, stderr=self.log, bufsize=0)  # unbuffered: select must see every line
         # The daemon prints its port once it listens; read that line, bounded in time.
         deadline = time.monotonic() + timeout
         buf = b""
