@@ -5,13 +5,15 @@ store and catalog only in ways that are safe to repeat: chunks land in the store
 arrive (so a resumed session never re-sends them), and nothing becomes part of a snapshot
 until COMMIT, which checks the whole tree against the rover's root digest first.
 """
-import hashlib
 import logging
 import zlib
 
 from core import chunker
 from core import messages as m
+from anchor.store import StoreError
 from anchor.trees import apply_delta
+
+FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
 
 log = logging.getLogger("anchor.backup")
 
@@ -32,8 +34,9 @@ class BackupHandler:
         self.declaring = {}           # oid -> bytearray of chunk ids received so far
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
-        self.uploaded = []            # chunk ids received this session (scope)
-        self.uploaded_set = set()
+        self.uploaded_set = set()     # chunk ids received this session
+        self.unscoped = []            # ...of which not yet durable and in the device's scope
+        self.unflushed = 0
         self.counts = {"backup_rx_data": 0, "chunks_uploaded": 0, "raw_uploaded": 0}
 
     def handle(self, msg):
@@ -148,15 +151,32 @@ class BackupHandler:
             raw = payload
             if len(raw) > m.MAX_CHUNK:
                 raise m.ProtocolError(m.E_TOO_LARGE, "chunk larger than %d" % m.MAX_CHUNK)
-        if hashlib.sha256(raw).digest() != cid:
-            raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: bytes do not match their id" % cid.hex()[:16])
-        self.store.put(cid, raw, enc, payload if enc == m.ENC_ZLIB else None)
+        try:
+            # the store checks the bytes against the id before anything is written
+            self.store.put(cid, raw, enc, payload if enc == m.ENC_ZLIB else None)
+        except StoreError as e:
+            raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: %s" % (cid.hex()[:16], e))
         self.needed.discard(cid)
-        self.uploaded.append(cid)
         self.uploaded_set.add(cid)
+        self.unscoped.append(cid)
+        self.unflushed += len(payload)
         self.counts["backup_rx_data"] += len(payload)
         self.counts["chunks_uploaded"] += 1
         self.counts["raw_uploaded"] += len(raw)
+        if self.unflushed >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self):
+        """Make received chunks durable, then record that this device holds them.
+
+        In that order: scope never names bytes that a crash could lose, and a session
+        resumed after a crash is not asked again for anything made durable here.
+        """
+        self.store.flush()
+        if self.unscoped and self.dev is not None:
+            self.catalog.add_scope(self.dev, self.unscoped)
+        self.unscoped = []
+        self.unflushed = 0
 
     # --- commit ------------------------------------------------------------------------
 
@@ -170,7 +190,7 @@ class BackupHandler:
         if missing:
             raise m.ProtocolError(m.E_MISSING, "%d objects were named but never described" % len(missing))
         # Chunks first, so the catalog never points at bytes that are not durable.
-        self.store.flush()
+        self.flush()
         for oid, (size, ids) in self.declared.items():
             for i in range(0, len(ids), 32):
                 if not self.store.has(ids[i:i + 32]):
@@ -184,11 +204,10 @@ class BackupHandler:
             raise m.ProtocolError(m.E_TREE, "tree mismatch: anchor built %d entries/%d bytes (%s), rover has %d/%d (%s)"
                                   % (count, nbytes, digest.hex()[:16], n_entries, total, root.hex()[:16]))
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
-        seq = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes,
-                                           new_objects, self.uploaded)
+        seq = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects)
         self.store.pin([ids[i:i + 32] for _, (_, ids) in self.declared.items() for i in range(0, len(ids), 32)])
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes
         log.info("rover %s: snapshot %d committed (%d entries, %d bytes, %d chunks uploaded)",
-                 self.device, seq, count, nbytes, len(self.uploaded))
+                 self.device, seq, count, nbytes, len(self.uploaded_set))
         return m.committed(seq)

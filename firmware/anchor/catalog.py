@@ -119,11 +119,21 @@ class Catalog:
         return [{"id": r[0], "parent": r[1], "time": r[2], "root": r[3], "entries": r[4], "bytes": r[5]}
                 for r in rows]
 
-    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, chunk_scope):
+    def add_scope(self, dev, chunk_ids):
+        """Record that `dev` proved it holds these chunks (it uploaded their bytes)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)", ((dev, c) for c in chunk_ids))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def commit_snapshot(self, dev, parent, root, entries, total, new_objects):
         """One transaction: the objects this backup declared, the device's scope, the snapshot.
 
-        new_objects: iterable of (oid, size, chunk_ids_bytes). chunk_scope: chunk ids the
-        device proved it holds (uploaded). Returns the new snapshot number.
+        new_objects: iterable of (oid, size, chunk_ids_bytes). Returns the snapshot number.
         """
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -133,8 +143,6 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
                 db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
-            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
-                           ((dev, c) for c in chunk_scope))
             seq = (self.latest(dev) or 0) + 1
             db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (dev, seq, parent, time.time(), root, entries, total))

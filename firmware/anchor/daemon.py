@@ -25,7 +25,9 @@ class Anchor:
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
         self._check_version()
-        self.store = ChunkStore(os.path.join(self.data_dir, "chunks"))
+        # Sessions flush every 1 MiB themselves (backup_service.FLUSH_BYTES); the store's
+        # own threshold is a backstop above that.
+        self.store = ChunkStore(os.path.join(self.data_dir, "chunks"), flush_bytes=4 << 20)
         self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
         self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
         self.link_bytes = {"rx": 0, "tx": 0}
@@ -96,7 +98,7 @@ class Anchor:
                     log.exception("could not record counters")
             # Chunks that arrived stay useful to a resumed session.
             try:
-                self.store.flush()
+                handler.flush()
             except Exception:
                 log.exception("flush after session failed")
             writer.close()
