@@ -22,7 +22,7 @@ class CountingRelay:
         self.up = 0      # rover -> anchor
         self.down = 0    # anchor -> rover
         self.connections = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._closing = False
         self._threads = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -35,6 +35,11 @@ class CountingRelay:
     def reset(self):
         with self._lock:
             self.up = self.down = 0
+
+    def wait_for(self, predicate, timeout):
+        """Block until predicate(relay) holds (checked as bytes move); False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: predicate(self), timeout)
 
     def _accept(self):
         while not self._closing:
@@ -67,6 +72,7 @@ class CountingRelay:
                         self.up += len(data)
                     else:
                         self.down += len(data)
+                    self._lock.notify_all()
                 dst.sendall(data)
         except OSError:
             pass
