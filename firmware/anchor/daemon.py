@@ -66,13 +66,13 @@ class Anchor:
                 if not data:
                     break
                 sess.receive_data(data)
-                if sess.corrupt:
-                    # A stream link delivers bytes intact or not at all: damage here means
-                    # a broken or hostile peer, not noise to resynchronise over.
-                    raise m.ProtocolError(m.E_PROTOCOL, "corrupt frame on a stream link (%d bad frames, %d garbage bytes)"
-                                          % (sess.corrupt[0], sess.corrupt[1]))
                 while True:
                     msg = sess.next_event()
+                    if sess.corrupt:
+                        # A stream link delivers bytes intact or not at all: damage here
+                        # means a broken or hostile peer, not noise to resynchronise over.
+                        raise m.ProtocolError(m.E_PROTOCOL, "corrupt frame on a stream link (%d bad frames, %d garbage bytes)"
+                                              % sess.corrupt)
                     if msg is None:
                         break
                     for reply in handler.handle(msg):
