@@ -1,0 +1,86 @@
+"""anchorctl's restore writes nothing outside --to, whatever the stream says."""
+import json
+import os
+import struct
+
+import pytest
+
+from anchorctl.client import AnchorError, _Reader
+from anchorctl.restore import Restorer
+
+
+class FakeResp:
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def read(self, n):
+        out = self.data[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+
+def stream(*entries, end=True):
+    out = b""
+    for e, body in entries:
+        h = json.dumps(e).encode()
+        out += struct.pack(">I", len(h)) + h + body
+    if end:
+        out += struct.pack(">I", 0)
+    return _Reader(FakeResp(out))
+
+
+def f(path, body=b"x", mode=0o644):
+    return ({"path": path, "type": "file", "size": len(body), "mtime_ns": 1_600_000_000_123_456_789, "mode": mode}, body)
+
+
+@pytest.mark.parametrize("path", ["../escape", "/etc/passwd-anchor", "a/../../escape", "a//b", "./x", ""])
+def test_unsafe_paths_refused(tmp_path, path):
+    to = tmp_path / "to"
+    with pytest.raises(AnchorError):
+        Restorer(str(to)).run(stream(f(path)))
+    assert sorted(os.listdir(tmp_path)) == ["to"]
+    assert not os.path.exists("/etc/passwd-anchor")
+
+
+def test_symlink_cannot_carry_a_write_outside(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = ({"path": "l", "type": "symlink", "size": 0, "mtime_ns": 0, "mode": 0o777, "target": str(outside)}, b"")
+    with pytest.raises(AnchorError):
+        Restorer(str(tmp_path / "to")).run(stream(link, f("l/evil")))
+    assert os.listdir(outside) == []
+
+
+def test_existing_symlink_in_target_is_replaced_not_followed(tmp_path):
+    outside = tmp_path / "victim"
+    outside.write_bytes(b"keep")
+    to = tmp_path / "to"
+    to.mkdir()
+    os.symlink(str(outside), str(to / "file"))
+    Restorer(str(to)).run(stream(f("file", b"new")))
+    assert outside.read_bytes() == b"keep"
+    assert (to / "file").read_bytes() == b"new" and not os.path.islink(str(to / "file"))
+
+
+def test_mode_and_mtime_exact(tmp_path):
+    to = tmp_path / "to"
+    counts = Restorer(str(to)).run(stream(
+        ({"path": "d", "type": "dir", "size": 0, "mtime_ns": 1_500_000_000_000_000_001, "mode": 0o750}, b""),
+        f("d/a", b"hello", 0o600)))
+    st = os.stat(str(to / "d" / "a"))
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789 and st.st_mode & 0o7777 == 0o600
+    assert (to / "d" / "a").read_bytes() == b"hello"
+    dst = os.stat(str(to / "d"))
+    assert dst.st_mtime_ns == 1_500_000_000_000_000_001 and dst.st_mode & 0o7777 == 0o750
+    assert counts == {"files": 1, "dirs": 1, "symlinks": 0, "bytes": 5}
+
+
+def test_cut_stream_is_an_error(tmp_path):
+    with pytest.raises(AnchorError, match="ended"):
+        Restorer(str(tmp_path / "to")).run(stream(f("a", b"hello"), end=False))
+    e, body = f("b", b"hello")
+    h = json.dumps(e).encode()
+    r = _Reader(FakeResp(struct.pack(">I", len(h)) + h + body[:2]))
+    with pytest.raises(AnchorError, match="ended"):
+        Restorer(str(tmp_path / "to2")).run(r)
