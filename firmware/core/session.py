@@ -10,6 +10,7 @@ NEED_DATA = None
 
 class Session:
     def __init__(self, role, max_payload=framing.MAX_PAYLOAD, buffer_size=None, tx_buffer=0):
+        # tx_buffer: 0 for fresh bytes per send, a size, or a preallocated bytearray
         self.role = role
         self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
         self.state = st.START
@@ -18,7 +19,9 @@ class Session:
         # With tx_buffer, send() encodes into one preallocated buffer and returns a
         # memoryview of it, valid until the next send (the rover's heap cannot afford a
         # new block per message). Without, send() returns fresh bytes.
-        self._tx = bytearray(tx_buffer) if tx_buffer else None
+        if type(tx_buffer) is int:
+            tx_buffer = bytearray(tx_buffer) if tx_buffer else None
+        self._tx = tx_buffer
         self._request = None         # (type, key) of the request the peer must answer
         self.bytes_in = 0
         self.bytes_out = 0

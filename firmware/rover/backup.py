@@ -12,6 +12,7 @@ from core import chunker
 from core import messages as m
 from core import states
 from core.session import Session
+from rover import buffers
 from rover import fsys
 from rover import treefile
 
@@ -24,7 +25,6 @@ BATCH_ENTRIES = const(32)      # entries per ENTRIES message
 BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUFFER
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
 LIST_IDS = const(128)          # chunk ids per CHUNKLIST message (4.4 KB)
-TX_BUFFER = const(8192)        # every message the rover sends is encoded in here
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
 STATE_VERSION = const(1)
 RX_PAYLOAD = const(4096)       # the rover only ever receives small messages (NEED <= ~1.6 KB)
@@ -87,11 +87,12 @@ class Backup:
         self.state_dir = state_dir
         self.root = root.rstrip("/") or "/"
         self.log = log or (lambda s: None)
-        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, TX_BUFFER)
+        buffers.allocate()     # no-op when main.py already took them at start-up
+        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx)
         self.rxbuf = bytearray(2048)
         # One buffer serves file reads while hashing and the chunk being uploaded: a batch
         # is hashed completely before any of it is uploaded, so the two never overlap.
-        self.cbuf = bytearray(chunker.MAX_SIZE)
+        self.cbuf = buffers.chunk
         self.recbuf = bytearray(_REC)
         self.seq = 0
         self.batch = []

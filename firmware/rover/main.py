@@ -2,6 +2,10 @@
 # (tools/rover-mpy does this). The firmware directory must be on sys.path.
 import sys
 
-from rover.cli import main
+from rover import buffers
+
+buffers.allocate()
+
+from rover.cli import main  # noqa: E402  (after the buffers, on purpose)
 
 sys.exit(main(sys.argv[1:]))
