@@ -34,8 +34,17 @@ class RoverError(Exception):
     pass
 
 
-def walk(root):
+def _names(path, log):
+    try:
+        return sorted(fsys.listdir(path))
+    except OSError as e:
+        log("cannot list %s (%s): backed up as empty" % (path, e))
+        return []
+
+
+def walk(root, log=None):
     """Yield (relative path, stat) in canonical order: depth first, names sorted."""
+    log = log or (lambda s: None)
     stack = [["", sorted(fsys.listdir(root)), 0]]
     while stack:
         top = stack[-1]
@@ -55,7 +64,7 @@ def walk(root):
             continue          # sockets, devices, fifos: nothing to back up
         yield rel, s
         if s[0] == m.T_DIR:
-            stack.append([rel, sorted(fsys.listdir(full)), 0])
+            stack.append([rel, _names(full, log), 0])
 
 
 def load_state(state_dir, device):
@@ -143,7 +152,7 @@ class Backup:
         self._open_batch()
         old = next(old_iter, None)
         try:
-            for rel, s in walk(self.root):
+            for rel, s in walk(self.root, self.log):
                 key = m.path_key(rel)
                 while old is not None and m.path_key(old[0]) < key:
                     self._delete(old[0])
@@ -153,6 +162,10 @@ class Backup:
                     prev = old
                     old = next(old_iter, None)
                 rec = self._record(rel, s, prev)
+                if rec is None:          # vanished or unreadable: not in this snapshot
+                    if prev is not None:
+                        self._delete(rel)
+                    continue
                 enc = cbor.encode(rec)
                 digest.update(enc)
                 writer.add_encoded(enc)
@@ -186,7 +199,11 @@ class Backup:
         oid = None
         idx = len(self.batch)
         if t == m.T_FILE:
-            oid, size, first, n = self._hash_file(self.root + "/" + rel)
+            try:
+                oid, size, first, n = self._hash_file(self.root + "/" + rel)
+            except OSError as e:
+                self.log("skipping %s: %s" % (rel, e))
+                return None
             self.files[idx] = (self.root + "/" + rel, oid, first, n)
         self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target))
         self.stats["changed"] += 1

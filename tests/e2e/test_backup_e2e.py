@@ -99,3 +99,40 @@ def test_lost_rover_state_reuploads_nothing(anchor, tmp_path):
     out = str(tmp_path / "restore")
     anchorctl(anchor.address, "restore", "rover-c", "--to", out)
     assert_same_tree(snapshot_of(src), out, 10 ** 9)
+
+
+def test_unreadable_folder_and_file_are_skipped(anchor, tmp_path, monkeypatch):
+    """Run the rover in-process (CPython) with a file system that refuses two paths."""
+    from rover import backup, fsys
+    from rover.link import open_link
+    src = make_tree(str(tmp_path / "src"), n_files=30, total_bytes=50_000, seed=12)
+    os.makedirs(os.path.join(src, "locked"))
+    with open(os.path.join(src, "locked", "secret"), "wb") as f:
+        f.write(b"x")
+    with open(os.path.join(src, "gone.txt"), "wb") as f:
+        f.write(b"y")
+    real_listdir, real_open = fsys.listdir, open
+
+    def listdir(path):
+        if path.endswith("/locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_listdir(path)
+
+    def fake_open(path, *a, **k):
+        if str(path).endswith("/gone.txt"):
+            raise FileNotFoundError(2, "No such file")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(fsys, "listdir", listdir)
+    monkeypatch.setattr(backup, "open", fake_open, raising=False)
+    logs = []
+    link = open_link(anchor.link)
+    try:
+        stats = backup.Backup(link, "rover-d", str(tmp_path / "state"), src, logs.append).run()
+    finally:
+        link.close()
+    assert stats["snapshot"] == 1
+    assert any("cannot list" in l for l in logs) and any("skipping gone.txt" in l for l in logs)
+    listed = json.loads(anchorctl(anchor.address, "ls", "rover-d", "1", "-r", "--json").stdout)
+    paths = set(e["path"] for e in listed)
+    assert "locked" in paths and "locked/secret" not in paths and "gone.txt" not in paths
