@@ -31,6 +31,7 @@ class BackupHandler:
         self.last_key = None
         self.batches = {}             # seq -> entries, kept until VERDICT is sent
         self.expected = {}            # oid -> size, for objects we asked the chunk list of
+        self.wanted = {}              # entry index -> oid, of the batch last answered
         self.declaring = {}           # oid -> bytearray of chunk ids received so far
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
@@ -79,6 +80,7 @@ class BackupHandler:
 
     def _entries(self, msg):
         wanted = []
+        self.wanted = {}                  # entry index in this batch -> object id
         for i, e in enumerate(msg[2]):
             key = m.path_key(e[1])
             if self.last_key is not None and key <= self.last_key:
@@ -90,9 +92,12 @@ class BackupHandler:
             oid, size = e[6], e[3]
             if self._have_object(oid, size):
                 continue
-            if oid in self.expected and self.expected[oid] != size:
-                raise m.ProtocolError(m.E_BAD_DATA, "object %s named with two sizes" % oid.hex()[:16])
+            if oid in self.expected:
+                if self.expected[oid] != size:
+                    raise m.ProtocolError(m.E_BAD_DATA, "object %s named with two sizes" % oid.hex()[:16])
+                continue                  # already asked for (the same content twice)
             self.expected[oid] = size
+            self.wanted[i] = oid
             wanted.append(i)
         return m.verdict(msg[1], wanted)
 
@@ -104,9 +109,15 @@ class BackupHandler:
         return self.catalog.device_has_object(self.dev, oid)
 
     def _chunklist(self, msg):
-        oid, start, ids, last = msg[1], msg[2], msg[3], msg[4]
-        if oid not in self.expected or oid in self.declared:
-            raise m.ProtocolError(m.E_PROTOCOL, "chunk list for an object not asked for")
+        out = []
+        for index, start, ids, last in (p[:4] for p in msg[1]):
+            oid = self.wanted.get(index)
+            if oid is None or oid in self.declared:
+                raise m.ProtocolError(m.E_PROTOCOL, "chunk list for entry %d, which was not asked for" % index)
+            out.append(m.need_part(index, start, self._list_part(oid, start, ids, last)))
+        return m.need(out)
+
+    def _list_part(self, oid, start, ids, last):
         got = self.declaring.setdefault(oid, bytearray())
         if start != len(got) // 32:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk list resumes at %d, expected %d" % (start, len(got) // 32))
@@ -131,7 +142,7 @@ class BackupHandler:
                 raise m.ProtocolError(m.E_BAD_DATA, "chunk list does not hash to object %s" % oid.hex()[:16])
             self.declared[oid] = (self.expected[oid], bytes(got))
             del self.declaring[oid]
-        return m.need(oid, start, needed)
+        return needed
 
     # --- data --------------------------------------------------------------------------
 

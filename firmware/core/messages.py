@@ -54,7 +54,7 @@ MAX_DEVICE_LEN = const(64)
 MAX_PATH_BYTES = const(1024)
 MAX_PATH_DEPTH = const(64)
 MAX_ENTRIES = const(256)       # entries per ENTRIES message
-MAX_IDS = const(512)           # chunk ids per CHUNKLIST message (16 KiB)
+MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts together (16 KiB)
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
 MAX_SIZE = 1 << 48             # largest file
 MAX_TEXT = const(512)
@@ -165,12 +165,26 @@ def verdict(seq, wanted):
     return [VERDICT, seq, wanted]
 
 
-def chunklist(oid, start, ids, last):
-    return [CHUNKLIST, oid, start, ids, last]
+def list_part(index, start, ids, last):
+    """Chunk ids start.. of the object of entry `index` in the batch just answered."""
+    return [index, start, ids, last]
 
 
-def need(oid, start, indices):
-    return [NEED, oid, start, indices]
+def chunklist(parts):
+    return [CHUNKLIST, parts]
+
+
+def need_part(index, start, wanted):
+    return [index, start, wanted]
+
+
+def need(parts):
+    return [NEED, parts]
+
+
+def parts_key(parts):
+    """What a NEED must echo of its CHUNKLIST: (entry index, first chunk) of each part."""
+    return tuple((p[0], p[1]) for p in parts)
 
 
 def data(chunk_id, enc, payload):
@@ -263,21 +277,31 @@ def check(msg):
         for i in _list(msg[2], MAX_ENTRIES, "wanted"):
             _int(i, 0, MAX_ENTRIES - 1, "wanted index")
     elif t == CHUNKLIST:
-        if n < 5:
+        if n < 2:
             _fail("CHUNKLIST too short")
-        _bytes(msg[1], 32, "object id")
-        _int(msg[2], 0, 1 << 40, "chunk index")
-        for c in _list(msg[3], MAX_IDS, "chunk ids"):
-            _bytes(c, 32, "chunk id")
-        if type(msg[4]) is not bool:
-            _fail("last must be a bool")
+        total = 0
+        for p in _list(msg[1], MAX_ENTRIES, "chunk list parts"):
+            if type(p) is not list or len(p) < 4:
+                _fail("chunk list part must be [index, first, ids, last]")
+            _int(p[0], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[1], 0, 1 << 40, "chunk index")
+            total += len(_list(p[2], MAX_IDS, "chunk ids"))
+            if total > MAX_IDS:
+                _fail("more than %d chunk ids in one CHUNKLIST" % MAX_IDS, E_TOO_LARGE)
+            for c in p[2]:
+                _bytes(c, 32, "chunk id")
+            if type(p[3]) is not bool:
+                _fail("last must be a bool")
     elif t == NEED:
-        if n < 4:
+        if n < 2:
             _fail("NEED too short")
-        _bytes(msg[1], 32, "object id")
-        _int(msg[2], 0, 1 << 40, "chunk index")
-        for i in _list(msg[3], MAX_IDS, "needed"):
-            _int(i, 0, MAX_IDS - 1, "needed index")
+        for p in _list(msg[1], MAX_ENTRIES, "need parts"):
+            if type(p) is not list or len(p) < 3:
+                _fail("need part must be [index, first, wanted]")
+            _int(p[0], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[1], 0, 1 << 40, "chunk index")
+            for i in _list(p[2], MAX_IDS, "needed"):
+                _int(i, 0, MAX_IDS - 1, "needed index")
     elif t == DATA:
         if n < 4:
             _fail("DATA too short")

@@ -103,11 +103,11 @@ class Session:
         if t == m.ENTRIES:
             self._request = (m.VERDICT, msg[1])
         elif t == m.CHUNKLIST:
-            self._request = (m.NEED, (msg[1], msg[2]))
+            self._request = (m.NEED, m.parts_key(msg[1]))
         elif t == m.VERDICT:
             self._expect(t, msg[1])
         elif t == m.NEED:
-            self._expect(t, (msg[1], msg[2]))
+            self._expect(t, m.parts_key(msg[1]))
         self.state = nxt
 
     def _expect(self, t, key):

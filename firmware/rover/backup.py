@@ -24,7 +24,7 @@ except ImportError:
 BATCH_ENTRIES = const(32)      # entries per ENTRIES message
 BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUFFER
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
-LIST_IDS = const(128)          # chunk ids per CHUNKLIST message (4.4 KB)
+LIST_IDS = const(128)          # chunk ids per CHUNKLIST message, all parts (4.6 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
 STATE_VERSION = const(1)
 RX_PAYLOAD = const(4096)       # the rover only ever receives small messages (NEED <= ~1.6 KB)
@@ -256,11 +256,7 @@ class Backup:
         if v[2]:
             recs = open(self.cpath, "rb")
             try:
-                for idx in v[2]:
-                    info = self.files.get(idx)
-                    if info is None:
-                        raise RoverError("anchor asked for entry %d, which has no content" % idx)
-                    self._upload(recs, info)
+                self._upload(recs, v[2])
             finally:
                 recs.close()
         self.batch = []
@@ -272,30 +268,54 @@ class Backup:
         off, ln = struct.unpack_from(">QI", self.recbuf, 0)
         return off, ln, bytes(self.recbuf[12:])
 
-    def _upload(self, recs, info):
-        path, oid, first, n = info
-        f = open(path, "rb")
-        try:
+    def _upload(self, recs, wanted):
+        """Chunk lists of the wanted entries, packed up to LIST_IDS ids per CHUNKLIST (one
+        round trip for many small files); after each NEED, the chunks it asks for."""
+        parts = []
+        room = LIST_IDS
+        for idx in wanted:
+            info = self.files.get(idx)
+            if info is None:
+                raise RoverError("anchor asked for entry %d, which has no content" % idx)
+            first, n = info[2], info[3]
             start = 0
             while True:
                 cnt = n - start
-                if cnt > LIST_IDS:
-                    cnt = LIST_IDS
+                if cnt > room:
+                    cnt = room
                 ids = []
                 for j in range(cnt):
                     ids.append(self._read_rec(recs, first + start + j)[2])
-                self.send(m.chunklist(oid, start, ids, start + cnt >= n))
-                need = self.recv(m.NEED)
-                for i in need[3]:
-                    if i >= cnt:
-                        raise RoverError("anchor asked for chunk %d of a list of %d" % (i, cnt))
-                    off, ln, cid = self._read_rec(recs, first + start + i)
-                    self._send_chunk(f, path, off, ln, cid)
+                parts.append(m.list_part(idx, start, ids, start + cnt >= n))
                 start += cnt
+                room -= cnt
+                if room == 0 or len(parts) >= BATCH_ENTRIES:
+                    self._exchange(recs, parts)
+                    parts = []
+                    room = LIST_IDS
                 if start >= n:
                     break
-        finally:
-            f.close()
+        if parts:
+            self._exchange(recs, parts)
+
+    def _exchange(self, recs, parts):
+        self.send(m.chunklist(parts))
+        need = self.recv(m.NEED)[1]      # the session checked it echoes these parts
+        for k in range(len(parts)):
+            wanted = need[k][2]
+            if not wanted:
+                continue
+            idx, start, ids = parts[k][0], parts[k][1], parts[k][2]
+            path, first = self.files[idx][0], self.files[idx][2]
+            f = open(path, "rb")
+            try:
+                for i in wanted:
+                    if i >= len(ids):
+                        raise RoverError("anchor asked for chunk %d of a list of %d" % (i, len(ids)))
+                    off, ln, cid = self._read_rec(recs, first + start + i)
+                    self._send_chunk(f, path, off, ln, cid)
+            finally:
+                f.close()
 
     def _send_chunk(self, f, path, off, ln, cid):
         f.seek(off)

@@ -34,8 +34,8 @@ def test_full_conversation_walks_the_table():
     pipe(a, r, m.welcome(None, True, m.CAP_ZLIB))
     pipe(r, a, m.entries(0, [m.put_entry("a/b.txt", m.T_FILE, 5, 10 ** 18, 0o644, OID), m.del_entry("old")]))
     pipe(a, r, m.verdict(0, [0]))
-    pipe(r, a, m.chunklist(OID, 0, [CID], True))
-    pipe(a, r, m.need(OID, 0, [0]))
+    pipe(r, a, m.chunklist([m.list_part(0, 0, [CID], True)]))
+    pipe(a, r, m.need([m.need_part(0, 0, [0])]))
     pipe(r, a, m.data(CID, m.ENC_RAW, b"hello"))
     pipe(r, a, m.commit(b"\x33" * 32, 1, 5))
     pipe(a, r, m.committed(1))
@@ -67,6 +67,17 @@ def test_reply_must_answer_pending_request():
     expect_error(lambda: a.send(m.verdict(7, [])), m.E_PROTOCOL)
 
 
+def test_need_must_echo_the_parts_of_its_chunklist():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", None, 0))
+    pipe(a, r, m.welcome(None, True, 0))
+    pipe(r, a, m.entries(0, []))
+    pipe(a, r, m.verdict(0, []))
+    pipe(r, a, m.chunklist([m.list_part(3, 0, [CID], False), m.list_part(5, 0, [CID], True)]))
+    expect_error(lambda: a.send(m.need([m.need_part(3, 0, [])])), m.E_PROTOCOL)
+
+
 def test_error_closes_from_any_state():
     r = Session(st.ROVER, 4096)
     a = Session(st.ANCHOR, 4096)
@@ -92,7 +103,11 @@ def test_hostile_fields_rejected():
         [m.ENTRIES, 0, [[m.OP_PUT, "a", 2, 0, 0, 0o777, None]]],  # symlink without target
         [m.ENTRIES, 0, [[m.OP_PUT, "a" * 1025, 0, 1, 0, 0o644, OID]]],
         [m.ENTRIES, 0, [m.del_entry("x")] * (m.MAX_ENTRIES + 1)],
-        [m.CHUNKLIST, OID, 0, [CID] * (m.MAX_IDS + 1), True],
+        [m.CHUNKLIST, [[0, 0, [CID] * (m.MAX_IDS + 1), True]]],
+        [m.CHUNKLIST, [[0, 0, [CID] * 300, False], [1, 0, [CID] * 300, True]]],   # 600 ids in all
+        [m.CHUNKLIST, [[0, 0, [b"short"], True]]],
+        [m.CHUNKLIST, [[m.MAX_ENTRIES, 0, [CID], True]]],
+        [m.NEED, [[0, 0, [m.MAX_IDS]]]],
         [m.DATA, CID, 5, b"x"],
         [m.DATA, CID, 0, b"x" * (m.MAX_CHUNK + 1025)],
         [m.COMMIT, b"x", 0, 0],

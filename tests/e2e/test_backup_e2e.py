@@ -49,13 +49,19 @@ def test_backup_change_backup_restore_both(anchor, tmp_path, runtime):
                     total_bytes=6 << 20, seed=3)
     if runtime == "cpython":
         os.symlink("dir000/f00001.txt", os.path.join(src, "a-link"))
+    with open(os.path.join(src, "big.bin"), "wb") as f:     # ~250 chunks: lists span messages
+        f.write(os.urandom(2_500_000))
     state = str(tmp_path / "state")
     before = snapshot_of(src)
     run_rover(runtime, anchor.link, "rover-a", state, "backup", src)
     mutate(src)
+    with open(os.path.join(src, "big.bin"), "ab") as f:
+        f.write(b"appended" * 1000)
     after = snapshot_of(src)
     p = run_rover(runtime, anchor.link, "rover-a", state, "backup", src)
     assert "snapshot 2 committed" in p.stdout, p.stdout
+    sent = int(p.stdout.split(" chunks (")[1].split(" bytes")[0])
+    assert sent < 1_000_000, "an append and some edits re-sent %d bytes" % sent
 
     snaps = json.loads(anchorctl(anchor.address, "snapshots", "rover-a", "--json").stdout)
     assert [s["id"] for s in snaps] == [1, 2] and snaps[1]["parent"] == 1

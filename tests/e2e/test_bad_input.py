@@ -139,8 +139,8 @@ def _declare_one(c, raw):
     hello(c)
     c.send_msg(m.entries(0, [m.put_entry("f", m.T_FILE, len(raw), 0, 0o644, oid)]))
     assert c.reply() == m.verdict(0, [0])
-    c.send_msg(m.chunklist(oid, 0, [cid], True))
-    assert c.reply() == m.need(oid, 0, [0])
+    c.send_msg(m.chunklist([m.list_part(0, 0, [cid], True)]))
+    assert c.reply() == m.need([m.need_part(0, 0, [0])])
     return cid, oid
 
 
@@ -177,8 +177,17 @@ def test_chunk_list_that_does_not_hash_to_object(anchor):
     oid = b"\x42" * 32
     c.send_msg(m.entries(0, [m.put_entry("f", m.T_FILE, 10, 0, 0o644, oid)]))
     assert c.reply() == m.verdict(0, [0])
-    c.send_msg(m.chunklist(oid, 0, [b"\x01" * 32], True))
+    c.send_msg(m.chunklist([m.list_part(0, 0, [b"\x01" * 32], True)]))
     expect_error(c, m.E_BAD_DATA)
+
+
+def test_chunk_list_for_an_entry_not_asked_for(anchor):
+    c = Raw(anchor.port)
+    hello(c)
+    c.send_msg(m.entries(0, [m.del_entry("x")]))
+    assert c.reply() == m.verdict(0, [])
+    c.send_msg(m.chunklist([m.list_part(0, 0, [b"\x01" * 32], True)]))
+    assert "not asked for" in expect_error(c, m.E_PROTOCOL)
 
 
 def test_commit_with_wrong_root_makes_no_snapshot(anchor):
