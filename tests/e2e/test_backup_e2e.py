@@ -51,6 +51,10 @@ def test_backup_change_backup_restore_both(anchor, tmp_path, runtime):
         os.symlink("dir000/f00001.txt", os.path.join(src, "a-link"))
     with open(os.path.join(src, "big.bin"), "wb") as f:     # ~250 chunks: lists span messages
         f.write(os.urandom(2_500_000))
+    dup = os.urandom(50_000)
+    for name in ("dup-a.bin", "dup-b.bin"):                 # the same content twice in one batch
+        with open(os.path.join(src, name), "wb") as f:
+            f.write(dup)
     state = str(tmp_path / "state")
     before = snapshot_of(src)
     run_rover(runtime, anchor.link, "rover-a", state, "backup", src)
