@@ -6,13 +6,15 @@ On-flash format, write order and recovery rules: docs/storage.md (storage format
     root/index.sqlite            chunk id -> segment, offset, lengths, encoding, class, last use
 
 Writes are batched: put()/ingest() append records to an in-memory buffer; flush() writes them
-with one write per segment, fsyncs the segments (and the directory when a file is new) and only
-then commits the index transaction.  open() re-indexes complete records written after the last
-commit and truncates torn tails, so everything a returned flush() promised is readable.
+with one gathered write per segment, fsyncs the segments (and the directory when a file is new)
+and only then commits the index transaction.  An automatic flush (flush_bytes buffered) does the
+same on a writer thread so the caller is not blocked by the card.  open() re-indexes complete
+records written after the last commit and truncates torn tails, so everything a returned
+flush() promised is readable.
 
 One thread uses a store at a time (the daemon's asyncio thread).  ingest() hands batches of
-chunks to compressor threads, each batch one zstandard call that runs without the GIL, while the
-calling thread hashes the next batch and frames finished ones (see ingest()).
+chunks to a compressor thread, each batch one zstandard call that runs without the GIL, while
+the calling thread hashes the next batch and frames finished ones (see ingest()).
 """
 
 import hashlib
@@ -209,6 +211,19 @@ def _pwrite_all(fd, buffers, off):
     return off
 
 
+def _plan(batch):
+    """Group buffered records by segment for gathered writes; make their index rows."""
+    groups = []                 # [seq, first offset, [head, payload, head, payload, ...]]
+    rows = []
+    for cid, p in batch.items():
+        seq, off, raw_len, enc, head, payload, cls, last_use = p
+        if not groups or groups[-1][0] != seq:
+            groups.append([seq, off, []])
+        groups[-1][2] += (head, payload)
+        rows.append((cid, seq, off, raw_len, len(payload), enc, cls, last_use))
+    return groups, rows
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -237,6 +252,12 @@ class ChunkStore:
         self.index_path = os.path.join(root, "index.sqlite")
         self._pending = {}          # id -> buffered record (a list, see P_*), in append order
         self._pending_bytes = 0
+        self._inflight = deque()    # ingest batches being compressed: (ids, raws, Future)
+        self._waiting = {}          # id -> raw chunk, for every chunk in _inflight
+        self._sealed = {}           # records an automatic flush handed to the writer thread
+        self._sealed_job = None     # that flush's Future; _settle() waits for it
+        self._io = None             # the writer thread (one), created on first automatic flush
+        self._wdb = None            # index connection that commits chunk rows
         self._wfd = None            # fd of the current (last) segment, opened O_RDWR
         self._wseq = 0
         self._rfds = {}             # seq -> read-only fd, a small cache
@@ -251,10 +272,19 @@ class ChunkStore:
             _fsync_dir(os.path.dirname(os.path.abspath(root)))
         self.db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False,
                                   cached_statements=256)
+        try:
+            self._open_index()
+            self._recover()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open_index(self):
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is enough: every row describes a record that was fsynced in its segment first,
         # and open() rebuilds rows of commits lost with the WAL tail.  pin() commits with FULL.
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
         if row is None:
@@ -262,7 +292,6 @@ class ChunkStore:
         elif row[0] != FORMAT_VERSION:
             raise StoreError("index %s has storage format version %r; this anchor reads version %d"
                              % (self.index_path, row[0], FORMAT_VERSION))
-        self._recover()
 
     # ------------------------------------------------------------------ open and recovery
 
@@ -368,9 +397,16 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ lookups
 
+    def _buffered(self, chunk_id):
+        """The in-memory record of a chunk whose index row is not committed yet, or None."""
+        p = self._pending.get(chunk_id)
+        if p is None and self._sealed:
+            p = self._sealed.get(chunk_id)
+        return p
+
     def has(self, chunk_id):
         chunk_id = _as_id(chunk_id)
-        if chunk_id in self._pending:
+        if self._buffered(chunk_id) is not None or chunk_id in self._waiting:
             return True
         return self.db.execute("SELECT 1 FROM chunks WHERE id=?", (chunk_id,)).fetchone() is not None
 
@@ -394,10 +430,12 @@ class ChunkStore:
     def missing(self, chunk_ids):
         """Indices (into chunk_ids) of the ids the store does not hold."""
         ids = [_as_id(c) for c in chunk_ids]
-        pend = self._pending
-        ask = [c for c in ids if c not in pend]
+        buffered = self._buffered
+        waiting = self._waiting
+        ask = [c for c in ids if c not in waiting and buffered(c) is None]
         found = self._present(ask) if ask else ()
-        return [i for i, c in enumerate(ids) if c not in pend and c not in found]
+        return [i for i, c in enumerate(ids)
+                if c not in found and c not in waiting and buffered(c) is None]
 
     # ------------------------------------------------------------------ writing
 
@@ -418,7 +456,8 @@ class ChunkStore:
             self._pending_bytes += n
             if self._pending_bytes >= self.flush_bytes:
                 self._wseq, self._wend = seq, end
-                self.flush()
+                self._flush_behind()
+                pend = self._pending
         self._wseq, self._wend = seq, end
 
     def put(self, chunk_id, raw, encoding=ENC_RAW, payload=None):
@@ -452,94 +491,146 @@ class ChunkStore:
         """Store many raw chunks (bytes-like, e.g. pyfastcdc chunk.data) and return their ids in
         input order; the store ends up as if each had been put() in turn.
 
-        Pipeline: this thread cuts batches of about batch_bytes from the iterable, hashes them,
-        drops chunks already stored and sends the rest to a compressor thread; a batch comes back
-        as one zstandard call's output, and this thread frames and buffers it, flushing as usual.
-        Each chunk must stay unchanged until ingest returns (cut_buf views of bytes do; reuse of
-        a buffer, as with cut_stream, needs bytes(c.data))."""
+        Pipeline: this thread takes batches of about batch_bytes from the iterable, hashes them,
+        drops chunks already stored and hands the rest to a compressor thread, one zstandard call
+        per batch; finished batches are framed and buffered here. The last batches may still be
+        compressing when ingest returns, so that consecutive calls (one per object) keep the
+        compressor busy; has() and missing() count them, and get(), flush() and the rest wait for
+        them. Chunks in read-only buffers (bytes, cut_buf views of bytes) are used in place; others
+        are copied, so the caller may reuse its buffer."""
         self._check_open()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunkstore-zstd")
-        submit = self._pool.submit
-        level = self.zstd_level
         sha = _sha256
         ids = []
-        inflight = deque()          # (new ids, their raw chunks, future of compressed payloads)
-        waiting = set()             # ids in inflight batches, so a repeat is not stored twice
-        window = 2 * self.workers + 2
-
-        def start(batch):
-            bids = [sha(r).digest() for r in batch]
-            ids.extend(bids)
-            pend = self._pending
-            ask = [c for c in bids if c not in pend and c not in waiting]
-            known = self._present(ask) if ask else ()
-            new_ids, new_raws = [], []
-            for cid, raw in zip(bids, batch):
-                if cid in pend or cid in waiting or cid in known:
-                    continue
-                waiting.add(cid)
-                new_ids.append(cid)
-                new_raws.append(raw)
-            if new_ids:
-                inflight.append((new_ids, new_raws, submit(_compress_many, new_raws, level)))
-
-        def finish():
-            new_ids, new_raws, fut = inflight.popleft()
-            comp = fut.result()
-            recs = []
-            for i, cid in enumerate(new_ids):
-                raw = new_raws[i]
-                p = comp[i]
-                if len(p) < len(raw):
-                    recs.append((cid, len(raw), ENC_ZSTD, p))
-                else:
-                    recs.append((cid, len(raw), ENC_RAW, _stable(raw)))
-            self._append(recs, int(time.time()))
-            waiting.difference_update(new_ids)
-
         batch = []
         size = 0
-        try:
-            for raw in chunks:
-                n = len(raw)
-                if n > MAX_CHUNK:
-                    raise StoreError("chunk of %d bytes exceeds the %d byte limit" % (n, MAX_CHUNK))
-                batch.append(raw)
-                size += n
-                if size >= batch_bytes:
-                    start(batch)
-                    batch = []
-                    size = 0
-                    while inflight and (len(inflight) > window or inflight[0][2].done()):
-                        finish()
-            if batch:
-                start(batch)
-            while inflight:
-                finish()
-        finally:
-            for item in inflight:
-                item[2].cancel()
+        for raw in chunks:
+            n = len(raw)
+            if n > MAX_CHUNK:
+                raise StoreError("chunk of %d bytes exceeds the %d byte limit" % (n, MAX_CHUNK))
+            batch.append(raw)
+            size += n
+            if size >= batch_bytes:
+                bids = [sha(r).digest() for r in batch]
+                ids += bids
+                self._start(bids, batch)
+                batch = []
+                size = 0
+        if batch:
+            bids = [sha(r).digest() for r in batch]
+            ids += bids
+            self._start(bids, batch)
         return ids
+
+    def _start(self, bids, batch):
+        """Send the chunks of a hashed batch that the store lacks to the compressor thread, then
+        buffer the batches that are done (or wait, if too many are in flight)."""
+        pend = self._pending
+        sealed = self._sealed
+        waiting = self._waiting
+        ask = [c for c in bids if c not in pend and c not in sealed and c not in waiting]
+        known = self._present(ask) if ask else ()
+        new_ids, new_raws = [], []
+        for cid, raw in zip(bids, batch):
+            if cid in pend or cid in sealed or cid in waiting or cid in known:
+                continue
+            raw = _stable(raw)
+            waiting[cid] = raw
+            new_ids.append(cid)
+            new_raws.append(raw)
+        if new_ids:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunkstore-zstd")
+            fut = self._pool.submit(_compress_many, new_raws, self.zstd_level)
+            self._inflight.append((new_ids, new_raws, fut))
+        inflight = self._inflight
+        while inflight and (len(inflight) > 2 * self.workers + 2 or inflight[0][2].done()):
+            self._finish()
+
+    def _finish(self):
+        """Frame and buffer the oldest compressed batch."""
+        new_ids, new_raws, fut = self._inflight[0]
+        try:
+            comp = fut.result()
+        except Exception as e:
+            self._inflight.popleft()
+            for cid in new_ids:
+                self._waiting.pop(cid, None)
+            raise StoreError("compressing chunks failed: %s" % e) from e
+        self._inflight.popleft()
+        recs = []
+        for i, cid in enumerate(new_ids):
+            raw = new_raws[i]
+            p = comp[i]
+            if len(p) < len(raw):
+                recs.append((cid, len(raw), ENC_ZSTD, p))
+            else:
+                recs.append((cid, len(raw), ENC_RAW, raw))
+        waiting = self._waiting
+        for cid in new_ids:
+            del waiting[cid]
+        self._append(recs, int(time.time()))
+
+    def _drain(self):
+        """Buffer every batch still being compressed."""
+        while self._inflight:
+            self._finish()
 
     def flush(self):
         """Write buffered records, fsync them, then commit the index. Durable on return."""
         self._check_open()
-        if not self._pending:
+        self._drain()
+        self._flush_buffers()
+
+    def _flush_buffers(self):
+        """flush() without waiting for ingest batches still being compressed."""
+        self._settle()
+        if self._sealed:            # an automatic flush failed: retry its records first
+            self._write_and_commit(self._sealed)
+            self._sealed = {}
+        if self._pending:
+            self._write_and_commit(self._pending)
+            self._pending = {}
+            self._pending_bytes = 0
+
+    def _flush_behind(self):
+        """Automatic flush (flush_bytes reached): the writer thread writes, fsyncs and commits the
+        buffered records while this thread goes on buffering. The write order is the same; the
+        next flush, automatic or not, first waits for this one."""
+        self._settle()
+        if self._sealed:
+            self._flush_buffers()
             return
-        rows, ends = self._write_segments()
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="chunkstore-writer")
+        self._sealed = self._pending
+        self._pending = {}
+        self._pending_bytes = 0
+        self._sealed_job = self._io.submit(self._write_and_commit, self._sealed)
+
+    def _settle(self):
+        """Wait for the automatic flush in progress, if any. If it failed, its records stay
+        buffered (flush() retries them) and the error is raised here."""
+        job = self._sealed_job
+        if job is None:
+            return
+        self._sealed_job = None
+        try:
+            job.result()
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError("flush failed: %s" % e) from e
+        self._sealed = {}
+
+    def _write_and_commit(self, batch):
+        """The write order for one batch of buffered records (dict id -> record)."""
+        groups, rows = _plan(batch)
+        ends = self._write_groups(groups)
         self._commit(rows, ends)
 
-    def _write_segments(self):
-        """Steps 1 and 2 of the write order: append to segment files and fsync them."""
-        groups = []                 # [seq, first offset, [head, payload, head, payload, ...]]
-        rows = []
-        for cid, p in self._pending.items():
-            seq, off, raw_len, enc, head, payload, cls, last_use = p
-            if not groups or groups[-1][0] != seq:
-                groups.append([seq, off, []])
-            groups[-1][2] += (head, payload)
-            rows.append((cid, seq, off, raw_len, len(payload), enc, cls, last_use))
+    def _write_groups(self, groups):
+        """Steps 1 and 2 of the write order: append to segment files and fsync them. Returns the
+        new end of each segment written."""
         ends = {}
         fds = []                    # (seq, fd) in group order; the last one stays open for appends
         new_file = False
@@ -564,7 +655,7 @@ class ChunkStore:
                 self._wfd = keep
         except OSError as e:
             raise StoreError("writing segments failed: %s" % e) from e
-        return rows, ends
+        return ends
 
     def _segment_fd(self, seq):
         """An O_RDWR fd for segment seq, creating the file (with its header) if needed."""
@@ -581,9 +672,19 @@ class ChunkStore:
             os.pwrite(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seq), 0)
         return fd, created
 
+    def _writer(self):
+        """The connection chunk rows are committed on: its own, because automatic flushes commit
+        from the writer thread while this thread keeps reading through self.db."""
+        if self._wdb is None:
+            db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._wdb = db
+        return self._wdb
+
     def _commit(self, rows, ends):
         """Step 3 of the write order: one index transaction for everything just fsynced."""
-        db = self.db
+        db = self._writer()
         db.execute("BEGIN")
         try:
             db.executemany(INSERT_CHUNK, rows)
@@ -592,8 +693,6 @@ class ChunkStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._pending.clear()
-        self._pending_bytes = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -636,7 +735,9 @@ class ChunkStore:
     def get(self, chunk_id):
         self._check_open()
         chunk_id = _as_id(chunk_id)
-        p = self._pending.get(chunk_id)
+        if chunk_id in self._waiting:
+            self._drain()
+        p = self._buffered(chunk_id)
         if p is not None:
             return self._decode_checked(chunk_id, p[P_ENC], p[P_RAW_LEN], p[P_PAYLOAD])
         row = self.db.execute("SELECT seg, off, stored_len FROM chunks WHERE id=?",
@@ -652,16 +753,15 @@ class ChunkStore:
         fsynced, because, unlike chunk rows, a class cannot be rebuilt from the segments).
         Returns how many of the ids were found."""
         ids = [_as_id(c) for c in chunk_ids]
-        if any(c in self._pending for c in ids):
+        if any(self._buffered(c) is not None or c in self._waiting for c in ids):
             self.flush()
         db = self.db
         db.execute("PRAGMA synchronous=FULL")
         try:
             db.execute("BEGIN")
-            n = 0
             try:
-                for c in ids:
-                    n += db.execute("UPDATE chunks SET class=? WHERE id=?", (cls, c)).rowcount
+                n = db.executemany("UPDATE chunks SET class=? WHERE id=?",
+                                   [(cls, c) for c in ids]).rowcount
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -678,11 +778,12 @@ class ChunkStore:
 
     def touch(self, chunk_ids):
         """Mark chunks as used now (input to least-recently-useful eviction). Not fsynced."""
+        self._drain()
         now = int(time.time())
         rows = []
         for c in chunk_ids:
             c = _as_id(c)
-            p = self._pending.get(c)
+            p = self._buffered(c)
             if p is not None:
                 p[P_LAST_USE] = now
             else:
@@ -696,7 +797,9 @@ class ChunkStore:
     def info(self, chunk_id):
         """Index entry of one chunk as a dict, or None."""
         chunk_id = _as_id(chunk_id)
-        p = self._pending.get(chunk_id)
+        if chunk_id in self._waiting:
+            self._drain()
+        p = self._buffered(chunk_id)
         if p is not None:
             return {"seg": p[P_SEG], "off": p[P_OFF], "raw_len": p[P_RAW_LEN],
                     "stored_len": len(p[P_PAYLOAD]), "enc": p[P_ENC],
@@ -712,17 +815,19 @@ class ChunkStore:
 
     def stats(self):
         """Totals over stored and buffered chunks."""
+        self._drain()
+        self._settle()              # else rows committed behind us would count twice
         n, raw, stored = self.db.execute(
             "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0) FROM chunks"
         ).fetchone()
         segs = {int(m.group(1)) for m in map(SEGMENT_NAME.match, os.listdir(self.seg_dir)) if m}
-        for p in self._pending.values():
+        for p in list(self._pending.values()) + list(self._sealed.values()):
             n += 1
             raw += p[P_RAW_LEN]
             stored += len(p[P_PAYLOAD])
             segs.add(p[P_SEG])
         return {"chunks": n, "raw_bytes": raw, "stored_bytes": stored, "segments": len(segs),
-                "pending_chunks": len(self._pending)}
+                "pending_chunks": len(self._pending) + len(self._sealed)}
 
     def verify(self):
         """Flush, then re-read every indexed record in segment order, check its CRC, decode it and
@@ -751,15 +856,21 @@ class ChunkStore:
 
     def _release(self):
         self._closed = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._inflight.clear()
+        self._waiting.clear()
+        for pool in (self._pool, self._io):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._io = None
         if self._wfd is not None:
             os.close(self._wfd[1])
             self._wfd = None
         for fd in self._rfds.values():
             os.close(fd)
         self._rfds.clear()
+        if self._wdb is not None:
+            self._wdb.close()
+            self._wdb = None
         self.db.close()
 
     def close(self):

@@ -57,7 +57,10 @@ def crash(store):
 
 def write_uncommitted(store):
     """Steps 1-2 of a flush (segment data written and fsynced), then a crash before step 3."""
-    store._write_segments()
+    store._drain()
+    store._settle()
+    groups, _rows = S._plan(store._pending)
+    store._write_groups(groups)
     crash(store)
 
 
@@ -232,6 +235,52 @@ def test_pin_touch_classes(tmp_path):
         assert [s.info(i)["class"] for i in ids] == [1, 1, 1, 0, 0, 0]
         assert s.unpin(ids[:1]) == 1
         assert s.info(ids[0])["class"] == ChunkStore.CLASS_PASS_THROUGH
+
+
+def test_automatic_flush_runs_behind_and_stays_readable(tmp_path):
+    items = chunks(200, size=(4000, 12000))
+    root = str(tmp_path)
+    s = ChunkStore(root, segment_size=128 << 10, flush_bytes=64 << 10)
+    behind = 0
+    for i, x in enumerate(items):
+        s.put(cid(x), x)
+        behind += s._sealed_job is not None
+        for y in items[: i + 1: 17]:                       # readable whatever stage it is in
+            assert s.get(cid(y)) == y
+    assert behind > 0                                      # the writer thread was used
+    assert s.missing([cid(x) for x in items]) == []
+    assert s.stats()["chunks"] == 200
+    s.close()
+    with ChunkStore(root) as s:
+        assert s.recovery["reindexed"] == 0
+        assert_all_readable(s, items)
+
+
+def test_failed_automatic_flush_is_reported_and_retried(tmp_path, monkeypatch):
+    items = chunks(40, size=(4000, 12000))
+    root = str(tmp_path)
+    s = ChunkStore(root, flush_bytes=64 << 10)
+    real = ChunkStore._write_groups
+    calls = []
+
+    def failing(self, groups):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("writing segments failed: [Errno 28] No space left on device")
+        return real(self, groups)
+
+    monkeypatch.setattr(ChunkStore, "_write_groups", failing)
+    with pytest.raises(StoreError, match="No space"):
+        for x in items:
+            s.put(cid(x), x)
+    stored = [x for x in items if s.has(cid(x))]              # nothing put was dropped
+    assert stored == items[: len(stored)]
+    s.flush()                                                  # retries the failed batch
+    assert_all_readable(s, stored)
+    s.close()
+    with ChunkStore(root) as s:
+        assert_all_readable(s, stored)
+        assert s.verify()["bad"] == []
 
 
 # ---------------------------------------------------------------------------- recovery
@@ -449,7 +498,7 @@ CHILD = r"""
 import hashlib, random, sys
 sys.path.insert(0, sys.argv[2])
 from anchor.store import ChunkStore
-s = ChunkStore(sys.argv[1], segment_size=256 << 10, flush_bytes=1 << 30)
+s = ChunkStore(sys.argv[1], segment_size=256 << 10, flush_bytes=int(sys.argv[4]))
 r = random.Random(int(sys.argv[3]))
 out = sys.stdout
 for rnd in range(1000000):
@@ -470,15 +519,18 @@ for rnd in range(1000000):
 """
 
 
-@pytest.mark.parametrize("seed,kill_after,when", [
-    (1, 3, "W"), (2, 8, "W"), (3, 5, "F"), (4, 12, "W"), (5, 1, "W"), (6, 20, "F"),
+@pytest.mark.parametrize("seed,kill_after,when,flush_bytes", [
+    (1, 3, "W", 1 << 30), (2, 8, "W", 1 << 30), (3, 5, "F", 1 << 30), (4, 12, "W", 1 << 30),
+    (5, 1, "W", 1 << 30), (6, 20, "F", 1 << 30),
+    # small flush_bytes: automatic flushes run on the writer thread when the kill comes
+    (7, 4, "W", 64 << 10), (8, 9, "F", 64 << 10), (9, 15, "W", 100 << 10),
 ])
-def test_sigkill_during_writes(tmp_path, seed, kill_after, when):
+def test_sigkill_during_writes(tmp_path, seed, kill_after, when, flush_bytes):
     """The child reports each flush; we SIGKILL it right after its n-th report of `when`
     (W: it is about to flush, so the kill lands in the middle of writing; F: between flushes)."""
     root = str(tmp_path / "store")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, FIRMWARE, str(seed)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, FIRMWARE, str(seed),
+                             str(flush_bytes)], stdout=subprocess.PIPE, text=True)
     flushed = []
     seen = 0
     try:
