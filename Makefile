@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench bench-deps clean
 
 setup: $(STAMP) firmware/core/gear.py
 
@@ -25,8 +25,21 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-bench: setup
-	tools/bench-all
+# Tools the benchmarks compare against (rsync), from Debian, only if missing.
+bench-deps:
+	@command -v rsync >/dev/null 2>&1 || { \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+
+# Every executable tools/bench-* in turn; each prints one JSON line on stdout (names go to
+# stderr). All of them run even if one fails; the target fails if any did.
+bench: setup bench-deps
+	@failed=; for b in tools/bench-*; do \
+	    [ -f "$$b" ] && [ -x "$$b" ] || continue; \
+	    echo "# $$b" >&2; \
+	    "$$b" || { echo "# $$b failed ($$?)" >&2; failed="$$failed $$b"; }; \
+	done; \
+	if [ -n "$$failed" ]; then echo "# failed:$$failed" >&2; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build var
