@@ -3,6 +3,7 @@
 # Memory stays flat: the tree is walked one directory listing at a time, the previous
 # tree is read back as a stream from flash, chunk lists of the current batch go to a
 # scratch file, and chunk bytes are re-read from the file when the anchor asks for them.
+import gc
 import hashlib
 import struct
 
@@ -10,10 +11,8 @@ from core.compat import const
 from core import cbor
 from core import chunker
 from core import messages as m
-from core import states
-from core.session import Session
-from rover import buffers
 from rover import fsys
+from rover.conversation import Conversation, RoverError
 from rover import treefile
 
 try:
@@ -27,34 +26,58 @@ BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
 LIST_IDS = const(128)          # chunk ids per CHUNKLIST message, all parts (4.6 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
 STATE_VERSION = const(1)
-RX_PAYLOAD = const(4096)       # the rover only ever receives small messages (NEED <= ~1.6 KB)
-
-
-class RoverError(Exception):
-    pass
 
 
 def _names(path, log):
+    # Only one listing is alive at a time (see walk), and garbage from the last file is
+    # collected first, so one folder can use most of the heap.
+    gc.collect()
     try:
-        return sorted(fsys.listdir(path))
+        names = fsys.listdir(path)
     except OSError as e:
         log("cannot list %s (%s): backed up as empty" % (path, e))
         return []
+    names.sort()
+    return names
+
+
+def _after(names, name):
+    """Index of the first entry of sorted `names` greater than `name`."""
+    lo = 0
+    hi = len(names)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if names[mid] <= name:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def walk(root, log=None):
-    """Yield (relative path, stat) in canonical order: depth first, names sorted."""
+    """Yield (relative path, stat) in canonical order: depth first, names sorted.
+
+    Memory holds the listing of one folder only: going down drops the parent's listing,
+    coming back lists the parent again and resumes after the folder just finished. That
+    costs a re-listing per subfolder and keeps a phone's 2,000-photo camera folder
+    inside a 256 KB heap next to its ancestors.
+    """
     log = log or (lambda s: None)
-    stack = [["", sorted(fsys.listdir(root)), 0]]
-    while stack:
-        top = stack[-1]
-        names = top[1]
-        i = top[2]
+    fsys.stat(root)                # a missing root is an error, never an empty backup
+    chain = [""]                   # relative paths of the folders being walked
+    names = _names(root, log)
+    i = 0
+    while True:
         if i >= len(names):
-            stack.pop()
+            if len(chain) == 1:
+                return
+            done = chain.pop()
+            names = None
+            names = _names(fsys.join(root, chain[-1]) if chain[-1] else root, log)
+            i = _after(names, done.rsplit("/", 1)[-1])
             continue
-        top[2] = i + 1
-        rel = fsys.join(top[0], names[i])
+        rel = fsys.join(chain[-1], names[i])
+        i += 1
         full = root + "/" + rel
         try:
             s = fsys.stat(full)
@@ -64,7 +87,10 @@ def walk(root, log=None):
             continue          # sockets, devices, fifos: nothing to back up
         yield rel, s
         if s[0] == m.T_DIR:
-            stack.append([rel, _names(full, log), 0])
+            chain.append(rel)
+            names = None
+            names = _names(full, log)
+            i = 0
 
 
 def load_state(state_dir, device):
@@ -88,20 +114,13 @@ def save_state(state_dir, device, parent, root):
     fsys.rename(tmp, state_dir + "/state.cbor")
 
 
-class Backup:
+class Backup(Conversation):
     def __init__(self, link, device, state_dir, root, log=None):
-        m.check_device(device)
-        self.link = link
-        self.device = device
+        Conversation.__init__(self, link, device, log)
         self.state_dir = state_dir
         self.root = root.rstrip("/") or "/"
-        self.log = log or (lambda s: None)
-        buffers.allocate()     # no-op when main.py already took them at start-up
-        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx)
-        self.rxbuf = bytearray(2048)
-        # One buffer serves file reads while hashing and the chunk being uploaded: a batch
+        # self.cbuf serves file reads while hashing and the chunk being uploaded: a batch
         # is hashed completely before any of it is uploaded, so the two never overlap.
-        self.cbuf = buffers.chunk
         self.recbuf = bytearray(_REC)
         self.seq = 0
         self.batch = []
@@ -113,33 +132,13 @@ class Backup:
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
                       "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None}
 
-    # --- link --------------------------------------------------------------------------
-
-    def send(self, msg):
-        self.link.write(self.sess.send(msg))
-
-    def recv(self, expected):
-        while True:
-            msg = self.sess.next_event()
-            if msg is not None:
-                if msg[0] == m.ERROR:
-                    raise RoverError("anchor refused: %s (error %d)" % (msg[2], msg[1]))
-                if msg[0] != expected:
-                    raise RoverError("anchor sent %s, expected %s" % (m.NAMES[msg[0]], m.NAMES[expected]))
-                return msg
-            n = self.link.readinto(self.rxbuf)
-            if not n:
-                raise RoverError("anchor closed the link")
-            self.sess.receive_data(memoryview(self.rxbuf)[:n])
-
     # --- the backup --------------------------------------------------------------------
 
     def run(self):
         fsys.makedirs(self.state_dir)
         st = load_state(self.state_dir, self.device)
         parent = st[2] if st else None
-        self.send(m.hello(self.device, parent, m.CAP_ZLIB if zlib else 0))
-        w = self.recv(m.WELCOME)
+        w = self.hello(parent, m.CAP_ZLIB if zlib else 0)
         tree_path = self.state_dir + "/tree"
         if parent is not None and not w[3]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
@@ -328,9 +327,6 @@ class Backup:
             if len(comp) < ln:
                 enc = m.ENC_ZLIB
                 mv = comp
-        head, tail = self.sess.send_data(cid, enc, mv)
-        self.link.write(head)
-        self.link.write(mv)
-        self.link.write(tail)
+        self.send_blob([m.DATA, cid, enc], mv)
         self.stats["chunks_sent"] += 1
         self.stats["data_bytes_sent"] += len(mv)
