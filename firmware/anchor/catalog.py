@@ -44,6 +44,22 @@ CREATE TABLE IF NOT EXISTS device_chunks (
     chunk BLOB NOT NULL,
     PRIMARY KEY (device_id, chunk)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS captures (
+    id INTEGER PRIMARY KEY,
+    device_id INTEGER NOT NULL,
+    direction TEXT NOT NULL,          -- 'down' (to the rover) or 'up' (from it)
+    protocol TEXT NOT NULL,           -- 'http' or 'mqtt'
+    method TEXT NOT NULL,             -- GET, PUT, POST, PUBLISH
+    target TEXT NOT NULL,             -- URL or topic
+    time REAL NOT NULL,
+    status INTEGER NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    content_type TEXT,
+    oid BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS captures_oid ON captures(oid);
 CREATE TABLE IF NOT EXISTS counters (
     device_id INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -151,6 +167,45 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
         return seq
+
+    def record_capture(self, dev, oid, size, ids, prov):
+        """One transaction: a relayed body becomes an object in the device's scope, with
+        where it came from. `prov`: direction, protocol, method, target, status, etag,
+        last_modified, content_type. The chunks must already be durable in the store."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
+            db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
+            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
+                           ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
+            cur = db.execute(
+                "INSERT INTO captures(device_id, direction, protocol, method, target, time, status, etag,"
+                " last_modified, content_type, oid, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (dev, prov["direction"], prov["protocol"], prov["method"], prov["target"], time.time(),
+                 prov.get("status", 0), prov.get("etag"), prov.get("last_modified"), prov.get("content_type"),
+                 oid, size))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return cur.lastrowid
+
+    def captures(self, dev=None):
+        q = ("SELECT d.name, c.direction, c.protocol, c.method, c.target, c.time, c.status, c.etag,"
+             " c.last_modified, c.content_type, c.oid, c.size FROM captures c JOIN devices d ON d.id = c.device_id")
+        args = ()
+        if dev is not None:
+            q += " WHERE c.device_id = ?"
+            args = (dev,)
+        keys = ("device", "direction", "protocol", "method", "target", "time", "status", "etag",
+                "last_modified", "content_type", "object", "size")
+        out = []
+        for r in self.db.execute(q + " ORDER BY c.id", args):
+            d = dict(zip(keys, r))
+            d["object"] = d["object"].hex()
+            out.append(d)
+        return out
 
     # --- objects and scope -------------------------------------------------------------
 

@@ -18,6 +18,15 @@ def parse_tcp(url):
     return host.strip("[]"), int(port)
 
 
+def parse_mqtt(url):
+    if not url.startswith("mqtt://"):
+        raise ValueError("broker %r: expected mqtt://HOST:PORT" % url)
+    host, _, port = url[7:].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("broker %r: expected mqtt://HOST:PORT" % url)
+    return host.strip("[]"), int(port)
+
+
 def parse_unix(url):
     if not url.startswith("unix:") or len(url) <= 5:
         raise ValueError("management address %r: expected unix:PATH" % url)
@@ -31,6 +40,8 @@ def main(argv=None):
     sp.add_argument("--data", default=DEFAULT_DATA, help="data directory (default %(default)s)")
     sp.add_argument("--listen", default=DEFAULT_LISTEN, help="rover link, tcp://HOST:PORT (default %(default)s; port 0 picks one)")
     sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
+    sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes, mqtt://HOST:PORT (default: none)")
+    sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
     sp.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -40,12 +51,13 @@ def main(argv=None):
     try:
         host, port = parse_tcp(args.listen)
         mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
+        broker = parse_mqtt(args.broker) if args.broker else None
     except ValueError as e:
         ap.error(str(e))
 
     from anchor.daemon import Anchor, serve
 
-    anchor = Anchor(args.data)
+    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout)
 
     def ready(bound):
         print("anchor: data in %s" % anchor.data_dir, flush=True)

@@ -8,6 +8,7 @@ from core import states
 from core.session import Session
 from anchor.backup_service import BackupHandler
 from anchor.catalog import Catalog
+from anchor.relay_service import RelayHandler, RELAY_TYPES
 from anchor.store import ChunkStore
 from anchor.trees import TreeStore
 
@@ -21,8 +22,11 @@ IDLE_TIMEOUT = 300
 class Anchor:
     """Everything the anchor holds, opened from one data directory."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20):
         self.data_dir = os.path.abspath(data_dir)
+        self.broker = broker              # (host, port) of the MQTT broker relays publish to
+        self.relay_timeout = relay_timeout
+        self.relay_max = relay_max
         os.makedirs(self.data_dir, exist_ok=True)
         self._check_version()
         # Sessions flush every 1 MiB themselves (backup_service.FLUSH_BYTES); the store's
@@ -30,6 +34,11 @@ class Anchor:
         self.store = ChunkStore(os.path.join(self.data_dir, "chunks"), flush_bytes=4 << 20)
         self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
         self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
+        # Relayed bodies wait here until whole; anything left is from a crash mid-transfer.
+        self.spool_dir = os.path.join(self.data_dir, "spool")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        for name in os.listdir(self.spool_dir):
+            os.unlink(os.path.join(self.spool_dir, name))
         self.link_bytes = {"rx": 0, "tx": 0}
 
     def _check_version(self):
@@ -57,6 +66,12 @@ class Anchor:
         peer = writer.get_extra_info("peername")
         sess = Session(states.ANCHOR)
         handler = BackupHandler(self)
+        relay = RelayHandler(self, handler)
+
+        async def send(msg):
+            writer.write(sess.send(msg))
+            await writer.drain()
+
         try:
             while not sess.closed:
                 try:
@@ -75,6 +90,9 @@ class Anchor:
                                               % sess.corrupt)
                     if msg is None:
                         break
+                    if msg[0] in RELAY_TYPES:
+                        await relay.handle(msg, send)
+                        continue
                     for reply in handler.handle(msg):
                         writer.write(sess.send(reply))
                     if sess.closed:
@@ -92,6 +110,8 @@ class Anchor:
             if handler.dev is not None:
                 handler.counts["link_rx"] = sess.bytes_in
                 handler.counts["link_tx"] = sess.bytes_out
+                for k, v in relay.counts.items():
+                    handler.counts[k] = handler.counts.get(k, 0) + v
                 try:
                     self.catalog.count(handler.dev, **handler.counts)
                 except Exception:

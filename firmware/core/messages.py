@@ -18,11 +18,19 @@ DATA = const(7)
 COMMIT = const(8)
 COMMITTED = const(9)
 ERROR = const(10)
+FETCH = const(11)
+SEND = const(12)
+PUBLISH = const(13)
+RESULT = const(14)
+BODY = const(15)
+END = const(16)
+FAIL = const(17)
 
 NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", ENTRIES: "ENTRIES", VERDICT: "VERDICT",
     CHUNKLIST: "CHUNKLIST", NEED: "NEED", DATA: "DATA", COMMIT: "COMMIT",
-    COMMITTED: "COMMITTED", ERROR: "ERROR",
+    COMMITTED: "COMMITTED", ERROR: "ERROR", FETCH: "FETCH", SEND: "SEND", PUBLISH: "PUBLISH",
+    RESULT: "RESULT", BODY: "BODY", END: "END", FAIL: "FAIL",
 }
 
 # Entry operations and types inside ENTRIES.
@@ -49,6 +57,14 @@ E_TREE = const(6)         # the tree the anchor built differs from the rover's r
 E_INTERNAL = const(7)     # the anchor failed; nothing was committed
 E_TOO_LARGE = const(8)    # a length or count above the limits
 
+# Relay failures (FAIL message): the session goes on, only this request failed.
+F_UNREACHABLE = const(1)  # origin or broker refused or could not be reached
+F_TIMEOUT = const(2)      # origin or broker did not answer in time
+F_BROKER = const(3)       # no broker configured, or it rejected the message
+F_TOO_LARGE = const(4)    # body above the anchor's relay limit
+F_BAD_REQUEST = const(5)  # URL, method or topic the anchor will not relay
+F_BROKEN = const(6)       # the origin stopped in the middle of a body
+
 # Limits on anything that arrives from the wire.
 MAX_DEVICE_LEN = const(64)
 MAX_PATH_BYTES = const(1024)
@@ -58,6 +74,11 @@ MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts toge
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
 MAX_SIZE = 1 << 48             # largest file
 MAX_TEXT = const(512)
+MAX_URL = const(2048)
+MAX_TOPIC = const(256)
+MAX_HEADERS = const(32)
+MAX_BODY = const(16384)        # bytes per BODY message
+MAX_RELAY = 1 << 40            # largest relayed body
 
 
 class ProtocolError(Exception):
@@ -191,16 +212,24 @@ def data(chunk_id, enc, payload):
     return [DATA, chunk_id, enc, payload]
 
 
-def data_prefix(chunk_id, enc, n):
-    """The CBOR bytes of DATA up to its payload of n bytes (see framing.frame_around)."""
-    head = cbor.encode([DATA, chunk_id, enc])
+def blob_prefix(fields, n):
+    """The CBOR bytes of message `fields` + [a byte string of n bytes], up to that string's
+    content (see framing.frame_around): lets DATA and BODY go out without a copy."""
+    head = cbor.encode(fields)
     if n < 24:
         blen = bytes([0x40 + n])
     elif n < 256:
         blen = bytes([0x58, n])
     else:
         blen = bytes([0x59, n >> 8, n & 0xFF])
-    return bytes([0x84]) + head[1:] + blen
+    return bytes([0x80 + len(fields) + 1]) + head[1:] + blen
+
+
+_BLOB_LIMIT = {DATA: MAX_CHUNK + 1024, BODY: MAX_BODY}
+
+
+def blob_limit(t):
+    return _BLOB_LIMIT.get(t, -1)
 
 
 def commit(root, n_entries, total_bytes):
@@ -324,9 +353,65 @@ def check(msg):
             _fail("ERROR too short")
         _int(msg[1], 0, 0xFFFF, "error code")
         _text(msg[2], MAX_TEXT, "error text")
+    elif t == FETCH:
+        if n < 3:
+            _fail("FETCH too short")
+        _url(msg[1])
+        for h in _list(msg[2], MAX_HEADERS, "headers"):
+            if type(h) is not list or len(h) != 2:
+                _fail("header must be [name, value]")
+            _text(h[0], 64, "header name")
+            _text(h[1], MAX_TEXT, "header value")
+    elif t == SEND:
+        if n < 5:
+            _fail("SEND too short")
+        if msg[1] not in ("PUT", "POST"):
+            _fail("SEND method must be PUT or POST")
+        _url(msg[2])
+        _int(msg[3], 0, MAX_RELAY, "body size")
+        _text(msg[4], 128, "content type")
+    elif t == PUBLISH:
+        if n < 5:
+            _fail("PUBLISH too short")
+        _text(msg[1], MAX_TOPIC, "topic")
+        if not msg[1] or "+" in msg[1] or "#" in msg[1] or "\x00" in msg[1]:
+            _fail("topic must be non-empty, without wildcards")
+        _int(msg[2], 0, MAX_RELAY, "payload size")
+        _int(msg[3], 0, 1, "qos")
+        if type(msg[4]) is not bool:
+            _fail("retain must be a bool")
+    elif t == RESULT:
+        if n < 6:
+            _fail("RESULT too short")
+        _int(msg[1], 0, 999, "status")
+        _opt_int(msg[2], 0, MAX_RELAY, "size")
+        _opt_text(msg[3], MAX_TEXT, "etag")
+        _opt_text(msg[4], MAX_TEXT, "last-modified")
+        _opt_text(msg[5], 128, "content type")
+    elif t == BODY:
+        if n < 2 or type(msg[1]) is not bytes or len(msg[1]) > MAX_BODY:
+            _fail("BODY must carry at most %d bytes" % MAX_BODY, E_TOO_LARGE)
+    elif t == END:
+        if n < 2:
+            _fail("END too short")
+        _int(msg[1], 0, MAX_RELAY, "body size")
+    elif t == FAIL:
+        if n < 3:
+            _fail("FAIL too short")
+        _int(msg[1], 0, 0xFFFF, "failure code")
+        _text(msg[2], MAX_TEXT, "failure text")
     else:
         _fail("unknown message type %d" % t)
     return msg
+
+
+def _url(u):
+    _text(u, MAX_URL, "url")
+    if not (u.startswith("http://") or u.startswith("https://")) or len(u) < 10:
+        _fail("url must be http:// or https://")
+    for c in u:
+        if ord(c) <= 32 or ord(c) == 127:
+            _fail("url holds spaces or control characters")
 
 
 def encode(msg):
@@ -343,6 +428,39 @@ def decode(payload):
         # A small frame can still describe more items than a rover's heap holds.
         raise ProtocolError(E_TOO_LARGE, "message too large to decode here")
     return check(msg)
+
+
+def fetch(url, headers=None):
+    return [FETCH, url, headers or []]
+
+
+def send_req(method, url, size, content_type):
+    return [SEND, method, url, size, content_type]
+
+
+def publish(topic, size, qos, retain):
+    return [PUBLISH, topic, size, qos, retain]
+
+
+def result(status, size=None, etag=None, last_modified=None, content_type=None):
+    return [RESULT, status, size, etag, last_modified, content_type]
+
+
+def body(data):
+    return [BODY, data]
+
+
+def end(size):
+    return [END, size]
+
+
+def fail(code, text):
+    return [FAIL, code, text[:MAX_TEXT]]
+
+
+def _opt_text(v, maxlen, what):
+    if v is not None:
+        _text(v, maxlen, what)
 
 
 def tree_record(path, etype, size, mtime_ns, mode, oid, target=None):

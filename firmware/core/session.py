@@ -80,12 +80,16 @@ class Session:
 
     def send_data(self, chunk_id, enc, body):
         """DATA without copying `body`: returns (head, tail) to write around it."""
-        msg = m.data(chunk_id, enc, b"")
-        m.check(msg)
-        if len(body) > m.MAX_CHUNK + 1024:
-            raise m.ProtocolError(m.E_TOO_LARGE, "DATA payload too large")
-        self._advance(self.role, msg)
-        head, tail = framing.frame_around(m.data_prefix(chunk_id, enc, len(body)), body)
+        return self.send_blob([m.DATA, chunk_id, enc], body)
+
+    def send_blob(self, fields, body):
+        """A message whose last field is `body` (DATA, BODY), without copying the body:
+        returns (head, tail) to write around it."""
+        m.check(fields + [b""])
+        if len(body) > m.blob_limit(fields[0]):
+            raise m.ProtocolError(m.E_TOO_LARGE, "%s payload too large" % m.NAMES.get(fields[0], fields[0]))
+        self._advance(self.role, fields)
+        head, tail = framing.frame_around(m.blob_prefix(fields, len(body)), body)
         self.bytes_out += len(head) + len(body) + len(tail)
         return head, tail
 

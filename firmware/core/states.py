@@ -16,9 +16,13 @@ AWAIT_VERDICT = const(3)    # anchor owes a VERDICT for the last ENTRIES
 AWAIT_NEED = const(4)       # anchor owes a NEED for the last CHUNKLIST
 AWAIT_COMMITTED = const(5)  # anchor owes COMMITTED for COMMIT
 CLOSED = const(6)           # after ERROR or a finished backup; nothing more
+FETCHING = const(7)         # anchor owes RESULT (or FAIL) for a FETCH
+RECEIVING = const(8)        # anchor streams the fetched body: BODY..., END (or FAIL)
+SENDING = const(9)          # rover streams a body to send or publish: BODY..., END
+AWAIT_RESULT = const(10)    # anchor owes RESULT (or FAIL) for what was sent
 
 STATE_NAMES = ("START", "HELLO_SENT", "READY", "AWAIT_VERDICT", "AWAIT_NEED",
-               "AWAIT_COMMITTED", "CLOSED")
+               "AWAIT_COMMITTED", "CLOSED", "FETCHING", "RECEIVING", "SENDING", "AWAIT_RESULT")
 
 # (state, sender, message type) -> next state.  ERROR from either side, in any state but
 # CLOSED, goes to CLOSED; that rule is applied in session.py rather than spelled out 14 times.
@@ -32,6 +36,19 @@ TRANSITIONS = {
     (READY, ROVER, m.DATA): READY,
     (READY, ROVER, m.COMMIT): AWAIT_COMMITTED,
     (AWAIT_COMMITTED, ANCHOR, m.COMMITTED): CLOSED,
+    # relay: the anchor does network work for the rover over its own uplink
+    (READY, ROVER, m.FETCH): FETCHING,
+    (FETCHING, ANCHOR, m.RESULT): RECEIVING,
+    (FETCHING, ANCHOR, m.FAIL): READY,
+    (RECEIVING, ANCHOR, m.BODY): RECEIVING,
+    (RECEIVING, ANCHOR, m.END): READY,
+    (RECEIVING, ANCHOR, m.FAIL): READY,
+    (READY, ROVER, m.SEND): SENDING,
+    (READY, ROVER, m.PUBLISH): SENDING,
+    (SENDING, ROVER, m.BODY): SENDING,
+    (SENDING, ROVER, m.END): AWAIT_RESULT,
+    (AWAIT_RESULT, ANCHOR, m.RESULT): READY,
+    (AWAIT_RESULT, ANCHOR, m.FAIL): READY,
 }
 
 

@@ -28,55 +28,67 @@ _REC = const(44)               # scratch record: offset u64, length u32, chunk i
 STATE_VERSION = const(1)
 
 
-def _names(path, log):
-    # Only one listing is alive at a time (see walk), and garbage from the last file is
-    # collected first, so one folder can use most of the heap.
-    gc.collect()
+WINDOW = const(64)             # names of one folder held at a time
+
+
+def _next_names(path, after, log):
+    """The WINDOW smallest names in folder `path` greater than `after`, sorted.
+
+    Streams the listing and keeps only the window, so a folder of any size fits the heap;
+    a folder of n names costs n / WINDOW listings (a 2,000-photo camera folder: 32).
+    """
+    best = []
     try:
-        names = fsys.listdir(path)
+        for name in fsys.iterdir(path):
+            if after is not None and name <= after:
+                continue
+            if len(best) >= WINDOW:
+                if name >= best[-1]:
+                    continue
+                best.pop()
+            lo = 0
+            hi = len(best)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if best[mid] < name:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            best.insert(lo, name)
     except OSError as e:
         log("cannot list %s (%s): backed up as empty" % (path, e))
         return []
-    names.sort()
-    return names
-
-
-def _after(names, name):
-    """Index of the first entry of sorted `names` greater than `name`."""
-    lo = 0
-    hi = len(names)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if names[mid] <= name:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    return best
 
 
 def walk(root, log=None):
     """Yield (relative path, stat) in canonical order: depth first, names sorted.
 
-    Memory holds the listing of one folder only: going down drops the parent's listing,
-    coming back lists the parent again and resumes after the folder just finished. That
-    costs a re-listing per subfolder and keeps a phone's 2,000-photo camera folder
-    inside a 256 KB heap next to its ancestors.
+    Memory holds one window of one folder's names plus the chain of folders above it;
+    nothing grows with the number of files in a folder or in the tree.
     """
     log = log or (lambda s: None)
     fsys.stat(root)                # a missing root is an error, never an empty backup
-    chain = [""]                   # relative paths of the folders being walked
-    names = _names(root, log)
+    chain = [["", None]]           # [relative folder, last name handled in it]
+    names = _next_names(root, None, log)
     i = 0
     while True:
         if i >= len(names):
+            if len(names) == WINDOW:       # more names may follow the last one
+                top = chain[-1]
+                names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
+                i = 0
+                continue
             if len(chain) == 1:
                 return
-            done = chain.pop()
-            names = None
-            names = _names(fsys.join(root, chain[-1]) if chain[-1] else root, log)
-            i = _after(names, done.rsplit("/", 1)[-1])
+            chain.pop()
+            top = chain[-1]
+            names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
+            i = 0
             continue
-        rel = fsys.join(chain[-1], names[i])
+        top = chain[-1]
+        top[1] = names[i]
+        rel = fsys.join(top[0], names[i])
         i += 1
         full = root + "/" + rel
         try:
@@ -87,9 +99,10 @@ def walk(root, log=None):
             continue          # sockets, devices, fifos: nothing to back up
         yield rel, s
         if s[0] == m.T_DIR:
-            chain.append(rel)
+            chain.append([rel, None])
             names = None
-            names = _names(full, log)
+            gc.collect()
+            names = _next_names(full, None, log)
             i = 0
 
 

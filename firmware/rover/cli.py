@@ -8,10 +8,13 @@ from core.compat import MICROPYTHON
 USAGE = """usage: rover --link tcp://HOST:PORT --device ID --state DIR [-q] COMMAND ...
 
 commands:
-  backup ROOT     back up the tree under ROOT through the anchor
+  backup ROOT                      back up the tree under ROOT through the anchor
+  fetch URL --out PATH             HTTP(S) GET through the anchor, saved at PATH
+  send PATH --to URL [--post]      HTTP PUT (or POST) of a file through the anchor
+  publish TOPIC --file PATH        MQTT publish of a file through the anchor's broker
 """
 
-OPTIONS = ("--link", "--device", "--state")
+OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file")
 
 
 def parse(argv):
@@ -31,6 +34,9 @@ def parse(argv):
             i += 1
         elif a in ("-q", "--quiet"):
             opts["quiet"] = True
+            i += 1
+        elif a == "--post":
+            opts["post"] = True
             i += 1
         elif a in ("-h", "--help"):
             raise ValueError("")
@@ -58,11 +64,12 @@ def main(argv=None):
         print(USAGE)
         return 2
     from rover.link import open_link, LinkError
-    from rover.backup import Backup, RoverError
+    from rover.conversation import RoverError
     from core.messages import ProtocolError
 
     cmd = rest[0]
-    if cmd != "backup" or len(rest) != 2:
+    need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
+    if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
         print(USAGE)
         return 2
@@ -71,14 +78,31 @@ def main(argv=None):
     try:
         link = open_link(opts["link"])
         try:
-            b = Backup(link, opts["device"], opts["state"], rest[1], log)
-            s = b.run()
+            if cmd == "backup":
+                from rover.backup import Backup
+                s = Backup(link, opts["device"], opts["state"], rest[1], log).run()
+            else:
+                from rover.relay import Relay
+                r = Relay(link, opts["device"], log)
+                r.open()
+                if cmd == "fetch":
+                    status, size = r.fetch(rest[1], opts["out"])
+                    what = "fetched %d bytes (HTTP %d) into %s" % (size, status, opts["out"])
+                elif cmd == "send":
+                    status = r.send_file(rest[1], opts["to"], "POST" if opts.get("post") else "PUT")
+                    what = "sent %s to %s (HTTP %d)" % (rest[1], opts["to"], status)
+                else:
+                    size = r.publish(rest[1], opts["file"])
+                    what = "published %d bytes to %s" % (size, rest[1])
         finally:
             link.close()
     except (RoverError, LinkError, ProtocolError, OSError) as e:
-        print("rover: backup failed: %s" % e)
+        print("rover: %s failed: %s" % (cmd, e))
         return 1
     dt = time.time() - t0
+    if cmd != "backup":
+        print("rover: %s; link %d bytes out, %d in; %.2f s" % (what, link.tx, link.rx, dt))
+        return 0
     print("rover: snapshot %d committed: %d entries, %d bytes; %d changed, %d deleted; "
           "%d chunks (%d bytes) uploaded; link %d bytes out, %d in; %.2f s"
           % (s["snapshot"], s["entries"], s["bytes"], s["changed"], s["deleted"], s["chunks_sent"],

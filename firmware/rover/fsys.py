@@ -21,6 +21,10 @@ if MICROPYTHON:
     def listdir(path):
         return [e[0] for e in os.ilistdir(path)]
 
+    def iterdir(path):
+        for e in os.ilistdir(path):
+            yield e[0]
+
     def stat(path):
         """(type, size, mtime_ns, mode) or None for things a backup skips."""
         s = os.stat(path)
@@ -58,6 +62,11 @@ if MICROPYTHON:
 else:
     def listdir(path):
         return os.listdir(path)
+
+    def iterdir(path):
+        with os.scandir(path) as it:
+            for e in it:
+                yield e.name
 
     def stat(path):
         s = os.lstat(path)

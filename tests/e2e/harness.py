@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 class AnchorProc:
     """`anchor serve` in a child process on a free loopback port."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, *extra):
         self.data_dir = data_dir
+        self.extra = list(extra)
         self.mgmt = os.path.join(data_dir, "mgmt.sock")
         self.proc = None
         self.port = None
@@ -29,7 +30,7 @@ class AnchorProc:
         self.log = open(os.path.join(self.data_dir, "anchor.log"), "ab")
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "anchor"), "serve", "--data", self.data_dir,
-             "--listen", "tcp://127.0.0.1:0", "--mgmt", "unix:" + self.mgmt],
+             "--listen", "tcp://127.0.0.1:0", "--mgmt", "unix:" + self.mgmt] + self.extra,
             stdout=subprocess.PIPE, stderr=self.log, bufsize=0)  # unbuffered: select must see every line
         # The daemon prints its port once it listens; read that line, bounded in time.
         deadline = time.monotonic() + timeout

@@ -121,19 +121,19 @@ def test_unreadable_folder_and_file_are_skipped(anchor, tmp_path, monkeypatch):
         f.write(b"x")
     with open(os.path.join(src, "gone.txt"), "wb") as f:
         f.write(b"y")
-    real_listdir, real_open = fsys.listdir, open
+    real_iterdir, real_open = fsys.iterdir, open
 
-    def listdir(path):
+    def iterdir(path):
         if path.endswith("/locked"):
             raise PermissionError(13, "Permission denied")
-        return real_listdir(path)
+        return real_iterdir(path)
 
     def fake_open(path, *a, **k):
         if str(path).endswith("/gone.txt"):
             raise FileNotFoundError(2, "No such file")
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(fsys, "listdir", listdir)
+    monkeypatch.setattr(fsys, "iterdir", iterdir)
     monkeypatch.setattr(backup, "open", fake_open, raising=False)
     logs = []
     link = open_link(anchor.link)

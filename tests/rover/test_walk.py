@@ -45,6 +45,17 @@ def test_walk_resumes_after_a_folder_even_if_the_parent_changed(tmp_path, monkey
     assert seen == ["a", "a/x", "b", "c", "c/x"]
 
 
+def test_folder_larger_than_the_window(tmp_path):
+    names = ["f%04d" % i for i in range(backup.WINDOW * 3 + 5)]
+    for n in names:
+        open(str(tmp_path / n), "wb").close()
+    os.mkdir(str(tmp_path / "f0100-dir"))
+    open(str(tmp_path / "f0100-dir" / "inner"), "wb").close()
+    got = [p for p, _ in backup.walk(str(tmp_path))]
+    want = sorted(names + ["f0100-dir", "f0100-dir/inner"], key=m.path_key)
+    assert got == want
+
+
 def test_missing_root_is_an_error_not_an_empty_tree(tmp_path):
     try:
         list(backup.walk(str(tmp_path / "not-mounted")))

@@ -1,0 +1,37 @@
+"""Capture: every relayed body is chunked like a backup and kept with its provenance.
+
+A body is captured only once it has passed whole (the relay spools it first), so nothing
+half-transferred is ever offered as the content of an object.
+"""
+import os
+
+import pyfastcdc
+
+from core import chunker
+
+
+def _cutter():
+    return pyfastcdc.FastCDC(chunker.AVG_SIZE, min_size=chunker.MIN_SIZE, max_size=chunker.MAX_SIZE,
+                             normalized_chunking=1)
+
+
+class Capture:
+    def __init__(self, anchor):
+        self.store = anchor.store
+        self.catalog = anchor.catalog
+
+    def record(self, dev, path, prov):
+        """Chunk the spooled body at `path` into the store and register it for device
+        `dev`; returns (object id, size)."""
+        size = os.path.getsize(path)
+        oid = chunker.ObjectId()
+        ids = bytearray()
+        if size:
+            for cid in self.store.ingest(c.data for c in _cutter().cut_file(path)):
+                oid.add(cid)
+                ids += cid
+        oid = oid.finish(size)
+        # Chunks durable first: the catalog must never name bytes a crash could lose.
+        self.store.flush()
+        self.catalog.record_capture(dev, oid, size, bytes(ids), prov)
+        return oid, size

@@ -1,0 +1,279 @@
+"""Relay: the anchor fetches, sends and publishes for a rover over its own uplink.
+
+Network calls run in worker threads (http.client, paho-mqtt) and hand their results to
+the session's event loop through a small bounded queue, so a slow rover slows the origin
+read instead of filling the anchor's memory. Every body that passes whole is captured
+(anchor.capture) for later backups; a body that breaks off is reported and dropped.
+"""
+import asyncio
+import concurrent.futures
+import http.client
+import logging
+import os
+import socket
+import tempfile
+import threading
+from urllib.parse import urlsplit
+
+from core import messages as m
+from anchor.capture import Capture
+
+log = logging.getLogger("anchor.relay")
+
+BODY_DOWN = 4096              # BODY bytes per message to the rover (its receive buffer is 4.6 KB)
+READ_BLOCK = 16384
+QUEUE_DEPTH = 8
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_BODY = 256 << 20
+RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END)
+
+
+class _Feed:
+    """Worker thread -> event loop, bounded; the worker gives up once the session is gone."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.q = asyncio.Queue(maxsize=QUEUE_DEPTH)
+        self.cancel = threading.Event()
+
+    def put(self, item):
+        while not self.cancel.is_set():
+            fut = asyncio.run_coroutine_threadsafe(self.q.put(item), self.loop)
+            try:
+                fut.result(timeout=1.0)
+                return True
+            except concurrent.futures.TimeoutError:
+                fut.cancel()
+            except RuntimeError:      # the loop is closing
+                return False
+        return False
+
+    async def get(self):
+        return await self.q.get()
+
+
+def _http_worker(feed, method, url, headers, body_path, timeout, read_body=True):
+    u = urlsplit(url)
+    try:
+        cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+        conn = cls(u.hostname, u.port, timeout=timeout)
+    except (ValueError, http.client.InvalidURL) as e:
+        feed.put(("fail", m.F_BAD_REQUEST, "bad url: %s" % e))
+        return
+    path = (u.path or "/") + ("?" + u.query if u.query else "")
+    started = False
+    try:
+        hdrs = dict(headers)
+        if body_path is not None:
+            size = os.path.getsize(body_path)
+            hdrs["Content-Length"] = str(size)
+            with open(body_path, "rb") as f:
+                conn.request(method, path, body=f, headers=hdrs)
+        else:
+            conn.request(method, path, headers=hdrs)
+        resp = conn.getresponse()
+        length = resp.getheader("Content-Length")
+        started = True
+        if not feed.put(("head", resp.status, int(length) if length and length.isdigit() else None,
+                         resp.getheader("ETag"), resp.getheader("Last-Modified"),
+                         resp.getheader("Content-Type"))):
+            return
+        while True:
+            b = resp.read(READ_BLOCK)
+            if not b:
+                break
+            if read_body and not feed.put(("data", b)):
+                return
+        feed.put(("end",))
+    except socket.timeout:
+        feed.put(("fail", m.F_TIMEOUT, "%s timed out after %g s" % (u.netloc, timeout)))
+    except http.client.IncompleteRead as e:
+        feed.put(("fail", m.F_BROKEN, "%s stopped after %d bytes" % (u.netloc, len(e.partial))))
+    except (ConnectionError, OSError, http.client.HTTPException) as e:
+        code = m.F_BROKEN if started else m.F_UNREACHABLE
+        feed.put(("fail", code, "%s: %s" % (u.netloc, e or type(e).__name__)))
+    finally:
+        conn.close()
+
+
+def _mqtt_publish(broker, topic, path, qos, retain, timeout):
+    """Publish one message; returns None or (failure code, text)."""
+    import paho.mqtt.client as mqtt
+    host, port = broker
+    with open(path, "rb") as f:
+        payload = f.read()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anchor-relay-%d-%d" % (os.getpid(), threading.get_ident()))
+    try:
+        c.connect(host, port, keepalive=30)
+    except (OSError, ValueError) as e:
+        return (m.F_BROKER, "broker %s:%d unavailable: %s" % (host, port, e))
+    c.loop_start()
+    try:
+        info = c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            return (m.F_TIMEOUT, "broker %s:%d did not acknowledge in %g s" % (host, port, timeout))
+        return None
+    except (RuntimeError, ValueError) as e:
+        return (m.F_BROKER, "broker refused the message: %s" % e)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+class RelayHandler:
+    def __init__(self, anchor, session_info):
+        self.anchor = anchor
+        self.info = session_info          # gives .dev and .device once HELLO arrived
+        self.capture = Capture(anchor)
+        self.upload = None                # (kind, request, spool file, bytes so far)
+        self.counts = {}
+
+    def _count(self, **kv):
+        for k, v in kv.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+    def _spool(self):
+        return tempfile.NamedTemporaryFile(dir=self.anchor.spool_dir, prefix="relay-", delete=False)
+
+    async def handle(self, msg, send):
+        t = msg[0]
+        if t == m.FETCH:
+            await self._fetch(msg, send)
+        elif t in (m.SEND, m.PUBLISH):
+            # Refusals (too large, no broker) come as FAIL after the body: the rover streams
+            # it first, and the table has no FAIL while it is sending.
+            if msg[2 if t == m.PUBLISH else 3] > self.anchor.relay_max:
+                self.upload = [t, msg, None, 0]
+            else:
+                self.upload = [t, msg, self._spool(), 0]
+        elif t == m.BODY:
+            up = self.upload
+            up[3] += len(msg[1])
+            declared = up[1][2] if up[0] == m.PUBLISH else up[1][3]
+            if up[3] > declared:
+                raise m.ProtocolError(m.E_PROTOCOL, "body longer than the %d bytes announced" % declared)
+            if up[2] is not None:
+                up[2].write(msg[1])
+        elif t == m.END:
+            await self._finish_upload(msg, send)
+
+    # --- fetch -------------------------------------------------------------------------
+
+    async def _fetch(self, msg, send):
+        url = msg[1]
+        feed = _Feed(asyncio.get_running_loop())
+        spool = self._spool()
+        worker = threading.Thread(target=_http_worker, daemon=True,
+                                  args=(feed, "GET", url, msg[2], None, self.anchor.relay_timeout))
+        worker.start()
+        complete = False
+        try:
+            item = await feed.get()
+            if item[0] == "fail":
+                log.info("rover %s: fetch %s failed: %s", self.info.device, url, item[2])
+                await send(m.fail(item[1], item[2]))
+                return
+            _, status, length, etag, lastmod, ctype = item
+            await send(m.result(status, length, etag, lastmod, ctype))
+            total = 0
+            while True:
+                item = await feed.get()
+                if item[0] == "data":
+                    data = item[1]
+                    total += len(data)
+                    if total > self.anchor.relay_max:
+                        await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.anchor.relay_max))
+                        return
+                    spool.write(data)
+                    for off in range(0, len(data), BODY_DOWN):
+                        await send(m.body(data[off:off + BODY_DOWN]))
+                elif item[0] == "end":
+                    await send(m.end(total))
+                    complete = True
+                    break
+                else:
+                    log.info("rover %s: fetch %s broke: %s", self.info.device, url, item[2])
+                    await send(m.fail(item[1], item[2]))
+                    return
+            self._count(relay_down_bytes=total, relay_requests=1)
+            spool.close()
+            if status == 200:
+                self._capture(spool.name, {"direction": "down", "protocol": "http", "method": "GET",
+                                           "target": url, "status": status, "etag": etag,
+                                           "last_modified": lastmod, "content_type": ctype})
+        finally:
+            feed.cancel.set()
+            spool.close()
+            os.unlink(spool.name)
+            if not complete:
+                self._count(relay_failures=1)
+
+    def _capture(self, path, prov):
+        oid, size = self.capture.record(self.info.dev, path, prov)
+        self._count(captured_objects=1, captured_bytes=size)
+        log.info("rover %s: captured %s %s %s (%d bytes, object %s)", self.info.device, prov["direction"],
+                 prov["method"], prov["target"], size, oid.hex()[:16])
+
+    # --- send and publish ----------------------------------------------------------------
+
+    async def _finish_upload(self, msg, send):
+        kind, req, spool, got = self.upload
+        self.upload = None
+        declared = req[2] if kind == m.PUBLISH else req[3]
+        if msg[1] != got or got != declared:
+            if spool is not None:
+                spool.close()
+                os.unlink(spool.name)
+            raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d" % (declared, got, msg[1]))
+        if spool is None:
+            await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.anchor.relay_max))
+            return
+        spool.close()
+        try:
+            self._count(relay_up_bytes=got, relay_requests=1)
+            if kind == m.PUBLISH:
+                prov = {"direction": "up", "protocol": "mqtt", "method": "PUBLISH", "target": req[1]}
+            else:
+                prov = {"direction": "up", "protocol": "http", "method": req[1], "target": req[2],
+                        "content_type": req[4]}
+            # Captured whatever the origin says: these are the rover's own bytes, whole.
+            self._capture(spool.name, prov)
+            if kind == m.PUBLISH:
+                await self._publish(req, spool.name, send)
+            else:
+                await self._send_http(req, spool.name, send)
+        finally:
+            os.unlink(spool.name)
+
+    async def _publish(self, req, path, send):
+        if self.anchor.broker is None:
+            await send(m.fail(m.F_BROKER, "this anchor has no broker (anchor serve --broker mqtt://HOST:PORT)"))
+            return
+        loop = asyncio.get_running_loop()
+        err = await loop.run_in_executor(None, _mqtt_publish, self.anchor.broker, req[1], path,
+                                         req[3], req[4], self.anchor.relay_timeout)
+        if err:
+            self._count(relay_failures=1)
+            await send(m.fail(err[0], err[1]))
+        else:
+            await send(m.result(0))
+
+    async def _send_http(self, req, path, send):
+        feed = _Feed(asyncio.get_running_loop())
+        worker = threading.Thread(target=_http_worker, daemon=True,
+                                  args=(feed, req[1], req[2], [("Content-Type", req[4])], path,
+                                        self.anchor.relay_timeout, False))
+        worker.start()
+        try:
+            item = await feed.get()
+            if item[0] == "fail":
+                self._count(relay_failures=1)
+                await send(m.fail(item[1], item[2]))
+                return
+            status = item[1]
+            while item[0] not in ("end", "fail"):
+                item = await feed.get()
+            await send(m.result(status))
+        finally:
+            feed.cancel.set()

@@ -1,0 +1,55 @@
+# One session with the anchor over a link: the rover's half of the sans-I/O core, plus
+# the buffers it reuses. Backups and relay requests are both conversations.
+from core.compat import const
+from core import messages as m
+from core import states
+from core.session import Session
+from rover import buffers
+
+RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <= 4096 bytes
+
+
+class RoverError(Exception):
+    pass
+
+
+class Conversation:
+    def __init__(self, link, device, log=None):
+        m.check_device(device)
+        self.link = link
+        self.device = device
+        self.log = log or (lambda s: None)
+        buffers.allocate()     # no-op when main.py already took them at start-up
+        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx)
+        self.rxbuf = bytearray(2048)
+        self.cbuf = buffers.chunk
+
+    def send(self, msg):
+        self.link.write(self.sess.send(msg))
+
+    def send_blob(self, fields, body):
+        head, tail = self.sess.send_blob(fields, body)
+        self.link.write(head)
+        self.link.write(body)
+        self.link.write(tail)
+
+    def recv(self, *expected):
+        """The next message from the anchor, which must be of one of the expected types.
+        ERROR from the anchor is raised as RoverError."""
+        while True:
+            msg = self.sess.next_event()
+            if msg is not None:
+                if msg[0] == m.ERROR:
+                    raise RoverError("anchor refused: %s (error %d)" % (msg[2], msg[1]))
+                if msg[0] not in expected:
+                    raise RoverError("anchor sent %s, expected %s" % (
+                        m.NAMES[msg[0]], " or ".join(m.NAMES[t] for t in expected)))
+                return msg
+            n = self.link.readinto(self.rxbuf)
+            if not n:
+                raise RoverError("anchor closed the link")
+            self.sess.receive_data(memoryview(self.rxbuf)[:n])
+
+    def hello(self, parent, caps):
+        self.send(m.hello(self.device, parent, caps))
+        return self.recv(m.WELCOME)

@@ -1,0 +1,92 @@
+# Relay requests: the anchor fetches, sends and publishes for the rover over its own
+# uplink and keeps what passes. Bodies stream through the rover's fixed buffers, so their
+# size is bounded by flash, not by the heap.
+from core.compat import const
+from core import messages as m
+from rover import fsys
+from rover.conversation import Conversation, RoverError
+
+BODY_UP = const(4096)         # bytes per BODY the rover sends
+
+
+class RelayError(RoverError):
+    """The request failed at the origin or broker; the link and session are fine."""
+
+
+class Relay(Conversation):
+    def open(self):
+        self.hello(None, 0)
+
+    def _result(self):
+        r = self.recv(m.RESULT, m.FAIL)
+        if r[0] == m.FAIL:
+            raise RelayError("relay failed: %s" % r[2])
+        return r
+
+    def fetch(self, url, out_path, headers=None):
+        """GET url through the anchor into out_path; returns (status, size).
+
+        The body lands in out_path + '.part' and is renamed only once it is whole, so a
+        broken transfer never leaves a file that looks complete."""
+        self.send(m.fetch(url, headers))
+        r = self._result()
+        status, declared = r[1], r[2]
+        part = out_path + ".part"
+        f = open(part, "wb") if status == 200 else None
+        got = 0
+        try:
+            while True:
+                msg = self.recv(m.BODY, m.END, m.FAIL)
+                if msg[0] == m.BODY:
+                    got += len(msg[1])
+                    if f:
+                        f.write(msg[1])
+                elif msg[0] == m.FAIL:
+                    raise RelayError("transfer broke off after %d bytes: %s" % (got, msg[2]))
+                else:
+                    if msg[1] != got or (declared is not None and declared != got):
+                        raise RelayError("body ended at %d bytes, expected %s" % (got, declared or msg[1]))
+                    break
+        except BaseException:
+            if f:
+                f.close()
+                fsys.remove(part)
+            raise
+        if f is None:
+            raise RelayError("HTTP %d from %s" % (status, url))
+        f.close()
+        fsys.rename(part, out_path)
+        return status, got
+
+    def _stream_file(self, path, size):
+        sent = 0
+        mv = memoryview(self.cbuf)
+        with open(path, "rb") as f:
+            while True:
+                n = f.readinto(mv[:BODY_UP])
+                if not n:
+                    break
+                self.send_blob([m.BODY], mv[:n])
+                sent += n
+        if sent != size:
+            raise RoverError("%s changed size while it was sent (%d, not %d bytes)" % (path, sent, size))
+        self.send(m.end(sent))
+        return sent
+
+    def send_file(self, path, url, method="PUT", content_type="application/octet-stream"):
+        """PUT or POST a file through the anchor; returns the origin's HTTP status."""
+        size = fsys.stat(path)[1]
+        self.send(m.send_req(method, url, size, content_type))
+        self._stream_file(path, size)
+        status = self._result()[1]
+        if status >= 300:
+            raise RelayError("HTTP %d from %s" % (status, url))
+        return status
+
+    def publish(self, topic, path, qos=1, retain=False):
+        """Publish a file's bytes as one MQTT message through the anchor's broker."""
+        size = fsys.stat(path)[1]
+        self.send(m.publish(topic, size, qos, retain))
+        self._stream_file(path, size)
+        self._result()
+        return size
