@@ -4,9 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup run test bench bench-deps clean
+.PHONY: setup system-deps run test bench bench-deps clean
 
-setup: $(STAMP) firmware/core/gear.py
+setup: system-deps $(STAMP) firmware/core/gear.py
+
+# Debian packages the tests run for real: the MQTT broker relays publish through.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -78,12 +78,19 @@ def _http_worker(feed, method, url, headers, body_path, timeout, read_body=True)
                          resp.getheader("ETag"), resp.getheader("Last-Modified"),
                          resp.getheader("Content-Type"))):
             return
+        declared = int(length) if length and length.isdigit() else None
+        total = 0
         while True:
             b = resp.read(READ_BLOCK)
             if not b:
                 break
+            total += len(b)
             if read_body and not feed.put(("data", b)):
                 return
+        # http.client's read(n) returns short, not an error, when the origin closes early
+        if declared is not None and total != declared:
+            feed.put(("fail", m.F_BROKEN, "%s stopped after %d of %d bytes" % (u.netloc, total, declared)))
+            return
         feed.put(("end",))
     except socket.timeout:
         feed.put(("fail", m.F_TIMEOUT, "%s timed out after %g s" % (u.netloc, timeout)))
