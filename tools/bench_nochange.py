@@ -41,13 +41,9 @@ from linkemu import CountingRelay  # noqa: E402
 
 DEVICE = "bench-rover"
 MAX_SIZE = 4096
-# Files per folder at most. The MicroPython rover holds the sorted listing of every folder on
-# its walk's stack in its heap: in a 256 KB heap, a fresh rover fails at ~850 names of 23
-# characters in one folder, and midway through a real backup (fragmented heap) already at
-# 200-400 (MemoryError in rover/backup.py walk, Nov 2026). A phone's DCIM/Camera or Screenshots
-# holds more. The tree keeps folders small enough to pass with margin: this bench measures the
-# no-change cost, not that limit (--max-dir 400 reproduces it).
-MAX_DIR = 100
+# Files per folder at most: a phone's camera folder holds thousands. (The rover streams each
+# listing through a 64-name window, so folder size is not limited by its heap.)
+MAX_DIR = 2000
 
 # --- the tree -------------------------------------------------------------------------------
 
