@@ -7,6 +7,7 @@
 #   "t"  low-entropy text: fixed-width numbered log lines (LINE_FMT), byte k of the segment is
 #        byte k % LINE_LEN of line k // LINE_LEN
 #   "z"  zero bytes (no hash hit in a zero run: forces MAX_SIZE cuts)
+import gc
 import hashlib
 
 KEY = b"anchor.chunker.test"
@@ -87,9 +88,10 @@ class GenFile:
     def read(self, n=-1):
         if n is None or n < 0:
             n = self.size - self.pos
+        gc.collect()            # one contiguous block on a 256 KB heap, and no second copy
         buf = bytearray(n)
         got = self.readinto(buf)
-        return bytes(buf[:got])
+        return buf if got == n else buf[:got]
 
 
 def records_digest(records):
