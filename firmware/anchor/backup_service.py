@@ -5,6 +5,7 @@ store and catalog only in ways that are safe to repeat: chunks land in the store
 arrive (so a resumed session never re-sends them), and nothing becomes part of a snapshot
 until COMMIT, which checks the whole tree against the rover's root digest first.
 """
+import asyncio
 import logging
 import zlib
 
@@ -12,8 +13,10 @@ from core import chunker
 from core import messages as m
 from anchor.store import StoreError
 from anchor.trees import apply_delta
+from anchor import watchlist
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
+DEFAULT_WATCH_SECONDS = 600   # how long queued data may take to pass through
 
 log = logging.getLogger("anchor.backup")
 
@@ -32,6 +35,7 @@ class BackupHandler:
         self.batches = {}             # seq -> entries, kept until VERDICT is sent
         self.expected = {}            # oid -> size, for objects we asked the chunk list of
         self.wanted = {}              # entry index -> oid, of the batch last answered
+        self.watching = []            # oids answered WATCH, by watch number
         self.declaring = {}           # oid -> bytearray of chunk ids received so far
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
@@ -80,6 +84,7 @@ class BackupHandler:
 
     def _entries(self, msg):
         wanted = []
+        watched = []
         self.wanted = {}                  # entry index in this batch -> object id
         for i, e in enumerate(msg[2]):
             key = m.path_key(e[1])
@@ -97,9 +102,16 @@ class BackupHandler:
                     raise m.ProtocolError(m.E_BAD_DATA, "object %s named with two sizes" % oid.hex()[:16])
                 continue                  # already asked for (the same content twice)
             self.expected[oid] = size
+            if len(e) > 8 and e[8] & m.FLAG_QUEUED and len(self.watching) < m.MAX_ENTRIES:
+                # In the outbox: it will pass through the relay soon; wait for it there.
+                secs = getattr(self.anchor, "watch_seconds", DEFAULT_WATCH_SECONDS)
+                self.watching.append(oid)
+                watchlist.of(self.anchor).add(self.dev, self.device, oid, e[1], size, secs)
+                watched.append([i, secs])
+                continue
             self.wanted[i] = oid
             wanted.append(i)
-        return m.verdict(msg[1], wanted)
+        return m.verdict(msg[1], wanted, watched)
 
     def _have_object(self, oid, size):
         if size == 0 and oid == chunker.EMPTY_OBJECT_ID:
@@ -189,6 +201,41 @@ class BackupHandler:
         self.unscoped = []
         self.unflushed = 0
 
+    # --- watch list -----------------------------------------------------------------------
+
+    async def watch_wait(self, msg, send):
+        """Wait until every watched object passed through (a capture put it in this
+        device's scope) or its deadline came, at most msg[1] seconds; then answer WATCHED
+        with the watch numbers still missing, which the rover uploads as usual."""
+        loop = asyncio.get_running_loop()
+        wl = watchlist.of(self.anchor)
+        until = loop.time() + msg[1]
+        event = asyncio.Event()
+        wl.listeners.add(event)
+        try:
+            while True:
+                event.clear()
+                missing = [k for k, oid in enumerate(self.watching)
+                           if not self.catalog.device_has_object(self.dev, oid)]
+                left = max([wl.deadline_in(self.dev, self.watching[k]) for k in missing] or [0])
+                left = min(left, until - loop.time())
+                if not missing or left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(event.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            wl.listeners.discard(event)
+        seen = len(self.watching) - len(missing)
+        self.counts["watch_passed"] = self.counts.get("watch_passed", 0) + seen
+        self.counts["watch_expired"] = self.counts.get("watch_expired", 0) + len(missing)
+        for oid in self.watching:
+            wl.remove(self.dev, oid)
+        # From here the rover describes the missing ones, named by watch number.
+        self.wanted = dict((k, self.watching[k]) for k in missing)
+        await send(m.watched(missing))
+
     # --- commit ------------------------------------------------------------------------
 
     def _commit(self, msg):
@@ -197,7 +244,8 @@ class BackupHandler:
             raise m.ProtocolError(m.E_MISSING, "%d asked-for chunks never arrived" % len(self.needed))
         if self.declaring:
             raise m.ProtocolError(m.E_MISSING, "%d chunk lists were left unfinished" % len(self.declaring))
-        missing = [oid for oid in self.expected if oid not in self.declared]
+        missing = [oid for oid in self.expected if oid not in self.declared
+                   and not self.catalog.device_has_object(self.dev, oid)]   # passed through
         if missing:
             raise m.ProtocolError(m.E_MISSING, "%d objects were named but never described" % len(missing))
         # Chunks first, so the catalog never points at bytes that are not durable.

@@ -8,6 +8,7 @@ import os
 import pyfastcdc
 
 from core import chunker
+from anchor import watchlist
 
 
 def _cutter():
@@ -17,6 +18,7 @@ def _cutter():
 
 class Capture:
     def __init__(self, anchor):
+        self.anchor = anchor
         self.store = anchor.store
         self.catalog = anchor.catalog
 
@@ -34,4 +36,5 @@ class Capture:
         # Chunks durable first: the catalog must never name bytes a crash could lose.
         self.store.flush()
         self.catalog.record_capture(dev, oid, size, bytes(ids), prov)
+        watchlist.of(self.anchor).captured(dev, oid)
         return oid, size

@@ -95,6 +95,9 @@ class Api:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
             return await self._json(writer, self.stats())
+        if segs[1:] == ["watch"]:
+            from anchor import watchlist
+            return await self._json(writer, watchlist.of(self.anchor).listing())
         if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":
             dev = self._device(segs[2])
             if len(segs) == 4:

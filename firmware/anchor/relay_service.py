@@ -25,7 +25,8 @@ READ_BLOCK = 16384
 QUEUE_DEPTH = 8
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 256 << 20
-RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END)
+# Messages whose handling awaits the network (the daemon awaits handle() for these).
+RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END, m.WATCHWAIT)
 
 
 class _Feed:
@@ -145,7 +146,9 @@ class RelayHandler:
 
     async def handle(self, msg, send):
         t = msg[0]
-        if t == m.FETCH:
+        if t == m.WATCHWAIT:
+            await self.info.watch_wait(msg, send)    # the backup's wait for relayed data
+        elif t == m.FETCH:
             await self._fetch(msg, send)
         elif t in (m.SEND, m.PUBLISH):
             # Refusals (too large, no broker) come as FAIL after the body: the rover streams

@@ -25,13 +25,19 @@ RESULT = const(14)
 BODY = const(15)
 END = const(16)
 FAIL = const(17)
+WATCHWAIT = const(18)
+WATCHED = const(19)
 
 NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", ENTRIES: "ENTRIES", VERDICT: "VERDICT",
     CHUNKLIST: "CHUNKLIST", NEED: "NEED", DATA: "DATA", COMMIT: "COMMIT",
     COMMITTED: "COMMITTED", ERROR: "ERROR", FETCH: "FETCH", SEND: "SEND", PUBLISH: "PUBLISH",
-    RESULT: "RESULT", BODY: "BODY", END: "END", FAIL: "FAIL",
+    RESULT: "RESULT", BODY: "BODY", END: "END", FAIL: "FAIL", WATCHWAIT: "WATCHWAIT",
+    WATCHED: "WATCHED",
 }
+
+# Entry flags (the optional ninth field of a file PUT).
+FLAG_QUEUED = const(1)   # the file waits in the rover's outbox: it will pass through soon
 
 # Entry operations and types inside ENTRIES.
 OP_PUT = const(0)
@@ -168,7 +174,9 @@ def welcome(latest, parent_ok, caps):
     return [WELCOME, PROTO_VERSION, latest, parent_ok, caps]
 
 
-def put_entry(path, etype, size, mtime_ns, mode, oid, target=None):
+def put_entry(path, etype, size, mtime_ns, mode, oid, target=None, flags=0):
+    if flags:
+        return [OP_PUT, path, etype, size, mtime_ns, mode, oid, target, flags]
     if target is None:
         return [OP_PUT, path, etype, size, mtime_ns, mode, oid]
     return [OP_PUT, path, etype, size, mtime_ns, mode, oid, target]
@@ -182,8 +190,21 @@ def entries(seq, items):
     return [ENTRIES, seq, items]
 
 
-def verdict(seq, wanted):
+def verdict(seq, wanted, watched=None):
+    """watched: [entry index, seconds to its deadline] of queued entries the anchor will
+    wait to see pass through instead of asking for them now."""
+    if watched:
+        return [VERDICT, seq, wanted, watched]
     return [VERDICT, seq, wanted]
+
+
+def watchwait(max_seconds):
+    return [WATCHWAIT, max_seconds]
+
+
+def watched(missing):
+    """missing: watch numbers (order of the watched lists of all VERDICTs) still not seen."""
+    return [WATCHED, missing]
 
 
 def list_part(index, start, ids, last):
@@ -267,6 +288,8 @@ def check_entry(e):
         if len(e) < 8:
             _fail("symlink entry needs a target")
         _text(e[7], MAX_PATH_BYTES, "symlink target")
+    if len(e) > 8:
+        _int(e[8], 0, 0xFFFF, "entry flags")
     return e
 
 
@@ -305,6 +328,12 @@ def check(msg):
         _int(msg[1], 0, 1 << 62, "batch number")
         for i in _list(msg[2], MAX_ENTRIES, "wanted"):
             _int(i, 0, MAX_ENTRIES - 1, "wanted index")
+        if n > 3:
+            for w in _list(msg[3], MAX_ENTRIES, "watched"):
+                if type(w) is not list or len(w) < 2:
+                    _fail("watched item must be [index, seconds]")
+                _int(w[0], 0, MAX_ENTRIES - 1, "watched index")
+                _int(w[1], 0, 1 << 31, "watch seconds")
     elif t == CHUNKLIST:
         if n < 2:
             _fail("CHUNKLIST too short")
@@ -400,6 +429,15 @@ def check(msg):
             _fail("FAIL too short")
         _int(msg[1], 0, 0xFFFF, "failure code")
         _text(msg[2], MAX_TEXT, "failure text")
+    elif t == WATCHWAIT:
+        if n < 2:
+            _fail("WATCHWAIT too short")
+        _int(msg[1], 0, 1 << 31, "wait seconds")
+    elif t == WATCHED:
+        if n < 2:
+            _fail("WATCHED too short")
+        for i in _list(msg[1], MAX_ENTRIES, "missing"):
+            _int(i, 0, MAX_ENTRIES - 1, "watch number")
     else:
         _fail("unknown message type %d" % t)
     return msg

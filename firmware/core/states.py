@@ -20,9 +20,10 @@ FETCHING = const(7)         # anchor owes RESULT (or FAIL) for a FETCH
 RECEIVING = const(8)        # anchor streams the fetched body: BODY..., END (or FAIL)
 SENDING = const(9)          # rover streams a body to send or publish: BODY..., END
 AWAIT_RESULT = const(10)    # anchor owes RESULT (or FAIL) for what was sent
+AWAIT_WATCHED = const(11)   # anchor waits for watched data to pass through, then says WATCHED
 
 STATE_NAMES = ("START", "HELLO_SENT", "READY", "AWAIT_VERDICT", "AWAIT_NEED",
-               "AWAIT_COMMITTED", "CLOSED", "FETCHING", "RECEIVING", "SENDING", "AWAIT_RESULT")
+               "AWAIT_COMMITTED", "CLOSED", "FETCHING", "RECEIVING", "SENDING", "AWAIT_RESULT", "AWAIT_WATCHED")
 
 # (state, sender, message type) -> next state.  ERROR from either side, in any state but
 # CLOSED, goes to CLOSED; that rule is applied in session.py rather than spelled out 14 times.
@@ -49,6 +50,9 @@ TRANSITIONS = {
     (SENDING, ROVER, m.END): AWAIT_RESULT,
     (AWAIT_RESULT, ANCHOR, m.RESULT): READY,
     (AWAIT_RESULT, ANCHOR, m.FAIL): READY,
+    # watch list: before COMMIT the rover lets the anchor wait for queued data
+    (READY, ROVER, m.WATCHWAIT): AWAIT_WATCHED,
+    (AWAIT_WATCHED, ANCHOR, m.WATCHED): READY,
 }
 
 

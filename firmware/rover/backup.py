@@ -128,10 +128,17 @@ def save_state(state_dir, device, parent, root):
 
 
 class Backup(Conversation):
-    def __init__(self, link, device, state_dir, root, log=None):
+    def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600):
         Conversation.__init__(self, link, device, log)
         self.state_dir = state_dir
         self.root = root.rstrip("/") or "/"
+        # Files under `outbox` (relative to root) are queued to go out through the relay:
+        # the anchor may wait up to watch_wait seconds to see them pass instead.
+        self.outbox = outbox.strip("/") if outbox else None
+        self.watch_wait = watch_wait
+        self.watches = []        # (path, oid, first record in the watch file, count)
+        self.wpath = state_dir + "/watch.chunks"
+        self.wfile = None
         # self.cbuf serves file reads while hashing and the chunk being uploaded: a batch
         # is hashed completely before any of it is uploaded, so the two never overlap.
         self.recbuf = bytearray(_REC)
@@ -187,6 +194,7 @@ class Backup(Conversation):
                 self._delete(old[0])
                 old = next(old_iter, None)
             self._flush_batch()
+            self._wait_for_watched()
             writer.close()
             root = digest.digest()
             self.send(m.commit(root, writer.count, total))
@@ -196,6 +204,10 @@ class Backup(Conversation):
                 self.cfile.close()
                 self.cfile = None
             fsys.remove(self.cpath)
+            if self.wfile:
+                self.wfile.close()
+                self.wfile = None
+            fsys.remove(self.wpath)
         fsys.rename(new_path, tree_path)
         save_state(self.state_dir, self.device, snap, root)
         self.stats["entries"] = writer.count
@@ -217,7 +229,10 @@ class Backup(Conversation):
                 self.log("skipping %s: %s" % (rel, e))
                 return None
             self.files[idx] = (self.root + "/" + rel, oid, first, n)
-        self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target))
+        flags = 0
+        if self.outbox and t == m.T_FILE and rel.startswith(self.outbox + "/"):
+            flags = m.FLAG_QUEUED
+        self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target, flags))
         self.stats["changed"] += 1
         self._maybe_flush()
         return m.tree_record(rel, t, size, mtime, mode, oid, target)
@@ -252,7 +267,7 @@ class Backup(Conversation):
 
     def _maybe_flush(self):
         e = self.batch[-1]
-        self.batch_bytes += len(e[1]) + 64 + (len(e[7]) if len(e) > 7 else 0)
+        self.batch_bytes += len(e[1]) + 64 + (len(e[7]) if len(e) > 7 and e[7] else 0)
         if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS or self.batch_bytes >= BATCH_BYTES:
             self._flush_batch()
             self._open_batch()
@@ -265,13 +280,59 @@ class Backup(Conversation):
         self.send(m.entries(self.seq, self.batch))
         v = self.recv(m.VERDICT)
         self.seq += 1
-        if v[2]:
+        if v[2] or len(v) > 3:
             recs = open(self.cpath, "rb")
             try:
-                self._upload(recs, v[2])
+                if len(v) > 3:
+                    self._keep_watched(recs, v[3])
+                if v[2]:
+                    self._upload(recs, v[2])
             finally:
                 recs.close()
         self.batch = []
+
+    # --- watch list ----------------------------------------------------------------------
+
+    def _keep_watched(self, recs, watched):
+        """Copy the chunk records of entries the anchor watches for: the batch scratch file
+        is reused, and they may still have to be uploaded before COMMIT."""
+        if self.wfile is None:
+            self.wfile = open(self.wpath, "wb")
+        for w in watched:
+            info = self.files.get(w[0])
+            if info is None:
+                raise RoverError("anchor watches entry %d, which has no content" % w[0])
+            path, oid, first, n = info
+            start = sum(x[3] for x in self.watches)
+            for j in range(n):
+                recs.seek((first + j) * _REC)
+                recs.readinto(self.recbuf)
+                self.wfile.write(self.recbuf)
+            self.watches.append((path, oid, start, n))
+            self.log("%s is queued to go out: the anchor waits up to %d s to see it pass"
+                     % (path[len(self.root) + 1:], w[1]))
+
+    def _wait_for_watched(self):
+        if not self.watches:
+            return
+        self.wfile.close()
+        self.wfile = None
+        self.link.set_timeout(self.watch_wait + 60)
+        try:
+            self.send(m.watchwait(self.watch_wait))
+            missing = self.recv(m.WATCHED)[1]
+        finally:
+            self.link.set_timeout(None)
+        self.log("%d of %d queued files passed through the anchor; uploading %d"
+                 % (len(self.watches) - len(missing), len(self.watches), len(missing)))
+        if missing:
+            # Upload them as usual, named by watch number instead of batch index.
+            self.files = dict((k, self.watches[k]) for k in range(len(self.watches)))
+            recs = open(self.wpath, "rb")
+            try:
+                self._upload(recs, missing)
+            finally:
+                recs.close()
 
     def _read_rec(self, recs, i):
         recs.seek(i * _REC)

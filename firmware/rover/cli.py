@@ -8,13 +8,16 @@ from core.compat import MICROPYTHON
 USAGE = """usage: rover --link tcp://HOST:PORT --device ID --state DIR [-q] COMMAND ...
 
 commands:
-  backup ROOT                      back up the tree under ROOT through the anchor
+  backup ROOT [--outbox DIR] [--watch-wait S]
+                                   back up the tree under ROOT through the anchor; files under
+                                   ROOT/DIR are queued to go out, and the anchor may wait up to
+                                   S seconds (default 600) to see them pass its relay
   fetch URL --out PATH             HTTP(S) GET through the anchor, saved at PATH
   send PATH --to URL [--post]      HTTP PUT (or POST) of a file through the anchor
   publish TOPIC --file PATH        MQTT publish of a file through the anchor's broker
 """
 
-OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file")
+OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait")
 
 
 def parse(argv):
@@ -80,7 +83,11 @@ def main(argv=None):
         try:
             if cmd == "backup":
                 from rover.backup import Backup
-                s = Backup(link, opts["device"], opts["state"], rest[1], log).run()
+                wait = opts.get("watch-wait", "600")
+                if not wait.isdigit():
+                    raise ValueError("--watch-wait takes whole seconds")
+                s = Backup(link, opts["device"], opts["state"], rest[1], log,
+                           opts.get("outbox"), int(wait)).run()
             else:
                 from rover.relay import Relay
                 r = Relay(link, opts["device"], log)
@@ -96,7 +103,7 @@ def main(argv=None):
                     what = "published %d bytes to %s" % (size, rest[1])
         finally:
             link.close()
-    except (RoverError, LinkError, ProtocolError, OSError) as e:
+    except (RoverError, LinkError, ProtocolError, OSError, ValueError) as e:
         print("rover: %s failed: %s" % (cmd, e))
         return 1
     dt = time.time() - t0

@@ -31,6 +31,7 @@ class TcpLink:
         except OSError as e:
             self.sock.close()
             raise LinkError("cannot reach the anchor at %s:%d: %s" % (host, port, e))
+        self.default_timeout = timeout
         self.timeout_ms = int(timeout * 1000)
         if MICROPYTHON:
             # A blocking readinto waits to fill the whole buffer; non-blocking with poll
@@ -63,6 +64,13 @@ class TcpLink:
             n = 0
         self.rx += n
         return n
+
+    def set_timeout(self, seconds):
+        """How long a read may wait for the anchor; None restores the default."""
+        t = self.default_timeout if seconds is None else seconds
+        self.timeout_ms = int(t * 1000)
+        if not MICROPYTHON:
+            self.sock.settimeout(t)
 
     def _recv_poll(self, buf):
         if not self.poll.poll(self.timeout_ms):

@@ -75,6 +75,16 @@ def cmd_stats(c, a):
         print("%s: %s" % (dev, ", ".join("%s=%d" % kv for kv in sorted(counters.items()))))
 
 
+def cmd_watch(c, a):
+    rows = c.watch()
+    if a.json:
+        return rows
+    if not rows:
+        print("the watch list is empty")
+    for r in rows:
+        print("%-16s %-40s %10s  %6.0f s left" % (r["device"], r["path"], _size(r["size"]), r["seconds_left"]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="anchorctl", description="Manage an Anchor gateway")
     ap.add_argument("--anchor", default=None,
@@ -101,6 +111,7 @@ def main(argv=None):
     p.add_argument("--to", required=True, help="target folder (created if missing)")
     p.add_argument("--path", default="", help="restore only this file or folder")
     add("stats", cmd_stats, "store and link statistics")
+    add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)
     try:
         out = a.fn(Client(a.anchor), a)

@@ -86,6 +86,9 @@ class Client:
     def stats(self):
         return self._json("/v1/stats")
 
+    def watch(self):
+        return self._json("/v1/watch")
+
     def restore(self, device, to, snapshot="latest", path=""):
         """Restore a snapshot (or the subtree at `path`) under directory `to`.
 
