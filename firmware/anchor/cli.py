@@ -41,6 +41,8 @@ def main(argv=None):
     sp.add_argument("--listen", default=DEFAULT_LISTEN, help="rover link, tcp://HOST:PORT (default %(default)s; port 0 picks one)")
     sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
     sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes, mqtt://HOST:PORT (default: none)")
+    sp.add_argument("--proxy", default=None, help="HTTP forward proxy for rovers with IP, tcp://HOST:PORT (default: off; port 0 picks one)")
+    sp.add_argument("--no-capture", action="store_true", help=argparse.SUPPRESS)  # measurement only: relay without keeping bodies
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
     sp.add_argument("-v", "--verbose", action="store_true")
@@ -52,20 +54,27 @@ def main(argv=None):
         host, port = parse_tcp(args.listen)
         mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
         broker = parse_mqtt(args.broker) if args.broker else None
+        proxy = parse_tcp(args.proxy) if args.proxy else None
     except ValueError as e:
         ap.error(str(e))
 
     from anchor.daemon import Anchor, serve
 
-    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout)
+    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture)
 
-    def ready(bound):
+    def ready(bound, proxy_bound=None):
         print("anchor: data in %s" % anchor.data_dir, flush=True)
         print("anchor: rovers connect to tcp://%s:%d, e.g.\n"
               "    .venv/bin/rover --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT\n"
               "    tools/rover-mpy --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT"
               % (host, bound, host, bound, host, bound), flush=True)
         print("anchor: operators use  ANCHOR=unix:%s .venv/bin/anchorctl devices" % os.path.abspath(mgmt), flush=True)
+        if proxy_bound is not None:
+            print("anchor: HTTP proxy on tcp://%s:%d; the proxy user names the device, e.g.\n"
+                  "    curl -x http://my-rover:@%s:%d http://example.org/"
+                  % (proxy[0], proxy_bound, proxy[0], proxy_bound), flush=True)
+        if anchor.capture is False:
+            print("anchor: capture is OFF (--no-capture): for measurement only", flush=True)
         if args.ready_file:
             tmp = args.ready_file + ".tmp"
             with open(tmp, "w") as f:
@@ -73,7 +82,7 @@ def main(argv=None):
             os.rename(tmp, args.ready_file)
 
     try:
-        asyncio.run(serve(anchor, host, port, mgmt, ready))
+        asyncio.run(serve(anchor, host, port, mgmt, ready, proxy))
     except KeyboardInterrupt:
         pass
     finally:

@@ -22,11 +22,14 @@ IDLE_TIMEOUT = 300
 class Anchor:
     """Everything the anchor holds, opened from one data directory."""
 
-    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20):
+    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20, capture=True):
         self.data_dir = os.path.abspath(data_dir)
         self.broker = broker              # (host, port) of the MQTT broker relays publish to
         self.relay_timeout = relay_timeout
         self.relay_max = relay_max
+        # False only to measure what capture costs (anchor serve --no-capture): relayed
+        # bodies then pass without being kept, and later backups must upload them.
+        self.capture = capture
         os.makedirs(self.data_dir, exist_ok=True)
         self._check_version()
         # Sessions flush every 1 MiB themselves (backup_service.FLUSH_BYTES); the store's
@@ -66,7 +69,7 @@ class Anchor:
         peer = writer.get_extra_info("peername")
         sess = Session(states.ANCHOR)
         handler = BackupHandler(self)
-        relay = RelayHandler(self, handler)
+        relay = (RelayHandler if self.capture else _UncapturedRelay)(self, handler)
 
         async def send(msg):
             writer.write(sess.send(msg))
@@ -132,19 +135,38 @@ class Anchor:
             pass
 
 
-async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None):
+class _UncapturedRelay(RelayHandler):
+    """The relay with capture switched off, for measurement only (anchor serve --no-capture):
+    bodies are still spooled as they pass, but never chunked, stored or registered."""
+
+    def _capture(self, path, prov):
+        pass
+
+
+async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None):
+    """Serve rover links, the management API and, if `proxy` is (host, port), the HTTP
+    forward proxy. `ready(port, proxy_port)` is called once all of them listen."""
     from anchor import mgmt
     server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)
     port = server.sockets[0].getsockname()[1]
-    mserver = None
+    mserver = pserver = None
+    proxy_port = None
     if mgmt_path:
         mserver = await mgmt.start(anchor, mgmt_path)
+    if proxy:
+        from anchor.http_proxy import HttpProxy
+        pserver = await HttpProxy(anchor).start(*proxy)
+        proxy_port = pserver.sockets[0].getsockname()[1]
+        log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
+    if not anchor.capture:
+        log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")
     log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
     if ready:
-        ready(port)
+        ready(port, proxy_port)
     try:
         await server.serve_forever()
     finally:
         server.close()
-        if mserver:
-            mserver.close()
+        for s in (mserver, pserver):
+            if s:
+                s.close()
