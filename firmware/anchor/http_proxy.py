@@ -67,9 +67,10 @@ class Broken(Exception):
     """A body or a write stopped before its end (peer closed or reset, bad framing,
     timeout); `side` says whose: 'client' or 'origin'."""
 
-    def __init__(self, side, text):
+    def __init__(self, side, text, timeout=False):
         Exception.__init__(self, text)
         self.side = side
+        self.timeout = timeout
 
 
 # --- reading heads and bodies --------------------------------------------------------------
@@ -78,7 +79,7 @@ async def _timed(aw, timeout, side):
     try:
         return await asyncio.wait_for(aw, timeout)
     except asyncio.TimeoutError:
-        raise Broken(side, "%s: nothing for %g s" % (side, timeout))
+        raise Broken(side, "%s: nothing for %g s" % (side, timeout), True)
     except asyncio.IncompleteReadError:
         raise Broken(side, "%s closed the connection early" % side)
     except asyncio.LimitOverrunError:
@@ -395,7 +396,7 @@ class _Exchange:
             self._fail(str(e))
             if e.side == "client":            # the client stopped sending: nobody to answer
                 return False
-            raise HttpError(502, "origin %s stopped taking the request body: %s\n" % (netloc, e))
+            raise HttpError(504 if e.timeout else 502, "origin %s stopped taking the request body: %s\n" % (netloc, e))
         self.counts["relay_up_bytes"] = sent
         return spool
 
