@@ -96,6 +96,9 @@ class BackupHandler:
                 continue
             oid, size = e[6], e[3]
             if self._have_object(oid, size):
+                # accounting: where the anchor already had it from
+                src = "supplied_passthrough" if self.catalog.object_captured(self.dev, oid) else "supplied_backups"
+                self.counts[src] = self.counts.get(src, 0) + size
                 continue
             if oid in self.expected:
                 if self.expected[oid] != size:
@@ -142,7 +145,12 @@ class BackupHandler:
         in_scope = self.catalog.chunks_in_scope(self.dev, ids)
         needed = []
         for i, c in enumerate(ids):
-            if c in self.uploaded_set or c in self.needed or (c in in_scope and self.store.has(c)):
+            if c in self.uploaded_set or c in self.needed:
+                continue
+            if c in in_scope and self.store.has(c):
+                info = self.store.info(c)
+                src = "supplied_passthrough" if in_scope[c] == 1 else "supplied_backups"
+                self.counts[src] = self.counts.get(src, 0) + (info["raw_len"] if info else 0)
                 continue
             needed.append(i)
             self.needed.add(c)
@@ -186,6 +194,7 @@ class BackupHandler:
         self.counts["backup_rx_data"] += len(payload)
         self.counts["chunks_uploaded"] += 1
         self.counts["raw_uploaded"] += len(raw)
+        self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + len(raw)
         if self.unflushed >= FLUSH_BYTES:
             self.flush()
 

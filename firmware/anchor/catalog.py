@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS device_objects (
 CREATE TABLE IF NOT EXISTS device_chunks (
     device_id INTEGER NOT NULL,
     chunk BLOB NOT NULL,
+    via INTEGER NOT NULL DEFAULT 0,   -- how the device proved it holds it: 0 upload, 1 relay
     PRIMARY KEY (device_id, chunk)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS captures (
@@ -140,7 +141,7 @@ class Catalog:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)", ((dev, c) for c in chunk_ids))
+            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)", ((dev, c) for c in chunk_ids))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -157,7 +158,7 @@ class Catalog:
             for oid, size, ids in new_objects:
                 db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
-                db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
+                db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
             seq = (self.latest(dev) or 0) + 1
             db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -177,7 +178,7 @@ class Catalog:
         try:
             db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
             db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
-            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?)",
+            db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 1)",
                            ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
             cur = db.execute(
                 "INSERT INTO captures(device_id, direction, protocol, method, target, time, status, etag,"
@@ -221,13 +222,18 @@ class Catalog:
         return row[0], [ids[i:i + 32] for i in range(0, len(ids), 32)]
 
     def chunks_in_scope(self, dev, ids):
-        """The subset of `ids` this device has uploaded or holds through its objects."""
-        have = set()
+        """{chunk id: via} for the `ids` this device uploaded (via 0) or relayed (via 1)."""
+        have = {}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            q = "SELECT chunk FROM device_chunks WHERE device_id=? AND chunk IN (%s)" % ",".join("?" * len(part))
-            have.update(r[0] for r in self.db.execute(q, (dev, *part)))
+            q = "SELECT chunk, via FROM device_chunks WHERE device_id=? AND chunk IN (%s)" % ",".join("?" * len(part))
+            have.update(self.db.execute(q, (dev, *part)))
         return have
+
+    def object_captured(self, dev, oid):
+        """True if this device's relay traffic brought the object in."""
+        return self.db.execute("SELECT 1 FROM captures WHERE device_id=? AND oid=? LIMIT 1",
+                               (dev, oid)).fetchone() is not None
 
     # --- counters ----------------------------------------------------------------------
 

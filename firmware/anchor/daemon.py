@@ -113,6 +113,8 @@ class Anchor:
             if handler.dev is not None:
                 handler.counts["link_rx"] = sess.bytes_in
                 handler.counts["link_tx"] = sess.bytes_out
+                for name, n in zip(("link_control", "link_backup", "link_relay"), sess.purpose_bytes):
+                    handler.counts[name] = n
                 for k, v in relay.counts.items():
                     handler.counts[k] = handler.counts.get(k, 0) + v
                 try:

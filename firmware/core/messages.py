@@ -96,6 +96,20 @@ class ProtocolError(Exception):
         self.text = text
 
 
+P_CONTROL = const(0)
+P_BACKUP = const(1)
+P_RELAY = const(2)
+
+
+def purpose(t):
+    """What a message type's bytes on the link are for: control, backup or relay."""
+    if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED:
+        return P_BACKUP
+    if FETCH <= t <= FAIL:
+        return P_RELAY
+    return P_CONTROL
+
+
 def _fail(text, code=E_PROTOCOL):
     raise ProtocolError(code, text)
 

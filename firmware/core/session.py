@@ -25,6 +25,8 @@ class Session:
         self._request = None         # (type, key) of the request the peer must answer
         self.bytes_in = 0
         self.bytes_out = 0
+        # Frame bytes both ways by purpose: [control, backup, relay] (see messages.PURPOSE).
+        self.purpose_bytes = [0, 0, 0]
 
     # --- receiving ---------------------------------------------------------------------
 
@@ -59,6 +61,7 @@ class Session:
                 continue
             msg = m.decode(payload)
             self._advance(self.peer, msg)
+            self.purpose_bytes[m.purpose(msg[0])] += len(payload) + framing.frame_overhead
             return msg
 
     # --- sending -----------------------------------------------------------------------
@@ -76,6 +79,7 @@ class Session:
         else:
             out = framing.encode_frame(m.encode(msg))
         self.bytes_out += len(out)
+        self.purpose_bytes[m.purpose(msg[0])] += len(out)
         return out
 
     def send_data(self, chunk_id, enc, body):
@@ -91,6 +95,7 @@ class Session:
         self._advance(self.role, fields)
         head, tail = framing.frame_around(m.blob_prefix(fields, len(body)), body)
         self.bytes_out += len(head) + len(body) + len(tail)
+        self.purpose_bytes[m.purpose(fields[0])] += len(head) + len(body) + len(tail)
         return head, tail
 
     # --- rules -------------------------------------------------------------------------

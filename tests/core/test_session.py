@@ -155,3 +155,21 @@ def test_send_data_without_copy_matches_send():
         head, tail = r2.send_data(CID, m.ENC_RAW, memoryview(body)[:n])
         assert head + body[:n] + tail == whole, n
         assert r1.bytes_out == r2.bytes_out
+
+
+def test_link_bytes_are_counted_by_purpose():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", None, 0))
+    pipe(a, r, m.welcome(None, True, 0))
+    control = r.bytes_out + r.bytes_in
+    pipe(r, a, m.fetch("http://example.org/x"))
+    pipe(a, r, m.result(200, 3))
+    pipe(a, r, m.body(b"abc"))
+    pipe(a, r, m.end(3))
+    relay = r.bytes_out + r.bytes_in - control
+    pipe(r, a, m.entries(0, []))
+    pipe(a, r, m.verdict(0, []))
+    backup = r.bytes_out + r.bytes_in - control - relay
+    assert r.purpose_bytes == [control, backup, relay], (r.purpose_bytes, control, backup, relay)
+    assert a.purpose_bytes == r.purpose_bytes

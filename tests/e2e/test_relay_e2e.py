@@ -74,6 +74,11 @@ def test_relay_then_backup_sends_only_novel_bytes(world, tmp_path):
     assert relay.total >= len(novel)
     c = counters(anchor, "rv")
     assert c["captured_objects"] == 4 and c["captured_bytes"] == relayed + len(doc)
+    # accounting by source and by purpose
+    assert c["supplied_passthrough"] == relayed, c
+    assert c["supplied_uploaded"] == len(novel), c
+    assert c["link_relay"] > relayed and c["link_backup"] < len(novel) + 0.05 * relayed, c
+    assert c["link_control"] > 0 and c["link_control"] < 2000, c
     out = str(tmp_path / "restored")
     anchorctl(anchor.address, "restore", "rv", "--to", out)
     assert_same_tree(snapshot_of(str(root)), out, 10 ** 9)
