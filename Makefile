@@ -31,11 +31,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# Tools the benchmarks compare against (rsync), from Debian, only if missing.
+# Tools the benchmarks compare against (rsync, restic, borg), from Debian, only if missing.
 bench-deps:
-	@command -v rsync >/dev/null 2>&1 || { \
+	@missing=; \
+	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
+	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \
+	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
+	[ -z "$$missing" ] || { \
 	    apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
 # Every executable tools/bench-* in turn; each prints one JSON line on stdout (names go to
 # stderr). All of them run even if one fails; the target fails if any did.
