@@ -32,7 +32,6 @@ class BackupHandler:
         self.parent = None
         self.delta = []               # PUT/DEL entries in canonical order
         self.last_key = None
-        self.batches = {}             # seq -> entries, kept until VERDICT is sent
         self.expected = {}            # oid -> size, for objects we asked the chunk list of
         self.wanted = {}              # entry index -> oid, of the batch last answered
         self.watching = []            # oids answered WATCH, by watch number

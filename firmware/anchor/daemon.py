@@ -7,6 +7,7 @@ from core import messages as m
 from core import states
 from core.session import Session
 from anchor.backup_service import BackupHandler
+from anchor import watchlist
 from anchor.catalog import Catalog
 from anchor.relay_service import RelayHandler, RELAY_TYPES
 from anchor.store import ChunkStore
@@ -121,6 +122,9 @@ class Anchor:
                     self.catalog.count(handler.dev, **handler.counts)
                 except Exception:
                     log.exception("could not record counters")
+            # A watch lives as long as the session that waits on it.
+            for oid in handler.watching:
+                watchlist.of(self).remove(handler.dev, oid)
             # Chunks that arrived stay useful to a resumed session.
             try:
                 handler.flush()
