@@ -17,6 +17,8 @@ ChunkStore.ingest()/missing() do). Reports inserts/s, lookups/s, file size, peak
              quadratic; lookups scan, so they slow down linearly).
 
 Usage: tools/bench_index.py [--only sqlite|sqlite-1M|tinydb] [-n N] [--batch 1000]
+       tools/bench_index.py --one-line [--tinydb-seconds S]   (one JSON line with all three;
+       tools/bench-index runs this with a 15 s TinyDB budget and finishes in about a minute)
 """
 import argparse
 import hashlib
@@ -219,16 +221,25 @@ def main():
     ap.add_argument("--tinydb-seconds", type=float, default=30.0)
     ap.add_argument("--lookup-seconds", type=float, default=6.0)
     ap.add_argument("--skip-1m", action="store_true")
+    ap.add_argument("--one-line", action="store_true",
+                    help="print one JSON line holding every candidate's result (for make bench)")
     args = ap.parse_args()
     if args.only:
         run_child(args)
         return
     names = ["sqlite", "tinydb"] + ([] if args.skip_1m else ["sqlite-1M"])
+    results = {}
     for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--batch", str(args.batch),
                "--lookups", str(args.lookups), "--tinydb-seconds", str(args.tinydb_seconds),
                "--lookup-seconds", str(args.lookup_seconds)]
-        subprocess.run(cmd, check=True)
+        if not args.one_line:
+            subprocess.run(cmd, check=True)
+            continue
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    if args.one_line:
+        print(json.dumps({"bench": "chunk_index", "candidates": results}), flush=True)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,24 @@ def test_ingest_copies_writable_buffers(tmp_path):
         assert s.get(cid(raw)) == raw
 
 
+def test_ingest_batch_compressor_hook(tmp_path):
+    """ingest() compresses through _compress_batch / _batch_encoding (tools/bench_anchor_ingest.py
+    swaps them to time other compressors in the same pipeline); None keeps a chunk raw."""
+    class Half(ChunkStore):
+        def _compress_batch(self, raws):
+            out = super()._compress_batch(raws)
+            return [p if i % 2 else None for i, p in enumerate(out)]
+
+    items = [text_chunk(random.Random(i), 6000) for i in range(8)]
+    with Half(str(tmp_path)) as s:
+        ids = s.ingest(items)
+        s.flush()
+        assert [s.info(i)["enc"] for i in ids] == [S.ENC_RAW, S.ENC_ZSTD] * 4
+        assert_all_readable(s, items)
+    with ChunkStore(str(tmp_path)) as s:
+        assert s.verify() == {"chunks": 8, "bad": []}
+
+
 def test_wrong_hash_rejected_nothing_written(tmp_path):
     raw = b"x" * 5000
     with ChunkStore(str(tmp_path)) as s:
