@@ -17,6 +17,8 @@ log = logging.getLogger("anchor")
 
 DATA_VERSION = 1
 READ_SIZE = 65536
+# Replies after which the rover may hang up: counters are written before they go out.
+ENDS_A_REQUEST = (m.COMMITTED, m.END, m.RESULT, m.FAIL, m.WATCHED, m.ERROR)
 IDLE_TIMEOUT = 300
 
 
@@ -72,8 +74,33 @@ class Anchor:
         handler = BackupHandler(self)
         relay = (RelayHandler if self.capture else _UncapturedRelay)(self, handler)
 
-        async def send(msg):
+        recorded = {}
+
+        def account():
+            """Add what this session moved since the last call to the device's counters.
+
+            Called before every reply that ends a request, so a rover that has its answer
+            finds the counters already written (and once more when the session ends)."""
+            if handler.dev is None:
+                return
+            counts = dict(handler.counts)
+            for k, v in relay.counts.items():
+                counts[k] = counts.get(k, 0) + v
+            counts["link_rx"] = sess.bytes_in
+            counts["link_tx"] = sess.bytes_out
+            for name, n in zip(("link_control", "link_backup", "link_relay"), sess.purpose_bytes):
+                counts[name] = n
+            delta = dict((k, v - recorded.get(k, 0)) for k, v in counts.items())
+            recorded.update(counts)
+            self.catalog.count(handler.dev, **delta)
+
+        def reply(msg):
+            if msg[0] in ENDS_A_REQUEST:
+                account()
             writer.write(sess.send(msg))
+
+        async def send(msg):
+            reply(msg)
             await writer.drain()
 
         try:
@@ -97,8 +124,8 @@ class Anchor:
                     if msg[0] in RELAY_TYPES:
                         await relay.handle(msg, send)
                         continue
-                    for reply in handler.handle(msg):
-                        writer.write(sess.send(reply))
+                    for r in handler.handle(msg):
+                        reply(r)
                     if sess.closed:
                         break
                 await writer.drain()
@@ -111,17 +138,10 @@ class Anchor:
         finally:
             self.link_bytes["rx"] += sess.bytes_in
             self.link_bytes["tx"] += sess.bytes_out
-            if handler.dev is not None:
-                handler.counts["link_rx"] = sess.bytes_in
-                handler.counts["link_tx"] = sess.bytes_out
-                for name, n in zip(("link_control", "link_backup", "link_relay"), sess.purpose_bytes):
-                    handler.counts[name] = n
-                for k, v in relay.counts.items():
-                    handler.counts[k] = handler.counts.get(k, 0) + v
-                try:
-                    self.catalog.count(handler.dev, **handler.counts)
-                except Exception:
-                    log.exception("could not record counters")
+            try:
+                account()
+            except Exception:
+                log.exception("could not record counters")
             # A watch lives as long as the session that waits on it.
             for oid in handler.watching:
                 watchlist.of(self).remove(handler.dev, oid)
