@@ -264,15 +264,27 @@ class BackupHandler:
                     raise m.ProtocolError(m.E_MISSING, "object %s lacks chunk %s" % (oid.hex()[:16], ids[i:i + 32].hex()[:16]))
         parent_root = None
         if self.parent is not None:
-            parent_root = self.catalog.snapshot(self.dev, self.parent)["root"]
-        records = apply_delta(self.trees.read(parent_root), self.delta)
-        digest, count, nbytes = self.trees.write(records)
+            snap = self.catalog.snapshot(self.dev, self.parent)
+            if snap is None:
+                raise m.ProtocolError(m.E_MISSING, "parent snapshot %d was forgotten during the backup; "
+                                      "run it again" % self.parent)
+            parent_root = snap["root"]
+        tree_oids = set()
+
+        def noting_objects(records):
+            for r in records:
+                if r[1] == m.T_FILE and r[5] is not None:
+                    tree_oids.add(r[5])
+                yield r
+        digest, count, nbytes = self.trees.write(noting_objects(apply_delta(self.trees.read(parent_root), self.delta)))
         if digest != root or count != n_entries or nbytes != total:
             raise m.ProtocolError(m.E_TREE, "tree mismatch: anchor built %d entries/%d bytes (%s), rover has %d/%d (%s)"
                                   % (count, nbytes, digest.hex()[:16], n_entries, total, root.hex()[:16]))
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
-        seq = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects)
-        self.store.pin([ids[i:i + 32] for _, (_, ids) in self.declared.items() for i in range(0, len(ids), 32)])
+        seq, pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
+                                                   tree_oids)
+        # The catalog's live_chunks is the truth; the store's class mirrors it for eviction.
+        self.store.pin(pinned)
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes
         log.info("rover %s: snapshot %d committed (%d entries, %d bytes, %d chunks uploaded)",

@@ -61,6 +61,23 @@ CREATE TABLE IF NOT EXISTS captures (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS captures_oid ON captures(oid);
+CREATE TABLE IF NOT EXISTS trees (
+    root BLOB PRIMARY KEY,            -- a tree file, by its root digest
+    snapshots INTEGER NOT NULL        -- how many snapshots use it
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_objects (
+    root BLOB NOT NULL,
+    oid BLOB NOT NULL,
+    PRIMARY KEY (root, oid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_objects (
+    oid BLOB PRIMARY KEY,
+    trees INTEGER NOT NULL            -- how many trees of existing snapshots hold it
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_chunks (
+    chunk BLOB PRIMARY KEY,
+    objects INTEGER NOT NULL          -- how many live objects hold it: pinned while > 0
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     device_id INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -147,11 +164,10 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
 
-    def commit_snapshot(self, dev, parent, root, entries, total, new_objects):
-        """One transaction: the objects this backup declared, the device's scope, the snapshot.
-
-        new_objects: iterable of (oid, size, chunk_ids_bytes). Returns the snapshot number.
-        """
+    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, tree_oids):
+        """One transaction: the objects this backup declared, the snapshot, and what it keeps
+        alive. new_objects: iterable of (oid, size, chunk_ids_bytes); tree_oids: the object
+        ids in the snapshot's tree. Returns (snapshot number, chunks that became pinned)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -160,6 +176,7 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
                 db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
+            pinned = self._tree_ref(root, tree_oids)
             seq = (self.latest(dev) or 0) + 1
             db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (dev, seq, parent, time.time(), root, entries, total))
@@ -167,7 +184,65 @@ class Catalog:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return seq
+        return seq, pinned
+
+    def _tree_ref(self, root, tree_oids):
+        """One more snapshot uses tree `root`; returns chunks that became live."""
+        db = self.db
+        if db.execute("UPDATE trees SET snapshots = snapshots + 1 WHERE root=?", (root,)).rowcount:
+            return []
+        db.execute("INSERT INTO trees VALUES (?, 1)", (root,))
+        pinned = []
+        for oid in tree_oids:
+            db.execute("INSERT INTO tree_objects VALUES (?, ?)", (root, oid))
+            if db.execute("UPDATE live_objects SET trees = trees + 1 WHERE oid=?", (oid,)).rowcount:
+                continue
+            db.execute("INSERT INTO live_objects VALUES (?, 1)", (oid,))
+            for c in self._chunks_of(oid):
+                if not db.execute("UPDATE live_chunks SET objects = objects + 1 WHERE chunk=?", (c,)).rowcount:
+                    db.execute("INSERT INTO live_chunks VALUES (?, 1)", (c,))
+                    pinned.append(c)
+        return pinned
+
+    def _chunks_of(self, oid):
+        row = self.db.execute("SELECT chunks FROM objects WHERE oid=?", (oid,)).fetchone()
+        if row is None:
+            return []
+        ids = row[0]
+        return [ids[i:i + 32] for i in range(0, len(ids), 32)]
+
+    def forget_snapshot(self, dev, seq):
+        """Remove a snapshot. Returns (root, tree_freed, chunks no longer pinned): its
+        objects stay (in the device's scope, as pass-through data) until evicted."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT root FROM snapshots WHERE device_id=? AND seq=?", (dev, seq)).fetchone()
+            if row is None:
+                raise CatalogError("no snapshot %d" % seq)
+            root = row[0]
+            db.execute("DELETE FROM snapshots WHERE device_id=? AND seq=?", (dev, seq))
+            db.execute("UPDATE snapshots SET parent=NULL WHERE device_id=? AND parent=?", (dev, seq))
+            released = []
+            db.execute("UPDATE trees SET snapshots = snapshots - 1 WHERE root=?", (root,))
+            left = db.execute("SELECT snapshots FROM trees WHERE root=?", (root,)).fetchone()
+            freed = left is not None and left[0] <= 0
+            if freed:
+                db.execute("DELETE FROM trees WHERE root=?", (root,))
+                oids = [r[0] for r in db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,))]
+                db.execute("DELETE FROM tree_objects WHERE root=?", (root,))
+                for oid in oids:
+                    db.execute("UPDATE live_objects SET trees = trees - 1 WHERE oid=?", (oid,))
+                    if db.execute("DELETE FROM live_objects WHERE oid=? AND trees <= 0", (oid,)).rowcount:
+                        for c in self._chunks_of(oid):
+                            db.execute("UPDATE live_chunks SET objects = objects - 1 WHERE chunk=?", (c,))
+                            if db.execute("DELETE FROM live_chunks WHERE chunk=? AND objects <= 0", (c,)).rowcount:
+                                released.append(c)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return root, freed, released
 
     def record_capture(self, dev, oid, size, ids, prov):
         """One transaction: a relayed body becomes an object in the device's scope, with

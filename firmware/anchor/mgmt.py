@@ -59,12 +59,12 @@ class Api:
             parts = line.split(" ")
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 raise ApiError(400, "bad request line")
-            if parts[0] != "GET":
-                raise ApiError(405, "only GET is supported")
+            if parts[0] not in ("GET", "DELETE"):
+                raise ApiError(405, "only GET and DELETE are supported")
             url = urlsplit(parts[1])
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             segs = [unquote(s) for s in url.path.split("/") if s]
-            await self.route(segs, query, writer)
+            await self.route(parts[0], segs, query, writer)
         except ApiError as e:
             await self._json(writer, {"error": e.text}, e.status)
         except Exception as e:
@@ -88,9 +88,14 @@ class Api:
 
     # --- routing -----------------------------------------------------------------------
 
-    async def route(self, segs, q, writer):
+    async def route(self, method, segs, q, writer):
         if len(segs) < 2 or segs[0] != "v1":
             raise ApiError(404, "no such endpoint")
+        if method == "DELETE":
+            if len(segs) == 5 and segs[1] == "devices" and segs[3] == "snapshots":
+                dev = self._device(segs[2])
+                return await self._json(writer, self.forget(dev, self._snapshot(dev, segs[4])))
+            raise ApiError(405, "DELETE works on a snapshot only")
         if segs[1:] == ["devices"]:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
@@ -193,6 +198,15 @@ class Api:
             r = next(records, None)
         writer.write(struct.pack(">I", 0))
         await writer.drain()
+
+    def forget(self, dev, snap):
+        """Remove a snapshot; content only it kept falls back to pass-through data."""
+        root, freed, released = self.catalog.forget_snapshot(dev, snap["id"])
+        self.anchor.store.unpin(released)
+        if freed:
+            self.anchor.trees.delete(root)
+        log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
+        return {"forgotten": snap["id"], "chunks_released": len(released), "tree_freed": freed}
 
     def stats(self):
         store = self.anchor.store.stats()

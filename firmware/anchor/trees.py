@@ -71,6 +71,12 @@ class TreeStore:
                 os.close(dfd)
         return digest, count, total
 
+    def delete(self, digest):
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            pass
+
     def read(self, digest):
         """Yield the records of a tree, streaming."""
         if digest is None:

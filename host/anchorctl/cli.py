@@ -75,6 +75,14 @@ def cmd_stats(c, a):
         print("%s: %s" % (dev, ", ".join("%s=%d" % kv for kv in sorted(counters.items()))))
 
 
+def cmd_forget(c, a):
+    r = c.forget(a.device, a.snapshot)
+    if a.json:
+        return r
+    print("snapshot %d of %s forgotten; %d chunks are pass-through data now"
+          % (r["forgotten"], a.device, r["chunks_released"]))
+
+
 def cmd_watch(c, a):
     rows = c.watch()
     if a.json:
@@ -110,6 +118,9 @@ def main(argv=None):
     p.add_argument("snapshot", nargs="?", default="latest")
     p.add_argument("--to", required=True, help="target folder (created if missing)")
     p.add_argument("--path", default="", help="restore only this file or folder")
+    p = add("forget", cmd_forget, "remove a snapshot (its content becomes evictable pass-through data)")
+    p.add_argument("device")
+    p.add_argument("snapshot")
     add("stats", cmd_stats, "store and link statistics")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)

@@ -41,11 +41,11 @@ class Client:
     def __init__(self, address=None):
         self.path = resolve(address)
 
-    def _get(self, path, params=None):
+    def _get(self, path, params=None, method="GET"):
         conn = _UnixHTTPConnection(self.path)
         url = path + ("?" + urlencode(params) if params else "")
         try:
-            conn.request("GET", url)
+            conn.request(method, url)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
@@ -85,6 +85,14 @@ class Client:
 
     def stats(self):
         return self._json("/v1/stats")
+
+    def forget(self, device, snapshot):
+        """Remove one snapshot; what only it kept falls back to pass-through data."""
+        conn, resp = self._get("%s/snapshots/%s" % (self._dev(device), snapshot), method="DELETE")
+        try:
+            return json.loads(resp.read())
+        finally:
+            conn.close()
 
     def watch(self):
         return self._json("/v1/watch")

@@ -1,0 +1,81 @@
+"""Snapshots keep their content pinned; forgetting a snapshot turns what only it kept back
+into pass-through data (evictable), and every other snapshot still restores."""
+import json
+import os
+import random
+import sqlite3
+
+from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from core import chunker
+
+
+def classes(data_dir):
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(data_dir, "chunks", "index.sqlite"), uri=True)
+    try:
+        return dict(db.execute("SELECT id, class FROM chunks"))
+    finally:
+        db.close()
+
+
+def ids_of(path):
+    with open(path, "rb") as f:
+        return set(c for _, _, c in chunker.chunks_of(f, bytearray(65536)))
+
+
+def test_forget_releases_only_what_no_other_snapshot_keeps(tmp_path):
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        rnd = random.Random(2)
+        root = tmp_path / "rover"
+        root.mkdir()
+        (root / "kept.bin").write_bytes(rnd.randbytes(200_000))
+        (root / "gone.bin").write_bytes(rnd.randbytes(200_000))
+        state = str(tmp_path / "state")
+        run_rover("cpython", anchor.link, "r", state, "backup", str(root))
+        first = snapshot_of(str(root))
+        kept, gone = ids_of(str(root / "kept.bin")), ids_of(str(root / "gone.bin"))
+        os.unlink(str(root / "gone.bin"))
+        run_rover("cpython", anchor.link, "r", state, "backup", str(root))
+        run_rover("cpython", anchor.link, "r", state, "backup", str(root))   # same tree: shared file
+        second = snapshot_of(str(root))
+
+        cls = classes(anchor.data_dir)
+        assert all(cls[c] == 1 for c in kept | gone), "snapshot content must be pinned"
+
+        r = json.loads(anchorctl(anchor.address, "forget", "r", "1", "--json").stdout)
+        assert r["forgotten"] == 1 and r["chunks_released"] == len(gone) and r["tree_freed"]
+        cls = classes(anchor.data_dir)
+        assert all(cls[c] == 0 for c in gone), "content only snapshot 1 kept is pass-through now"
+        assert all(cls[c] == 1 for c in kept), "content snapshot 2 keeps stays pinned"
+
+        # snapshots 2 and 3 share one tree: forgetting 2 frees nothing
+        r = json.loads(anchorctl(anchor.address, "forget", "r", "2", "--json").stdout)
+        assert r["chunks_released"] == 0 and not r["tree_freed"]
+        snaps = json.loads(anchorctl(anchor.address, "snapshots", "r", "--json").stdout)
+        assert [s["id"] for s in snaps] == [3]
+        out = str(tmp_path / "restored")
+        anchorctl(anchor.address, "restore", "r", "3", "--to", out)
+        assert_same_tree(second, out)
+        p = anchorctl(anchor.address, "restore", "r", "1", "--to", str(tmp_path / "x"), check=False)
+        assert p.returncode == 1 and "no snapshot" in p.stderr
+        # the rover's parent (3) still exists: the next backup is a delta as usual
+        p = run_rover("cpython", anchor.link, "r", state, "backup", str(root))
+        assert "snapshot 4 committed" in p.stdout and " 0 chunks" in p.stdout
+        assert first != second
+    finally:
+        anchor.stop()
+
+
+def test_forgotten_parent_means_a_full_manifest_not_a_reupload(tmp_path):
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        root = tmp_path / "rover"
+        root.mkdir()
+        (root / "a.bin").write_bytes(os.urandom(100_000))
+        state = str(tmp_path / "state")
+        run_rover("cpython", anchor.link, "r", state, "backup", str(root))
+        anchorctl(anchor.address, "forget", "r", "1")
+        p = run_rover("cpython", anchor.link, "r", state, "backup", str(root))
+        assert "does not hold snapshot 1" in p.stdout and " 0 chunks" in p.stdout, p.stdout
+    finally:
+        anchor.stop()
