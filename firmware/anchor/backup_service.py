@@ -120,7 +120,12 @@ class BackupHandler:
             return True
         if oid in self.declared:
             return True
-        return self.catalog.device_has_object(self.dev, oid)
+        if not self.catalog.device_has_object(self.dev, oid):
+            return False
+        # In scope is not enough: pass-through chunks may have been evicted since. Then the
+        # rover describes the object and NEED names just the chunks that are gone.
+        info = self.catalog.object_chunks(oid)
+        return info is not None and not self.store.missing(info[1])
 
     def _chunklist(self, msg):
         out = []

@@ -79,3 +79,32 @@ def test_forgotten_parent_means_a_full_manifest_not_a_reupload(tmp_path):
         assert "does not hold snapshot 1" in p.stdout and " 0 chunks" in p.stdout, p.stdout
     finally:
         anchor.stop()
+
+
+def test_an_object_whose_chunks_are_gone_is_not_claimed(tmp_path):
+    """HAVE needs the bytes, not just the catalog row: with some chunks of a file gone from
+    the store (as eviction will do), a rover that lost its state re-sends exactly those."""
+    data = str(tmp_path / "anchor")
+    anchor = AnchorProc(data).start()
+    root = tmp_path / "rover"
+    root.mkdir()
+    (root / "a.bin").write_bytes(os.urandom(300_000))
+    try:
+        run_rover("cpython", anchor.link, "r", str(tmp_path / "s1"), "backup", str(root))
+    finally:
+        anchor.stop()
+    ids = sorted(ids_of(str(root / "a.bin")))
+    gone = ids[:5]
+    db = sqlite3.connect(os.path.join(data, "chunks", "index.sqlite"))
+    db.executemany("DELETE FROM chunks WHERE id=?", [(c,) for c in gone])
+    db.commit()
+    db.close()
+    anchor = AnchorProc(data).start()
+    try:
+        p = run_rover("cpython", anchor.link, "r", str(tmp_path / "s2"), "backup", str(root))
+        assert " %d chunks (" % len(gone) in p.stdout, p.stdout
+        out = str(tmp_path / "restored")
+        anchorctl(anchor.address, "restore", "r", "--to", out)
+        assert_same_tree(snapshot_of(str(root)), out)
+    finally:
+        anchor.stop()
