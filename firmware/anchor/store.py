@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS chunks (
 """
 
 INSERT_CHUNK = "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?,?)"
+ROW_FIELDS = 8
+# Chunk rows go in as multi-row INSERTs of up to _INSERT_WIDTH rows: one sqlite3_step (one GIL
+# release) per statement instead of one per row, which other threads waiting for the GIL made
+# costly (see docs/decisions.md, "Chunk store ingest: the store's own path").
+_INSERT_WIDTH = 256
+_INSERT_QUERIES = {}
 
 # SQLite's default limit on host parameters in one statement is 32766 (since 3.32).
 _MAX_VARS = 32000
@@ -212,16 +218,39 @@ def _pwrite_all(fd, buffers, off):
 
 
 def _plan(batch):
-    """Group buffered records by segment for gathered writes; make their index rows."""
+    """Group buffered records by segment for gathered writes; make their index rows (one flat
+    list, ROW_FIELDS values per row, for _insert_rows)."""
     groups = []                 # [seq, first offset, [head, payload, head, payload, ...]]
     rows = []
+    cur = -1
+    bufs = None
     for cid, p in batch.items():
         seq, off, raw_len, enc, head, payload, cls, last_use = p
-        if not groups or groups[-1][0] != seq:
-            groups.append([seq, off, []])
-        groups[-1][2] += (head, payload)
-        rows.append((cid, seq, off, raw_len, len(payload), enc, cls, last_use))
+        if seq != cur:
+            cur = seq
+            bufs = []
+            groups.append([seq, off, bufs])
+        bufs += (head, payload)
+        rows += (cid, seq, off, raw_len, len(payload), enc, cls, last_use)
     return groups, rows
+
+
+def _insert_rows(db, flat):
+    """Insert chunk rows given as one flat list (ROW_FIELDS values per row), in statements of
+    power-of-two widths up to _INSERT_WIDTH rows (prepared once each, then cached). Returns the
+    number of rows inserted."""
+    n = len(flat) // ROW_FIELDS
+    done = 0
+    i = 0
+    while i < n:
+        w = min(_INSERT_WIDTH, 1 << ((n - i).bit_length() - 1))
+        q = _INSERT_QUERIES.get(w)
+        if q is None:
+            q = _INSERT_QUERIES[w] = ("INSERT OR IGNORE INTO chunks VALUES "
+                                      + ",".join(["(?,?,?,?,?,?,?,?)"] * w))
+        done += max(db.execute(q, flat[i * ROW_FIELDS:(i + w) * ROW_FIELDS]).rowcount, 0)
+        i += w
+    return done
 
 
 def _fsync_dir(path):
@@ -442,23 +471,31 @@ class ChunkStore:
     def _append(self, records, now):
         """Buffer records [(id, raw_len, encoding, payload)] in order: frame each (head + CRC) and
         give it its segment and offset. Flushes whenever flush_bytes are buffered."""
+        self._append_framed([(cid, raw_len, enc, make_head(cid, enc, raw_len, payload), payload)
+                             for cid, raw_len, enc, payload in records], now)
+
+    def _append_framed(self, records, now):
+        """Buffer framed records [(id, raw_len, encoding, head, payload)] in order, giving each
+        its segment and offset. Flushes whenever flush_bytes are buffered."""
         pend = self._pending
         limit = self.segment_size
+        flush_at = self.flush_bytes
         seq, end = self._wseq, self._wend
-        for cid, raw_len, enc, payload in records:
-            head = make_head(cid, enc, raw_len, payload)
+        buffered = self._pending_bytes
+        for cid, raw_len, enc, head, payload in records:
             n = RECORD_HEADER_SIZE + len(payload)
             if end + n > limit and end > SEGMENT_HEADER_SIZE:
                 seq += 1
                 end = SEGMENT_HEADER_SIZE
             pend[cid] = [seq, end, raw_len, enc, head, payload, CLASS_PASS_THROUGH, now]
             end += n
-            self._pending_bytes += n
-            if self._pending_bytes >= self.flush_bytes:
-                self._wseq, self._wend = seq, end
+            buffered += n
+            if buffered >= flush_at:
+                self._wseq, self._wend, self._pending_bytes = seq, end, buffered
                 self._flush_behind()
                 pend = self._pending
-        self._wseq, self._wend = seq, end
+                buffered = self._pending_bytes
+        self._wseq, self._wend, self._pending_bytes = seq, end, buffered
 
     def put(self, chunk_id, raw, encoding=ENC_RAW, payload=None):
         """Store one chunk; False when it is already present. raw must hash to chunk_id. With
@@ -540,7 +577,7 @@ class ChunkStore:
         if new_ids:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunkstore-zstd")
-            fut = self._pool.submit(self._compress_batch, new_raws)
+            fut = self._pool.submit(self._frame_batch, new_ids, new_raws)
             self._inflight.append((new_ids, new_raws, fut))
         inflight = self._inflight
         while inflight and (len(inflight) > 2 * self.workers + 2 or inflight[0][2].done()):
@@ -554,30 +591,39 @@ class ChunkStore:
     def _compress_batch(self, raws):
         return _compress_many(raws, self.zstd_level)
 
+    def _frame_batch(self, ids, raws):
+        """Compressor thread: compress a batch, then pick each chunk's encoding and make its head
+        (CRC included; zlib.crc32 drops the GIL for payloads over 5 KiB, so this overlaps with
+        the caller's hashing). Returns [(id, raw_len, encoding, head, payload)] in input order."""
+        comp = self._compress_batch(raws)
+        benc = self._batch_encoding
+        pack, crc32, out = _pack_head, _crc32, []
+        add = out.append
+        for cid, raw, p in zip(ids, raws, comp):
+            n = len(raw)
+            if p is not None and len(p) < n:
+                enc = benc
+            else:
+                enc, p = ENC_RAW, raw
+            head = pack(RECORD_MAGIC, cid, enc, n, len(p))
+            add((cid, n, enc, head + _pack_crc(crc32(p, crc32(head))), p))
+        return out
+
     def _finish(self):
-        """Frame and buffer the oldest compressed batch."""
+        """Buffer the oldest compressed batch."""
         new_ids, new_raws, fut = self._inflight[0]
         try:
-            comp = fut.result()
+            recs = fut.result()
         except Exception as e:
             self._inflight.popleft()
             for cid in new_ids:
                 self._waiting.pop(cid, None)
             raise StoreError("compressing chunks failed: %s" % e) from e
         self._inflight.popleft()
-        recs = []
-        enc = self._batch_encoding
-        for i, cid in enumerate(new_ids):
-            raw = new_raws[i]
-            p = comp[i]
-            if p is not None and len(p) < len(raw):
-                recs.append((cid, len(raw), enc, p))
-            else:
-                recs.append((cid, len(raw), ENC_RAW, raw))
         waiting = self._waiting
         for cid in new_ids:
             del waiting[cid]
-        self._append(recs, int(time.time()))
+        self._append_framed(recs, int(time.time()))
 
     def _drain(self):
         """Buffer every batch still being compressed."""
@@ -696,7 +742,7 @@ class ChunkStore:
         db = self._writer()
         db.execute("BEGIN")
         try:
-            db.executemany(INSERT_CHUNK, rows)
+            _insert_rows(db, rows)
             db.executemany("INSERT OR REPLACE INTO segments VALUES (?,?)", ends.items())
             db.execute("COMMIT")
         except BaseException:
