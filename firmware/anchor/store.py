@@ -14,7 +14,8 @@ flush() promised is readable.
 
 One thread uses a store at a time (the daemon's asyncio thread).  ingest() hands batches of
 chunks to a compressor thread, each batch one zstandard call that runs without the GIL, while
-the calling thread hashes the next batch and frames finished ones (see ingest()).
+the calling thread hashes the next batch; the compressor thread also frames each record (head +
+CRC) and the calling thread buffers finished batches (see ingest()).
 """
 
 import hashlib
@@ -530,8 +531,8 @@ class ChunkStore:
 
         Pipeline: this thread takes batches of about batch_bytes from the iterable, hashes them,
         drops chunks already stored and hands the rest to a compressor thread, one zstandard call
-        per batch; finished batches are framed and buffered here. The last batches may still be
-        compressing when ingest returns, so that consecutive calls (one per object) keep the
+        per batch, which also frames the records; finished batches are buffered here. The last
+        batches may still be compressing when ingest returns, so that consecutive calls (one per object) keep the
         compressor busy; has() and missing() count them, and get(), flush() and the rest wait for
         them. Chunks in read-only buffers (bytes, cut_buf views of bytes) are used in place; others
         are copied, so the caller may reuse its buffer."""
