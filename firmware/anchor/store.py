@@ -533,9 +533,9 @@ class ChunkStore:
         drops chunks already stored and hands the rest to a compressor thread, one zstandard call
         per batch, which also frames the records; finished batches are buffered here. The last
         batches may still be compressing when ingest returns, so that consecutive calls (one per
-        object) keep the compressor busy; has() and missing() count them, and get(), flush() and the rest wait for
-        them. Chunks in read-only buffers (bytes, cut_buf views of bytes) are used in place; others
-        are copied, so the caller may reuse its buffer."""
+        object) keep the compressor busy; has() and missing() count them, and get(), flush() and
+        the rest wait for them. Chunks in read-only buffers (bytes, cut_buf views of bytes) are
+        used in place; others are copied, so the caller may reuse its buffer."""
         self._check_open()
         sha = _sha256
         ids = []
