@@ -10,7 +10,9 @@ with one gathered write per segment, fsyncs the segments (and the directory when
 and only then commits the index transaction.  An automatic flush (flush_bytes buffered) does the
 same on a writer thread so the caller is not blocked by the card.  open() re-indexes complete
 records written after the last commit and truncates torn tails, so everything a returned
-flush() promised is readable.
+flush() promised is readable.  drop() evicts chunks (index rows only) and compact() rewrites
+sparse sealed segments; how neither can be undone by recovery: docs/storage.md, "Eviction and
+compaction".
 
 One thread uses a store at a time (the daemon's asyncio thread).  ingest() hands batches of
 chunks to a compressor thread, each batch one zstandard call that runs without the GIL, while
@@ -361,6 +363,16 @@ class ChunkStore:
         dir_changed = False
         for seq in sorted(on_disk):
             path = on_disk[seq]
+            if (seq not in committed and seq < last_committed and db.execute(
+                    "SELECT 1 FROM chunks WHERE seg=? LIMIT 1", (seq,)).fetchone() is None):
+                # Below the last committed segment, yet not in the index and holding no row: a
+                # segment compact() had emptied and deregistered, whose unlink did not happen (or
+                # was not yet durable) before the crash.  Everything in it lives elsewhere or was
+                # dropped; scanning it would bring dropped chunks back, so it goes.
+                os.unlink(path)
+                dir_changed = True
+                self.recovery["removed_files"] += 1
+                continue
             state = self._read_header(path, seq)
             if seq not in committed:
                 if state == "torn":
@@ -377,6 +389,7 @@ class ChunkStore:
                     raise StoreError("%s has a damaged header" % path)
                 start = committed[seq]
             size = os.path.getsize(path)
+            scan = True
             if size < start:
                 # Committed bytes are gone (the medium lost them): forget the rows that point there.
                 lost = db.execute("SELECT count(*) FROM chunks WHERE seg=? AND off+?+stored_len>?",
@@ -386,11 +399,17 @@ class ChunkStore:
                 self.recovery["lost_rows"] += lost
                 start = db.execute("SELECT max(off+?+stored_len) FROM chunks WHERE seg=?",
                                    (RECORD_HEADER_SIZE, seq)).fetchone()[0] or SEGMENT_HEADER_SIZE
+                # ...and do not scan what is left past the last intact row: it lies below the old
+                # committed_end, where every record without a row was dropped (drop()), so
+                # re-indexing it would undo a drop.  It is cut off like a torn tail.
+                scan = False
             end = start
             if size > start:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    tail = f.read()
+                tail = b""
+                if scan:
+                    with open(path, "rb") as f:
+                        f.seek(start)
+                        tail = f.read()
                 pos = 0
                 while True:
                     r = parse_record(tail, pos)
@@ -850,6 +869,165 @@ class ChunkStore:
             db.executemany("UPDATE chunks SET last_use=? WHERE id=?", rows)
             db.execute("COMMIT")
 
+    # ------------------------------------------------------------------ eviction and compaction
+
+    def drop(self, chunk_ids):
+        """Evict chunks: remove their index rows; their records become garbage in their segments
+        (compact() reclaims it). Durable on return. Returns how many rows were removed.
+
+        Why a drop cannot be undone by recovery, without a table of dropped ids: open() re-indexes
+        only records past a segment's committed_end (and whole segments the index never knew).
+        A dropped chunk had a committed row, and that row was committed in the same transaction
+        as a committed_end covering its record, so the record lies below committed_end.  The
+        drop commits with synchronous=FULL, which makes every earlier WAL transaction durable
+        too: a power cut cannot keep the drop yet lose that committed_end.  The two places that
+        used to scan below a committed_end no longer do: a segment shorter than its
+        committed_end is cut at its last intact row instead of rescanned, and a segment that
+        compact() deregistered is deleted on open instead of scanned (see _recover)."""
+        self._check_open()
+        ids = [_as_id(c) for c in chunk_ids]
+        if any(self._buffered(c) is not None or c in self._waiting for c in ids):
+            self.flush()
+        self._settle()              # an automatic flush may still be committing rows
+        return self._commit_full([("DELETE FROM chunks WHERE id=?", [(c,) for c in ids])])[0]
+
+    def _commit_full(self, statements):
+        """Run [(sql, rows)] through executemany in one transaction committed with
+        synchronous=FULL (what cannot be rebuilt from the segments). Returns the rowcounts."""
+        db = self.db
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN")
+            try:
+                counts = [max(db.executemany(q, rows).rowcount, 0) for q, rows in statements]
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        return counts
+
+    def pass_through(self, limit):
+        """Eviction candidates: up to limit [(chunk_id, stored_len)] of indexed pass-through
+        (class 0) chunks, least recently used first (last_use, then id). Chunks still buffered
+        are the newest of all and are not listed until flushed."""
+        self._check_open()
+        return self.db.execute("SELECT id, stored_len FROM chunks WHERE class=? "
+                               "ORDER BY last_use, id LIMIT ?",
+                               (CLASS_PASS_THROUGH, int(limit))).fetchall()
+
+    def compact(self, max_live_fraction=0.5):
+        """Rewrite sparse sealed segments: each segment other than the one being appended to whose
+        live records (indexed rows, 49 + stored_len bytes each) take less than max_live_fraction
+        of its file has them copied to the end of the current segment(s), then is deleted.
+
+        Per round (up to flush_bytes of live records): read and CRC-check the records, append
+        them like a flush (write, fsync, directory fsync for a new file), then one index
+        transaction (synchronous=FULL) moves their rows, sets the new committed_end values and
+        deregisters the old segments, and only then are the old files unlinked (then the
+        directory fsynced). A crash before the commit leaves copies past committed_end, which
+        recovery finds already indexed (ignored); a crash after it leaves deregistered files
+        with no rows, which recovery deletes. A segment with a damaged live record is left as it
+        is (counted in segments_skipped): its chunk is unreadable anyway and verify() names it.
+
+        Returns {"segments_removed", "bytes_reclaimed" (file bytes removed minus bytes copied),
+        "records_moved", "segments_skipped"}."""
+        self._check_open()
+        self.flush()
+        res = {"segments_removed": 0, "bytes_reclaimed": 0, "records_moved": 0,
+               "segments_skipped": 0}
+        db = self.db
+        live = dict(db.execute("SELECT seg, sum(stored_len) + count(*) * ? FROM chunks "
+                               "GROUP BY seg", (RECORD_HEADER_SIZE,)))
+        batch, batch_bytes = [], 0
+        for (seq,) in db.execute("SELECT seq FROM segments WHERE seq < ? ORDER BY seq",
+                                 (self._wseq,)).fetchall():
+            n = live.get(seq, 0)
+            if n >= max_live_fraction * os.path.getsize(os.path.join(self.seg_dir,
+                                                                     segment_name(seq))):
+                continue
+            batch.append(seq)
+            batch_bytes += n
+            if batch_bytes >= self.flush_bytes:
+                self._compact_round(batch, res)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._compact_round(batch, res)
+        return res
+
+    def _compact_round(self, seqs, res):
+        db = self.db
+        recs = []                   # (id, record bytes)
+        removed = []
+        for seq in seqs:
+            rows = db.execute("SELECT id, off, stored_len FROM chunks WHERE seg=? ORDER BY off",
+                              (seq,)).fetchall()
+            fd = self._read_fd(seq) if rows else None
+            got = []
+            for chunk_id, off, stored_len in rows:
+                n = RECORD_HEADER_SIZE + stored_len
+                buf = os.pread(fd, n, off)
+                r = parse_record(buf, 0)
+                if r is None or r[0] != chunk_id or r[4] != n:
+                    got = None
+                    break
+                got.append((chunk_id, buf))
+            if got is None:
+                res["segments_skipped"] += 1
+                continue
+            recs += got
+            removed.append(seq)
+        if not removed:
+            return
+        # place the copies as _append_framed would: after the current end, rolling over
+        seq, end = self._wseq, self._wend
+        groups, moves, cur = [], [], None
+        for chunk_id, buf in recs:
+            n = len(buf)
+            if end + n > self.segment_size and end > SEGMENT_HEADER_SIZE:
+                seq += 1
+                end = SEGMENT_HEADER_SIZE
+            if seq != cur:
+                cur = seq
+                bufs = []
+                groups.append([seq, end, bufs])
+            bufs.append(buf)
+            moves.append((seq, end, chunk_id))
+            end += n
+        ends = self._write_groups(groups) if groups else {}
+        self._compact_commit(moves, ends, removed)
+        if groups:
+            self._wseq, self._wend = seq, end
+        sizes = sum(os.path.getsize(os.path.join(self.seg_dir, segment_name(s))) for s in removed)
+        self._remove_segments(removed)
+        res["segments_removed"] += len(removed)
+        res["records_moved"] += len(moves)
+        res["bytes_reclaimed"] += sizes - sum(len(b) for _, b in recs)
+
+    def _compact_commit(self, moves, ends, removed):
+        """compact(): the one index transaction of a round (a test hook: crash before it)."""
+        self._commit_full([
+            ("UPDATE chunks SET seg=?, off=? WHERE id=?", moves),
+            ("INSERT OR REPLACE INTO segments VALUES (?,?)", list(ends.items())),
+            ("DELETE FROM segments WHERE seq=?", [(s,) for s in removed]),
+        ])
+
+    def _remove_segments(self, seqs):
+        """compact(): unlink deregistered segment files, then fsync the directory."""
+        for seq in seqs:
+            fd = self._rfds.pop(seq, None)
+            if fd is not None:
+                os.close(fd)
+            if self._wfd is not None and self._wfd[0] == seq:
+                os.close(self._wfd[1])
+                self._wfd = None
+            try:
+                os.unlink(os.path.join(self.seg_dir, segment_name(seq)))
+            except FileNotFoundError:
+                pass
+        _fsync_dir(self.seg_dir)
+
     def info(self, chunk_id):
         """Index entry of one chunk as a dict, or None."""
         chunk_id = _as_id(chunk_id)
@@ -876,14 +1054,28 @@ class ChunkStore:
         n, raw, stored = self.db.execute(
             "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0) FROM chunks"
         ).fetchone()
-        segs = {int(m.group(1)) for m in map(SEGMENT_NAME.match, os.listdir(self.seg_dir)) if m}
+        live = self.db.execute("SELECT coalesce(sum(stored_len),0) + count(*) * ? FROM chunks",
+                               (RECORD_HEADER_SIZE,)).fetchone()[0]
+        segs = set()
+        disk = 0
+        for name in os.listdir(self.seg_dir):
+            m = SEGMENT_NAME.match(name)
+            if m:
+                segs.add(int(m.group(1)))
+                try:
+                    disk += os.path.getsize(os.path.join(self.seg_dir, name))
+                except FileNotFoundError:
+                    pass
         for p in list(self._pending.values()) + list(self._sealed.values()):
             n += 1
             raw += p[P_RAW_LEN]
             stored += len(p[P_PAYLOAD])
             segs.add(p[P_SEG])
         return {"chunks": n, "raw_bytes": raw, "stored_bytes": stored, "segments": len(segs),
-                "pending_chunks": len(self._pending) + len(self._sealed)}
+                "pending_chunks": len(self._pending) + len(self._sealed),
+                # on flash: segment files as they are; live: records of indexed chunks (49 +
+                # stored length each; buffered ones count once flushed)
+                "disk_bytes": disk, "live_bytes": live}
 
     def verify(self):
         """Flush, then re-read every indexed record in segment order, check its CRC, decode it and

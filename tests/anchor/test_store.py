@@ -1,5 +1,6 @@
 """Chunk store: round trips, dedup, input checks, recovery from torn tails and lost commits,
-format versioning, verify(), segment rollover, and a real SIGKILL of a writing process."""
+format versioning, verify(), segment rollover, a real SIGKILL of a writing process, and eviction
+(drop, pass_through) and compaction, with crashes inside compaction."""
 import hashlib
 import os
 import random
@@ -601,3 +602,223 @@ def test_index_rows_inserted_in_multi_row_statements(tmp_path):
     with ChunkStore(str(tmp_path)) as s:
         assert s.verify() == {"chunks": 337, "bad": []}
         assert_all_readable(s, items)
+
+
+# ---------------------------------------------------------------------------- eviction and compaction
+
+def _filled(root, n=60, segment_size=64 << 10, seed=21):
+    """A closed store of n chunks over several sealed segments. Returns the chunks."""
+    items = chunks(n, seed=seed, size=(4000, 12000))
+    with ChunkStore(root, segment_size=segment_size) as s:
+        for x in items:
+            s.put(cid(x), x)
+    return items
+
+
+def test_drop_then_has_get_missing(tmp_path):
+    items = chunks(10)
+    ids = [cid(x) for x in items]
+    with ChunkStore(str(tmp_path)) as s:
+        for x in items[:6]:
+            s.put(cid(x), x)
+        s.flush()
+        for x in items[6:]:
+            s.put(cid(x), x)                                        # still buffered
+        assert s.drop([ids[1], ids[3], ids[7], cid(b"never stored")]) == 3
+        for i in (1, 3, 7):
+            assert not s.has(ids[i])
+            with pytest.raises(StoreError):
+                s.get(ids[i])
+            assert s.info(ids[i]) is None
+        assert s.missing(ids) == [1, 3, 7]
+        assert s.drop([ids[1]]) == 0
+        st = s.stats()
+        assert st["chunks"] == 7
+        assert st["live_bytes"] == sum(s.info(i)["stored_len"] + S.RECORD_HEADER_SIZE
+                                       for i in ids if s.has(i))
+        assert st["disk_bytes"] == sum(os.path.getsize(f) for f in seg_files(str(tmp_path)))
+        assert st["live_bytes"] < st["disk_bytes"]
+        assert s.put(ids[3], items[3])                              # can be stored again
+        assert s.get(ids[3]) == items[3]
+
+
+def test_drop_survives_reopen_and_is_not_reindexed(tmp_path):
+    root = str(tmp_path)
+    items = _filled(root)
+    ids = [cid(x) for x in items]
+    gone = [1, 2, 10, 30] + list(range(55, 60))          # includes the last records of the last segment
+    with ChunkStore(root, segment_size=64 << 10) as s:
+        last = s.info(ids[-1])["seg"]
+        assert s.info(ids[55])["seg"] == last
+        assert s.drop([ids[i] for i in gone]) == len(gone)
+    with ChunkStore(root, segment_size=64 << 10) as s:
+        assert s.recovery == {"reindexed": 0, "truncated_bytes": 0, "removed_files": 0,
+                              "lost_rows": 0}
+        assert s.missing(ids) == gone
+        assert_all_readable(s, [x for i, x in enumerate(items) if i not in gone])
+        extra = b"appended after the drop" * 50
+        s.put(cid(extra), extra)
+    with ChunkStore(root, segment_size=64 << 10) as s:
+        assert s.recovery["reindexed"] == 0
+        assert s.missing(ids) == gone
+        assert s.get(cid(extra)) == extra
+        assert s.verify()["bad"] == []
+
+
+def test_drop_not_reindexed_when_the_medium_loses_the_tail(tmp_path):
+    """A segment shorter than its committed_end is cut at its last intact row, not rescanned:
+    the dropped records between that row and the cut stay dropped."""
+    root = str(tmp_path)
+    items = chunks(8)
+    ids = [cid(x) for x in items]
+    with ChunkStore(root) as s:
+        for x in items:
+            s.put(cid(x), x)
+        s.flush()
+        assert s.drop(ids[4:7]) == 3
+        off = s.info(ids[7])["off"]
+        keep_end = s.info(ids[3])["off"] + S.RECORD_HEADER_SIZE + s.info(ids[3])["stored_len"]
+    os.truncate(seg_files(root)[-1], off + 10)                  # lost part of the last record
+    with ChunkStore(root) as s:
+        assert s.recovery["lost_rows"] == 1
+        assert s.recovery["reindexed"] == 0
+        assert s.missing(ids) == [4, 5, 6, 7]
+        assert os.path.getsize(seg_files(root)[-1]) == keep_end
+        assert_all_readable(s, items[:4])
+        assert s.verify() == {"chunks": 4, "bad": []}
+
+
+def test_pass_through_order_and_class_filter(tmp_path):
+    items = chunks(8)
+    ids = [cid(x) for x in items]
+    with ChunkStore(str(tmp_path)) as s:
+        for x in items:
+            s.put(cid(x), x)
+        s.flush()
+        uses = [50, 10, 30, 10, 20, 40, 5, 60]
+        s.db.executemany("UPDATE chunks SET last_use=? WHERE id=?", zip(uses, ids))
+        s.pin([ids[6], ids[2]])
+        want = sorted((i for i in range(8) if i not in (2, 6)), key=lambda i: (uses[i], ids[i]))
+        got = s.pass_through(100)
+        assert [c for c, _ in got] == [ids[i] for i in want]
+        assert [n for _, n in got] == [s.info(ids[i])["stored_len"] for i in want]
+        assert s.pass_through(2) == got[:2]
+        s.touch([ids[want[0]]])                                       # used now: goes last
+        assert s.pass_through(100)[-1][0] == ids[want[0]]
+        s.unpin([ids[6]])
+        assert s.pass_through(1)[0][0] == ids[6]                      # last_use 5
+
+
+def _segment_state(root):
+    return {os.path.basename(f): (os.path.getsize(f), os.stat(f).st_mtime_ns) for f in seg_files(root)}
+
+
+def test_compact_reclaims_space_and_leaves_dense_segments(tmp_path):
+    root = str(tmp_path)
+    items = _filled(root, n=80)
+    ids = [cid(x) for x in items]
+    with ChunkStore(root, segment_size=64 << 10) as s:
+        by_seg = {}
+        for i in ids:
+            by_seg.setdefault(s.info(i)["seg"], []).append(i)
+        segs = sorted(by_seg)
+        assert len(segs) >= 6
+        sparse, empty, dense = segs[0], segs[1], segs[2]
+        gone = set(by_seg[sparse][1:]) | set(by_seg[empty]) | set(by_seg[dense][:1])
+        assert s.drop(gone) == len(gone)
+        before = s.stats()
+        files = _segment_state(root)
+        res = s.compact()
+        after = s.stats()
+        assert res["segments_removed"] == 2
+        assert res["records_moved"] == 1
+        assert res["bytes_reclaimed"] == before["disk_bytes"] - after["disk_bytes"] > 0
+        assert after["live_bytes"] == before["live_bytes"]
+        assert after["chunks"] == before["chunks"]
+        now = _segment_state(root)
+        assert S.segment_name(sparse) not in now and S.segment_name(empty) not in now
+        for seq in segs[2:-1]:                                     # dense (and the dropped-from
+            assert now[S.segment_name(seq)] == files[S.segment_name(seq)]   # but still dense) ones
+        assert s.info(by_seg[sparse][0])["seg"] >= segs[-1]
+        kept = [x for x in items if cid(x) not in gone]
+        assert_all_readable(s, kept)
+        assert s.verify() == {"chunks": len(kept), "bad": []}
+        assert s.compact() == {"segments_removed": 0, "bytes_reclaimed": 0, "records_moved": 0,
+                               "segments_skipped": 0}
+        extra = b"written after compaction" * 100
+        s.put(cid(extra), extra)
+    with ChunkStore(root, segment_size=64 << 10) as s:
+        assert s.recovery == {"reindexed": 0, "truncated_bytes": 0, "removed_files": 0,
+                              "lost_rows": 0}
+        assert s.missing(ids) == sorted(ids.index(g) for g in gone)
+        assert_all_readable(s, kept + [extra])
+        assert s.verify()["bad"] == []
+        # compacting every sealed segment, in several rounds, still keeps every chunk
+        s.drop([cid(x) for x in kept[::2]])
+        s.flush_bytes = 100 << 10
+        res = s.compact(max_live_fraction=1.0)
+        assert res["segments_removed"] > 3
+        assert_all_readable(s, kept[1::2] + [extra])
+        assert s.verify() == {"chunks": len(kept[1::2]) + 1, "bad": []}
+
+
+def _compact_crash(tmp_path, monkeypatch, hook):
+    """Drop most of the first segments, run compact() and copy the store directory when it
+    reaches hook (then make compact() fail there). Returns (copy, kept chunks, dropped ids,
+    names of the segments compact() was removing)."""
+    root = str(tmp_path / "store")
+    items = _filled(root, n=80)
+    ids = [cid(x) for x in items]
+    copy = str(tmp_path / "copy")
+    s = ChunkStore(root, segment_size=64 << 10)
+    by_seg = {}
+    for i in ids:
+        by_seg.setdefault(s.info(i)["seg"], []).append(i)
+    segs = sorted(by_seg)
+    gone = set(by_seg[segs[0]][1:]) | set(by_seg[segs[1]]) | set(by_seg[segs[2]][:-1])
+    s.drop(gone)
+    real = getattr(ChunkStore, hook)
+
+    def crash_here(self, *a):
+        shutil.copytree(root, copy)
+        raise OSError("simulated crash in %s" % hook)
+
+    monkeypatch.setattr(ChunkStore, hook, crash_here)
+    with pytest.raises(OSError, match="simulated crash"):
+        s.compact()
+    monkeypatch.setattr(ChunkStore, hook, real)
+    crash(s)
+    kept = [x for x in items if cid(x) not in gone]
+    return copy, kept, gone, [S.segment_name(q) for q in segs[:3]]
+
+
+def test_compact_crash_before_index_commit(tmp_path, monkeypatch):
+    copy, kept, gone, old = _compact_crash(tmp_path, monkeypatch, "_compact_commit")
+    with ChunkStore(copy, segment_size=64 << 10) as s:
+        assert s.recovery["reindexed"] == 0                      # the copies: already indexed
+        assert s.recovery["truncated_bytes"] == 0
+        assert all(os.path.exists(os.path.join(copy, "segments", n)) for n in old)
+        assert_all_readable(s, kept)
+        assert s.missing(list(gone)) == list(range(len(gone)))
+        assert s.verify() == {"chunks": len(kept), "bad": []}
+        res = s.compact()                                        # and it can be done again
+        assert res["segments_removed"] == 3
+        assert_all_readable(s, kept)
+    with ChunkStore(copy, segment_size=64 << 10) as s:
+        assert s.missing(list(gone)) == list(range(len(gone)))
+        assert s.verify() == {"chunks": len(kept), "bad": []}
+
+
+def test_compact_crash_after_commit_before_unlink(tmp_path, monkeypatch):
+    copy, kept, gone, old = _compact_crash(tmp_path, monkeypatch, "_remove_segments")
+    assert all(os.path.exists(os.path.join(copy, "segments", n)) for n in old)
+    with ChunkStore(copy, segment_size=64 << 10) as s:
+        assert s.recovery["removed_files"] == 3                   # the orphaned old segments
+        assert s.recovery["reindexed"] == 0                       # dropped records stay dropped
+        assert not any(os.path.exists(os.path.join(copy, "segments", n)) for n in old)
+        assert_all_readable(s, kept)
+        assert s.missing(list(gone)) == list(range(len(gone)))
+        assert s.verify() == {"chunks": len(kept), "bad": []}
+    with ChunkStore(copy, segment_size=64 << 10) as s:
+        assert s.recovery["removed_files"] == 0
+        assert s.missing(list(gone)) == list(range(len(gone)))
