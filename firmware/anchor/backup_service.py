@@ -13,7 +13,8 @@ from core import chunker
 from core import messages as m
 from anchor.store import StoreError
 from anchor.trees import apply_delta
-from anchor import watchlist
+from anchor import retention, watchlist
+from anchor.regenerate import regenerate
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
 DEFAULT_WATCH_SECONDS = 600   # how long queued data may take to pass through
@@ -35,6 +36,7 @@ class BackupHandler:
         self.expected = {}            # oid -> size, for objects we asked the chunk list of
         self.wanted = {}              # entry index -> oid, of the batch last answered
         self.watching = []            # oids answered WATCH, by watch number
+        self.regenerating = set()     # ...of which the anchor re-fetches from their origin
         self.declaring = {}           # oid -> bytearray of chunk ids received so far
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
@@ -111,9 +113,25 @@ class BackupHandler:
                 watchlist.of(self.anchor).add(self.dev, self.device, oid, e[1], size, secs)
                 watched.append([i, secs])
                 continue
+            recipe = self._recipe(oid)
+            if recipe is not None and len(self.watching) < m.MAX_ENTRIES:
+                # Evicted, but fetched over HTTP once: fetch it again over the anchor's
+                # uplink instead of the radio, and watch for it like outbox data.
+                secs = int(getattr(self.anchor, "relay_timeout", 30) * 2) + 1
+                self.watching.append(oid)
+                self.regenerating.add(oid)
+                watchlist.of(self.anchor).add(self.dev, self.device, oid, e[1], size, secs)
+                watched.append([i, secs])
+                asyncio.get_running_loop().create_task(regenerate(self.anchor, self.dev, oid, recipe))
+                continue
             self.wanted[i] = oid
             wanted.append(i)
         return m.verdict(msg[1], wanted, watched)
+
+    def _recipe(self, oid):
+        if not self.catalog.device_has_object(self.dev, oid):
+            return None
+        return self.catalog.recipe(self.dev, oid)
 
     def _have_object(self, oid, size):
         if size == 0 and oid == chunker.EMPTY_OBJECT_ID:
@@ -229,7 +247,7 @@ class BackupHandler:
             while True:
                 event.clear()
                 missing = [k for k, oid in enumerate(self.watching)
-                           if not self.catalog.device_has_object(self.dev, oid)]
+                           if not self._have_object(oid, self.expected[oid])]
                 left = max([wl.deadline_in(self.dev, self.watching[k]) for k in missing] or [0])
                 left = min(left, until - loop.time())
                 if not missing or left <= 0:
@@ -240,6 +258,10 @@ class BackupHandler:
                     pass
         finally:
             wl.listeners.discard(event)
+        for k, oid in enumerate(self.watching):
+            if k not in missing:
+                src = "supplied_regenerated" if oid in self.regenerating else "supplied_passthrough"
+                self.counts[src] = self.counts.get(src, 0) + self.expected[oid]
         seen = len(self.watching) - len(missing)
         self.counts["watch_passed"] = self.counts.get("watch_passed", 0) + seen
         self.counts["watch_expired"] = self.counts.get("watch_expired", 0) + len(missing)
@@ -258,7 +280,7 @@ class BackupHandler:
         if self.declaring:
             raise m.ProtocolError(m.E_MISSING, "%d chunk lists were left unfinished" % len(self.declaring))
         missing = [oid for oid in self.expected if oid not in self.declared
-                   and not self.catalog.device_has_object(self.dev, oid)]   # passed through
+                   and not self._have_object(oid, self.expected[oid])]      # passed through
         if missing:
             raise m.ProtocolError(m.E_MISSING, "%d objects were named but never described" % len(missing))
         # Chunks first, so the catalog never points at bytes that are not durable.
@@ -290,6 +312,7 @@ class BackupHandler:
                                                    tree_oids)
         # The catalog's live_chunks is the truth; the store's class mirrors it for eviction.
         self.store.pin(pinned)
+        retention.of(self.anchor).enforce()
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes
         log.info("rover %s: snapshot %d committed (%d entries, %d bytes, %d chunks uploaded)",

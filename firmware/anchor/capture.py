@@ -8,7 +8,7 @@ import os
 import pyfastcdc
 
 from core import chunker
-from anchor import watchlist
+from anchor import retention, watchlist
 
 
 def _cutter():
@@ -33,8 +33,13 @@ class Capture:
                 oid.add(cid)
                 ids += cid
         oid = oid.finish(size)
+        # Chunks it shares with older data count as just used: least-recently-used eviction
+        # must not take the shared part of what was just captured.
+        if ids:
+            self.store.touch([bytes(ids[i:i + 32]) for i in range(0, len(ids), 32)])
         # Chunks durable first: the catalog must never name bytes a crash could lose.
         self.store.flush()
         self.catalog.record_capture(dev, oid, size, bytes(ids), prov)
         watchlist.of(self.anchor).captured(dev, oid)
+        retention.of(self.anchor).enforce()
         return oid, size

@@ -244,6 +244,24 @@ class Catalog:
             raise
         return root, freed, released
 
+    def live_among(self, ids):
+        """The subset of chunk ids that some snapshot keeps (pinned)."""
+        out = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            q = "SELECT chunk FROM live_chunks WHERE chunk IN (%s)" % ",".join("?" * len(part))
+            out.update(r[0] for r in self.db.execute(q, part))
+        return out
+
+    def recipe(self, dev, oid):
+        """How to fetch an object again: the newest whole HTTP download of it by `dev`."""
+        row = self.db.execute(
+            "SELECT target, etag, last_modified FROM captures WHERE device_id=? AND oid=? AND protocol='http'"
+            " AND method='GET' AND status=200 ORDER BY id DESC LIMIT 1", (dev, oid)).fetchone()
+        if row is None:
+            return None
+        return {"url": row[0], "etag": row[1], "last_modified": row[2]}
+
     def record_capture(self, dev, oid, size, ids, prov):
         """One transaction: a relayed body becomes an object in the device's scope, with
         where it came from. `prov`: direction, protocol, method, target, status, etag,

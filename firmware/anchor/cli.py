@@ -43,6 +43,9 @@ def main(argv=None):
     sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes, mqtt://HOST:PORT (default: none)")
     sp.add_argument("--proxy", default=None, help="HTTP forward proxy for rovers with IP, tcp://HOST:PORT (default: off; port 0 picks one)")
     sp.add_argument("--no-capture", action="store_true", help=argparse.SUPPRESS)  # measurement only: relay without keeping bodies
+    sp.add_argument("--capacity", default=None,
+                    help="flash budget for the store, e.g. 20G or 500M: pass-through data is evicted "
+                         "least recently used first beyond it (default: no limit)")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
     sp.add_argument("-v", "--verbose", action="store_true")
@@ -60,7 +63,13 @@ def main(argv=None):
 
     from anchor.daemon import Anchor, serve
 
-    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture)
+    from anchor.retention import parse_size
+    try:
+        capacity = parse_size(args.capacity) if args.capacity else None
+    except ValueError as e:
+        ap.error(str(e))
+    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
+                    capacity=capacity)
 
     def ready(bound, proxy_bound=None):
         print("anchor: data in %s" % anchor.data_dir, flush=True)

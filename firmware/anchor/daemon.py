@@ -25,8 +25,10 @@ IDLE_TIMEOUT = 300
 class Anchor:
     """Everything the anchor holds, opened from one data directory."""
 
-    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20, capture=True):
+    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20, capture=True,
+                 capacity=None):
         self.data_dir = os.path.abspath(data_dir)
+        self.capacity = capacity          # store budget in bytes; None: never evict
         self.broker = broker              # (host, port) of the MQTT broker relays publish to
         self.relay_timeout = relay_timeout
         self.relay_max = relay_max
@@ -173,6 +175,8 @@ async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, pr
     """Serve rover links, the management API and, if `proxy` is (host, port), the HTTP
     forward proxy. `ready(port, proxy_port)` is called once all of them listen."""
     from anchor import mgmt
+    from anchor import retention
+    retention.of(anchor).enforce()     # a smaller --capacity than last time applies at once
     server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)
     port = server.sockets[0].getsockname()[1]
     mserver = pserver = None

@@ -210,4 +210,7 @@ class Api:
 
     def stats(self):
         store = self.anchor.store.stats()
-        return {"store": store, "link_bytes": self.anchor.link_bytes, "devices": self.catalog.counters()}
+        from anchor import retention
+        r = retention.of(self.anchor)
+        return {"store": store, "link_bytes": self.anchor.link_bytes, "devices": self.catalog.counters(),
+                "retention": dict(r.totals, capacity=r.capacity)}

@@ -97,6 +97,11 @@ _crc32 = zlib.crc32
 _sha256 = hashlib.sha256
 
 
+def _now_ms():
+    # last_use in milliseconds: eviction order must tell apart what happened in one second
+    return int(time.time() * 1000)
+
+
 class StoreError(Exception):
     """Raised for anything the store refuses or cannot do: bad input, missing or corrupt data."""
 
@@ -357,7 +362,7 @@ class ChunkStore:
             if seq not in on_disk:
                 raise StoreError("segment %s is in the index but missing on flash" % segment_name(seq))
         last_committed = max(committed) if committed else 0
-        now = int(time.time())
+        now = _now_ms()
         rows = []
         ends = {}
         dir_changed = False
@@ -541,7 +546,7 @@ class ChunkStore:
             enc = encoding
         if enc == ENC_RAW or len(payload) >= n:
             enc, payload = ENC_RAW, raw
-        self._append(((chunk_id, n, enc, bytes(payload)),), int(time.time()))
+        self._append(((chunk_id, n, enc, bytes(payload)),), _now_ms())
         return True
 
     def ingest(self, chunks, batch_bytes=1 << 20):
@@ -643,7 +648,7 @@ class ChunkStore:
         waiting = self._waiting
         for cid in new_ids:
             del waiting[cid]
-        self._append_framed(recs, int(time.time()))
+        self._append_framed(recs, _now_ms())
 
     def _drain(self):
         """Buffer every batch still being compressed."""
@@ -854,7 +859,7 @@ class ChunkStore:
     def touch(self, chunk_ids):
         """Mark chunks as used now (input to least-recently-useful eviction). Not fsynced."""
         self._drain()
-        now = int(time.time())
+        now = _now_ms()
         rows = []
         for c in chunk_ids:
             c = _as_id(c)

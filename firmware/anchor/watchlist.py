@@ -22,6 +22,14 @@ class WatchList:
         w = self.items.get((dev, oid))
         return max(0.0, w["deadline"] - time.time()) if w else 0.0
 
+    def expire(self, dev, oid):
+        """Give up on a watch now (its regeneration failed): wake the waiting session."""
+        w = self.items.get((dev, oid))
+        if w is not None:
+            w["deadline"] = time.time()
+            for ev in list(self.listeners):
+                ev.set()
+
     def captured(self, dev, oid):
         """A relayed body became an object of `dev`: wake the sessions that wait."""
         if (dev, oid) in self.items:

@@ -309,8 +309,8 @@ class Backup(Conversation):
                 recs.readinto(self.recbuf)
                 self.wfile.write(self.recbuf)
             self.watches.append((path, oid, start, n))
-            self.log("%s is queued to go out: the anchor waits up to %d s to see it pass"
-                     % (path[len(self.root) + 1:], w[1]))
+            self.log("the anchor watches for %s (up to %d s): it is to pass through, or the anchor "
+                     "fetches it again from its origin" % (path[len(self.root) + 1:], w[1]))
 
     def _wait_for_watched(self):
         if not self.watches:
@@ -323,7 +323,7 @@ class Backup(Conversation):
             missing = self.recv(m.WATCHED)[1]
         finally:
             self.link.set_timeout(None)
-        self.log("%d of %d queued files passed through the anchor; uploading %d"
+        self.log("%d of %d watched files reached the anchor without the radio; uploading %d"
                  % (len(self.watches) - len(missing), len(self.watches), len(missing)))
         if missing:
             # Upload them as usual, named by watch number instead of batch index.

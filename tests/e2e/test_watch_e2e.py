@@ -53,7 +53,7 @@ def test_passes_through_before_deadline_not_uploaded(world, tmp_path):
         if backup.poll() is None:
             backup.kill()
     assert backup.returncode == 0, out
-    assert "1 of 1 queued files passed through" in out, out
+    assert "1 of 1 watched files reached the anchor" in out, out
     assert sent_chunks(out) == 0, out
     assert json.loads(anchorctl(anchor.address, "watch", "--json").stdout) == []
     restored = str(tmp_path / "restored")
@@ -65,7 +65,7 @@ def test_after_deadline_it_is_uploaded(world, tmp_path):
     origin, anchor, root, state = world
     p = run_rover("micropython", anchor.link, "w1", state, "backup", str(root), "--outbox", "outbox",
                   "--watch-wait", "1")
-    assert "0 of 1 queued files passed through" in p.stdout, p.stdout
+    assert "0 of 1 watched files reached the anchor" in p.stdout, p.stdout
     assert sent_chunks(p.stdout) >= 50, p.stdout          # the 600 KB photo went up
     restored = str(tmp_path / "restored")
     anchorctl(anchor.address, "restore", "w1", "--to", restored)
