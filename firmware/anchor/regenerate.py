@@ -4,8 +4,10 @@ from its origin when a backup needs it, instead of crossing the radio.
 The body is captured like any relayed body (chunked, stored, registered); if it hashes to
 the object the backup names, the waiting session sees it arrive. If the origin changed,
 the new version's chunks are still kept: the rover then uploads only the chunks that
-differ. A plain GET rather than a conditional one (If-Match would answer 412 and nothing
-else for a changed file) because the radio, not the anchor's uplink, is the scarce link.
+differ. The first request is conditional (If-Match with the captured ETag), so a 200 is
+the version the rover has; a 412 is followed by a plain GET, because the changed body
+still shares most chunks with the rover's copy, and the radio, not the anchor's uplink, is
+the scarce link.
 """
 import asyncio
 import logging
@@ -20,38 +22,56 @@ from anchor.relay_service import _Feed, _http_worker
 log = logging.getLogger("anchor.regenerate")
 
 
+async def _fetch(anchor, url, headers, spool):
+    """GET url into spool; returns the response head (status, size, etag, last-modified,
+    content type) once the body is whole, or None (the status stays in the log)."""
+    feed = _Feed(asyncio.get_running_loop())
+    threading.Thread(target=_http_worker, daemon=True,
+                     args=(feed, "GET", url, headers, None, getattr(anchor, "relay_timeout", 30))).start()
+    try:
+        item = await feed.get()
+        if item[0] != "head" or item[1] != 200:
+            return item
+        head = item
+        while True:
+            item = await feed.get()
+            if item[0] != "data":
+                break
+            spool.write(item[1])
+        return head if item[0] == "end" else item
+    finally:
+        feed.cancel.set()
+
+
 async def regenerate(anchor, dev, oid, recipe):
     wl = watchlist.of(anchor)
     url = recipe["url"]
-    feed = _Feed(asyncio.get_running_loop())
-    spool = tempfile.NamedTemporaryFile(dir=anchor.spool_dir, prefix="regen-", delete=False)
-    timeout = getattr(anchor, "relay_timeout", 30)
-    threading.Thread(target=_http_worker, daemon=True,
-                     args=(feed, "GET", url, [], None, timeout)).start()
     ok = False
+    spool = tempfile.NamedTemporaryFile(dir=anchor.spool_dir, prefix="regen-", delete=False)
     try:
-        item = await feed.get()
-        if item[0] == "head" and item[1] == 200:
-            _, status, _, etag, lastmod, ctype = item
-            while True:
-                item = await feed.get()
-                if item[0] != "data":
-                    break
-                spool.write(item[1])
-            spool.close()
-            if item[0] == "end":
-                got, size = Capture(anchor).record(dev, spool.name, {
-                    "direction": "regen", "protocol": "http", "method": "GET", "target": url,
-                    "status": status, "etag": etag, "last_modified": lastmod, "content_type": ctype})
-                ok = got == oid
-                log.info("regenerated %s from %s: %s", oid.hex()[:16], url,
-                         "same content" if ok else "the origin changed (%d bytes now)" % size)
+        # Conditional first: with the ETag of the version captured, a 200 is that version.
+        cond = [("If-Match", recipe["etag"])] if recipe.get("etag") else []
+        got = await _fetch(anchor, url, cond, spool)
+        if got[0] == "head" and got[1] == 412:
+            # The origin changed. Its new version still shares most chunks with the rover's
+            # copy, so keep it anyway: the rover then uploads only the chunks that differ.
+            spool.seek(0)
+            spool.truncate()
+            got = await _fetch(anchor, url, [], spool)
+        spool.close()
+        if got[0] == "head" and got[1] == 200:
+            _, status, _, etag, lastmod, ctype = got
+            new, size = Capture(anchor).record(dev, spool.name, {
+                "direction": "regen", "protocol": "http", "method": "GET", "target": url,
+                "status": status, "etag": etag, "last_modified": lastmod, "content_type": ctype})
+            ok = new == oid
+            log.info("regenerated %s from %s: %s", oid.hex()[:16], url,
+                     "same content" if ok else "the origin changed (%d bytes now)" % size)
         else:
-            log.info("regenerating %s from %s failed: %s", oid.hex()[:16], url, item[1:])
+            log.info("regenerating %s from %s failed: %s", oid.hex()[:16], url, got[1:])
     except Exception:
         log.exception("regenerating %s from %s failed", oid.hex()[:16], url)
     finally:
-        feed.cancel.set()
         spool.close()
         os.unlink(spool.name)
         if not ok:

@@ -43,6 +43,11 @@ class Origin:
                     self.wfile.write(msg)
                     return
                 etag = '"%s"' % hashlib.sha256(body).hexdigest()[:16]
+                if self.headers.get("If-Match") not in (None, etag):
+                    self.send_response(412)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
                     self.send_header("ETag", etag)

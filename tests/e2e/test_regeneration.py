@@ -44,6 +44,8 @@ def test_origin_unchanged_nothing_crosses_the_radio(world, tmp_path):
     p = run_rover("micropython", anchor.link, "g", state, "backup", str(root))
     assert "1 of 1 watched files reached the anchor" in p.stdout, p.stdout
     assert uploaded(p.stdout) == (0, 0), p.stdout
+    last = [r for r in origin.requests if r[0] == "GET" and r[1] == "/a.bin"][-1]
+    assert last[2].get("If-Match"), last          # conditional on the captured version
     c = json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"]["g"]
     assert c["supplied_regenerated"] == 800_000, c
     out = str(tmp_path / "restored")
@@ -58,6 +60,8 @@ def test_origin_changed_only_the_changed_chunks_are_uploaded(world, tmp_path):
     origin.files["/a.bin"] = bytes(new)
     p = run_rover("micropython", anchor.link, "g", state, "backup", str(root))
     assert "0 of 1 watched files reached the anchor" in p.stdout, p.stdout
+    gets = [r for r in origin.requests if r[0] == "GET" and r[1] == "/a.bin"]
+    assert gets[-2][2].get("If-Match") and not gets[-1][2].get("If-Match"), gets[-2:]   # 412, then plain
     chunks, nbytes = uploaded(p.stdout)
     assert 1 <= chunks <= 3 and nbytes < 100_000, p.stdout
     out = str(tmp_path / "restored")
