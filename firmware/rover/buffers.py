@@ -5,10 +5,16 @@ TX_SIZE = 8192       # every message the rover sends is encoded here
 
 chunk = None
 tx = None
+compressor = None    # core.zcompress.Compressor where the runtime has no zlib (~45 KB)
 
 
 def allocate():
-    global chunk, tx
+    global chunk, tx, compressor
     if chunk is None:
         chunk = bytearray(CHUNK_SIZE)
         tx = bytearray(TX_SIZE)
+        try:
+            import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)
+        except ImportError:
+            from core.zcompress import Compressor
+            compressor = Compressor(CHUNK_SIZE)
