@@ -41,6 +41,7 @@ class BackupHandler:
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
         self.uploaded_set = set()     # chunk ids received this session
+        self.in_use = set()           # chunk ids of objects answered "have" this session
         self.unscoped = []            # ...of which not yet durable and in the device's scope
         self.unflushed = 0
         self.counts = {"backup_rx_data": 0, "chunks_uploaded": 0, "raw_uploaded": 0}
@@ -66,6 +67,9 @@ class BackupHandler:
     # --- HELLO -------------------------------------------------------------------------
 
     def _hello(self, msg):
+        r = retention.of(self.anchor)
+        r.protect(self.uploaded_set)
+        r.protect(self.in_use)
         self.device = msg[2]
         self.dev = self.catalog.device_id(self.device)
         self.catalog.seen(self.dev)
@@ -143,7 +147,10 @@ class BackupHandler:
         # In scope is not enough: pass-through chunks may have been evicted since. Then the
         # rover describes the object and NEED names just the chunks that are gone.
         info = self.catalog.object_chunks(oid)
-        return info is not None and not self.store.missing(info[1])
+        if info is None or self.store.missing(info[1]):
+            return False
+        self.in_use.update(info[1])      # kept from eviction until this session ends
+        return True
 
     def _chunklist(self, msg):
         out = []
@@ -219,6 +226,12 @@ class BackupHandler:
         self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + len(raw)
         if self.unflushed >= FLUSH_BYTES:
             self.flush()
+
+    def end(self):
+        """The session is over: what it held from eviction may go."""
+        r = retention.of(self.anchor)
+        r.release(self.uploaded_set)
+        r.release(self.in_use)
 
     def flush(self):
         """Make received chunks durable, then record that this device holds them.

@@ -144,6 +144,7 @@ class Anchor:
                 account()
             except Exception:
                 log.exception("could not record counters")
+            handler.end()
             # A watch lives as long as the session that waits on it.
             for oid in handler.watching:
                 watchlist.of(self).remove(handler.dev, oid)

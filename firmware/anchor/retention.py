@@ -35,6 +35,21 @@ class Retention:
         self.anchor = anchor
         self.capacity = capacity
         self.totals = {"evicted_chunks": 0, "evicted_bytes": 0, "compactions": 0, "reclaimed_bytes": 0}
+        # Chunks open backup sessions have received or answered "have" for: not pinned yet
+        # (that happens at COMMIT), but evicting them would fail the commit.
+        self.in_use = []
+
+    def protect(self, chunk_set):
+        self.in_use.append(chunk_set)
+
+    def release(self, chunk_set):
+        self.in_use = [s for s in self.in_use if s is not chunk_set]
+
+    def _busy(self, c):
+        for s in self.in_use:
+            if c in s:
+                return True
+        return False
 
     def enforce(self):
         """Evict and compact if the store is over its budget. Returns what was done, or None."""
@@ -61,7 +76,7 @@ class Retention:
                 store.pin(list(keep))       # the store's class had fallen behind the catalog
             take = []
             for c, n in cands:
-                if c in keep:
+                if c in keep or self._busy(c):
                     continue
                 take.append(c)
                 live -= n

@@ -1,0 +1,29 @@
+"""The retention policy in-process: what it evicts, what it never evicts."""
+import os
+
+from anchor.daemon import Anchor
+from anchor import retention
+
+
+def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
+    a = Anchor(str(tmp_path / "data"), capacity=200_000)
+    try:
+        store = a.store
+        blobs = [os.urandom(20_000) for _ in range(30)]      # 600 KB of pass-through data
+        ids = store.ingest(blobs)
+        store.flush()
+        pinned = ids[:3]
+        busy = set(ids[3:6])
+        # the catalog, not the store's class, says what snapshots keep
+        a.catalog.db.executemany("INSERT INTO live_chunks VALUES (?, 1)", [(c,) for c in pinned])
+        r = retention.of(a)
+        r.protect(busy)
+        done = r.enforce()
+        assert done and done["evicted_chunks"] > 0
+        left = set(c for c in ids if store.has(c))
+        assert set(pinned) <= left and busy <= left
+        assert store.stats()["live_bytes"] <= 200_000 or left == set(pinned) | busy
+        r.release(busy)
+        assert retention.parse_size("1.5K") == 1536 and retention.parse_size("2G") == 2 << 30
+    finally:
+        a.close()
