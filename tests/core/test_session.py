@@ -173,3 +173,55 @@ def test_link_bytes_are_counted_by_purpose():
     backup = r.bytes_out + r.bytes_in - control - relay
     assert r.purpose_bytes == [control, backup, relay], (r.purpose_bytes, control, backup, relay)
     assert a.purpose_bytes == r.purpose_bytes
+
+
+def test_relay_and_watch_messages_are_checked():
+    good = [
+        m.fetch("http://example.org/a?b=c", [["Accept", "*/*"]]),
+        m.send_req("PUT", "https://example.org/up", 10, "text/plain"),
+        m.publish("rover/telemetry", 5, 1, False),
+        m.result(200, 3, '"etag"', None, "text/plain"),
+        m.body(b"abc"), m.end(3), m.fail(m.F_TIMEOUT, "late"),
+        m.watchwait(30), m.watched([0, 2]),
+        m.verdict(0, [1], [[2, 600]]),
+        m.entries(0, [m.put_entry("outbox/a", m.T_FILE, 1, 0, 0o644, OID, None, m.FLAG_QUEUED)]),
+    ]
+    for msg in good:
+        assert m.check(msg) is msg
+        assert m.decode(cbor.encode(msg)) == msg
+    bad = [
+        m.fetch("ftp://example.org/x"),
+        m.fetch("http://exa mple.org/"),
+        m.fetch("http://example.org/\x00"),
+        m.fetch("http://example.org/" + "a" * m.MAX_URL),
+        [m.FETCH, "http://example.org/x", [["a"]]],
+        [m.FETCH, "http://example.org/x", [["a", "b"]] * (m.MAX_HEADERS + 1)],
+        m.send_req("DELETE", "http://example.org/x", 1, "a"),
+        m.send_req("PUT", "http://example.org/x", -1, "a"),
+        m.publish("rover/#", 1, 1, False),
+        m.publish("", 1, 1, False),
+        m.publish("t", 1, 2, False),
+        m.body(b"x" * (m.MAX_BODY + 1)),
+        m.result(1000),
+        m.watched([m.MAX_ENTRIES]),
+        [m.VERDICT, 0, [], [[0]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, 1, 0, 0o644, OID, None, -1]]],
+    ]
+    for msg in bad:
+        expect_error(lambda: m.check(msg))
+
+
+def test_relay_transitions():
+    r = Session(st.ROVER, 4096)
+    a = Session(st.ANCHOR, 4096)
+    pipe(r, a, m.hello("rover-1", None, 0))
+    pipe(a, r, m.welcome(None, True, 0))
+    pipe(r, a, m.send_req("POST", "http://example.org/x", 3, "a/b"))
+    expect_error(lambda: a.send(m.result(201)), m.E_PROTOCOL)    # not before the body ends
+    pipe(r, a, m.body(b"abc"))
+    pipe(r, a, m.end(3))
+    pipe(a, r, m.result(201))
+    pipe(r, a, m.fetch("http://example.org/y"))
+    expect_error(lambda: a.send(m.body(b"x")), m.E_PROTOCOL)     # RESULT comes first
+    pipe(a, r, m.fail(m.F_UNREACHABLE, "refused"))
+    assert r.state == st.READY and a.state == st.READY
