@@ -255,8 +255,10 @@ def blob_prefix(fields, n):
         blen = bytes([0x40 + n])
     elif n < 256:
         blen = bytes([0x58, n])
-    else:
+    elif n < 65536:
         blen = bytes([0x59, n >> 8, n & 0xFF])
+    else:
+        blen = bytes([0x5A, n >> 24, (n >> 16) & 0xFF, (n >> 8) & 0xFF, n & 0xFF])
     return bytes([0x80 + len(fields) + 1]) + head[1:] + blen
 
 
