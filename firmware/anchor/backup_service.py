@@ -7,7 +7,6 @@ until COMMIT, which checks the whole tree against the rover's root digest first.
 """
 import asyncio
 import logging
-import zlib
 
 from core import chunker
 from core import messages as m
@@ -199,21 +198,9 @@ class BackupHandler:
         cid, enc, payload = msg[1], msg[2], msg[3]
         if cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk %s was not asked for" % cid.hex()[:16])
-        if enc == m.ENC_ZLIB:
-            d = zlib.decompressobj()
-            try:
-                raw = d.decompress(payload, m.MAX_CHUNK + 1)
-            except zlib.error as e:
-                raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: bad zlib data (%s)" % (cid.hex()[:16], e))
-            if len(raw) > m.MAX_CHUNK or d.unconsumed_tail or not d.eof:
-                raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: zlib data too long or truncated" % cid.hex()[:16])
-        else:
-            raw = payload
-            if len(raw) > m.MAX_CHUNK:
-                raise m.ProtocolError(m.E_TOO_LARGE, "chunk larger than %d" % m.MAX_CHUNK)
         try:
-            # the store checks the bytes against the id before anything is written
-            self.store.put(cid, raw, enc, payload if enc == m.ENC_ZLIB else None)
+            # decoded once, bounded, and checked against the id before anything is written
+            _, raw_len = self.store.put_encoded(cid, enc, payload)
         except StoreError as e:
             raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: %s" % (cid.hex()[:16], e))
         self.needed.discard(cid)
@@ -222,8 +209,8 @@ class BackupHandler:
         self.unflushed += len(payload)
         self.counts["backup_rx_data"] += len(payload)
         self.counts["chunks_uploaded"] += 1
-        self.counts["raw_uploaded"] += len(raw)
-        self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + len(raw)
+        self.counts["raw_uploaded"] += raw_len
+        self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + raw_len
         if self.unflushed >= FLUSH_BYTES:
             self.flush()
 

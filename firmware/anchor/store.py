@@ -527,7 +527,29 @@ class ChunkStore:
         payload, the chunk arrived compressed (encoding 1 zlib stream, 2 zstd frame): it must
         decode to raw, and is stored as it is (raw instead, if it is not smaller)."""
         self._check_open()
-        chunk_id = _as_id(chunk_id)
+        if payload is not None:
+            if encoding not in ENCODINGS:
+                raise StoreError("unknown encoding %r" % (encoding,))
+            if decode_payload(encoding, len(raw), payload) != raw:
+                raise StoreError("payload does not decode to the chunk's bytes")
+        return self._put_checked(_as_id(chunk_id), raw, encoding if payload is not None else None, payload)
+
+    def put_encoded(self, chunk_id, encoding, payload):
+        """Store a chunk as it came off the wire: payload in `encoding`, decoded once and never
+        past MAX_CHUNK bytes, checked against the id, kept as it is when that is smaller.
+        Returns (stored_new, raw length)."""
+        self._check_open()
+        if encoding not in ENCODINGS:
+            raise StoreError("unknown encoding %r" % (encoding,))
+        if encoding == ENC_RAW and len(payload) > MAX_CHUNK:
+            raise StoreError("chunk of %d bytes exceeds the %d byte limit" % (len(payload), MAX_CHUNK))
+        raw = decode_payload(encoding, MAX_CHUNK, payload)
+        new = self._put_checked(_as_id(chunk_id), raw, encoding if encoding != ENC_RAW else None,
+                                payload if encoding != ENC_RAW else None)
+        return new, len(raw)
+
+    def _put_checked(self, chunk_id, raw, enc, payload):
+        # payload, when given, is already known to decode to raw
         n = len(raw)
         if n > MAX_CHUNK:
             raise StoreError("chunk of %d bytes exceeds the %d byte limit" % (n, MAX_CHUNK))
@@ -538,12 +560,6 @@ class ChunkStore:
         if payload is None:
             payload = _compressor(self.zstd_level).compress(raw)
             enc = ENC_ZSTD
-        else:
-            if encoding not in ENCODINGS:
-                raise StoreError("unknown encoding %r" % (encoding,))
-            if decode_payload(encoding, n, payload) != raw:
-                raise StoreError("payload does not decode to the chunk's bytes")
-            enc = encoding
         if enc == ENC_RAW or len(payload) >= n:
             enc, payload = ENC_RAW, raw
         self._append(((chunk_id, n, enc, bytes(payload)),), _now_ms())
