@@ -309,23 +309,32 @@ def check_entry(e):
     return e
 
 
+# Fields each message must have at least, its type included (trailing extras are ignored).
+_MIN_FIELDS = {
+    HELLO: 5, WELCOME: 5, ENTRIES: 3, VERDICT: 3, CHUNKLIST: 2, NEED: 2, DATA: 4, COMMIT: 4,
+    COMMITTED: 2, ERROR: 3, FETCH: 3, SEND: 5, PUBLISH: 5, RESULT: 6, BODY: 2, END: 2, FAIL: 3,
+    WATCHWAIT: 2, WATCHED: 2,
+}
+
+
 def check(msg):
     """Validate a decoded message; returns it or raises ProtocolError."""
     if type(msg) is not list or not msg or type(msg[0]) is not int:
         _fail("message must be an array starting with its type")
     t = msg[0]
     n = len(msg)
+    need = _MIN_FIELDS.get(t)
+    if need is None:
+        _fail("unknown message type %d" % t)
+    if n < need:
+        _fail("%s too short" % NAMES[t])
     if t == HELLO:
-        if n < 5:
-            _fail("HELLO too short")
         if msg[1] != PROTO_VERSION:
             _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
         check_device(msg[2])
         _opt_int(msg[3], 1, 1 << 62, "parent snapshot")
         _int(msg[4], 0, 0xFFFF, "caps")
     elif t == WELCOME:
-        if n < 5:
-            _fail("WELCOME too short")
         if msg[1] != PROTO_VERSION:
             _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
         _opt_int(msg[2], 1, 1 << 62, "latest snapshot")
@@ -333,14 +342,10 @@ def check(msg):
             _fail("parent_ok must be a bool")
         _int(msg[4], 0, 0xFFFF, "caps")
     elif t == ENTRIES:
-        if n < 3:
-            _fail("ENTRIES too short")
         _int(msg[1], 0, 1 << 62, "batch number")
         for e in _list(msg[2], MAX_ENTRIES, "entries"):
             check_entry(e)
     elif t == VERDICT:
-        if n < 3:
-            _fail("VERDICT too short")
         _int(msg[1], 0, 1 << 62, "batch number")
         for i in _list(msg[2], MAX_ENTRIES, "wanted"):
             _int(i, 0, MAX_ENTRIES - 1, "wanted index")
@@ -351,8 +356,6 @@ def check(msg):
                 _int(w[0], 0, MAX_ENTRIES - 1, "watched index")
                 _int(w[1], 0, 1 << 31, "watch seconds")
     elif t == CHUNKLIST:
-        if n < 2:
-            _fail("CHUNKLIST too short")
         total = 0
         for p in _list(msg[1], MAX_ENTRIES, "chunk list parts"):
             if type(p) is not list or len(p) < 4:
@@ -367,8 +370,6 @@ def check(msg):
             if type(p[3]) is not bool:
                 _fail("last must be a bool")
     elif t == NEED:
-        if n < 2:
-            _fail("NEED too short")
         for p in _list(msg[1], MAX_ENTRIES, "need parts"):
             if type(p) is not list or len(p) < 3:
                 _fail("need part must be [index, first, wanted]")
@@ -377,30 +378,20 @@ def check(msg):
             for i in _list(p[2], MAX_IDS, "needed"):
                 _int(i, 0, MAX_IDS - 1, "needed index")
     elif t == DATA:
-        if n < 4:
-            _fail("DATA too short")
         _bytes(msg[1], 32, "chunk id")
         _int(msg[2], 0, 1, "encoding")
-        if type(msg[3]) is not bytes or len(msg[3]) > MAX_CHUNK + 1024:
-            _fail("DATA payload must be bytes of at most %d" % (MAX_CHUNK + 1024), E_TOO_LARGE)
+        if type(msg[3]) is not bytes or len(msg[3]) > _BLOB_LIMIT[DATA]:
+            _fail("DATA payload must be bytes of at most %d" % _BLOB_LIMIT[DATA], E_TOO_LARGE)
     elif t == COMMIT:
-        if n < 4:
-            _fail("COMMIT too short")
         _bytes(msg[1], 32, "root digest")
         _int(msg[2], 0, 1 << 40, "entry count")
         _int(msg[3], 0, 1 << 62, "total bytes")
     elif t == COMMITTED:
-        if n < 2:
-            _fail("COMMITTED too short")
         _int(msg[1], 1, 1 << 62, "snapshot")
     elif t == ERROR:
-        if n < 3:
-            _fail("ERROR too short")
         _int(msg[1], 0, 0xFFFF, "error code")
         _text(msg[2], MAX_TEXT, "error text")
     elif t == FETCH:
-        if n < 3:
-            _fail("FETCH too short")
         _url(msg[1])
         for h in _list(msg[2], MAX_HEADERS, "headers"):
             if type(h) is not list or len(h) != 2:
@@ -408,16 +399,12 @@ def check(msg):
             _text(h[0], 64, "header name")
             _text(h[1], MAX_TEXT, "header value")
     elif t == SEND:
-        if n < 5:
-            _fail("SEND too short")
         if msg[1] not in ("PUT", "POST"):
             _fail("SEND method must be PUT or POST")
         _url(msg[2])
         _int(msg[3], 0, MAX_RELAY, "body size")
         _text(msg[4], 128, "content type")
     elif t == PUBLISH:
-        if n < 5:
-            _fail("PUBLISH too short")
         _text(msg[1], MAX_TOPIC, "topic")
         if not msg[1] or "+" in msg[1] or "#" in msg[1] or "\x00" in msg[1]:
             _fail("topic must be non-empty, without wildcards")
@@ -426,36 +413,24 @@ def check(msg):
         if type(msg[4]) is not bool:
             _fail("retain must be a bool")
     elif t == RESULT:
-        if n < 6:
-            _fail("RESULT too short")
         _int(msg[1], 0, 999, "status")
         _opt_int(msg[2], 0, MAX_RELAY, "size")
         _opt_text(msg[3], MAX_TEXT, "etag")
         _opt_text(msg[4], MAX_TEXT, "last-modified")
         _opt_text(msg[5], 128, "content type")
     elif t == BODY:
-        if n < 2 or type(msg[1]) is not bytes or len(msg[1]) > MAX_BODY:
+        if type(msg[1]) is not bytes or len(msg[1]) > MAX_BODY:
             _fail("BODY must carry at most %d bytes" % MAX_BODY, E_TOO_LARGE)
     elif t == END:
-        if n < 2:
-            _fail("END too short")
         _int(msg[1], 0, MAX_RELAY, "body size")
     elif t == FAIL:
-        if n < 3:
-            _fail("FAIL too short")
         _int(msg[1], 0, 0xFFFF, "failure code")
         _text(msg[2], MAX_TEXT, "failure text")
     elif t == WATCHWAIT:
-        if n < 2:
-            _fail("WATCHWAIT too short")
         _int(msg[1], 0, 1 << 31, "wait seconds")
     elif t == WATCHED:
-        if n < 2:
-            _fail("WATCHED too short")
         for i in _list(msg[1], MAX_ENTRIES, "missing"):
             _int(i, 0, MAX_ENTRIES - 1, "watch number")
-    else:
-        _fail("unknown message type %d" % t)
     return msg
 
 
