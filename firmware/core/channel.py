@@ -1,0 +1,594 @@
+# A reliable, ordered, flow-controlled channel of several byte streams over a link that
+# moves whole packets and may lose some (serial radio, MQTT, BLE GATT). Sans-I/O: the
+# driver feeds received packets and the time in, and sends what packet_to_send() hands
+# out. Wire format and rules: docs/protocol.md §7.
+#
+# Why not TCP's full machinery: the rover has a 256 KB heap and a radio of a few kB/s.
+# Go-back-N with one cumulative ACK keeps the receiver free of reordering buffers (a lost
+# packet is rare on these links, and cheap to resend because the window is small), and the
+# receiver advertises its window in bytes *on the wire*, so a UART whose receive buffer
+# holds N bytes is never sent more than N bytes it has not taken in yet.
+import struct
+
+from core.compat import const
+
+VERSION = const(1)
+HEADER = const(8)
+
+# packet kinds (high nibble of byte 0)
+DATA = const(1)
+ACK = const(2)
+SYN = const(3)
+SYNACK = const(4)
+RST = const(5)
+FIN = const(6)
+PROBE = const(7)
+
+KIND_NAMES = {DATA: "DATA", ACK: "ACK", SYN: "SYN", SYNACK: "SYNACK", RST: "RST", FIN: "FIN",
+              PROBE: "PROBE"}
+
+# channel states
+LISTEN = const(0)        # responder waiting for a SYN
+SYN_SENT = const(1)
+OPEN = const(2)
+DEAD = const(3)          # reset by the peer, or no progress for dead_ms: open a new one
+
+MAX_STREAMS = const(16)
+URGENT = const(8)        # streams 8..15 carry relay traffic and always go first
+
+ACK_DELAY = const(20)    # ms a receiver may hold an ACK hoping to piggyback it
+MIN_RTO = const(150)
+MAX_RTO = const(3000)    # outages last seconds; resume soon after the link returns
+INITIAL_RTO = const(1000)
+DUPACKS = const(2)
+
+_HDR = ">BBHHH"
+
+
+def _before(a, b):
+    """Sequence number a comes before b (16-bit serial arithmetic)."""
+    return a != b and ((b - a) & 0xFFFF) < 0x8000
+
+
+class ChannelError(Exception):
+    pass
+
+
+class _Ring:
+    """Fixed-size byte FIFO: the only per-stream memory, allocated once."""
+
+    def __init__(self, size):
+        self.buf = bytearray(size)
+        self.size = size
+        self.head = 0
+        self.count = 0
+
+    def free(self):
+        return self.size - self.count
+
+    def put(self, data):
+        n = min(len(data), self.size - self.count)
+        tail = (self.head + self.count) % self.size
+        first = min(n, self.size - tail)
+        mv = memoryview(self.buf)
+        mv[tail:tail + first] = data[:first]
+        if n > first:
+            mv[0:n - first] = data[first:n]
+        self.count += n
+        return n
+
+    def get_into(self, out, n):
+        """Move up to n bytes into memoryview `out`; returns how many."""
+        n = min(n, self.count, len(out))
+        first = min(n, self.size - self.head)
+        mv = memoryview(self.buf)
+        out[0:first] = mv[self.head:self.head + first]
+        if n > first:
+            out[first:n] = mv[0:n - first]
+        self.head = (self.head + n) % self.size
+        self.count -= n
+        return n
+
+
+class _Stream:
+    def __init__(self, rx_size, tx_size):
+        self.rx = _Ring(rx_size)
+        self.tx = _Ring(tx_size)
+        self.fin_wanted = False     # the local side closed: send FIN after the data
+        self.fin_sent = False
+        self.fin_acked = False
+        self.eof = False            # the peer's FIN arrived
+
+
+class Channel:
+    """One end of a channel. `initiator` (the rover) sends SYN; the other end listens.
+
+    mtu: largest packet the port carries; overhead: bytes the port adds per packet;
+    rx_window: wire bytes this end can hold unread (a UART buffer); rx_buffer and
+    tx_buffer: per-stream byte buffers; tx_window: the most wire bytes this end keeps in
+    flight (about the link's bandwidth-delay product: more only queues up in front of
+    urgent packets); dead_ms: no progress for this long ends the channel."""
+
+    def __init__(self, initiator, mtu, overhead=0, rx_window=4096, rx_buffer=4096, tx_buffer=4096,
+                 tx_window=4096, dead_ms=30000):
+        if mtu < HEADER + 8 or mtu > 0xFFFF:
+            raise ChannelError("mtu %d out of range" % mtu)
+        self.initiator = initiator
+        self.mtu = mtu
+        self.peer_mtu = mtu
+        self.overhead = overhead
+        self.rx_window = min(rx_window, 0xFFFF)
+        self.rx_buffer = rx_buffer
+        self.tx_buffer = tx_buffer
+        self.tx_window = tx_window
+        self.dead_ms = dead_ms
+        self.state = LISTEN
+        self.error = None
+        self.conn_id = 0
+        self.epoch = 0
+        self.streams = {}
+        self._accepted = []        # streams the peer opened, for accept()
+        self._rr = 0               # round-robin start among streams of one priority
+        # sender
+        self.snd_nxt = 0
+        self.inflight = []         # [seq, packet, sent_ms, sends] oldest first
+        self.inflight_bytes = 0
+        self.resend = 0            # index into inflight of the next packet to resend
+        self.peer_wnd = 0
+        self.rto = INITIAL_RTO
+        self.srtt = 0
+        self.rttvar = 0
+        self.rto_at = None
+        self.dupacks = 0
+        self.last_progress = None
+        self._ctrl = None          # SYN/SYNACK/RST waiting to go out
+        self._ctrl_at = None
+        self._probe_at = None
+        self._syn_sent = 0
+        self.resend_end = 0        # resend inflight[resend:resend_end] before anything new
+        self.recovering = False    # after a timeout, the next ACK decides what to resend
+        self.ghost = 0             # wire bytes of a resent copy that may still arrive
+        self.ghost_until = 0
+        # receiver
+        self.rcv_nxt = 0
+        self.ack_due = None        # time an ACK must go out by (None: nothing to ACK)
+        self._wnd_sent = 0
+        self._rx_since_ack = 0
+        # counters
+        self.resets = 0            # peer-initiated restarts seen (responder: new SYN)
+        self.retransmits = 0        # packets sent again
+        self.timeouts = 0           # retransmission timer expiries
+        self.dropped = 0           # packets discarded: out of order, stale, malformed
+
+    # --- connection ----------------------------------------------------------------------
+
+    def connect(self, conn_id, now):
+        """Initiator: start (or restart) the channel with a fresh random 32-bit id."""
+        self._reset_state()
+        self.conn_id = conn_id & 0xFFFFFFFF
+        self.epoch = self.conn_id & 0xFF
+        self.state = SYN_SENT
+        self._ctrl = SYN
+        self._ctrl_at = now
+        self.last_progress = now
+
+    def _reset_state(self):
+        self.streams = {}
+        self._accepted = []
+        self.snd_nxt = 0
+        self.inflight = []
+        self.inflight_bytes = 0
+        self.resend = 0
+        self.resend_end = 0
+        self.peer_wnd = 0
+        self.rto = INITIAL_RTO
+        self.srtt = 0
+        self.rto_at = None
+        self.dupacks = 0
+        self.rcv_nxt = 0
+        self.ack_due = None
+        self._probe_at = None
+        self.error = None
+
+    @property
+    def is_open(self):
+        return self.state == OPEN
+
+    def _die(self, why):
+        self.state = DEAD
+        self.error = why
+
+    # --- streams -------------------------------------------------------------------------
+
+    def open_stream(self, sid):
+        if self.state != OPEN:
+            raise ChannelError("channel not open")
+        if sid in self.streams or sid < 0 or sid >= MAX_STREAMS:
+            raise ChannelError("stream %d busy or out of range" % sid)
+        s = _Stream(self.rx_buffer, self.tx_buffer)
+        self.streams[sid] = s
+        return sid
+
+    def free_stream_id(self, urgent=False):
+        base = URGENT if urgent else 0
+        for sid in range(base + 1 if not urgent else base, base + 8):
+            if sid not in self.streams:
+                return sid
+        return None
+
+    def accept(self):
+        """A stream the peer opened since the last call, or None."""
+        if self._accepted:
+            return self._accepted.pop(0)
+        return None
+
+    def write(self, sid, data):
+        """Queue bytes on a stream; returns how many fit (0: wait for the peer)."""
+        s = self.streams.get(sid)
+        if s is None or s.fin_wanted:
+            raise ChannelError("stream %d is not open for writing" % sid)
+        if self.state != OPEN:
+            raise ChannelError(self.error or "channel not open")
+        return s.tx.put(data)
+
+    def writable(self, sid):
+        s = self.streams.get(sid)
+        return s.tx.free() if s else 0
+
+    def read_into(self, sid, buf):
+        """Move received bytes into buf; returns the count, 0 if none yet, -1 at end."""
+        s = self.streams.get(sid)
+        if s is None:
+            return -1
+        before = self._window()
+        n = s.rx.get_into(memoryview(buf), len(buf))
+        if n == 0 and s.eof:
+            self._maybe_forget(sid)
+            return -1
+        # A window that opened from nearly shut must be announced, or a sender that
+        # respected it waits for a probe.
+        if n and self._wnd_sent < self.peer_mtu_wire() and self._window() >= self.peer_mtu_wire():
+            if self.ack_due is None:
+                self.ack_due = 0
+        return n
+
+    def readable(self, sid):
+        s = self.streams.get(sid)
+        return s.rx.count if s else 0
+
+    def at_eof(self, sid):
+        s = self.streams.get(sid)
+        return s is None or (s.eof and s.rx.count == 0)
+
+    def close_stream(self, sid):
+        """No more bytes from this end; FIN follows what is queued."""
+        s = self.streams.get(sid)
+        if s is not None:
+            s.fin_wanted = True
+            self._maybe_forget(sid)
+
+    def flushed(self, sid):
+        """Everything written on the stream (and its FIN, if closed) was acknowledged."""
+        s = self.streams.get(sid)
+        if s is None:
+            return True
+        if s.tx.count:
+            return False
+        for e in self.inflight:
+            if e[1][0] & 15 == sid:
+                return False
+        return not s.fin_wanted or s.fin_acked
+
+    def _maybe_forget(self, sid):
+        s = self.streams.get(sid)
+        if s is not None and s.fin_acked and s.eof and s.rx.count == 0:
+            del self.streams[sid]
+
+    def release(self, sid):
+        """The application is done with a stream that has ended both ways."""
+        self._maybe_forget(sid)
+
+    def peer_mtu_wire(self):
+        return self.peer_mtu + self.overhead
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _window(self):
+        fullest = 0
+        for s in self.streams.values():
+            if s.rx.count > fullest:
+                fullest = s.rx.count
+        # Room is kept for two bare control packets (ACK, PROBE): they travel outside
+        # the window and must not push data out of a full UART buffer.
+        return max(0, min(self.rx_window - 2 * (HEADER + self.overhead), self.rx_buffer - fullest))
+
+    def receive_packet(self, pkt, now):
+        """Take one packet from the port. Bad or stale packets are dropped and counted."""
+        n = len(pkt)
+        if n < HEADER:
+            self.dropped += 1
+            return
+        b0, epoch, seq, ack, wnd = struct.unpack_from(_HDR, pkt, 0)
+        kind = b0 >> 4
+        sid = b0 & 15
+        if kind == SYN:
+            self._on_syn(pkt, now)
+            return
+        if self.state == LISTEN or self.state == DEAD:
+            if kind != RST and self.state == LISTEN and kind != SYNACK:
+                # The peer thinks a channel is open that this end never had (it restarted).
+                self._ctrl = RST
+                self._ctrl_at = now
+                self.epoch = epoch
+            self.dropped += 1
+            return
+        if epoch != self.epoch:
+            self.dropped += 1
+            return
+        if kind == SYNACK:
+            if self.state == SYN_SENT and n >= HEADER + 7 and struct.unpack_from(">I", pkt, HEADER + 1)[0] == self.conn_id:
+                self.peer_mtu = min(self.mtu, struct.unpack_from(">H", pkt, HEADER + 5)[0])
+                self.state = OPEN
+                self._ctrl = None
+                self.peer_wnd = wnd
+                self.last_progress = now
+                self._take_rtt(now - self._syn_sent, now)
+            else:
+                self.dropped += 1
+            return
+        if self.state != OPEN:
+            self.dropped += 1
+            return
+        if kind == RST:
+            self._die("the anchor reset the channel" if self.initiator else "the rover reset the channel")
+            return
+        self._on_ack(ack, wnd, kind == ACK or kind == PROBE, now)
+        if kind == PROBE:
+            self.ack_due = 0
+            return
+        if kind == DATA or kind == FIN:
+            if seq != self.rcv_nxt:
+                # A gap (something before it was lost) or a duplicate (our ACK was lost):
+                # either way the peer needs to hear where we are, now.
+                self.dropped += 1
+                self.ack_due = 0
+                return
+            s = self.streams.get(sid)
+            if s is None:
+                if kind == FIN or self.initiator:
+                    # A stream this end forgot: accept and ignore, so the seq moves on.
+                    self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFF
+                    self.ack_due = 0
+                    return
+                s = _Stream(self.rx_buffer, self.tx_buffer)
+                self.streams[sid] = s
+                self._accepted.append(sid)
+            body = memoryview(pkt)[HEADER:]
+            if len(body) > s.rx.free():
+                self.dropped += 1        # beyond the window we advertised: sender bug or race
+                self.ack_due = 0
+                return
+            if kind == FIN:
+                s.eof = True
+                self._maybe_forget(sid)
+            else:
+                s.rx.put(body)
+            self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFF
+            self.last_progress = now
+            if self.ack_due is None:
+                self.ack_due = now + ACK_DELAY
+            # Half a window unacknowledged: acknowledge now so the sender keeps streaming.
+            self._rx_since_ack += n + self.overhead
+            if self._rx_since_ack * 2 >= max(self._wnd_sent, 1):
+                self.ack_due = 0
+
+    def _on_syn(self, pkt, now):
+        if self.initiator or len(pkt) < HEADER + 7 or pkt[HEADER] != VERSION:
+            self.dropped += 1
+            return
+        cid = struct.unpack_from(">I", pkt, HEADER + 1)[0]
+        mtu = struct.unpack_from(">H", pkt, HEADER + 5)[0]
+        if cid != self.conn_id or self.state != OPEN:
+            if self.state == OPEN or self.state == DEAD:
+                self.resets += 1
+            self._reset_state()
+            self.conn_id = cid
+            self.epoch = cid & 0xFF
+            self.state = OPEN
+            self.peer_mtu = min(self.mtu, mtu)
+            self.peer_wnd = struct.unpack_from(_HDR, pkt, 0)[4]
+            self.last_progress = now
+        self._ctrl = SYNACK       # again if the first SYNACK was lost
+        self._ctrl_at = now
+
+    def _on_ack(self, ack, wnd, pure, now):
+        if self.inflight and _before(ack, self.inflight[0][0]):
+            return                          # an old packet overtaken by newer news
+        freed = 0
+        sample = None
+        while self.inflight and _before(self.inflight[0][0], ack):
+            e = self.inflight.pop(0)
+            self.inflight_bytes -= len(e[1]) + self.overhead
+            freed += 1
+            if e[3] == 1:
+                sample = now - e[2]
+            if e[1][0] >> 4 == FIN:
+                s = self.streams.get(e[1][0] & 15)
+                if s is not None:
+                    s.fin_acked = True
+                    self._maybe_forget(e[1][0] & 15)
+        old_wnd = self.peer_wnd
+        self.peer_wnd = wnd
+        if freed:
+            self.resend = max(0, self.resend - freed)
+            self.resend_end = max(0, self.resend_end - freed)
+            self.dupacks = 0
+            self.last_progress = now
+            if self.recovering:
+                self.recovering = False
+                if self.inflight and self.resend_end == 0:
+                    self._go_back(now)
+            self.rto_at = now + self.rto if self.inflight else None
+            if sample is not None:
+                self._take_rtt(sample, now)
+        elif pure and self.inflight and wnd == old_wnd:
+            self.dupacks += 1
+            if self.dupacks == DUPACKS and self.resend_end == 0:
+                # The peer keeps saying where it is stuck: go back now, not at the timeout.
+                self._go_back(now)
+        if self.peer_wnd >= self.peer_mtu_wire():
+            self._probe_at = None
+
+    def _take_rtt(self, sample, now):
+        if sample < 0:
+            return
+        if self.srtt == 0:
+            self.srtt = sample
+            self.rttvar = sample // 2
+        else:
+            err = sample - self.srtt
+            self.srtt += err // 8
+            self.rttvar += (abs(err) - self.rttvar) // 4
+        self.rto = max(MIN_RTO, min(MAX_RTO, self.srtt + 4 * self.rttvar + ACK_DELAY))
+
+    def _go_back(self, now, count=0):
+        self.resend = 0
+        self.resend_end = count or len(self.inflight)
+        self.recovering = count != 0
+        self.rto_at = now + self.rto
+
+    # --- sending -------------------------------------------------------------------------
+
+    def _header(self, kind, sid, seq):
+        self._wnd_sent = self._window()
+        self._rx_since_ack = 0
+        self.ack_due = None
+        return struct.pack(_HDR, (kind << 4) | sid, self.epoch, seq, self.rcv_nxt, self._wnd_sent)
+
+    def packet_to_send(self, now):
+        """The next packet to put on the link now, or None. Call until None after every
+        receive, write, read or timeout."""
+        if self.state == DEAD:
+            return None
+        if self.last_progress is not None and self.state != LISTEN and now - self.last_progress > self.dead_ms:
+            if self.inflight or self.state == SYN_SENT:
+                self._die("no answer on the link for %d s" % (self.dead_ms // 1000))
+                return None
+        if self._ctrl is not None and now >= self._ctrl_at:
+            kind = self._ctrl
+            if kind == SYN:
+                self._syn_sent = now
+                self._ctrl_at = now + self.rto
+                self.rto = min(MAX_RTO, self.rto * 2)
+                return self._header(SYN, 0, 0) + struct.pack(">BIH", VERSION, self.conn_id, self.mtu)
+            self._ctrl = None
+            if kind == SYNACK:
+                return self._header(SYNACK, 0, 0) + struct.pack(">BIH", VERSION, self.conn_id, self.mtu)
+            return struct.pack(_HDR, RST << 4, self.epoch, 0, 0, 0)
+        if self.state != OPEN:
+            return None
+        # retransmissions first: the peer can use nothing after a gap
+        if self.rto_at is not None and now >= self.rto_at and self.inflight:
+            self.timeouts += 1
+            self.rto = min(MAX_RTO, self.rto * 2)
+            # Only the oldest packet: the peer may just be busy with the rest sitting in
+            # its receive buffer, which must not overflow with copies. An ACK that then
+            # moves but stops short says the rest were lost, and they follow.
+            self._go_back(now, 1)
+            # The copy may land in the peer's buffer after it has drained the original:
+            # keep its room free for a while, so it cannot push out a new packet.
+            self.ghost = len(self.inflight[0][1]) + self.overhead
+            self.ghost_until = now + self.rto
+        if self.resend < self.resend_end and self.resend < len(self.inflight):
+            e = self.inflight[self.resend]
+            self.resend += 1
+            self.retransmits += 1
+            e[3] += 1
+            e[2] = now
+            pkt = e[1]
+            # refresh ack and window in the stored packet
+            hdr = self._header(pkt[0] >> 4, pkt[0] & 15, e[0])
+            pkt[0:HEADER] = hdr
+            return pkt
+        self.resend = self.resend_end = 0
+        pkt = self._next_data(now)
+        if pkt is not None:
+            return pkt
+        if self.ack_due is not None and now >= self.ack_due:
+            return self._header(ACK, 0, self.snd_nxt)
+        if self._window_blocked():
+            if self._probe_at is None:
+                self._probe_at = now + self.rto
+            elif now >= self._probe_at:
+                self._probe_at = now + self.rto
+                return self._header(PROBE, 0, self.snd_nxt)
+        return None
+
+    def _window_blocked(self):
+        if self.inflight:
+            return False
+        for s in self.streams.values():
+            if s.tx.count or (s.fin_wanted and not s.fin_sent):
+                return True
+        return False
+
+    def _next_data(self, now):
+        room = min(self.peer_wnd, self.tx_window) - self.inflight_bytes
+        if self.ghost and now < self.ghost_until:
+            room -= self.ghost
+        limit = self.peer_mtu - HEADER
+        if room < HEADER + self.overhead + 1:
+            return None
+        pick = None
+        for urgent in (True, False):
+            for i in range(MAX_STREAMS // 2):
+                sid = (URGENT if urgent else 0) + (self._rr + i) % (MAX_STREAMS // 2)
+                s = self.streams.get(sid)
+                if s is not None and (s.tx.count or (s.fin_wanted and not s.fin_sent)):
+                    pick = sid
+                    break
+            if pick is not None:
+                break
+        if pick is None:
+            return None
+        s = self.streams[pick]
+        if not urgent:
+            self._rr = (pick + 1) % (MAX_STREAMS // 2)
+        if s.tx.count:
+            n = min(s.tx.count, limit, room - HEADER - self.overhead)
+            if n <= 0:
+                return None
+            # Do not cut small packets from a trickle when a full one is nearly ready:
+            # wait for a whole packet only if more is in flight to carry the ACK clock.
+            pkt = bytearray(HEADER + n)
+            s.tx.get_into(memoryview(pkt)[HEADER:], n)
+            kind = DATA
+        else:
+            if room < HEADER + self.overhead:
+                return None
+            pkt = bytearray(HEADER)
+            s.fin_sent = True
+            kind = FIN
+        seq = self.snd_nxt
+        self.snd_nxt = (seq + 1) & 0xFFFF
+        pkt[0:HEADER] = self._header(kind, pick, seq)
+        self.inflight.append([seq, pkt, now, 1])
+        self.inflight_bytes += len(pkt) + self.overhead
+        if self.rto_at is None:
+            self.rto_at = now + self.rto
+        if self.last_progress is None or len(self.inflight) == 1:
+            self.last_progress = now
+        return pkt
+
+    def next_timeout(self, now):
+        """The time packet_to_send() next has something to do, or None."""
+        t = None
+        for c in (self._ctrl_at if self._ctrl is not None else None, self.ack_due,
+                  self.rto_at if self.inflight else None, self._probe_at):
+            if c is not None and (t is None or c < t):
+                t = c
+        if self.last_progress is not None and (self.inflight or self.state == SYN_SENT):
+            d = self.last_progress + self.dead_ms + 1
+            if t is None or d < t:
+                t = d
+        return t
