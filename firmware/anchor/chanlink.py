@@ -1,0 +1,199 @@
+"""The anchor's end of a channel (core/channel.py) over a packet port (serial, MQTT, BLE).
+
+One task per port drives the sans-I/O channel with the port and the clock; every stream
+the rover opens becomes a session served by `Anchor.serve_stream`, exactly as a TCP
+connection is, through a small reader/writer pair that looks like asyncio's.
+"""
+import asyncio
+import logging
+import os
+import time
+
+from core import channel as chan
+
+log = logging.getLogger("anchor.link")
+
+READ_CHUNK = 65536
+
+
+def now_ms():
+    return int(time.monotonic() * 1000)
+
+
+def _alive(conn, sid, cid):
+    # A rover that restarts opens a new channel whose streams reuse the ids: a session of
+    # the old one must see its end, not the new one's bytes.
+    ch = conn.ch
+    return ch.state == chan.OPEN and ch.conn_id == cid and sid in ch.streams
+
+
+class _Reader:
+    def __init__(self, conn, sid, cid):
+        self.conn = conn
+        self.sid = sid
+        self.cid = cid
+        self.buf = bytearray(READ_CHUNK)
+
+    async def read(self, n):
+        """Bytes from the stream, b"" at its end or when the channel dies."""
+        conn = self.conn
+        while True:
+            ch = conn.ch
+            if not _alive(conn, self.sid, self.cid):
+                return b""
+            k = ch.read_into(self.sid, memoryview(self.buf)[:min(n, READ_CHUNK)])
+            if k < 0:
+                return b""
+            if k > 0:
+                conn.kick()          # the window may have opened
+                return bytes(self.buf[:k])
+            await conn.wait_change()
+
+
+class _Writer:
+    def __init__(self, conn, sid, cid):
+        self.conn = conn
+        self.sid = sid
+        self.cid = cid
+        self.pending = []
+
+    def get_extra_info(self, name, default=None):
+        if name == "peername":
+            return self.conn.port.name
+        return default
+
+    def write(self, data):
+        if data:
+            self.pending.append(bytes(data))
+            self._push()
+
+    def _push(self):
+        ch = self.conn.ch
+        while self.pending:
+            if not _alive(self.conn, self.sid, self.cid):
+                self.pending = []
+                return
+            d = self.pending[0]
+            n = ch.write(self.sid, d)
+            if n < len(d):
+                self.pending[0] = d[n:]
+                self.conn.kick()
+                return
+            self.pending.pop(0)
+        self.conn.kick()
+
+    async def drain(self):
+        conn = self.conn
+        while self.pending:
+            if not _alive(conn, self.sid, self.cid):
+                raise ConnectionError("link to %s lost" % conn.port.name)
+            self._push()
+            if self.pending:
+                await conn.wait_change()
+
+    def close(self):
+        if _alive(self.conn, self.sid, self.cid):
+            self.conn.ch.close_stream(self.sid)
+            self.conn.kick()
+
+    def is_closing(self):
+        return not _alive(self.conn, self.sid, self.cid)
+
+
+class ChannelConnection:
+    """Serves one port until it is gone."""
+
+    def __init__(self, anchor, port, rx_window=65535, rx_buffer=65536, tx_buffer=16384,
+                 tx_window=None, dead_ms=30000):
+        self.anchor = anchor
+        self.port = port
+        wire = port.mtu + port.overhead
+        self.ch = chan.Channel(False, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
+                               tx_window or 4 * wire, dead_ms)
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.tasks = set()
+
+    def kick(self):
+        self._wake.set()
+
+    async def wait_change(self):
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _notify(self):
+        self._changed.set()
+
+    async def run(self):
+        rx = asyncio.ensure_future(self._receive())
+        tx = asyncio.ensure_future(self._send())
+        try:
+            await asyncio.wait([rx, tx], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (rx, tx):
+                t.cancel()
+            self.ch.state = chan.DEAD
+            self._notify()
+            for t in list(self.tasks):
+                try:
+                    await asyncio.wait_for(asyncio.shield(t), 5)
+                except Exception:
+                    t.cancel()
+            self.port.close()
+
+    async def _receive(self):
+        while True:
+            try:
+                pkt = await self.port.recv()
+            except ConnectionError as e:
+                log.info("link %s gone: %s", self.port.name, e)
+                return
+            ch = self.ch
+            resets = ch.resets
+            ch.receive_packet(pkt, now_ms())
+            if ch.resets != resets:
+                log.info("link %s: the rover started a new channel", self.port.name)
+            while True:
+                sid = ch.accept()
+                if sid is None:
+                    break
+                t = asyncio.ensure_future(self._serve(sid, ch.conn_id))
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+            self._notify()
+            self.kick()
+
+    async def _serve(self, sid, conn_id):
+        await self.anchor.serve_stream(_Reader(self, sid, conn_id), _Writer(self, sid, conn_id))
+
+    async def _send(self):
+        while True:
+            ch = self.ch
+            t = now_ms()
+            sent = False
+            for _ in range(256):
+                p = ch.packet_to_send(t)
+                if p is None:
+                    break
+                try:
+                    await self.port.send(bytes(p))
+                except ConnectionError as e:
+                    log.info("link %s gone while sending: %s", self.port.name, e)
+                    return
+                sent = True
+            if sent:
+                self._notify()     # window room for writers
+            due = ch.next_timeout(now_ms())
+            wait = None if due is None else max(0.0, (due - now_ms()) / 1000.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def serve_port(anchor, port, **options):
+    """Serve one port until the link is gone. Used by every non-TCP link listener."""
+    log.info("link %s up (mtu %d)", port.name, port.mtu)
+    await ChannelConnection(anchor, port, **options).run()
+    log.info("link %s down", port.name)
