@@ -153,6 +153,7 @@ class StreamLink:
         self.default_timeout = 60
         self.timeout_ms = 60000
         self.closed = False
+        self.owns_link = False     # closing the stream also closes the channel and port
 
     @property
     def tx(self):
@@ -199,6 +200,14 @@ class StreamLink:
         if self.closed:
             return
         self.closed = True
+        link = self.link
+        try:
+            self._close()
+        finally:
+            if self.owns_link:
+                link.close()
+
+    def _close(self):
         link = self.link
         link.lock.acquire()
         try:

@@ -5,36 +5,49 @@ import time
 
 from core.compat import MICROPYTHON
 
-USAGE = """usage: rover --link tcp://HOST:PORT --device ID --state DIR [-q] COMMAND ...
+USAGE = """usage: rover --link URL [--link URL ...] --device ID --state DIR [-q] COMMAND ...
+
+links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?mtu=N];
+  any may end in ?cost=N (default 1). Relay commands use the first link, backups the
+  cheapest.
 
 commands:
-  backup ROOT [--outbox DIR] [--watch-wait S]
+  backup ROOT [--outbox DIR] [--watch-wait S] [--retries N]
                                    back up the tree under ROOT through the anchor; files under
                                    ROOT/DIR are queued to go out, and the anchor may wait up to
-                                   S seconds (default 600) to see them pass its relay
+                                   S seconds (default 600) to see them pass its relay; a
+                                   lost link is reopened and the backup resumed up to N
+                                   times (default 3)
   fetch URL --out PATH             HTTP(S) GET through the anchor, saved at PATH
   send PATH --to URL [--post]      HTTP PUT (or POST) of a file through the anchor
   publish TOPIC --file PATH        MQTT publish of a file through the anchor's broker
 """
 
-OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait")
+OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
+           "--retries")
 
 
 def parse(argv):
-    opts = {"quiet": False}
+    opts = {"quiet": False, "links": []}
     rest = []
     i = 0
     while i < len(argv):
         a = argv[i]
+        k = v = None
         if a in OPTIONS:
             if i + 1 >= len(argv):
                 raise ValueError("%s needs a value" % a)
-            opts[a[2:]] = argv[i + 1]
+            k, v = a[2:], argv[i + 1]
             i += 2
         elif a.startswith("--") and "=" in a and a.split("=", 1)[0] in OPTIONS:
             k, v = a.split("=", 1)
-            opts[k[2:]] = v
+            k = k[2:]
             i += 1
+        if k == "link":
+            opts["links"].append(v)
+            opts["link"] = opts["links"][0]
+        elif k is not None:
+            opts[k] = v
         elif a in ("-q", "--quiet"):
             opts["quiet"] = True
             i += 1
@@ -78,42 +91,83 @@ def main(argv=None):
         return 2
     log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
     t0 = time.time()
+    if cmd == "backup":
+        return _backup(opts, rest[1], log, t0)
     try:
-        link = open_link(opts["link"])
+        link = open_link(opts["link"], opts["device"], True)
         try:
-            if cmd == "backup":
-                from rover.backup import Backup
-                wait = opts.get("watch-wait", "600")
-                if not wait.isdigit():
-                    raise ValueError("--watch-wait takes whole seconds")
-                s = Backup(link, opts["device"], opts["state"], rest[1], log,
-                           opts.get("outbox"), int(wait)).run()
+            from rover.relay import Relay
+            r = Relay(link, opts["device"], log)
+            r.open()
+            if cmd == "fetch":
+                status, size = r.fetch(rest[1], opts["out"])
+                what = "fetched %d bytes (HTTP %d) into %s" % (size, status, opts["out"])
+            elif cmd == "send":
+                status = r.send_file(rest[1], opts["to"], "POST" if opts.get("post") else "PUT")
+                what = "sent %s to %s (HTTP %d)" % (rest[1], opts["to"], status)
             else:
-                from rover.relay import Relay
-                r = Relay(link, opts["device"], log)
-                r.open()
-                if cmd == "fetch":
-                    status, size = r.fetch(rest[1], opts["out"])
-                    what = "fetched %d bytes (HTTP %d) into %s" % (size, status, opts["out"])
-                elif cmd == "send":
-                    status = r.send_file(rest[1], opts["to"], "POST" if opts.get("post") else "PUT")
-                    what = "sent %s to %s (HTTP %d)" % (rest[1], opts["to"], status)
-                else:
-                    size = r.publish(rest[1], opts["file"])
-                    what = "published %d bytes to %s" % (size, rest[1])
+                size = r.publish(rest[1], opts["file"])
+                what = "published %d bytes to %s" % (size, rest[1])
         finally:
             link.close()
     except (RoverError, LinkError, ProtocolError, OSError, ValueError) as e:
         print("rover: %s failed: %s" % (cmd, e))
         return 1
     dt = time.time() - t0
-    if cmd != "backup":
-        print("rover: %s; link %d bytes out, %d in; %.2f s" % (what, link.tx, link.rx, dt))
-        return 0
+    print("rover: %s; link %d bytes out, %d in; %.2f s" % (what, link.tx, link.rx, dt))
+    return 0
+
+
+def _backup(opts, root, log, t0):
+    from rover.link import open_link, cost, LinkError
+    from rover.conversation import RoverError
+    from rover.backup import Backup
+    from core.messages import ProtocolError
+    wait = opts.get("watch-wait", "600")
+    retries = opts.get("retries", "3")
+    if not wait.isdigit() or not retries.isdigit():
+        print("rover: --watch-wait and --retries take whole numbers")
+        return 2
+    try:
+        url = opts["links"][0]
+        for u in opts["links"][1:]:
+            if cost(u) < cost(url):
+                url = u
+    except LinkError as e:
+        print("rover: backup failed: %s" % e)
+        return 2
+    tx = rx = 0
+    attempt = 0
+    while True:
+        link = None
+        try:
+            link = open_link(url, opts["device"])
+            s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait)).run()
+            break
+        except LinkError as e:
+            # A radio comes and goes: reopen and resume; what the anchor has is not sent again.
+            if attempt >= int(retries):
+                print("rover: backup failed: %s (after %d attempts)" % (e, attempt + 1))
+                return 1
+            attempt += 1
+            log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
+            time.sleep(min(5, attempt))
+        except (RoverError, ProtocolError, OSError, ValueError) as e:
+            print("rover: backup failed: %s" % e)
+            return 1
+        finally:
+            if link is not None:
+                tx += link.tx
+                rx += link.rx
+                try:
+                    link.close()
+                except Exception:
+                    pass
+    dt = time.time() - t0
     print("rover: snapshot %d committed: %d entries, %d bytes; %d changed, %d deleted; "
           "%d chunks (%d bytes) uploaded; link %d bytes out, %d in; %.2f s"
           % (s["snapshot"], s["entries"], s["bytes"], s["changed"], s["deleted"], s["chunks_sent"],
-             s["data_bytes_sent"], link.tx, link.rx, dt))
+             s["data_bytes_sent"], tx, rx, dt))
     return 0
 
 

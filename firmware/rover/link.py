@@ -11,12 +11,29 @@ class LinkError(Exception):
     pass
 
 
+def _split_query(url):
+    base, _, query = url.partition("?")
+    opts = {}
+    for kv in query.split("&") if query else ():
+        k, _, v = kv.partition("=")
+        if not v.isdigit():
+            raise LinkError("link %s: option %s needs a whole number" % (url, k))
+        opts[k] = int(v)
+    return base, opts
+
+
 def parse(url):
-    if url.startswith("tcp://"):
-        host, sep, port = url[6:].rpartition(":")
+    base, opts = _split_query(url)
+    if base.startswith("tcp://"):
+        host, sep, port = base[6:].rpartition(":")
         if sep and host and port.isdigit():
             return ("tcp", host, int(port))
-    raise LinkError("link %s: expected tcp://HOST:PORT" % url)
+    raise LinkError("link %s: expected tcp://HOST:PORT, serial:DEVICE[:BAUD] or mqtt://HOST:PORT" % url)
+
+
+def cost(url):
+    """The link's configured cost (`?cost=N`, default 1): backups take the cheapest link."""
+    return _split_query(url)[1].get("cost", 1)
 
 
 class TcpLink:
@@ -95,6 +112,43 @@ class TcpLink:
         self.sock.close()
 
 
-def open_link(url):
-    kind, host, port = parse(url)
-    return TcpLink(host, port)
+def open_link(url, device=None, urgent=False):
+    """A link to the anchor. TCP carries the session directly; a serial line or an MQTT
+    broker carries a channel (core/channel.py), and the session runs on one of its
+    streams (`urgent` for relay requests, which then go before any backup traffic)."""
+    if url.startswith("tcp://"):
+        kind, host, port = parse(url)
+        return TcpLink(host, port)
+    if url.startswith("serial:"):
+        from rover.serial_port import SerialPort, parse_serial_url
+        try:
+            dev, baud, opts = parse_serial_url(url)
+        except ValueError as e:
+            raise LinkError(str(e))
+        kw = {}
+        if "mtu" in opts:
+            kw["mtu"] = opts["mtu"]
+        port = SerialPort(dev, baud, rxbuf=opts.get("rxbuf"), **kw)
+        # The UART's receive buffer is all the anchor may have in flight towards us.
+        rx_window = opts.get("rxbuf")
+    elif url.startswith("mqtt://"):
+        from rover.mqtt_port import MqttPort, parse_mqtt_url
+        if device is None:
+            raise LinkError("an MQTT link needs the device id")
+        try:
+            host, port_no, opts = parse_mqtt_url(url)
+        except ValueError as e:
+            raise LinkError(str(e))
+        port = MqttPort(host, port_no, device, opts.get("mtu"))
+        rx_window = None
+    else:
+        parse(url)        # raises the error naming the forms we take
+    from rover.chanlink import ChannelLink
+    try:
+        cl = ChannelLink(port, rx_window=rx_window)
+    except LinkError:
+        port.close()
+        raise
+    s = cl.stream(urgent)
+    s.owns_link = True
+    return s

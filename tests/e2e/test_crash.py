@@ -48,7 +48,7 @@ def test_sigkill_mid_backup_then_resume(tmp_path):
 
         relay = CountingRelay("127.0.0.1", anchor.port)
         rover = subprocess.Popen(rover_cmd("micropython", "tcp://127.0.0.1:%d" % relay.port, "rover-k",
-                                           state, "backup", src),
+                                           state, "backup", src, "--retries", "0"),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             # Kill once about half of the new data has crossed the link.
