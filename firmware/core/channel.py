@@ -378,8 +378,10 @@ class Channel:
             if self.ack_due is None:
                 self.ack_due = now + ACK_DELAY
             # Half a window unacknowledged: acknowledge now so the sender keeps streaming.
-            self._rx_since_ack += n + self.overhead
-            if self._rx_since_ack * 2 >= max(self._wnd_sent, 1):
+            # Every second packet, as TCP does: the sender may keep less in flight than our
+            # window (its tx_window), so half our window could be a long wait.
+            self._rx_since_ack += 1
+            if self._rx_since_ack >= 2:
                 self.ack_due = 0
 
     def _on_syn(self, pkt, now):

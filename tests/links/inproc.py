@@ -45,6 +45,12 @@ class InprocAnchor:
     async def _open(self, data_dir):
         return Anchor(data_dir)
 
+    def start_mgmt(self, path):
+        """The management API on a unix socket; returns the address anchorctl takes."""
+        from anchor import mgmt
+        self.mgmt_server = self.lt.call(mgmt.start(self.anchor, path))
+        return "unix:" + path
+
     def serve(self, port, **options):
         """Serve a packet port (the anchor end of a link) until it is gone."""
         fut = self.lt.spawn(serve_port(self.anchor, port, **options))
@@ -62,6 +68,8 @@ class InprocAnchor:
     def close(self):
         for f in self.served:
             f.cancel()
+        if getattr(self, "mgmt_server", None):
+            self.lt.loop.call_soon_threadsafe(self.mgmt_server.close)
         if getattr(self, "tcp_server", None):
             self.lt.loop.call_soon_threadsafe(self.tcp_server.close)
         self.lt.call(self._close())

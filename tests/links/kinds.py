@@ -1,0 +1,89 @@
+"""Every kind of link behind one small interface, for the conformance suite.
+
+A kind stands up the anchor's end for a `server` (anything with `serve_stream(reader,
+writer)`: the real Anchor, or a test server) and opens rover-side links to it:
+
+    kind.start(inproc_anchor, server)
+    link = kind.open()          # a rover link: write, readinto, set_timeout, close, tx, rx
+    kind.cut()                  # break the link the way that kind breaks (radio gone)
+    kind.stop()
+"""
+import asyncio
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
+
+from anchor.chanlink import serve_port  # noqa: E402
+from memory_link import MemoryLink  # noqa: E402
+from rover.chanlink import ChannelLink  # noqa: E402
+from rover.link import TcpLink  # noqa: E402
+
+
+class Kind:
+    name = "?"
+    # bytes a writer may push against a reader that does not read, before it must block
+    backlog = 2 << 20
+
+    def start(self, ia, server):
+        self.ia = ia
+        self.server = server
+
+    def stop(self):
+        pass
+
+
+class MemoryKind(Kind):
+    name = "memory"
+
+    def start(self, ia, server):
+        Kind.start(self, ia, server)
+        self.links = []
+
+    def open(self, urgent=False):
+        ml = MemoryLink(self.ia.lt.loop, mtu=512)
+        self.links.append(ml)
+        self.ia.lt.spawn(serve_port(self.server, ml.anchor_end))
+        cl = ChannelLink(ml.rover_end)
+        s = cl.stream(urgent)
+        s.owns_link = True
+        return s
+
+    def cut(self):
+        for ml in self.links:
+            ml.cut()
+
+    def stop(self):
+        self.cut()
+
+
+class TcpKind(Kind):
+    name = "tcp"
+    backlog = 64 << 20       # loopback socket buffers hold several MB
+
+    def start(self, ia, server):
+        Kind.start(self, ia, server)
+        from linkemu import CountingRelay
+
+        async def listen():
+            srv = await asyncio.start_server(server.serve_stream, "127.0.0.1", 0)
+            return srv, srv.sockets[0].getsockname()[1]
+        self.srv, port = ia.lt.call(listen())
+        # Through the counting relay, so cut() can break connections as a radio would.
+        self.relay = CountingRelay("127.0.0.1", port)
+
+    def open(self, urgent=False):
+        return TcpLink("127.0.0.1", self.relay.port)
+
+    def cut(self):
+        self.relay.cut()
+
+    def stop(self):
+        self.relay.close()
+        self.ia.lt.loop.call_soon_threadsafe(self.srv.close)
+
+
+KINDS = {"memory": MemoryKind, "tcp": TcpKind}
