@@ -555,6 +555,10 @@ class Channel:
             return None
         s = self.streams[pick]
         if not urgent:
+            # While a relay exchange is open, backup data trickles one packet at a time:
+            # whatever is in flight queues in front of the relay's next message.
+            if self.inflight_bytes and self._urgent_open():
+                return None
             self._rr = (pick + 1) % (MAX_STREAMS // 2)
         if s.tx.count:
             n = min(s.tx.count, limit, room - HEADER - self.overhead)
@@ -581,6 +585,12 @@ class Channel:
         if self.last_progress is None or len(self.inflight) == 1:
             self.last_progress = now
         return pkt
+
+    def _urgent_open(self):
+        for sid in self.streams:
+            if sid >= URGENT:
+                return True
+        return False
 
     def next_timeout(self, now):
         """The time packet_to_send() next has something to do, or None."""

@@ -217,6 +217,8 @@ class StreamLink:
             link.ch.close_stream(self.sid)
         finally:
             link.lock.release()
+        if not self.owns_link:
+            return        # the FIN goes out with the next pump of whichever stream is busy
         try:
             link.run(lambda: link.ch.flushed(self.sid), 5000, "closing")
         except LinkError:

@@ -86,4 +86,48 @@ class TcpKind(Kind):
         self.ia.lt.loop.call_soon_threadsafe(self.srv.close)
 
 
-KINDS = {"memory": MemoryKind, "tcp": TcpKind}
+class SerialKind(Kind):
+    """A pty pair joined by the link emulator; pyserial on the anchor, termios on the rover."""
+    name = "serial"
+    backlog = 512 << 10
+
+    def __init__(self, **emu):
+        self.emu = emu
+
+    def start(self, ia, server):
+        Kind.start(self, ia, server)
+        from linkemu import PtyLink
+        from anchor.serial_port import SerialListener
+        self.pty = PtyLink(**self.emu)
+
+        async def listen():
+            lst = SerialListener(self.pty.anchor_link, 115200,
+                                 on_port=lambda port: serve_port(server, port))
+            lst.start()
+            return lst
+        self.listener = ia.lt.call(listen())
+
+    def open(self, urgent=False, **channel):
+        from rover.serial_port import SerialPort
+        port = SerialPort(self.pty.rover_link, 115200)
+        try:
+            cl = ChannelLink(port, **channel)
+        except Exception:
+            port.close()
+            raise
+        self.channel = cl
+        s = cl.stream(urgent)
+        s.owns_link = True
+        return s
+
+    def cut(self):
+        # The rover's end of the line goes away (a cable pulled, a radio off).
+        self.pty.vanish("rover")
+        self.pty.reappear("rover")
+
+    def stop(self):
+        self.ia.lt.loop.call_soon_threadsafe(self.listener.close)
+        self.pty.close()
+
+
+KINDS = {"memory": MemoryKind, "tcp": TcpKind, "serial": SerialKind}
