@@ -27,6 +27,15 @@ def parse_mqtt(url):
     return host.strip("[]"), int(port)
 
 
+def parse_serial(spec):
+    device, sep, baud = spec.rpartition(":")
+    if not sep or not baud.isdigit():
+        device, baud = spec, "115200"
+    if not device or int(baud) <= 0:
+        raise ValueError("serial %r: expected DEVICE[:BAUD]" % spec)
+    return device, int(baud)
+
+
 def parse_unix(url):
     if not url.startswith("unix:") or len(url) <= 5:
         raise ValueError("management address %r: expected unix:PATH" % url)
@@ -40,7 +49,15 @@ def main(argv=None):
     sp.add_argument("--data", default=DEFAULT_DATA, help="data directory (default %(default)s)")
     sp.add_argument("--listen", default=DEFAULT_LISTEN, help="rover link, tcp://HOST:PORT (default %(default)s; port 0 picks one)")
     sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
-    sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes, mqtt://HOST:PORT (default: none)")
+    sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes and for rovers that link over MQTT "
+                    "(topics anchor/v1/DEVICE/up and /down), mqtt://HOST:PORT (default: none)")
+    sp.add_argument("--no-mqtt-links", action="store_true", help="use the broker for relayed publishes only")
+    sp.add_argument("--serial", action="append", default=[], metavar="DEVICE[:BAUD]",
+                    help="serve rovers on a serial line (UART radio modem, USB serial); repeatable; "
+                         "reopened when it vanishes and comes back (default baud 115200)")
+    sp.add_argument("--ble", action="store_true", help="scan for BLE rovers and connect (BlueZ, via bleak)")
+    sp.add_argument("--ble-allow", action="append", default=[], metavar="ADDRESS_OR_NAME",
+                    help="with --ble: only these rovers (repeatable; default: any advertising the Anchor service)")
     sp.add_argument("--proxy", default=None, help="HTTP forward proxy for rovers with IP, tcp://HOST:PORT (default: off; port 0 picks one)")
     sp.add_argument("--no-capture", action="store_true", help=argparse.SUPPRESS)  # measurement only: relay without keeping bodies
     sp.add_argument("--capacity", default=None,
@@ -58,6 +75,7 @@ def main(argv=None):
         mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
         broker = parse_mqtt(args.broker) if args.broker else None
         proxy = parse_tcp(args.proxy) if args.proxy else None
+        serial = [parse_serial(d) for d in args.serial]
     except ValueError as e:
         ap.error(str(e))
 
@@ -91,7 +109,9 @@ def main(argv=None):
             os.rename(tmp, args.ready_file)
 
     try:
-        asyncio.run(serve(anchor, host, port, mgmt, ready, proxy))
+        links = {"serial": serial, "mqtt_links": bool(broker) and not args.no_mqtt_links,
+                 "ble": args.ble_allow if args.ble else None}
+        asyncio.run(serve(anchor, host, port, mgmt, ready, proxy, links))
     except KeyboardInterrupt:
         pass
     finally:

@@ -172,12 +172,74 @@ class _UncapturedRelay(RelayHandler):
         pass
 
 
-async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None):
+class _MqttLinks:
+    """The MQTT link listener, retried in the background while the broker is away: the
+    anchor serves its other links meanwhile, and relayed publishes fail clearly."""
+
+    def __init__(self, broker, on_port):
+        self.broker = broker
+        self.on_port = on_port
+        self.listener = None
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        from anchor.mqtt_port import MqttListener
+        backoff = 1.0
+        while True:
+            lst = MqttListener(self.broker[0], self.broker[1], self.on_port)
+            try:
+                await lst.start()
+            except ConnectionError as e:
+                if backoff == 1.0:
+                    log.warning("MQTT links not available yet: %s; retrying", e)
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            self.listener = lst
+            log.info("MQTT links on mqtt://%s:%d (topics anchor/v1/+/up)", *self.broker)
+            return
+
+    def close(self):
+        self.task.cancel()
+        if self.listener is not None:
+            self.listener.close()
+
+
+async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
+    """Listeners for the radio links; each rover that appears on one gets a channel whose
+    streams are served like TCP connections. serial: [(device, baud)]; mqtt_links: take
+    rover links on the relay's broker; ble: None, or an allow list (empty: any rover
+    advertising the service). Returns the listeners (each has close())."""
+    from anchor.chanlink import serve_port
+    out = []
+
+    def on_port(port):
+        return serve_port(anchor, port)
+    for device, baud in serial:
+        from anchor.serial_port import SerialListener
+        lst = SerialListener(device, baud, on_port=on_port)
+        lst.start()
+        out.append(lst)
+        log.info("serial link on %s at %d baud", device, baud)
+    if mqtt_links and anchor.broker:
+        out.append(_MqttLinks(anchor.broker, on_port))
+    if ble is not None:
+        from anchor.ble_port import BleScanner
+        lst = BleScanner(on_port=on_port, allow=list(ble) or None)
+        lst.start()
+        out.append(lst)
+        log.info("BLE: scanning for rovers")
+    return out
+
+
+async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None):
     """Serve rover links, the management API and, if `proxy` is (host, port), the HTTP
-    forward proxy. `ready(port, proxy_port)` is called once all of them listen."""
+    forward proxy. `ready(port, proxy_port)` is called once all of them listen. `links`:
+    keyword arguments for start_links (serial, MQTT and BLE listeners)."""
     from anchor import mgmt
     from anchor import retention
     retention.of(anchor).enforce()     # a smaller --capacity than last time applies at once
+    listeners = await start_links(anchor, **(links or {}))
     server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)
     port = server.sockets[0].getsockname()[1]
     mserver = pserver = None
@@ -198,6 +260,8 @@ async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, pr
         await server.serve_forever()
     finally:
         server.close()
+        for lst in listeners:
+            lst.close()
         for s in (mserver, pserver):
             if s:
                 s.close()
