@@ -100,6 +100,8 @@ class Api:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
             return await self._json(writer, self.stats())
+        if segs[1:] == ["verify"]:
+            return await self._json(writer, self.verify())
         if segs[1:] == ["watch"]:
             from anchor import watchlist
             return await self._json(writer, watchlist.of(self.anchor).listing())
@@ -207,6 +209,17 @@ class Api:
             self.anchor.trees.delete(root)
         log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
         return {"forgotten": snap["id"], "chunks_released": len(released), "tree_freed": freed}
+
+    def verify(self):
+        """Re-read and re-hash every stored chunk, and check that every chunk a snapshot
+        keeps is in the store. Runs on the event loop: sessions wait while it reads."""
+        r = self.anchor.store.verify()
+        missing = 0
+        for (cid,) in self.catalog.db.execute("SELECT chunk FROM live_chunks"):
+            if not self.anchor.store.has(cid):
+                missing += 1
+        return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,
+                "ok": not r["bad"] and not missing}
 
     def stats(self):
         store = self.anchor.store.stats()

@@ -77,6 +77,19 @@ class _Ring:
         self.count += n
         return n
 
+    def peek_into(self, out, skip, n):
+        """Copy n bytes starting `skip` bytes after the head into memoryview `out`."""
+        start = (self.head + skip) % self.size
+        first = min(n, self.size - start)
+        mv = memoryview(self.buf)
+        out[0:first] = mv[start:start + first]
+        if n > first:
+            out[first:n] = mv[0:n - first]
+
+    def drop(self, n):
+        self.head = (self.head + n) % self.size
+        self.count -= n
+
     def get_into(self, out, n):
         """Move up to n bytes into memoryview `out`; returns how many."""
         n = min(n, self.count, len(out))
@@ -93,11 +106,36 @@ class _Ring:
 class _Stream:
     def __init__(self, rx_size, tx_size):
         self.rx = _Ring(rx_size)
+        # The tx ring keeps what was sent until the peer acknowledges it, so a packet is
+        # rebuilt from it when resent: no copy of in-flight data is held anywhere else.
         self.tx = _Ring(tx_size)
+        self.tx_base = 0            # stream offset of the tx ring's head
+        self.tx_sent = 0            # bytes after the head already sent (awaiting ACK)
         self.fin_wanted = False     # the local side closed: send FIN after the data
         self.fin_sent = False
         self.fin_acked = False
         self.eof = False            # the peer's FIN arrived
+
+
+class _Flight:
+    """Packets sent and not yet acknowledged, oldest first, in arrays taken once."""
+
+    def __init__(self, cap):
+        self.cap = cap
+        self.sid = bytearray(cap)
+        self.kind = bytearray(cap)
+        self.sends = bytearray(cap)
+        self.length = [0] * cap
+        self.off = [0] * cap        # stream offset of the packet's first byte
+        self.sent = [0] * cap       # time of the last send
+        self.head = 0
+        self.count = 0
+
+    def slot(self, i):
+        return (self.head + i) % self.cap
+
+
+MAX_INFLIGHT = const(48)
 
 
 class Channel:
@@ -118,6 +156,8 @@ class Channel:
         self.peer_mtu = mtu
         self.overhead = overhead
         self.rx_window = min(rx_window, 0xFFFF)
+        self._out = bytearray(max(mtu, HEADER + 7))   # every packet is built here
+        self._outmv = memoryview(self._out)
         self.rx_buffer = rx_buffer
         self.tx_buffer = tx_buffer
         self.tx_window = tx_window
@@ -131,9 +171,10 @@ class Channel:
         self._rr = 0               # round-robin start among streams of one priority
         # sender
         self.snd_nxt = 0
-        self.inflight = []         # [seq, packet, sent_ms, sends] oldest first
+        self.fl = _Flight(MAX_INFLIGHT)
+        self.snd_una = 0           # seq of the oldest packet in flight
         self.inflight_bytes = 0
-        self.resend = 0            # index into inflight of the next packet to resend
+        self.resend = 0            # index into the flight of the next packet to resend
         self.peer_wnd = 0
         self.rto = INITIAL_RTO
         self.srtt = 0
@@ -145,7 +186,7 @@ class Channel:
         self._ctrl_at = None
         self._probe_at = None
         self._syn_sent = 0
-        self.resend_end = 0        # resend inflight[resend:resend_end] before anything new
+        self.resend_end = 0        # resend flight[resend:resend_end] before anything new
         self.recovering = False    # after a timeout, the next ACK decides what to resend
         self.ghost = 0             # wire bytes of a resent copy that may still arrive
         self.ghost_until = 0
@@ -176,7 +217,8 @@ class Channel:
         self.streams = {}
         self._accepted = []
         self.snd_nxt = 0
-        self.inflight = []
+        self.snd_una = 0
+        self.fl.head = self.fl.count = 0
         self.inflight_bytes = 0
         self.resend = 0
         self.resend_end = 0
@@ -273,10 +315,7 @@ class Channel:
         if s is None:
             return True
         if s.tx.count:
-            return False
-        for e in self.inflight:
-            if e[1][0] & 15 == sid:
-                return False
+            return False       # unsent, or sent and not acknowledged
         return not s.fin_wanted or s.fin_acked
 
     def _maybe_forget(self, sid):
@@ -404,21 +443,32 @@ class Channel:
         self._ctrl_at = now
 
     def _on_ack(self, ack, wnd, pure, now):
-        if self.inflight and _before(ack, self.inflight[0][0]):
+        fl = self.fl
+        if fl.count and _before(ack, self.snd_una):
             return                          # an old packet overtaken by newer news
+        if _before(self.snd_nxt, ack):
+            return                          # acknowledges what was never sent: ignore
         freed = 0
         sample = None
-        while self.inflight and _before(self.inflight[0][0], ack):
-            e = self.inflight.pop(0)
-            self.inflight_bytes -= len(e[1]) + self.overhead
+        while fl.count and _before(self.snd_una, ack):
+            i = fl.head
+            n = fl.length[i]
+            self.inflight_bytes -= HEADER + n + self.overhead
             freed += 1
-            if e[3] == 1:
-                sample = now - e[2]
-            if e[1][0] >> 4 == FIN:
-                s = self.streams.get(e[1][0] & 15)
-                if s is not None:
+            if fl.sends[i] == 1:
+                sample = now - fl.sent[i]
+            s = self.streams.get(fl.sid[i])
+            if s is not None:
+                if fl.kind[i] == FIN:
                     s.fin_acked = True
-                    self._maybe_forget(e[1][0] & 15)
+                    self._maybe_forget(fl.sid[i])
+                else:
+                    s.tx.drop(n)
+                    s.tx_base += n
+                    s.tx_sent -= n
+            fl.head = (i + 1) % fl.cap
+            fl.count -= 1
+            self.snd_una = (self.snd_una + 1) & 0xFFFF
         old_wnd = self.peer_wnd
         self.peer_wnd = wnd
         if freed:
@@ -428,12 +478,12 @@ class Channel:
             self.last_progress = now
             if self.recovering:
                 self.recovering = False
-                if self.inflight and self.resend_end == 0:
+                if fl.count and self.resend_end == 0:
                     self._go_back(now)
-            self.rto_at = now + self.rto if self.inflight else None
+            self.rto_at = now + self.rto if fl.count else None
             if sample is not None:
                 self._take_rtt(sample, now)
-        elif pure and self.inflight and wnd == old_wnd:
+        elif pure and fl.count and wnd == old_wnd:
             self.dupacks += 1
             if self.dupacks == DUPACKS and self.resend_end == 0:
                 # The peer keeps saying where it is stuck: go back now, not at the timeout.
@@ -455,25 +505,28 @@ class Channel:
 
     def _go_back(self, now, count=0):
         self.resend = 0
-        self.resend_end = count or len(self.inflight)
+        self.resend_end = count or self.fl.count
         self.recovering = count != 0
         self.rto_at = now + self.rto
 
     # --- sending -------------------------------------------------------------------------
 
     def _header(self, kind, sid, seq):
+        """Write a header into the packet buffer; every packet carries our ACK and window."""
         self._wnd_sent = self._window()
         self._rx_since_ack = 0
         self.ack_due = None
-        return struct.pack(_HDR, (kind << 4) | sid, self.epoch, seq, self.rcv_nxt, self._wnd_sent)
+        struct.pack_into(_HDR, self._out, 0, (kind << 4) | sid, self.epoch, seq, self.rcv_nxt, self._wnd_sent)
 
     def packet_to_send(self, now):
         """The next packet to put on the link now, or None. Call until None after every
-        receive, write, read or timeout."""
+        receive, write, read or timeout. The packet is a view of one buffer, valid until
+        the next call: send it (or copy it) at once."""
         if self.state == DEAD:
             return None
+        fl = self.fl
         if self.last_progress is not None and self.state != LISTEN and now - self.last_progress > self.dead_ms:
-            if self.inflight or self.state == SYN_SENT:
+            if fl.count or self.state == SYN_SENT:
                 self._die("no answer on the link for %d s" % (self.dead_ms // 1000))
                 return None
         if self._ctrl is not None and now >= self._ctrl_at:
@@ -482,15 +535,18 @@ class Channel:
                 self._syn_sent = now
                 self._ctrl_at = now + self.rto
                 self.rto = min(MAX_RTO, self.rto * 2)
-                return self._header(SYN, 0, 0) + struct.pack(">BIH", VERSION, self.conn_id, self.mtu)
-            self._ctrl = None
-            if kind == SYNACK:
-                return self._header(SYNACK, 0, 0) + struct.pack(">BIH", VERSION, self.conn_id, self.mtu)
-            return struct.pack(_HDR, RST << 4, self.epoch, 0, 0, 0)
+            else:
+                self._ctrl = None
+            if kind == RST:
+                struct.pack_into(_HDR, self._out, 0, RST << 4, self.epoch, 0, 0, 0)
+                return self._outmv[:HEADER]
+            self._header(kind, 0, 0)
+            struct.pack_into(">BIH", self._out, HEADER, VERSION, self.conn_id, self.mtu)
+            return self._outmv[:HEADER + 7]
         if self.state != OPEN:
             return None
         # retransmissions first: the peer can use nothing after a gap
-        if self.rto_at is not None and now >= self.rto_at and self.inflight:
+        if self.rto_at is not None and now >= self.rto_at and fl.count:
             self.timeouts += 1
             self.rto = min(MAX_RTO, self.rto * 2)
             # Only the oldest packet: the peer may just be busy with the rest sitting in
@@ -499,42 +555,55 @@ class Channel:
             self._go_back(now, 1)
             # The copy may land in the peer's buffer after it has drained the original:
             # keep its room free for a while, so it cannot push out a new packet.
-            self.ghost = len(self.inflight[0][1]) + self.overhead
+            self.ghost = HEADER + fl.length[fl.head] + self.overhead
             self.ghost_until = now + self.rto
-        if self.resend < self.resend_end and self.resend < len(self.inflight):
-            e = self.inflight[self.resend]
+        if self.resend < self.resend_end and self.resend < fl.count:
+            i = fl.slot(self.resend)
+            seq = (self.snd_una + self.resend) & 0xFFFF
             self.resend += 1
             self.retransmits += 1
-            e[3] += 1
-            e[2] = now
-            pkt = e[1]
-            # refresh ack and window in the stored packet
-            hdr = self._header(pkt[0] >> 4, pkt[0] & 15, e[0])
-            pkt[0:HEADER] = hdr
-            return pkt
+            if fl.sends[i] < 255:
+                fl.sends[i] += 1
+            fl.sent[i] = now
+            return self._build(i, seq)
         self.resend = self.resend_end = 0
         pkt = self._next_data(now)
         if pkt is not None:
             return pkt
         if self.ack_due is not None and now >= self.ack_due:
-            return self._header(ACK, 0, self.snd_nxt)
+            self._header(ACK, 0, self.snd_nxt)
+            return self._outmv[:HEADER]
         if self._window_blocked():
             if self._probe_at is None:
                 self._probe_at = now + self.rto
             elif now >= self._probe_at:
                 self._probe_at = now + self.rto
-                return self._header(PROBE, 0, self.snd_nxt)
+                self._header(PROBE, 0, self.snd_nxt)
+                return self._outmv[:HEADER]
         return None
 
+    def _build(self, i, seq):
+        """The packet in flight slot i, rebuilt from its stream's tx ring."""
+        fl = self.fl
+        n = fl.length[i]
+        self._header(fl.kind[i], fl.sid[i], seq)
+        if n:
+            s = self.streams[fl.sid[i]]
+            s.tx.peek_into(self._outmv[HEADER:HEADER + n], fl.off[i] - s.tx_base, n)
+        return self._outmv[:HEADER + n]
+
     def _window_blocked(self):
-        if self.inflight:
+        if self.fl.count:
             return False
         for s in self.streams.values():
-            if s.tx.count or (s.fin_wanted and not s.fin_sent):
+            if s.tx.count > s.tx_sent or (s.fin_wanted and not s.fin_sent):
                 return True
         return False
 
     def _next_data(self, now):
+        fl = self.fl
+        if fl.count >= fl.cap:
+            return None
         room = min(self.peer_wnd, self.tx_window) - self.inflight_bytes
         if self.ghost and now < self.ghost_until:
             room -= self.ghost
@@ -546,7 +615,7 @@ class Channel:
             for i in range(MAX_STREAMS // 2):
                 sid = (URGENT if urgent else 0) + (self._rr + i) % (MAX_STREAMS // 2)
                 s = self.streams.get(sid)
-                if s is not None and (s.tx.count or (s.fin_wanted and not s.fin_sent)):
+                if s is not None and (s.tx.count > s.tx_sent or (s.fin_wanted and not s.fin_sent)):
                     pick = sid
                     break
             if pick is not None:
@@ -560,31 +629,35 @@ class Channel:
             if self.inflight_bytes and self._urgent_open():
                 return None
             self._rr = (pick + 1) % (MAX_STREAMS // 2)
-        if s.tx.count:
-            n = min(s.tx.count, limit, room - HEADER - self.overhead)
+        unsent = s.tx.count - s.tx_sent
+        if unsent:
+            n = min(unsent, limit, room - HEADER - self.overhead)
             if n <= 0:
                 return None
-            # Do not cut small packets from a trickle when a full one is nearly ready:
-            # wait for a whole packet only if more is in flight to carry the ACK clock.
-            pkt = bytearray(HEADER + n)
-            s.tx.get_into(memoryview(pkt)[HEADER:], n)
+            off = s.tx_base + s.tx_sent
+            s.tx_sent += n
             kind = DATA
         else:
-            if room < HEADER + self.overhead:
-                return None
-            pkt = bytearray(HEADER)
+            n = 0
+            off = 0
             s.fin_sent = True
             kind = FIN
         seq = self.snd_nxt
         self.snd_nxt = (seq + 1) & 0xFFFF
-        pkt[0:HEADER] = self._header(kind, pick, seq)
-        self.inflight.append([seq, pkt, now, 1])
-        self.inflight_bytes += len(pkt) + self.overhead
+        i = fl.slot(fl.count)
+        fl.count += 1
+        fl.sid[i] = pick
+        fl.kind[i] = kind
+        fl.length[i] = n
+        fl.off[i] = off
+        fl.sent[i] = now
+        fl.sends[i] = 1
+        self.inflight_bytes += HEADER + n + self.overhead
         if self.rto_at is None:
             self.rto_at = now + self.rto
-        if self.last_progress is None or len(self.inflight) == 1:
+        if self.last_progress is None or fl.count == 1:
             self.last_progress = now
-        return pkt
+        return self._build(i, seq)
 
     def _urgent_open(self):
         for sid in self.streams:
@@ -596,10 +669,10 @@ class Channel:
         """The time packet_to_send() next has something to do, or None."""
         t = None
         for c in (self._ctrl_at if self._ctrl is not None else None, self.ack_due,
-                  self.rto_at if self.inflight else None, self._probe_at):
+                  self.rto_at if self.fl.count else None, self._probe_at):
             if c is not None and (t is None or c < t):
                 t = c
-        if self.last_progress is not None and (self.inflight or self.state == SYN_SENT):
+        if self.last_progress is not None and (self.fl.count or self.state == SYN_SENT):
             d = self.last_progress + self.dead_ms + 1
             if t is None or d < t:
                 t = d

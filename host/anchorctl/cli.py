@@ -83,6 +83,18 @@ def cmd_forget(c, a):
           % (r["forgotten"], a.device, r["chunks_released"]))
 
 
+def cmd_verify(c, a):
+    r = c.verify()
+    if a.json:
+        return r
+    print("%d chunks re-read and re-hashed: %d bad; %d chunks kept by snapshots missing"
+          % (r["chunks"], len(r["bad"]), r["missing"]))
+    for cid in r["bad"][:20]:
+        print("bad chunk %s" % cid)
+    if not r["ok"]:
+        raise AnchorError("the store is damaged")
+
+
 def cmd_watch(c, a):
     rows = c.watch()
     if a.json:
@@ -122,6 +134,7 @@ def main(argv=None):
     p.add_argument("device")
     p.add_argument("snapshot")
     add("stats", cmd_stats, "store and link statistics")
+    add("verify", cmd_verify, "re-read and re-hash every stored chunk; exit 1 if any is bad or missing")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)
     try:

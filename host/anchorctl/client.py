@@ -94,6 +94,9 @@ class Client:
         finally:
             conn.close()
 
+    def verify(self):
+        return self._json("/v1/verify")
+
     def watch(self):
         return self._json("/v1/watch")
 

@@ -172,10 +172,10 @@ def test_backup_resumes_after_the_link_breaks(kind, tmp_path):
     make_files(src, 24, 40_000, 3)       # ~1 MB of incompressible data, ~120 chunks
     link = k.open()
     b = Backup(link, "rover-c", state, src)
-    cut_after = [12]
+    cut_after = [40]
     sent_before_cut = [0]
 
-    # Break the link once a dozen chunks have gone out, from inside the backup's own
+    # Break the link once 40 chunks (a third) have gone out, from inside the backup's own
     # upload path, so the cut lands mid-backup every time.
     orig_write = link.write
 
@@ -191,7 +191,7 @@ def test_backup_resumes_after_the_link_breaks(kind, tmp_path):
         link.close()
     except Exception:
         pass
-    assert sent_before_cut[0] >= 12
+    assert sent_before_cut[0] >= 40
 
     link = k.open()
     try:
