@@ -5,6 +5,7 @@ from core import messages as m
 from core import states
 from core.session import Session
 from rover import buffers
+from rover.link import LinkError
 
 RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <= 4096 bytes
 
@@ -47,7 +48,8 @@ class Conversation:
                 return msg
             n = self.link.readinto(self.rxbuf)
             if not n:
-                raise RoverError("anchor closed the link")
+                # No ERROR first: the link broke (a radio gone, a cut); the backup resumes.
+                raise LinkError("anchor closed the link")
             self.sess.receive_data(memoryview(self.rxbuf)[:n])
 
     def hello(self, parent, caps):
