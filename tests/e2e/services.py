@@ -106,30 +106,36 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Broker:
-    """Debian's mosquitto on a free loopback port, started and stopped by the test."""
+    """Debian's mosquitto on a free loopback port, started and stopped by the test.
 
-    def __init__(self, workdir):
-        self.port = free_port()
-        conf = os.path.join(workdir, "mosquitto.conf")
+    Its log goes to a file (a pipe nobody reads fills up and freezes mosquitto), and it
+    counts as started once it says it is running, not when it opens the socket (it does
+    not accept connections between the two). TCP_NODELAY on: with Nagle, a packet to a
+    rover waits behind the broker's previous PUBACK for the rover's delayed ACK (40 ms),
+    which made a 1 MB backup over MQTT take 22 s instead of 0.8 s."""
+
+    def __init__(self, workdir, port=None):
+        self.port = port or free_port()
+        self.workdir = workdir
+        conf = os.path.join(workdir, "mosquitto-%d.conf" % self.port)
         with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % self.port)
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "set_tcp_nodelay true\n" % self.port)
+        self.log_path = os.path.join(workdir, "mosquitto-%d.log" % self.port)
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", conf, "-v"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, bufsize=0)
-        # mosquitto logs when its listener is open; read until then, bounded in time.
+                                     stderr=self.log)
+        # Wait (bounded) for the line that says it is running.
         deadline = time.monotonic() + 20
         seen = b""
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.proc.stderr], [], [], deadline - time.monotonic())
-            if not r:
-                break
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            seen += line
-            if b"Opening ipv4 listen socket on port %d" % self.port in line:
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with open(self.log_path, "rb") as f:
+                seen = f.read()
+            if b" running" in seen:
                 return
+            time.sleep(0.02)    # polling a log file mosquitto writes; bounded by the deadline
         self.close()
-        raise RuntimeError("mosquitto did not start: %r" % seen)
+        raise RuntimeError("mosquitto did not start: %r" % seen[-2000:])
 
     @property
     def url(self):
@@ -139,7 +145,7 @@ class Broker:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
-        self.proc.stderr.close()
+        self.log.close()
 
 
 class Subscriber:

@@ -27,6 +27,7 @@ class Kind:
     name = "?"
     # bytes a writer may push against a reader that does not read, before it must block
     backlog = 2 << 20
+    resume_files = 24        # files of 40 kB backed up in the resume test
 
     def start(self, ia, server):
         self.ia = ia
@@ -130,4 +131,93 @@ class SerialKind(Kind):
         self.pty.close()
 
 
-KINDS = {"memory": MemoryKind, "tcp": TcpKind, "serial": SerialKind}
+class MqttKind(Kind):
+    """Frames as QoS 1 payloads on per-device topics through Debian's mosquitto."""
+    name = "mqtt"
+    backlog = 512 << 10
+    count = 0
+
+    def start(self, ia, server):
+        Kind.start(self, ia, server)
+        from services import Broker
+        from anchor.mqtt_port import MqttListener
+        self.broker = Broker(str(self.tmp))
+
+        async def listen():
+            lst = MqttListener("127.0.0.1", self.broker.port,
+                               lambda port: serve_port(server, port))
+            await lst.start()
+            return lst
+        self.listener = ia.lt.call(listen())
+        MqttKind.count += 1
+        self.device = "conformance-%d" % MqttKind.count
+
+    def open(self, urgent=False, **channel):
+        from rover.mqtt_port import MqttPort
+        self.port = MqttPort("127.0.0.1", self.broker.port, self.device)
+        try:
+            cl = ChannelLink(self.port, **channel)
+        except Exception:
+            self.port.close()
+            raise
+        self.channel = cl
+        s = cl.stream(urgent)
+        s.owns_link = True
+        return s
+
+    def cut(self):
+        self.port.close()        # the rover drops off the broker (cellular gone)
+
+    def stop(self):
+        self.ia.lt.loop.call_soon_threadsafe(self.listener.close)
+        self.broker.close()
+
+
+class BleKind(Kind):
+    """Two bumble virtual controllers on one LocalLink running real GATT: the rover a
+    peripheral (RX written without response, TX notified), the anchor the central."""
+    name = "ble"
+    backlog = 256 << 10
+
+    def __init__(self, mtu=247):
+        self.mtu = mtu
+        self.pair = None
+
+    def start(self, ia, server):
+        Kind.start(self, ia, server)
+        from ble_bumble import BumblePair
+        self.pair = BumblePair(mtu=self.mtu)
+        self.pair.start()
+
+    def open(self, urgent=False, **channel):
+        from rover.ble_port import GattPeripheralLink
+        # The central connects from the anchor's own loop, as the daemon's scanner does.
+        fut = self.ia.lt.spawn(self.pair.connect_central(mtu=self.mtu))
+        self.port = GattPeripheralLink(self.pair.rover, accept_timeout_ms=10000)
+        anchor_port = fut.result(15)
+        self.ia.lt.spawn(serve_port(self.server, anchor_port))
+        cl = ChannelLink(self.port, **channel)
+        self.channel = cl
+        s = cl.stream(urgent)
+        s.owns_link = True
+        return s
+
+    def cut(self):
+        self.pair.rover.disconnect()
+
+    def stop(self):
+        if self.pair is not None:
+            self.pair.close()
+
+
+class Ble23Kind(BleKind):
+    name = "ble-mtu23"
+    backlog = 64 << 10
+    resume_files = 8         # 12 bytes of data per 20-byte packet: keep the test short
+
+    def __init__(self):
+        BleKind.__init__(self, 23)
+
+
+KINDS = {"memory": MemoryKind, "tcp": TcpKind, "serial": SerialKind, "mqtt": MqttKind, "ble": BleKind,
+         "ble-mtu23": Ble23Kind}

@@ -169,13 +169,13 @@ def test_backup_resumes_after_the_link_breaks(kind, tmp_path):
     mgmt = ia.start_mgmt(str(tmp_path / "mgmt.sock"))
     src = str(tmp_path / "src")
     state = str(tmp_path / "state")
-    make_files(src, 24, 40_000, 3)       # ~1 MB of incompressible data, ~120 chunks
+    make_files(src, k.resume_files, 40_000, 3)   # incompressible, ~5 chunks per file
     link = k.open()
     b = Backup(link, "rover-c", state, src)
-    cut_after = [40]
+    cut_after = [k.resume_files * 5 // 3]
     sent_before_cut = [0]
 
-    # Break the link once 40 chunks (a third) have gone out, from inside the backup's own
+    # Break the link once a third of the chunks have gone out, from inside the backup's own
     # upload path, so the cut lands mid-backup every time.
     orig_write = link.write
 
@@ -191,7 +191,7 @@ def test_backup_resumes_after_the_link_breaks(kind, tmp_path):
         link.close()
     except Exception:
         pass
-    assert sent_before_cut[0] >= 40
+    assert sent_before_cut[0] >= cut_after[0]
 
     link = k.open()
     try:
