@@ -173,14 +173,17 @@ def _enc(obj, out, depth):
 
 # ---------------------------------------------------------------- decoding
 
-def decode(buf, start=0, end=None):
+def decode(buf, start=0, end=None, views=0):
+    """One CBOR item from buf[start:end]. views > 0: byte strings of at least that many
+    bytes come back as memoryviews into buf, not copies (a rover's heap in pieces may hold
+    no free block of 4 KiB); they are valid only as long as buf's contents are."""
     mv = memoryview(buf)
     size = len(mv)
     if end is None:
         end = size
     if start < 0 or end > size or start > end:
         raise CBORError("bad range [%d:%d] for %d bytes" % (start, end, size))
-    obj, pos = _item(mv, start, end, 0)
+    obj, pos = _item(mv, start, end, 0, views)
     if pos != end:
         raise CBORError("%d trailing bytes at offset %d" % (end - pos, pos))
     return obj
@@ -225,7 +228,7 @@ def _arg(mv, pos, end):
     raise CBORError("reserved additional info %d at offset %d" % (ai, pos))
 
 
-def _item(mv, pos, end, depth):
+def _item(mv, pos, end, depth, views=0):
     if pos >= end:
         raise CBORError("truncated input at offset %d" % pos)
     ib = mv[pos]
@@ -255,6 +258,8 @@ def _item(mv, pos, end, depth):
             raise CBORError("truncated string of %d bytes at offset %d" % (n, pos))
         q = p + n
         if major == 2:
+            if views and n >= views:
+                return mv[p:q], q
             return bytes(mv[p:q]), q
         return _text(mv, p, q), q
     # arrays and maps
@@ -267,7 +272,7 @@ def _item(mv, pos, end, depth):
             raise CBORError("array of %d items cannot fit in remaining input at offset %d" % (n, pos))
         items = [None] * n
         for i in range(n):
-            items[i], p = _item(mv, p, end, depth + 1)
+            items[i], p = _item(mv, p, end, depth + 1, views)
         return items, p
     if 2 * n > end - p:
         raise CBORError("map of %d pairs cannot fit in remaining input at offset %d" % (n, pos))
@@ -279,14 +284,14 @@ def _item(mv, pos, end, depth):
             raise CBORError("truncated input at offset %d" % ks)
         if (mv[ks] >> 5) > 3:
             raise CBORError("map key must be int, text or bytes at offset %d" % ks)
-        k, p = _item(mv, ks, end, depth + 1)
+        k, p = _item(mv, ks, end, depth + 1, views)
         kb = bytes(mv[ks:p])
         if prev is not None and kb <= prev:
             if kb == prev:
                 raise CBORError("duplicate map key at offset %d" % ks)
             raise CBORError("map keys out of order at offset %d" % ks)
         prev = kb
-        d[k], p = _item(mv, p, end, depth + 1)
+        d[k], p = _item(mv, p, end, depth + 1, views)
     return d, p
 
 

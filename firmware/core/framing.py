@@ -86,7 +86,10 @@ class Deframer:
     so  sum(len(payload) + 10) + garbage_bytes + pending == bytes accepted.
     """
 
-    def __init__(self, max_payload=MAX_PAYLOAD, buffer_size=None):
+    def __init__(self, max_payload=MAX_PAYLOAD, buffer_size=None, views=False):
+        # views: next_frame() returns a memoryview into the buffer (valid until the next
+        # receive_data) instead of a copy, for a heap that cannot spare a block per frame.
+        self.views = views
         if max_payload < 0 or max_payload > 0xFFFF:
             raise ValueError("max_payload must be in 0..65535")
         frame_max = max_payload + frame_overhead
@@ -200,6 +203,8 @@ class Deframer:
                 # was a bogus header, not a truncated frame.
                 self._cut = -1
                 self.bad_frames += 1
+            if self.views:
+                return mv[p:p + n]
             return bytes(mv[p:p + n])
 
     def _drop_bad(self, s):

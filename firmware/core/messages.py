@@ -419,7 +419,7 @@ def check(msg):
         _opt_text(msg[4], MAX_TEXT, "last-modified")
         _opt_text(msg[5], 128, "content type")
     elif t == BODY:
-        if type(msg[1]) is not bytes or len(msg[1]) > MAX_BODY:
+        if (type(msg[1]) is not bytes and type(msg[1]) is not memoryview) or len(msg[1]) > MAX_BODY:
             _fail("BODY must carry at most %d bytes" % MAX_BODY, E_TOO_LARGE)
     elif t == END:
         _int(msg[1], 0, MAX_RELAY, "body size")
@@ -447,10 +447,10 @@ def encode(msg):
     return cbor.encode(msg)
 
 
-def decode(payload):
-    """Bytes of one frame -> checked message."""
+def decode(payload, views=0):
+    """Bytes of one frame -> checked message (views: see cbor.decode)."""
     try:
-        msg = cbor.decode(payload)
+        msg = cbor.decode(payload, 0, None, views)
     except ValueError as e:
         raise ProtocolError(E_PROTOCOL, "bad CBOR: %s" % e)
     except MemoryError:

@@ -9,12 +9,15 @@ NEED_DATA = None
 
 
 class Session:
-    def __init__(self, role, max_payload=framing.MAX_PAYLOAD, buffer_size=None, tx_buffer=0):
-        # tx_buffer: 0 for fresh bytes per send, a size, or a preallocated bytearray
+    def __init__(self, role, max_payload=framing.MAX_PAYLOAD, buffer_size=None, tx_buffer=0, zero_copy=False):
+        # tx_buffer: 0 for fresh bytes per send, a size, or a preallocated bytearray.
+        # zero_copy: a received BODY is a view into the receive buffer, valid until the
+        # next receive_data (the rover writes it out at once; its heap has no 4 KiB to spare).
         self.role = role
         self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
         self.state = st.START
-        self._deframer = framing.Deframer(max_payload, buffer_size)
+        self._deframer = framing.Deframer(max_payload, buffer_size, zero_copy)
+        self._views = 1024 if zero_copy else 0
         self._pending = b""          # bytes the deframer had no room for yet
         # With tx_buffer, send() encodes into one preallocated buffer and returns a
         # memoryview of it, valid until the next send (the rover's heap cannot afford a
@@ -59,7 +62,7 @@ class Session:
                 if len(self._pending) == before:
                     return NEED_DATA
                 continue
-            msg = m.decode(payload)
+            msg = m.decode(payload, self._views)
             self._advance(self.peer, msg)
             self.purpose_bytes[m.purpose(msg[0])] += len(payload) + framing.frame_overhead
             return msg

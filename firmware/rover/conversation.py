@@ -21,7 +21,7 @@ class Conversation:
         self.device = device
         self.log = log or (lambda s: None)
         buffers.allocate()     # no-op when main.py already took them at start-up
-        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx)
+        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx, True)
         self.rxbuf = bytearray(2048)
         self.cbuf = buffers.chunk
 

@@ -109,7 +109,7 @@ class SerialPort:
         else:
             self._dev = self._open_tty(device, baud)
         # Buffers are taken once: recv/send run for every packet of a backup.
-        self._deframer = framing.Deframer(max_payload=mtu)
+        self._deframer = framing.Deframer(max_payload=mtu, views=True)   # copied into buf at once
         self._rbuf = bytearray(mtu + framing.frame_overhead)
         self._rmv = memoryview(self._rbuf)
         self._roff = 0      # _rbuf[_roff:_rend]: read from the line, not yet taken by the deframer

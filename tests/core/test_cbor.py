@@ -351,3 +351,11 @@ def test_decoded_bytes_do_not_alias_input():
     got = decode(buf)
     buf[1] = 0x7A
     assert got == b"ab"
+
+
+def test_decode_views_leave_large_byte_strings_in_place():
+    buf = cbor.encode([15, b"x" * 2000, b"id"])
+    msg = cbor.decode(buf, 0, None, 1024)
+    assert type(msg[1]) is memoryview and bytes(msg[1]) == b"x" * 2000
+    assert type(msg[2]) is bytes            # small strings are still copies
+    assert type(cbor.decode(buf)[1]) is bytes
