@@ -109,7 +109,7 @@ class ChannelConnection:
         self.port = port
         wire = port.mtu + port.overhead
         self.ch = chan.Channel(False, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
-                               tx_window or 4 * wire, dead_ms)
+                               tx_window or 65535, dead_ms)
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self.tasks = set()

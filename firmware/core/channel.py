@@ -143,9 +143,12 @@ class Channel:
 
     mtu: largest packet the port carries; overhead: bytes the port adds per packet;
     rx_window: wire bytes this end can hold unread (a UART buffer); rx_buffer and
-    tx_buffer: per-stream byte buffers; tx_window: the most wire bytes this end keeps in
-    flight (about the link's bandwidth-delay product: more only queues up in front of
-    urgent packets); dead_ms: no progress for this long ends the channel."""
+    tx_buffer: per-stream byte buffers; tx_window: the most wire bytes this end may keep
+    in flight. Within it the channel keeps about the link's bandwidth-delay product in
+    flight and no more (`cwnd`, adjusted once per round trip from how far the RTT rises
+    above the least seen, as TCP Vegas does): bytes beyond that only queue in the link,
+    in front of the next urgent packet. dead_ms: no progress for this long ends the
+    channel."""
 
     def __init__(self, initiator, mtu, overhead=0, rx_window=4096, rx_buffer=4096, tx_buffer=4096,
                  tx_window=4096, dead_ms=30000):
@@ -161,6 +164,10 @@ class Channel:
         self.rx_buffer = rx_buffer
         self.tx_buffer = tx_buffer
         self.tx_window = tx_window
+        self.cwnd = 0              # set once the peer's mtu is known
+        self.min_rtt = 0
+        self._cwnd_at = 0          # time of the next cwnd adjustment
+        self._cwnd_limited = False # data waited for cwnd (not the peer or the app) lately
         self.dead_ms = dead_ms
         self.state = LISTEN
         self.error = None
@@ -214,6 +221,9 @@ class Channel:
         self.last_progress = now
 
     def _reset_state(self):
+        self.cwnd = 0
+        self.min_rtt = 0
+        self._cwnd_at = 0
         self.streams = {}
         self._accepted = []
         self.snd_nxt = 0
@@ -491,9 +501,31 @@ class Channel:
         if self.peer_wnd >= self.peer_mtu_wire():
             self._probe_at = None
 
+    def _pkt_wire(self):
+        return self.peer_mtu + self.overhead
+
+    def _adjust_cwnd(self, sample, now):
+        pkt = self._pkt_wire()
+        if self.min_rtt == 0 or sample < self.min_rtt:
+            self.min_rtt = sample
+        if now < self._cwnd_at:
+            return
+        self._cwnd_at = now + max(sample, 1)
+        limited = self._cwnd_limited
+        self._cwnd_limited = False
+        # Bytes the link holds queued = cwnd * (1 - min_rtt / rtt): keep one to three
+        # packets there, enough to keep it busy, too few to delay an urgent packet long.
+        queued = self.cwnd * (sample - self.min_rtt) // max(sample, 1)
+        if queued < pkt and limited:
+            self.cwnd = min(self.tx_window, self.cwnd + pkt)
+        elif queued > 3 * pkt:
+            self.cwnd = max(3 * pkt, self.cwnd - pkt)
+
     def _take_rtt(self, sample, now):
         if sample < 0:
             return
+        if self.cwnd:
+            self._adjust_cwnd(sample, now)
         if self.srtt == 0:
             self.srtt = sample
             self.rttvar = sample // 2
@@ -592,6 +624,12 @@ class Channel:
             s.tx.peek_into(self._outmv[HEADER:HEADER + n], fl.off[i] - s.tx_base, n)
         return self._outmv[:HEADER + n]
 
+    def _window_blocked_any(self):
+        for s in self.streams.values():
+            if s.tx.count > s.tx_sent:
+                return True
+        return False
+
     def _window_blocked(self):
         if self.fl.count:
             return False
@@ -604,11 +642,15 @@ class Channel:
         fl = self.fl
         if fl.count >= fl.cap:
             return None
-        room = min(self.peer_wnd, self.tx_window) - self.inflight_bytes
+        if not self.cwnd:
+            self.cwnd = min(self.tx_window, 4 * self._pkt_wire())
+        room = min(self.peer_wnd, self.cwnd) - self.inflight_bytes
         if self.ghost and now < self.ghost_until:
             room -= self.ghost
         limit = self.peer_mtu - HEADER
         if room < HEADER + self.overhead + 1:
+            if self.cwnd < self.peer_wnd and self._window_blocked_any():
+                self._cwnd_limited = True
             return None
         pick = None
         for urgent in (True, False):

@@ -59,12 +59,12 @@ class ChannelLink:
         if rx_window is None:
             rx_window = 4 * wire
         if tx_window is None:
-            tx_window = 4 * wire
+            tx_window = 16384     # a cap: the channel finds the link's own (cwnd)
         self.ch = chan.Channel(True, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
                                tx_window, dead_ms)
         self.buf = bytearray(port.mtu)
         self.lock = _thread.allocate_lock() if _thread else _NoLock()
-        self.users = 0
+        self.shared = _thread is not None   # more than one thread may use the channel
         self.ch.connect(int.from_bytes(os.urandom(4), "big"), now_ms())
         self.run(lambda: self.ch.is_open, connect_ms, "connecting to the anchor")
 
@@ -85,7 +85,6 @@ class ChannelLink:
             if sid is None:
                 raise LinkError("too many streams open on the link")
             self.ch.open_stream(sid)
-            self.users += 1
         finally:
             self.lock.release()
         return StreamLink(self, sid)
@@ -107,7 +106,10 @@ class ChannelLink:
         due = ch.next_timeout(t)
         if due is not None:
             wait_ms = max(0, min(wait_ms, due - t))
-        if self.users > 1:
+        if self.shared:
+            # Another thread may want the channel (to write, or for its own stream) at
+            # any moment, and MicroPython has no condition variable to wake a waiter:
+            # hold the port only briefly.
             wait_ms = min(wait_ms, POLL_SHARED_MS)
         mv = memoryview(self.buf)
         for _ in range(64):
@@ -211,7 +213,6 @@ class StreamLink:
         link = self.link
         link.lock.acquire()
         try:
-            link.users -= 1
             if link.ch.state != chan.OPEN:
                 return
             link.ch.close_stream(self.sid)
