@@ -174,7 +174,7 @@ class StreamLink:
         pos = [0]
 
         def put():
-            pos[0] += ch.write(self.sid, mv[pos[0]:])
+            pos[0] += ch.write(self.sid, mv[pos[0]:], True)
             return pos[0] >= len(mv)
 
         try:

@@ -159,6 +159,10 @@ def _backup(opts, root, log, t0):
             if link is not None:
                 tx += link.tx
                 rx += link.rx
+                ch = getattr(getattr(link, "link", None), "ch", None)
+                if ch is not None and (ch.retransmits or ch.dropped):
+                    log("radio link: %d packets resent (%d timeouts), %d received dropped"
+                        % (ch.retransmits, ch.timeouts, ch.dropped))
                 try:
                     link.close()
                 except Exception:

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Link goodput: how much of a slow link's bandwidth carries backup data (DESIGN section 9).
+
+The MicroPython rover (256 KB heap) backs up a folder of incompressible files (photo-like)
+to an `anchor serve --serial` process over the pty link emulator (tools/linkemu.py PtyLink),
+on two links:
+
+  serial   115200 baud 8N1: 11,520 bytes/s each way, no latency, 512-byte packets
+  ble      BLE-like: 20,000 bytes/s each way, 30 ms one way, 244-byte packets (ATT MTU 247)
+
+goodput = chunk bytes the rover uploaded / (wall time of the backup x link rate). The wall
+time is the rover's whole run: start-up, walk, hash, manifest round trips, upload, commit.
+The line also gives the bytes the rover put on the link (framing, channel headers, session
+messages) over the chunk bytes, and the channel's retransmissions.
+
+Prints one JSON line per link. Usage: tools/bench_goodput.py [--kib N] [--links serial,ble]
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+from harness import AnchorProc, rover_cmd  # noqa: E402
+from linkemu import PtyLink  # noqa: E402
+
+LINKS = {
+    "serial": {"rate": 11520, "latency_ms": 0, "mtu": 512, "what": "115200 baud 8N1"},
+    "ble": {"rate": 20000, "latency_ms": 30, "mtu": 244, "what": "BLE-like: 20 kB/s, 30 ms, ATT MTU 247"},
+}
+
+
+def make_tree(root, kib, seed):
+    rnd = random.Random(seed)
+    os.makedirs(root)
+    left = kib * 1024
+    i = 0
+    while left > 0:
+        n = min(left, rnd.randrange(20_000, 120_000))
+        with open(os.path.join(root, "img%03d.jpg" % i), "wb") as f:
+            f.write(rnd.randbytes(n))
+        left -= n
+        i += 1
+    return i
+
+
+def run(name, kib, seed, work):
+    cfg = LINKS[name]
+    src = os.path.join(work, name + "-src")
+    files = make_tree(src, kib, seed)
+    emu = PtyLink(rate=cfg["rate"], latency_ms=cfg["latency_ms"], seed=seed)
+    anchor = AnchorProc(os.path.join(work, name + "-anchor"), "--serial", emu.anchor_link + ":115200").start()
+    try:
+        url = "serial:%s:115200?mtu=%d" % (emu.rover_link, cfg["mtu"])
+        t0 = time.monotonic()
+        p = subprocess.run(rover_cmd("micropython", url, "bench-" + name, os.path.join(work, name + "-state"),
+                                     "backup", src), capture_output=True, text=True, timeout=3600)
+        dt = time.monotonic() - t0
+        if p.returncode != 0:
+            raise SystemExit("rover failed: %s %s" % (p.stdout, p.stderr))
+        mo = re.search(r"(\d+) chunks \((\d+) bytes\) uploaded", p.stdout)
+        rt = re.search(r"(\d+) packets resent \((\d+) timeouts\)", p.stdout)
+        chunks, data = int(mo.group(1)), int(mo.group(2))
+        up, down = emu.up, emu.down
+    finally:
+        anchor.stop()
+        emu.close()
+    return {
+        "bench": "goodput", "link": name, "what": cfg["what"], "rate_bytes_per_s": cfg["rate"],
+        "latency_ms": cfg["latency_ms"], "packet_bytes": cfg["mtu"], "files": files,
+        "chunk_bytes": data, "chunks": chunks, "seconds": round(dt, 2),
+        "goodput": round(data / (dt * cfg["rate"]), 3),
+        "link_up_bytes": up, "link_down_bytes": down,
+        "up_over_chunk_bytes": round(up / data, 4),
+        "packets_resent": int(rt.group(1)) if rt else 0, "timeouts": int(rt.group(2)) if rt else 0,
+        "rover": "micropython-256K",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kib", type=int, default=None, help="KiB of files per link (default: ~40 s of each link)")
+    ap.add_argument("--links", default="serial,ble")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="bench-goodput-")
+    try:
+        for name in a.links.split(","):
+            kib = a.kib or LINKS[name]["rate"] * 40 // 1024
+            print(json.dumps(run(name, kib, a.seed, work)), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
