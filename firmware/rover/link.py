@@ -141,6 +141,15 @@ def open_link(url, device=None, urgent=False):
             raise LinkError(str(e))
         port = MqttPort(host, port_no, device, opts.get("mtu"))
         rx_window = None
+    elif url.startswith("ble:"):
+        # On a board with aioble: advertise as anchor-rover-<ID> and wait for the anchor.
+        base, opts = _split_query(url)
+        try:
+            from rover.ble_port import AiobleAdapter, GattPeripheralLink
+            port = GattPeripheralLink(AiobleAdapter(base[4:] or device or "rover"))
+        except ImportError:
+            raise LinkError("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
+        rx_window = None
     else:
         parse(url)        # raises the error naming the forms we take
     from rover.chanlink import ChannelLink
