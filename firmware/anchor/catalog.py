@@ -12,6 +12,11 @@ CATALOG_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pairings (
+    device TEXT PRIMARY KEY,
+    key BLOB NOT NULL,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS devices (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -120,6 +125,22 @@ class Catalog:
             return None
         cur = self.db.execute("INSERT INTO devices(name, created) VALUES (?, ?)", (name, time.time()))
         return cur.lastrowid
+
+    # --- pairing -----------------------------------------------------------------------
+
+    def pair(self, device, key):
+        """Store (or replace) a rover's pairing secret."""
+        self.db.execute("INSERT OR REPLACE INTO pairings VALUES (?, ?, ?)", (device, bytes(key), time.time()))
+
+    def unpair(self, device):
+        return self.db.execute("DELETE FROM pairings WHERE device=?", (device,)).rowcount > 0
+
+    def pairing_key(self, device):
+        row = self.db.execute("SELECT key FROM pairings WHERE device=?", (device,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def paired(self):
+        return [r[0] for r in self.db.execute("SELECT device FROM pairings ORDER BY device")]
 
     def seen(self, dev):
         self.db.execute("UPDATE devices SET last_seen=? WHERE id=?", (time.time(), dev))

@@ -59,6 +59,9 @@ def main(argv=None):
     sp.add_argument("--ble-allow", action="append", default=[], metavar="ADDRESS_OR_NAME",
                     help="with --ble: only these rovers (repeatable; default: any advertising the Anchor service)")
     sp.add_argument("--proxy", default=None, help="HTTP forward proxy for rovers with IP, tcp://HOST:PORT (default: off; port 0 picks one)")
+    sp.add_argument("--open", action="store_true",
+                    help="also serve rovers that are not paired, unauthenticated and unencrypted "
+                         "(a lab or test bench only; by default only paired rovers get anything)")
     sp.add_argument("--no-capture", action="store_true", help=argparse.SUPPRESS)  # measurement only: relay without keeping bodies
     sp.add_argument("--capacity", default=None,
                     help="flash budget for the store, e.g. 20G or 500M: pass-through data is evicted "
@@ -87,7 +90,7 @@ def main(argv=None):
     except ValueError as e:
         ap.error(str(e))
     anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
-                    capacity=capacity)
+                    capacity=capacity, open=args.open)
 
     def ready(bound, proxy_bound=None):
         print("anchor: data in %s" % anchor.data_dir, flush=True)
@@ -100,6 +103,12 @@ def main(argv=None):
             print("anchor: HTTP proxy on tcp://%s:%d; the proxy user names the device, e.g.\n"
                   "    curl -x http://my-rover:@%s:%d http://example.org/"
                   % (proxy[0], proxy_bound, proxy[0], proxy_bound), flush=True)
+        if anchor.open:
+            print("anchor: OPEN: rovers that are not paired are served too, unauthenticated and "
+                  "unencrypted (--open; a lab or test bench only)", flush=True)
+        else:
+            print("anchor: only paired rovers are served:  anchorctl pair DEVICE  prints the code "
+                  "for  rover ... pair CODE", flush=True)
         if anchor.capture is False:
             print("anchor: capture is OFF (--no-capture): for measurement only", flush=True)
         if args.ready_file:

@@ -12,6 +12,7 @@ from anchor.catalog import Catalog
 from anchor.relay_service import RelayHandler, RELAY_TYPES
 from anchor.store import ChunkStore
 from anchor.trees import TreeStore
+from anchor.secure_session import Refused
 
 log = logging.getLogger("anchor")
 
@@ -26,9 +27,13 @@ class Anchor:
     """Everything the anchor holds, opened from one data directory."""
 
     def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20, capture=True,
-                 capacity=None):
+                 capacity=None, open=False):
         self.data_dir = os.path.abspath(data_dir)
         self.capacity = capacity          # store budget in bytes; None: never evict
+        # open: also serve rovers that are not paired, without the secure channel (a lab or
+        # test bench; `anchor serve --open`). Otherwise only paired rovers get anything.
+        self.open = open
+        self.secure_writers = {}          # device -> writers of its live secure sessions
         self.broker = broker              # (host, port) of the MQTT broker relays publish to
         self.relay_timeout = relay_timeout
         self.relay_max = relay_max
@@ -70,7 +75,39 @@ class Anchor:
     # --- one rover link ----------------------------------------------------------------
 
     async def serve_stream(self, reader, writer):
-        """Run one session over a byte stream. Errors end this session only."""
+        """Run one session over a byte stream (a TCP connection, a channel stream): the
+        secure handshake first (unless a plain rover meets an --open anchor), then the
+        session. Errors end this session only."""
+        from anchor import secure_session
+        peer = writer.get_extra_info("peername")
+        try:
+            reader, swriter, device = await secure_session.accept(self, reader, writer)
+        except secure_session.Refused as e:
+            log.warning("link %s refused: %s", peer, e)
+            await self._send_error(Session(states.ANCHOR), writer, m.E_PROTOCOL, str(e))
+            writer.close()
+            return
+        except (ConnectionError, OSError) as e:
+            log.info("link %s lost during the handshake: %s", peer, e)
+            writer.close()
+            return
+        if device is None:
+            return await self._serve_session(reader, writer, None)
+        live = self.secure_writers.setdefault(device, set())
+        live.add(writer)
+        try:
+            await self._serve_session(reader, swriter, device)
+        finally:
+            live.discard(writer)
+
+    def revoke(self, device):
+        """Unpair a rover now: its pairing goes, and its live sessions are cut."""
+        gone = self.catalog.unpair(device)
+        for w in list(self.secure_writers.get(device, ())):
+            w.close()
+        return gone
+
+    async def _serve_session(self, reader, writer, auth_device):
         peer = writer.get_extra_info("peername")
         sess = Session(states.ANCHOR)
         handler = BackupHandler(self)
@@ -126,11 +163,18 @@ class Anchor:
                     if msg[0] in RELAY_TYPES:
                         await relay.handle(msg, send)
                         continue
+                    if msg[0] == m.HELLO and auth_device is not None and msg[2] != auth_device:
+                        raise m.ProtocolError(m.E_PROTOCOL, "this link is paired as %r, not %r"
+                                              % (auth_device, msg[2]))
                     for r in handler.handle(msg):
                         reply(r)
                     if sess.closed:
                         break
                 await writer.drain()
+        except Refused as e:
+            # A record failed authentication: tampering, a replay, or a broken peer. Nothing
+            # more is read from this link; nothing of it is committed.
+            log.warning("session %s (%s) cut: %s", peer, handler.device, e)
         except m.ProtocolError as e:
             log.warning("session %s (%s): %s", peer, handler.device, e.text)
             await self._send_error(sess, writer, e.code, e.text)

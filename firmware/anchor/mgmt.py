@@ -59,8 +59,8 @@ class Api:
             parts = line.split(" ")
             if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                 raise ApiError(400, "bad request line")
-            if parts[0] not in ("GET", "DELETE"):
-                raise ApiError(405, "only GET and DELETE are supported")
+            if parts[0] not in ("GET", "DELETE", "POST"):
+                raise ApiError(405, "only GET, POST and DELETE are supported")
             url = urlsplit(parts[1])
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             segs = [unquote(s) for s in url.path.split("/") if s]
@@ -91,6 +91,11 @@ class Api:
     async def route(self, method, segs, q, writer):
         if len(segs) < 2 or segs[0] != "v1":
             raise ApiError(404, "no such endpoint")
+        if len(segs) == 4 and segs[1] == "devices" and segs[3] == "pairing":
+            if method == "POST":
+                return await self._json(writer, self.pair(segs[2]))
+            if method == "DELETE":
+                return await self._json(writer, self.unpair(segs[2]))
         if method == "DELETE":
             if len(segs) == 5 and segs[1] == "devices" and segs[3] == "snapshots":
                 dev = self._device(segs[2])
@@ -209,6 +214,28 @@ class Api:
             self.anchor.trees.delete(root)
         log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
         return {"forgotten": snap["id"], "chunks_released": len(released), "tree_freed": freed}
+
+    def pair(self, device):
+        """A fresh pairing code for `device` (replacing any earlier pairing)."""
+        import os
+        from core import secure
+        from core.messages import check_device, ProtocolError
+        try:
+            check_device(device)
+        except ProtocolError as e:
+            raise ApiError(400, e.text)
+        alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"      # no I/O/0/1 to misread
+        raw = os.urandom(20)
+        code = "".join(alphabet[b % 32] for b in raw)
+        code = "-".join(code[i:i + 5] for i in range(0, 20, 5))
+        self.catalog.pair(device, secure.code_to_key(code, device))
+        return {"device": device, "code": code}
+
+    def unpair(self, device):
+        gone = self.anchor.revoke(device)
+        if not gone:
+            raise ApiError(404, "rover %r is not paired" % device)
+        return {"device": device, "unpaired": True}
 
     def verify(self):
         """Re-read and re-hash every stored chunk, and check that every chunk a snapshot

@@ -21,6 +21,9 @@ commands:
   fetch URL --out PATH             HTTP(S) GET through the anchor, saved at PATH
   send PATH --to URL [--post]      HTTP PUT (or POST) of a file through the anchor
   publish TOPIC --file PATH        MQTT publish of a file through the anchor's broker
+  pair CODE                        store the pairing secret from the code `anchorctl pair ID`
+                                   printed on the anchor; every link is then authenticated
+                                   and encrypted (no --link needed)
 """
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
@@ -61,11 +64,11 @@ def parse(argv):
         else:
             rest.append(a)
             i += 1
-    for k in ("link", "device", "state"):
-        if k not in opts:
-            raise ValueError("--%s is required" % k)
     if not rest:
         raise ValueError("a command is required")
+    for k in ("link", "device", "state"):
+        if k not in opts and not (k == "link" and rest[0] == "pair"):
+            raise ValueError("--%s is required" % k)
     return opts, rest
 
 
@@ -79,11 +82,13 @@ def main(argv=None):
             print("rover: %s" % e)
         print(USAGE)
         return 2
-    from rover.link import open_link, LinkError
+    from rover.link import LinkError
     from rover.conversation import RoverError
     from core.messages import ProtocolError
 
     cmd = rest[0]
+    if cmd == "pair":
+        return _pair(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
@@ -93,8 +98,9 @@ def main(argv=None):
     t0 = time.time()
     if cmd == "backup":
         return _backup(opts, rest[1], log, t0)
+    from rover.securelink import NotPaired
     try:
-        link = open_link(opts["link"], opts["device"], True)
+        link = connect(opts["link"], opts, True)
         try:
             from rover.relay import Relay
             r = Relay(link, opts["device"], log)
@@ -110,7 +116,7 @@ def main(argv=None):
                 what = "published %d bytes to %s" % (size, rest[1])
         finally:
             link.close()
-    except (RoverError, LinkError, ProtocolError, OSError, ValueError) as e:
+    except (RoverError, LinkError, ProtocolError, OSError, ValueError, NotPaired) as e:
         print("rover: %s failed: %s" % (cmd, e))
         return 1
     dt = time.time() - t0
@@ -118,9 +124,43 @@ def main(argv=None):
     return 0
 
 
+def connect(url, opts, urgent=False):
+    """A link to the anchor; secured when this rover is paired (its state holds the key)."""
+    from rover.link import open_link
+    from rover.securelink import load_key, SecureLink
+    key = load_key(opts["state"])
+    link = open_link(url, opts["device"], urgent)
+    if key is None:
+        return link
+    try:
+        return SecureLink(link, opts["device"], key)
+    except BaseException:
+        link.close()
+        raise
+
+
+def _pair(opts, rest):
+    from core import secure
+    from core.messages import check_device, ProtocolError
+    from rover.securelink import save_key
+    if len(rest) != 2:
+        print("rover: pair takes the code anchorctl pair printed")
+        return 2
+    try:
+        check_device(opts["device"])
+        key = secure.code_to_key(rest[1], opts["device"])
+    except (secure.SecureError, ProtocolError) as e:
+        print("rover: pair failed: %s" % e)
+        return 1
+    save_key(opts["state"], key)
+    print("rover: paired as %s; links to the anchor are now authenticated and encrypted" % opts["device"])
+    return 0
+
+
 def _backup(opts, root, log, t0):
-    from rover.link import open_link, cost, LinkError
+    from rover.link import cost, LinkError
     from rover.conversation import RoverError
+    from rover.securelink import NotPaired
     from rover.backup import Backup
     from core.messages import ProtocolError
     wait = opts.get("watch-wait", "600")
@@ -141,7 +181,7 @@ def _backup(opts, root, log, t0):
     while True:
         link = None
         try:
-            link = open_link(url, opts["device"])
+            link = connect(url, opts)
             s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait)).run()
             break
         except LinkError as e:
@@ -152,14 +192,20 @@ def _backup(opts, root, log, t0):
             attempt += 1
             log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
             time.sleep(min(5, attempt))
-        except (RoverError, ProtocolError, OSError, ValueError) as e:
+        except (RoverError, ProtocolError, OSError, ValueError, NotPaired) as e:
             print("rover: backup failed: %s" % e)
             return 1
         finally:
             if link is not None:
                 tx += link.tx
                 rx += link.rx
-                ch = getattr(getattr(link, "link", None), "ch", None)
+                ch = None
+                inner = link
+                for _ in range(3):       # SecureLink -> StreamLink -> ChannelLink
+                    ch = getattr(inner, "ch", None)
+                    inner = getattr(inner, "link", None)
+                    if ch is not None or inner is None:
+                        break
                 if ch is not None and (ch.retransmits or ch.dropped):
                     log("radio link: %d packets resent (%d timeouts), %d received dropped"
                         % (ch.retransmits, ch.timeouts, ch.dropped))

@@ -83,6 +83,22 @@ def cmd_forget(c, a):
           % (r["forgotten"], a.device, r["chunks_released"]))
 
 
+def cmd_pair(c, a):
+    r = c.pair(a.device)
+    if a.json:
+        return r
+    print("pairing code for %s:  %s" % (r["device"], r["code"]))
+    print("on the rover:  rover --device %s --state DIR pair %s" % (r["device"], r["code"]))
+    print("(or type it into the rover's pairing prompt; an earlier pairing of %s no longer works)" % r["device"])
+
+
+def cmd_unpair(c, a):
+    r = c.unpair(a.device)
+    if a.json:
+        return r
+    print("%s unpaired: it gets nothing but a refusal now" % a.device)
+
+
 def cmd_verify(c, a):
     r = c.verify()
     if a.json:
@@ -134,6 +150,10 @@ def main(argv=None):
     p.add_argument("device")
     p.add_argument("snapshot")
     add("stats", cmd_stats, "store and link statistics")
+    p = add("pair", cmd_pair, "create a rover's pairing secret and print the code to give it")
+    p.add_argument("device")
+    p = add("unpair", cmd_unpair, "revoke a rover's pairing at once (its live sessions are cut)")
+    p.add_argument("device")
     add("verify", cmd_verify, "re-read and re-hash every stored chunk; exit 1 if any is bad or missing")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)

@@ -94,6 +94,19 @@ class Client:
         finally:
             conn.close()
 
+    def pair(self, device):
+        return self._call("%s/pairing" % self._dev(device), "POST")
+
+    def unpair(self, device):
+        return self._call("%s/pairing" % self._dev(device), "DELETE")
+
+    def _call(self, path, method):
+        conn, resp = self._get(path, method=method)
+        try:
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
     def verify(self):
         return self._json("/v1/verify")
 

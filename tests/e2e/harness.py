@@ -18,9 +18,11 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 class AnchorProc:
     """`anchor serve` in a child process on a free loopback port."""
 
-    def __init__(self, data_dir, *extra):
+    def __init__(self, data_dir, *extra, secure=False):
         self.data_dir = data_dir
-        self.extra = list(extra)
+        # Tests and benchmarks of everything but pairing run an --open anchor (plain rovers
+        # served); secure=True runs it as shipped: paired rovers only.
+        self.extra = list(extra) + ([] if secure else ["--open"])
         self.mgmt = os.path.join(data_dir, "mgmt.sock")
         self.proc = None
         self.port = None

@@ -43,7 +43,7 @@ class InprocAnchor:
         self.served = []
 
     async def _open(self, data_dir):
-        return Anchor(data_dir)
+        return Anchor(data_dir, open=True)
 
     def start_mgmt(self, path):
         """The management API on a unix socket; returns the address anchorctl takes."""

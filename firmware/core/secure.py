@@ -1,0 +1,256 @@
+# The secure channel under every session: mutual authentication with the per-rover secret
+# from pairing, fresh keys per session, and every record encrypted (AES-128-CTR) and
+# authenticated (HMAC-SHA-256, 16 bytes) with an implicit sequence number, so a replayed,
+# reordered, dropped or altered record ends the session. Sans-I/O: bytes in, bytes out.
+# Construction and threat model: docs/security.md.
+#
+# Only what MicroPython's unix port has: hashlib.sha256 and cryptolib AES in ECB mode. CTR
+# is built from ECB (the keystream of record `seq` is AES(k, seq || block index)); on
+# CPython the `cryptography` package's CTR gives the same bytes (its counter is the same
+# 128-bit block, incremented from seq || 0).
+import hashlib
+import struct
+
+from core.compat import const, MICROPYTHON
+
+MAGIC = b"ANC1"
+NONCE = const(16)
+PROOF = const(16)
+TAG = const(16)
+HEADER = const(2)              # record length, big-endian: ciphertext bytes
+MAX_RECORD = const(4096)       # plaintext bytes per record
+OVERHEAD = const(18)           # per record: length + tag
+KEY_BYTES = const(32)
+
+ST_OK = const(0)
+ST_NOT_PAIRED = const(1)
+
+
+class SecureError(Exception):
+    pass
+
+
+# --- primitives ----------------------------------------------------------------------
+
+def hmac_sha256(key, *parts):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    k = bytearray(64)
+    k[:len(key)] = key
+    ipad = bytearray(64)
+    opad = bytearray(64)
+    for i in range(64):
+        ipad[i] = k[i] ^ 0x36
+        opad[i] = k[i] ^ 0x5C
+    h = hashlib.sha256(ipad)
+    for p in parts:
+        h.update(p)
+    return hashlib.sha256(bytes(opad) + h.digest()).digest()
+
+
+def equal(a, b):
+    """Constant-time comparison of two byte strings of equal length."""
+    if len(a) != len(b):
+        return False
+    d = 0
+    for i in range(len(a)):
+        d |= a[i] ^ b[i]
+    return d == 0
+
+
+if MICROPYTHON:
+    import cryptolib
+    import micropython
+
+    @micropython.viper
+    def _xor(dst: ptr8, src: ptr8, n: int):
+        i = 0
+        while i < n:
+            dst[i] = dst[i] ^ src[i]
+            i += 1
+
+    @micropython.viper
+    def _counters(buf: ptr8, seq_hi: int, seq_lo: int, blocks: int):
+        # block i = seq (8 bytes) || i (8 bytes), big-endian
+        i = 0
+        while i < blocks:
+            o = i * 16
+            buf[o] = (seq_hi >> 24) & 0xFF
+            buf[o + 1] = (seq_hi >> 16) & 0xFF
+            buf[o + 2] = (seq_hi >> 8) & 0xFF
+            buf[o + 3] = seq_hi & 0xFF
+            buf[o + 4] = (seq_lo >> 24) & 0xFF
+            buf[o + 5] = (seq_lo >> 16) & 0xFF
+            buf[o + 6] = (seq_lo >> 8) & 0xFF
+            buf[o + 7] = seq_lo & 0xFF
+            j = 8
+            while j < 12:
+                buf[o + j] = 0
+                j += 1
+            buf[o + 12] = (i >> 24) & 0xFF
+            buf[o + 13] = (i >> 16) & 0xFF
+            buf[o + 14] = (i >> 8) & 0xFF
+            buf[o + 15] = i & 0xFF
+            i += 1
+
+    class _Ctr:
+        def __init__(self, key):
+            self.aes = cryptolib.aes(key, 1)           # ECB
+            self.ks = bytearray(MAX_RECORD + 16)
+
+        def apply(self, seq, mv, n):
+            """XOR the keystream of record `seq` into mv[:n], in place."""
+            blocks = (n + 15) >> 4
+            ks = memoryview(self.ks)[:blocks * 16]
+            _counters(ks, (seq >> 32) & 0xFFFFFFFF, seq & 0xFFFFFFFF, blocks)
+            self.aes.encrypt(ks, ks)
+            _xor(mv, ks, n)
+else:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    class _Ctr:
+        def __init__(self, key):
+            self.key = bytes(key)
+
+        def apply(self, seq, mv, n):
+            enc = Cipher(algorithms.AES(self.key), modes.CTR(struct.pack(">QQ", seq, 0))).encryptor()
+            mv[:n] = enc.update(bytes(mv[:n]))
+
+
+# --- keys and proofs -------------------------------------------------------------------
+
+def proof(key, who, device, nr, na):
+    return hmac_sha256(key, who, b"\0", device, b"\0", nr, na)[:PROOF]
+
+
+def session_keys(key, nr, na):
+    """(rover->anchor enc, mac, anchor->rover enc, mac): fresh for every pair of nonces."""
+    out = []
+    for label in (b"r2a enc", b"r2a mac", b"a2r enc", b"a2r mac"):
+        k = hmac_sha256(key, label, nr, na)
+        out.append(k[:16] if label.endswith(b"enc") else k)
+    return out
+
+
+def code_to_key(code, device):
+    """The pairing secret from the code a person types: letters and digits, any case,
+    dashes and spaces ignored."""
+    clean = "".join(c for c in code.upper() if c.isalpha() or c.isdigit())
+    if len(clean) < 20:
+        raise SecureError("pairing code too short")
+    return hmac_sha256(b"anchor pairing v1", device.encode(), b"\0", clean.encode())
+
+
+# --- handshake messages (plaintext, before the records) ---------------------------------
+
+def hello1(device, nr):
+    d = device.encode()
+    return MAGIC + bytes([len(d)]) + d + nr
+
+
+def parse_hello1(buf):
+    """-> (device, nr, length) or None if incomplete. Raises SecureError on garbage."""
+    if len(buf) < 5:
+        return None
+    if bytes(buf[:4]) != MAGIC:
+        raise SecureError("not a secure-channel hello")
+    n = buf[4]
+    if n < 1 or n > 64:
+        raise SecureError("bad device name length")
+    end = 5 + n + NONCE
+    if len(buf) < end:
+        return None
+    try:
+        device = bytes(buf[5:5 + n]).decode()
+    except UnicodeError:
+        raise SecureError("device name is not UTF-8")
+    return device, bytes(buf[5 + n:end]), end
+
+
+def hello2(status, na, prf):
+    return MAGIC + bytes([status]) + na + prf
+
+
+HELLO2 = const(4 + 1 + NONCE + PROOF)
+
+
+# --- records -----------------------------------------------------------------------------
+
+class Sealer:
+    """Seals plaintext into records: LEN | AES-CTR(plaintext) | HMAC(seq, LEN, ct)[:16]."""
+
+    def __init__(self, enc_key, mac_key):
+        self.ctr = _Ctr(enc_key)
+        self.mac_key = mac_key
+        self.seq = 0
+        self.buf = bytearray(HEADER + MAX_RECORD + TAG)
+        self.mv = memoryview(self.buf)
+
+    def seal(self, data):
+        """One record of at most MAX_RECORD bytes of data; returns a view valid until the
+        next call."""
+        n = len(data)
+        if n > MAX_RECORD:
+            raise SecureError("record too large")
+        buf = self.buf
+        struct.pack_into(">H", buf, 0, n)
+        body = self.mv[HEADER:HEADER + n]
+        body[:] = data
+        self.ctr.apply(self.seq, body, n)
+        tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])
+        self.mv[HEADER + n:HEADER + n + TAG] = tag[:TAG]
+        self.seq += 1
+        return self.mv[:HEADER + n + TAG]
+
+
+class Opener:
+    """Takes bytes from the link, gives back the plaintext of each whole, authentic record."""
+
+    def __init__(self, enc_key, mac_key):
+        self.ctr = _Ctr(enc_key)
+        self.mac_key = mac_key
+        self.seq = 0
+        self.buf = bytearray(HEADER + MAX_RECORD + TAG)
+        self.mv = memoryview(self.buf)
+        self.have = 0
+
+    def feed(self, data):
+        """Plaintext of every record completed by `data` (copies; for the anchor)."""
+        out = []
+        mv = memoryview(data)
+        while len(mv):
+            room = self.room()
+            k = min(len(room), len(mv))
+            room[:k] = mv[:k]
+            mv = mv[k:]
+            p = self.filled(k)
+            if p is not None:
+                out.append(bytes(p))
+        return out
+
+    def room(self):
+        """A view to read link bytes into (at most up to the end of the current record)."""
+        if self.have < HEADER:
+            return self.mv[self.have:HEADER]
+        n = struct.unpack_from(">H", self.buf, 0)[0]
+        return self.mv[self.have:HEADER + n + TAG]
+
+    def filled(self, k):
+        """k bytes were read into room(); returns the plaintext view of a completed record
+        (valid until the next call), or None. Raises SecureError on a bad record."""
+        self.have += k
+        if self.have < HEADER:
+            return None
+        n = struct.unpack_from(">H", self.buf, 0)[0]
+        if n > MAX_RECORD:
+            raise SecureError("record of %d bytes: not from our peer" % n)
+        if self.have < HEADER + n + TAG:
+            return None
+        tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])
+        if not equal(tag[:TAG], self.mv[HEADER + n:HEADER + n + TAG]):
+            raise SecureError("record %d failed authentication (tampered, replayed or out of order)" % self.seq)
+        body = self.mv[HEADER:HEADER + n]
+        self.ctr.apply(self.seq, body, n)
+        self.seq += 1
+        self.have = 0
+        return body

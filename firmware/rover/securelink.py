@@ -1,0 +1,107 @@
+# The rover's end of the secure channel (core/secure.py) around any link: it proves it
+# holds the pairing secret, checks that the anchor does too, then seals everything it
+# writes and opens everything it reads. The session above sees a plain link.
+import os
+
+from core import secure
+from rover.link import LinkError
+
+KEY_FILE = "/pairing.key"
+
+
+class NotPaired(Exception):
+    pass
+
+
+def load_key(state_dir):
+    try:
+        with open(state_dir + KEY_FILE, "rb") as f:
+            k = f.read()
+    except OSError:
+        return None
+    if len(k) != secure.KEY_BYTES:
+        raise LinkError("%s%s is damaged: pair again (rover pair CODE)" % (state_dir, KEY_FILE))
+    return k
+
+
+def save_key(state_dir, key):
+    from rover import fsys
+    fsys.makedirs(state_dir)
+    tmp = state_dir + KEY_FILE + ".new"
+    with open(tmp, "wb") as f:
+        f.write(key)
+    fsys.rename(tmp, state_dir + KEY_FILE)
+
+
+class SecureLink:
+    def __init__(self, link, device, key):
+        self.link = link
+        nr = os.urandom(secure.NONCE)
+        link.write(secure.hello1(device, nr))
+        buf = bytearray(secure.HELLO2)
+        got = 0
+        while got < len(buf):
+            n = link.readinto(memoryview(buf)[got:])
+            if not n:
+                raise LinkError("the anchor closed the link during the secure handshake")
+            got += n
+        if bytes(buf[:4]) != secure.MAGIC:
+            raise LinkError("the anchor does not speak the secure channel (an anchor started with --open?)")
+        if buf[4] == secure.ST_NOT_PAIRED:
+            raise NotPaired("the anchor does not know this rover's pairing: run `anchorctl pair %s` "
+                            "on the anchor and `rover ... pair CODE` here" % device)
+        na = bytes(buf[5:5 + secure.NONCE])
+        if not secure.equal(buf[5 + secure.NONCE:], secure.proof(key, b"anchor", device.encode(), nr, na)):
+            raise NotPaired("the anchor could not prove it holds this rover's pairing secret: "
+                            "not our anchor, or the pairing was renewed (pair again)")
+        link.write(secure.proof(key, b"rover", device.encode(), nr, na))
+        k = secure.session_keys(key, nr, na)
+        self.sealer = secure.Sealer(k[0], k[1])
+        self.opener = secure.Opener(k[2], k[3])
+        self.plain = None
+        self.pos = 0
+
+    @property
+    def tx(self):
+        return self.link.tx
+
+    @property
+    def rx(self):
+        return self.link.rx
+
+    def set_timeout(self, seconds):
+        self.link.set_timeout(seconds)
+
+    def write(self, data):
+        mv = memoryview(data)
+        off = 0
+        while off < len(mv) or not len(mv):
+            piece = mv[off:off + secure.MAX_RECORD]
+            self.link.write(self.sealer.seal(piece))
+            off += len(piece)
+            if not len(mv):
+                break
+
+    def readinto(self, buf):
+        while self.plain is None:
+            room = self.opener.room()
+            n = self.link.readinto(room)
+            if not n:
+                return 0
+            try:
+                p = self.opener.filled(n)
+            except secure.SecureError as e:
+                raise LinkError("secure channel: %s" % e)
+            if p is not None and len(p):
+                self.plain = p
+                self.pos = 0
+        p = self.plain
+        k = min(len(buf), len(p) - self.pos)
+        buf[:k] = p[self.pos:self.pos + k]
+        self.pos += k
+        if self.pos >= len(p):
+            self.plain = None
+        return k
+
+    def close(self):
+        self.link.close()
