@@ -70,11 +70,12 @@ if MICROPYTHON:
             i += 1
 
     @micropython.viper
-    def _counters(buf: ptr8, seq_hi: int, seq_lo: int, blocks: int):
-        # block i = seq (8 bytes) || i (8 bytes), big-endian
+    def _counters(buf: ptr8, seq_hi: int, seq_lo: int, first: int, blocks: int):
+        # block i = seq (8 bytes) || first + i (8 bytes), big-endian
         i = 0
         while i < blocks:
             o = i * 16
+            c = first + i
             buf[o] = (seq_hi >> 24) & 0xFF
             buf[o + 1] = (seq_hi >> 16) & 0xFF
             buf[o + 2] = (seq_hi >> 8) & 0xFF
@@ -87,24 +88,32 @@ if MICROPYTHON:
             while j < 12:
                 buf[o + j] = 0
                 j += 1
-            buf[o + 12] = (i >> 24) & 0xFF
-            buf[o + 13] = (i >> 16) & 0xFF
-            buf[o + 14] = (i >> 8) & 0xFF
-            buf[o + 15] = i & 0xFF
+            buf[o + 12] = (c >> 24) & 0xFF
+            buf[o + 13] = (c >> 16) & 0xFF
+            buf[o + 14] = (c >> 8) & 0xFF
+            buf[o + 15] = c & 0xFF
             i += 1
+
+    _KS = const(256)     # keystream made this many bytes at a time: the heap is the limit
 
     class _Ctr:
         def __init__(self, key):
             self.aes = cryptolib.aes(key, 1)           # ECB
-            self.ks = bytearray(MAX_RECORD + 16)
+            self.ks = bytearray(_KS)
 
         def apply(self, seq, mv, n):
             """XOR the keystream of record `seq` into mv[:n], in place."""
-            blocks = (n + 15) >> 4
-            ks = memoryview(self.ks)[:blocks * 16]
-            _counters(ks, (seq >> 32) & 0xFFFFFFFF, seq & 0xFFFFFFFF, blocks)
-            self.aes.encrypt(ks, ks)
-            _xor(mv, ks, n)
+            ks = self.ks
+            hi = (seq >> 32) & 0xFFFFFFFF
+            lo = seq & 0xFFFFFFFF
+            off = 0
+            while off < n:
+                k = min(_KS, n - off)
+                blocks = (k + 15) >> 4
+                _counters(ks, hi, lo, off >> 4, blocks)
+                self.aes.encrypt(ks, ks)
+                _xor(mv[off:off + k], ks, k)
+                off += k
 else:
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -177,7 +186,10 @@ HELLO2 = const(4 + 1 + NONCE + PROOF)
 # --- records -----------------------------------------------------------------------------
 
 class Sealer:
-    """Seals plaintext into records: LEN | AES-CTR(plaintext) | HMAC(seq, LEN, ct)[:16]."""
+    """Seals plaintext into records: LEN | AES-CTR(plaintext) | HMAC(seq, LEN, ct)[:16].
+
+    Plaintext may be gathered in place first (room/add, then flush), so a message written
+    in pieces (a chunk's header, body and CRC) costs one record, not three."""
 
     def __init__(self, enc_key, mac_key):
         self.ctr = _Ctr(enc_key)
@@ -185,22 +197,42 @@ class Sealer:
         self.seq = 0
         self.buf = bytearray(HEADER + MAX_RECORD + TAG)
         self.mv = memoryview(self.buf)
+        self.pending = 0
 
-    def seal(self, data):
-        """One record of at most MAX_RECORD bytes of data; returns a view valid until the
-        next call."""
-        n = len(data)
-        if n > MAX_RECORD:
-            raise SecureError("record too large")
-        buf = self.buf
-        struct.pack_into(">H", buf, 0, n)
-        body = self.mv[HEADER:HEADER + n]
-        body[:] = data
-        self.ctr.apply(self.seq, body, n)
+    def room(self):
+        """Where the next plaintext bytes go (empty when a record is full: flush)."""
+        return self.mv[HEADER + self.pending:HEADER + MAX_RECORD]
+
+    def add(self, k):
+        self.pending += k
+
+    def flush(self):
+        """The record of what was gathered (a view valid until the next call), or None."""
+        n = self.pending
+        if not n:
+            return None
+        self.pending = 0
+        struct.pack_into(">H", self.buf, 0, n)
+        self.ctr.apply(self.seq, self.mv[HEADER:HEADER + n], n)
         tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])
         self.mv[HEADER + n:HEADER + n + TAG] = tag[:TAG]
         self.seq += 1
         return self.mv[:HEADER + n + TAG]
+
+    def seal(self, data):
+        """One record of `data` (at most MAX_RECORD bytes; nothing may be gathered)."""
+        n = len(data)
+        if n > MAX_RECORD or self.pending:
+            raise SecureError("record too large")
+        if n == 0:
+            struct.pack_into(">H", self.buf, 0, 0)
+            tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER])
+            self.mv[HEADER:HEADER + TAG] = tag[:TAG]
+            self.seq += 1
+            return self.mv[:HEADER + TAG]
+        self.mv[HEADER:HEADER + n] = data
+        self.pending = n
+        return self.flush()
 
 
 class Opener:

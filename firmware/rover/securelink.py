@@ -73,16 +73,27 @@ class SecureLink:
         self.link.set_timeout(seconds)
 
     def write(self, data):
+        """Gathered into records of up to 4 KiB; they go out when full and before the rover
+        waits for an answer (readinto) or closes."""
         mv = memoryview(data)
-        off = 0
-        while off < len(mv) or not len(mv):
-            piece = mv[off:off + secure.MAX_RECORD]
-            self.link.write(self.sealer.seal(piece))
-            off += len(piece)
-            if not len(mv):
-                break
+        sealer = self.sealer
+        while len(mv):
+            room = sealer.room()
+            if not len(room):
+                self.link.write(sealer.flush())
+                continue
+            k = min(len(room), len(mv))
+            room[:k] = mv[:k]
+            sealer.add(k)
+            mv = mv[k:]
+
+    def flush(self):
+        r = self.sealer.flush()
+        if r is not None:
+            self.link.write(r)
 
     def readinto(self, buf):
+        self.flush()
         while self.plain is None:
             room = self.opener.room()
             n = self.link.readinto(room)
@@ -104,4 +115,8 @@ class SecureLink:
         return k
 
     def close(self):
+        try:
+            self.flush()
+        except Exception:
+            pass            # closing after a failure: nothing more to say
         self.link.close()
