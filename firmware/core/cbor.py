@@ -284,7 +284,7 @@ def _item(mv, pos, end, depth, views=0):
             raise CBORError("truncated input at offset %d" % ks)
         if (mv[ks] >> 5) > 3:
             raise CBORError("map key must be int, text or bytes at offset %d" % ks)
-        k, p = _item(mv, ks, end, depth + 1, views)
+        k, p = _item(mv, ks, end, depth + 1)  # a key is a copy: a view is not hashable
         kb = bytes(mv[ks:p])
         if prev is not None and kb <= prev:
             if kb == prev:

@@ -225,3 +225,12 @@ def test_relay_transitions():
     expect_error(lambda: a.send(m.body(b"x")), m.E_PROTOCOL)     # RESULT comes first
     pipe(a, r, m.fail(m.F_UNREACHABLE, "refused"))
     assert r.state == st.READY and a.state == st.READY
+
+
+def test_zero_copy_session_refuses_long_map_keys_with_protocol_error():
+    # Found by fuzzing: with zero_copy (the rover's session) a byte-string map key of 1024
+    # bytes or more was decoded as a view, which cannot be a dict key: TypeError on
+    # MicroPython escaped next_event instead of ProtocolError.
+    r = Session(st.ROVER, 4608, 4624, 0, True)
+    r.receive_data(framing.encode_frame(cbor.encode([m.BODY, {b"k" * 1024: 1}])))
+    expect_error(r.next_event)
