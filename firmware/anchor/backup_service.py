@@ -44,9 +44,18 @@ class BackupHandler:
         self.unscoped = []            # ...of which not yet durable and in the device's scope
         self.unflushed = 0
         self.counts = {"backup_rx_data": 0, "chunks_uploaded": 0, "raw_uploaded": 0}
+        # Store full (retention.StoreFull) while chunks were arriving: the rest of them are
+        # read and dropped, and the refusal goes out as the answer to the rover's next request,
+        # when it reads (an ERROR in the middle of its DATA stream could be lost in a reset).
+        self.refused = None
+        self.refused_more = 0         # bytes of the chunks dropped after the refusal
+        self.rx_sent = 0              # payload bytes and raw bytes of the chunks received: how
+        self.rx_raw = 0               # well this session's data compresses, for estimates
 
     def handle(self, msg):
         t = msg[0]
+        if self.refused is not None and t not in (m.DATA, m.ERROR):
+            raise self._full()
         if t == m.HELLO:
             return [self._hello(msg)]
         if t == m.ENTRIES:
@@ -153,12 +162,34 @@ class BackupHandler:
 
     def _chunklist(self, msg):
         out = []
+        estimate = 0
         for index, start, ids, last in (p[:4] for p in msg[1]):
             oid = self.wanted.get(index)
             if oid is None or oid in self.declared:
                 raise m.ProtocolError(m.E_PROTOCOL, "chunk list for entry %d, which was not asked for" % index)
-            out.append(m.need_part(index, start, self._list_part(oid, start, ids, last)))
+            size = self.expected[oid]
+            needed = self._list_part(oid, start, ids, last)
+            if needed:
+                estimate += self._estimate(oid, size, len(needed), last)
+            out.append(m.need_part(index, start, needed))
+        if estimate:
+            # Before the upload: will what this NEED asks for fit? An estimate from the file
+            # sizes (scaled by how well this session's chunks compressed so far); _data makes
+            # the exact check, chunk by chunk.
+            try:
+                retention.of(self.anchor).make_room(estimate, reserve=False)
+            except retention.StoreFull as e:
+                log.warning("rover %s: %s", self.device, e.text())
+                raise m.ProtocolError(m.E_FULL, e.text())
         return m.need(out)
+
+    def _estimate(self, oid, size, n, last):
+        """Store bytes of n chunks of object `oid` (of `size` bytes): the object's mean chunk
+        size once its whole list is known, else the chunker's average (at most the object)."""
+        count = len(self.declared[oid][1]) // 32 if last else 0
+        mean = size / count if count else min(chunker.AVG_SIZE, size)
+        ratio = min(1.0, self.rx_sent / self.rx_raw) if self.rx_raw else 1.0
+        return int(n * (mean * ratio + retention.RECORD))
 
     def _list_part(self, oid, start, ids, last):
         got = self.declaring.setdefault(oid, bytearray())
@@ -176,6 +207,7 @@ class BackupHandler:
             if c in self.uploaded_set or c in self.needed:
                 continue
             if c in in_scope and self.store.has(c):
+                self.in_use.add(c)          # counted on: kept from eviction until the session ends
                 info = self.store.info(c)
                 src = "supplied_passthrough" if in_scope[c] == 1 else "supplied_backups"
                 self.counts[src] = self.counts.get(src, 0) + (info["raw_len"] if info else 0)
@@ -198,6 +230,20 @@ class BackupHandler:
         cid, enc, payload = msg[1], msg[2], msg[3]
         if cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk %s was not asked for" % cid.hex()[:16])
+        # At most this much once stored: the payload as it came, or the raw bytes when they
+        # are smaller. Room first (evicting pass-through data), then the bytes.
+        nbytes = retention.RECORD + len(payload)
+        if self.refused is not None:
+            self.needed.discard(cid)
+            self.refused_more += nbytes
+            return
+        try:
+            retention.of(self.anchor).make_room(nbytes)
+        except retention.StoreFull as e:
+            self.refused = e          # its shortfall counts this chunk
+            self.needed.discard(cid)
+            log.warning("rover %s: %s", self.device, e.text())
+            return
         try:
             # decoded once, bounded, and checked against the id before anything is written
             _, raw_len = self.store.put_encoded(cid, enc, payload)
@@ -210,9 +256,14 @@ class BackupHandler:
         self.counts["backup_rx_data"] += len(payload)
         self.counts["chunks_uploaded"] += 1
         self.counts["raw_uploaded"] += raw_len
+        self.rx_sent += len(payload)
+        self.rx_raw += raw_len
         self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + raw_len
         if self.unflushed >= FLUSH_BYTES:
             self.flush()
+
+    def _full(self):
+        return m.ProtocolError(m.E_FULL, self.refused.text(self.refused_more))
 
     def end(self):
         """The session is over: what it held from eviction may go."""
@@ -238,6 +289,8 @@ class BackupHandler:
         """Wait until every watched object passed through (a capture put it in this
         device's scope) or its deadline came, at most msg[1] seconds; then answer WATCHED
         with the watch numbers still missing, which the rover uploads as usual."""
+        if self.refused is not None:
+            raise self._full()
         loop = asyncio.get_running_loop()
         wl = watchlist.of(self.anchor)
         until = loop.time() + msg[1]

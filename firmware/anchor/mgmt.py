@@ -101,6 +101,16 @@ class Api:
                 dev = self._device(segs[2])
                 return await self._json(writer, self.forget(dev, self._snapshot(dev, segs[4])))
             raise ApiError(405, "DELETE works on a snapshot only")
+        if len(segs) == 4 and segs[1] == "devices" and segs[3] == "prune":
+            if method != "POST":
+                raise ApiError(405, "prune takes POST")
+            from anchor import prune
+            dev = self._device(segs[2])
+            try:
+                args = prune.parse_query(q)
+            except ValueError as e:
+                raise ApiError(400, str(e))
+            return await self._json(writer, dict(prune.prune(self.anchor, dev, **args), device=segs[2]))
         if segs[1:] == ["devices"]:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:

@@ -4,6 +4,10 @@ Pass-through data (chunks no snapshot keeps) is evicted least recently used firs
 that some snapshot keeps (the catalog's live_chunks) is never evicted, whatever the store's
 class column says. What is evicted but was fetched over HTTP can be regenerated from its
 origin when a backup needs it (anchor.regenerate).
+
+A backup makes room before it stores (`make_room`): pass-through data goes first, and when
+what cannot be evicted (pinned data, and what open sessions hold) would not leave room, the
+backup is refused with `StoreFull`, which names the shortfall.
 """
 import logging
 
@@ -11,6 +15,39 @@ log = logging.getLogger("anchor.retention")
 
 LOW_WATER = 0.9          # evict down to this share of the capacity, so eviction is not constant
 BATCH = 512
+RECORD = 49              # bytes a chunk costs in a segment besides its payload (store.RECORD_HEADER_SIZE)
+_IN = 500                # ids per IN (...) query
+
+
+def human(n):
+    """1536 -> '1.5 KiB', 1 << 20 -> '1 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            text = ("%d" % n) if unit == "B" else ("%.1f" % n)
+            if text.endswith(".0"):
+                text = text[:-2]
+            return "%s %s" % (text, unit)
+        n /= 1024.0
+
+
+class StoreFull(Exception):
+    """What a backup needs does not fit the capacity budget even with every evictable
+    chunk evicted. `shortfall`: bytes beyond the budget; `estimated`: the need was estimated
+    (from file sizes, before the upload) rather than counted from chunks received."""
+
+    def __init__(self, shortfall, capacity, estimated=False):
+        Exception.__init__(self, shortfall, capacity, estimated)
+        self.shortfall = shortfall
+        self.capacity = capacity
+        self.estimated = estimated
+
+    def text(self, more=0):
+        """The refusal for the rover; `more`: bytes it sent after the refusal, which the
+        backup needs too."""
+        return ("store full: this backup needs %s %s more than the %s budget holds after evicting "
+                "all pass-through data; prune snapshots (anchorctl prune) or raise --capacity"
+                % ("about" if self.estimated else "at least", human(self.shortfall + more),
+                   human(self.capacity)))
 
 
 def parse_size(text):
@@ -38,6 +75,9 @@ class Retention:
         # Chunks open backup sessions have received or answered "have" for: not pinned yet
         # (that happens at COMMIT), but evicting them would fail the commit.
         self.in_use = []
+        # Bytes that may still be stored without looking at the store again (make_room);
+        # 0 means look. Anything else that stores (captures) runs enforce(), which resets it.
+        self.room = 0
 
     def protect(self, chunk_set):
         self.in_use.append(chunk_set)
@@ -55,19 +95,25 @@ class Retention:
         """Evict and compact if the store is over its budget. Returns what was done, or None."""
         if not self.capacity:
             return None
+        self.room = 0
         store = self.anchor.store
         st = store.stats()
         # The budget is on live data; segment files may exceed it by up to one segment
         # (the one being appended to is never compacted) until compaction catches up.
         if st["live_bytes"] <= self.capacity:
             return None
-        target = int(self.capacity * LOW_WATER)
-        live = st["live_bytes"]
+        return self._evict(st["live_bytes"], int(self.capacity * LOW_WATER))
+
+    def _evict(self, live, target):
+        """Evict pass-through chunks no session holds, least recently used first, until the
+        store's live bytes (now `live`) are at most `target`; then compact."""
+        store = self.anchor.store
         dropped = 0
         dropped_bytes = 0
         seen = set()
         while live > target:
-            cands = [(c, n) for c, n in store.pass_through(BATCH) if c not in seen]
+            # Chunks skipped (held by a session) stay listed first: ask past them.
+            cands = [(c, n) for c, n in store.pass_through(len(seen) + BATCH) if c not in seen]
             if not cands:
                 break
             seen.update(c for c, _ in cands)
@@ -79,11 +125,12 @@ class Retention:
                 if c in keep or self._busy(c):
                     continue
                 take.append(c)
-                live -= n
+                live -= n + RECORD
                 dropped_bytes += n
                 if live <= target:
                     break
-            dropped += store.drop(take)
+            if take:
+                dropped += store.drop(take)
         res = store.compact()
         self.totals["evicted_chunks"] += dropped
         self.totals["evicted_bytes"] += dropped_bytes
@@ -92,10 +139,67 @@ class Retention:
         after = store.stats()
         if after["live_bytes"] > self.capacity:
             log.warning("store holds %d bytes, over its %d byte capacity: what is left is kept by snapshots "
-                        "(anchorctl forget frees space)", after["disk_bytes"], self.capacity)
+                        "(anchorctl prune or forget frees space)", after["disk_bytes"], self.capacity)
         log.info("evicted %d pass-through chunks (%d bytes); store now holds %d live bytes of %d (%d on disk)",
                  dropped, dropped_bytes, after["live_bytes"], self.capacity, after["disk_bytes"])
         return {"evicted_chunks": dropped, "evicted_bytes": dropped_bytes, "live_bytes": after["live_bytes"]}
+
+    # --- room for a backup ---------------------------------------------------------------
+
+    def usage(self):
+        """(live, evictable): bytes of every stored chunk (49 + stored length each, buffered
+        ones too: the store is flushed first), and of those an eviction may take: indexed
+        pass-through chunks no open session holds. The store's class column decides what is
+        pass-through; a chunk it still calls pass-through though a snapshot keeps it (after a
+        crash between catalog and store) counts as evictable here, and eviction skips it."""
+        store = self.anchor.store
+        store.flush()
+        db = store.db
+        live = db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks",
+                          (RECORD,)).fetchone()[0]
+        passing = db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks WHERE class=?",
+                             (RECORD, store.CLASS_PASS_THROUGH)).fetchone()[0]
+        busy = set()
+        for s in self.in_use:
+            busy.update(s)
+        busy = list(busy)
+        held = 0
+        for i in range(0, len(busy), _IN):
+            part = busy[i:i + _IN]
+            held += db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks WHERE class=? "
+                               "AND id IN (%s)" % ",".join("?" * len(part)),
+                               (RECORD, store.CLASS_PASS_THROUGH, *part)).fetchone()[0]
+        return live, passing - held
+
+    def make_room(self, nbytes, reserve=True):
+        """Room for `nbytes` more in the store, evicting pass-through data (least recently
+        used first, none that an open session holds) if the budget needs it. Raises StoreFull
+        when they would not fit even with every evictable chunk gone; then nothing is evicted.
+
+        reserve=True: the bytes are about to be stored (a chunk received), and count against
+        the room left. reserve=False: a check ahead of an upload (an estimate of what a NEED
+        asks for); room is made, nothing is counted. No capacity: always room."""
+        if not self.capacity:
+            return
+        if nbytes <= self.room:
+            if reserve:
+                self.room -= nbytes
+            return
+        live, evictable = self.usage()
+        fixed = live - evictable
+        if fixed + nbytes > self.capacity:
+            self.room = 0
+            raise StoreFull(fixed + nbytes - self.capacity, self.capacity, estimated=not reserve)
+        if live + nbytes > self.capacity:
+            # Down to the low-water mark if that is possible, so the next chunks need no eviction.
+            target = max(min(int(self.capacity * LOW_WATER), self.capacity - nbytes), fixed)
+            done = self._evict(live, target)
+            live = done["live_bytes"]
+            if live + nbytes > self.capacity:
+                # Eviction found less than the class column promised (chunks pinned late).
+                self.room = 0
+                raise StoreFull(live + nbytes - self.capacity, self.capacity, estimated=not reserve)
+        self.room = self.capacity - live - (nbytes if reserve else 0)
 
 
 def of(anchor):

@@ -62,6 +62,7 @@ E_MISSING = const(5)      # COMMIT names data the anchor does not hold
 E_TREE = const(6)         # the tree the anchor built differs from the rover's root digest
 E_INTERNAL = const(7)     # the anchor failed; nothing was committed
 E_TOO_LARGE = const(8)    # a length or count above the limits
+E_FULL = const(9)         # the backup does not fit the anchor's capacity budget; nothing was committed
 
 # Relay failures (FAIL message): the session goes on, only this request failed.
 F_UNREACHABLE = const(1)  # origin or broker refused or could not be reached

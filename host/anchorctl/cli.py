@@ -83,6 +83,23 @@ def cmd_forget(c, a):
           % (r["forgotten"], a.device, r["chunks_released"]))
 
 
+def cmd_prune(c, a):
+    r = c.prune(a.device, a.keep_last, a.keep_daily, a.keep_weekly, a.dry_run)
+    if a.json:
+        return r
+    for s in r["keep"]:
+        print("keep    %5d  %-19s %10s  %s" % (s["id"], _when(s["time"]), _size(s["bytes"]), ", ".join(s["reasons"])))
+    for s in r["forget"]:
+        print("forget  %5d  %-19s %10s" % (s["id"], _when(s["time"]), _size(s["bytes"])))
+    if r["dry_run"]:
+        print("dry run: %d snapshots would be forgotten, %d kept; %s would become pass-through data"
+              % (len(r["forget"]), len(r["keep"]), _size(r["bytes_released"])))
+    else:
+        print("%d snapshots forgotten, %d kept; %s became pass-through data (evicted first when space "
+              "is needed); %s evicted now" % (len(r["forget"]), len(r["keep"]), _size(r["bytes_released"]),
+                                             _size(r["evicted_bytes"])))
+
+
 def cmd_pair(c, a):
     r = c.pair(a.device)
     if a.json:
@@ -149,6 +166,15 @@ def main(argv=None):
     p = add("forget", cmd_forget, "remove a snapshot (its content becomes evictable pass-through data)")
     p.add_argument("device")
     p.add_argument("snapshot")
+    p = add("prune", cmd_prune, "forget snapshots by retention rules (the latest is always kept); "
+            "what only they kept becomes evictable pass-through data")
+    p.add_argument("device")
+    p.add_argument("--keep-last", type=int, default=None, metavar="N", help="keep the N newest snapshots")
+    p.add_argument("--keep-daily", type=int, default=None, metavar="N",
+                   help="keep the newest snapshot of each of the last N days that have one (UTC)")
+    p.add_argument("--keep-weekly", type=int, default=None, metavar="N",
+                   help="keep the newest snapshot of each of the last N weeks that have one (ISO weeks, UTC)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
     add("stats", cmd_stats, "store and link statistics")
     p = add("pair", cmd_pair, "create a rover's pairing secret and print the code to give it")
     p.add_argument("device")

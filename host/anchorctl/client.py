@@ -94,6 +94,23 @@ class Client:
         finally:
             conn.close()
 
+    def prune(self, device, keep_last=None, keep_daily=None, keep_weekly=None, dry_run=False):
+        """Apply snapshot retention rules to a device: keep the newest keep_last, the newest
+        of each of the last keep_daily days and keep_weekly weeks (UTC), and the latest;
+        forget the rest. Returns {"keep", "forget", "chunks_released", "bytes_released",
+        "evicted_chunks", "evicted_bytes", "dry_run"}."""
+        params = {}
+        for name, n in (("keep_last", keep_last), ("keep_daily", keep_daily), ("keep_weekly", keep_weekly)):
+            if n is not None:
+                params[name] = str(n)
+        if dry_run:
+            params["dry_run"] = "1"
+        conn, resp = self._get("%s/prune" % self._dev(device), params, method="POST")
+        try:
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
     def pair(self, device):
         return self._call("%s/pairing" % self._dev(device), "POST")
 
