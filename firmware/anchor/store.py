@@ -332,15 +332,19 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ open and recovery
 
-    def _read_header(self, path, seq):
+    def _read_header(self, path, seq, fresh=False):
         """Return 'ok', or 'torn' for a header that is short or all zero; raise for a foreign or
-        newer file."""
+        newer file. fresh: a segment past every committed one, which no flush ever promised:
+        there a header without the magic is 'torn' too (the power went before the header
+        landed, and the file holds whatever the card had in those blocks)."""
         with open(path, "rb") as f:
             head = f.read(SEGMENT_HEADER_SIZE)
         if len(head) < SEGMENT_HEADER_SIZE or head == bytes(SEGMENT_HEADER_SIZE):
             return "torn"
         magic, version, _reserved, number = SEGMENT_HEADER.unpack(head)
         if magic != SEGMENT_MAGIC:
+            if fresh:
+                return "torn"
             raise StoreError("%s is not an Anchor segment (bad magic)" % path)
         if version != FORMAT_VERSION:
             raise StoreError("%s has segment format version %d; this anchor reads version %d "
@@ -378,7 +382,7 @@ class ChunkStore:
                 dir_changed = True
                 self.recovery["removed_files"] += 1
                 continue
-            state = self._read_header(path, seq)
+            state = self._read_header(path, seq, fresh=seq not in committed and seq > last_committed)
             if seq not in committed:
                 if state == "torn":
                     if seq < last_committed:
