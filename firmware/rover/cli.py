@@ -5,26 +5,10 @@ import time
 
 from core.compat import MICROPYTHON
 
-USAGE = """usage: rover --link URL [--link URL ...] --device ID --state DIR [-q] COMMAND ...
-
-links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?mtu=N];
-  any may end in ?cost=N (default 1). Relay commands use the first link, backups the
-  cheapest.
-
-commands:
-  backup ROOT [--outbox DIR] [--watch-wait S] [--retries N]
-                                   back up the tree under ROOT through the anchor; files under
-                                   ROOT/DIR are queued to go out, and the anchor may wait up to
-                                   S seconds (default 600) to see them pass its relay; a
-                                   lost link is reopened and the backup resumed up to N
-                                   times (default 3)
-  fetch URL --out PATH             HTTP(S) GET through the anchor, saved at PATH
-  send PATH --to URL [--post]      HTTP PUT (or POST) of a file through the anchor
-  publish TOPIC --file PATH        MQTT publish of a file through the anchor's broker
-  pair CODE                        store the pairing secret from the code `anchorctl pair ID`
-                                   printed on the anchor; every link is then authenticated
-                                   and encrypted (no --link needed)
-"""
+def usage():
+    # Its text lives in its own module: the rover's heap holds it only when it is printed.
+    from rover.usage import USAGE
+    return USAGE
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
            "--retries")
@@ -80,7 +64,7 @@ def main(argv=None):
     except ValueError as e:
         if str(e):
             print("rover: %s" % e)
-        print(USAGE)
+        print(usage())
         return 2
     from rover.link import LinkError
     from rover.conversation import RoverError
@@ -88,17 +72,18 @@ def main(argv=None):
 
     cmd = rest[0]
     if cmd == "pair":
-        return _pair(opts, rest)
+        from rover.securelink import pair_command
+        return pair_command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
-        print(USAGE)
+        print(usage())
         return 2
     log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
     t0 = time.time()
     if cmd == "backup":
         return _backup(opts, rest[1], log, t0)
-    from rover.securelink import NotPaired
+    from rover.link import NotPaired
     try:
         link = connect(opts["link"], opts, True)
         try:
@@ -126,12 +111,18 @@ def main(argv=None):
 
 def connect(url, opts, urgent=False):
     """A link to the anchor; secured when this rover is paired (its state holds the key)."""
+    import os
     from rover.link import open_link
+    try:
+        os.stat(opts["state"] + "/pairing.key")
+        paired = True
+    except OSError:
+        paired = False
+    link = open_link(url, opts["device"], urgent)
+    if not paired:
+        return link       # an --open anchor: the secure channel's code stays unloaded
     from rover.securelink import load_key, SecureLink
     key = load_key(opts["state"])
-    link = open_link(url, opts["device"], urgent)
-    if key is None:
-        return link
     try:
         return SecureLink(link, opts["device"], key)
     except BaseException:
@@ -139,28 +130,10 @@ def connect(url, opts, urgent=False):
         raise
 
 
-def _pair(opts, rest):
-    from core import secure
-    from core.messages import check_device, ProtocolError
-    from rover.securelink import save_key
-    if len(rest) != 2:
-        print("rover: pair takes the code anchorctl pair printed")
-        return 2
-    try:
-        check_device(opts["device"])
-        key = secure.code_to_key(rest[1], opts["device"])
-    except (secure.SecureError, ProtocolError) as e:
-        print("rover: pair failed: %s" % e)
-        return 1
-    save_key(opts["state"], key)
-    print("rover: paired as %s; links to the anchor are now authenticated and encrypted" % opts["device"])
-    return 0
-
-
 def _backup(opts, root, log, t0):
     from rover.link import cost, LinkError
     from rover.conversation import RoverError
-    from rover.securelink import NotPaired
+    from rover.link import NotPaired
     from rover.backup import Backup
     from core.messages import ProtocolError
     wait = opts.get("watch-wait", "600")

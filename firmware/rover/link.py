@@ -11,6 +11,10 @@ class LinkError(Exception):
     pass
 
 
+class NotPaired(Exception):
+    """The anchor does not know this rover's pairing, or could not prove its own."""
+
+
 def _split_query(url):
     base, _, query = url.partition("?")
     opts = {}

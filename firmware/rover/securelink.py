@@ -4,13 +4,9 @@
 import os
 
 from core import secure
-from rover.link import LinkError
+from rover.link import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
-
-
-class NotPaired(Exception):
-    pass
 
 
 def load_key(state_dir):
@@ -120,3 +116,21 @@ class SecureLink:
         except Exception:
             pass            # closing after a failure: nothing more to say
         self.link.close()
+
+
+def pair_command(opts, rest):
+    """`rover ... pair CODE`: store the pairing secret the code stands for."""
+    from core import secure
+    from core.messages import check_device, ProtocolError
+    if len(rest) != 2:
+        print("rover: pair takes the code anchorctl pair printed")
+        return 2
+    try:
+        check_device(opts["device"])
+        key = secure.code_to_key(rest[1], opts["device"])
+    except (secure.SecureError, ProtocolError) as e:
+        print("rover: pair failed: %s" % e)
+        return 1
+    save_key(opts["state"], key)
+    print("rover: paired as %s; links to the anchor are now authenticated and encrypted" % opts["device"])
+    return 0
