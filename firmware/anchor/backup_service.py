@@ -7,6 +7,7 @@ until COMMIT, which checks the whole tree against the rover's root digest first.
 """
 import asyncio
 import logging
+import os
 
 from core import chunker
 from core import messages as m
@@ -39,6 +40,8 @@ class BackupHandler:
         self.declaring = {}           # oid -> bytearray of chunk ids received so far
         self.declared = {}            # oid -> (size, ids) complete chunk lists
         self.needed = set()           # chunk ids asked for and not yet received
+        self.proving = {}             # chunk id -> nonce: held from another rover, to be proven
+        self.can_prove = False        # the rover answers proof challenges (CAP_PROVE)
         self.uploaded_set = set()     # chunk ids received this session
         self.in_use = set()           # chunk ids of objects answered "have" this session
         self.unscoped = []            # ...of which not yet durable and in the device's scope
@@ -65,6 +68,9 @@ class BackupHandler:
         if t == m.DATA:
             self._data(msg)
             return []
+        if t == m.PROOF:
+            self._proof(msg)
+            return []
         if t == m.COMMIT:
             return [self._commit(msg)]
         if t == m.ERROR:
@@ -79,6 +85,7 @@ class BackupHandler:
         r.protect(self.uploaded_set)
         r.protect(self.in_use)
         self.device = msg[2]
+        self.can_prove = bool(msg[4] & m.CAP_PROVE)
         self.dev = self.catalog.device_id(self.device)
         self.catalog.seen(self.dev)
         latest = self.catalog.latest(self.dev)
@@ -163,15 +170,18 @@ class BackupHandler:
     def _chunklist(self, msg):
         out = []
         estimate = 0
+        self.nonce = os.urandom(16) if self.can_prove else None
+        prove = []
         for index, start, ids, last in (p[:4] for p in msg[1]):
             oid = self.wanted.get(index)
             if oid is None or oid in self.declared:
                 raise m.ProtocolError(m.E_PROTOCOL, "chunk list for entry %d, which was not asked for" % index)
             size = self.expected[oid]
-            needed = self._list_part(oid, start, ids, last)
+            needed, challenged = self._list_part(oid, start, ids, last)
             if needed:
                 estimate += self._estimate(oid, size, len(needed), last)
             out.append(m.need_part(index, start, needed))
+            prove.append(challenged)
         if estimate:
             # Before the upload: will what this NEED asks for fit? An estimate from the file
             # sizes (scaled by how well this session's chunks compressed so far); _data makes
@@ -181,6 +191,8 @@ class BackupHandler:
             except retention.StoreFull as e:
                 log.warning("rover %s: %s", self.device, e.text())
                 raise m.ProtocolError(m.E_FULL, e.text())
+        if any(prove):
+            return m.need(out, [self.nonce, prove])
         return m.need(out)
 
     def _estimate(self, oid, size, n, last):
@@ -203,14 +215,22 @@ class BackupHandler:
         # never be enough to claim another rover's data.
         in_scope = self.catalog.chunks_in_scope(self.dev, ids)
         needed = []
+        challenged = []
         for i, c in enumerate(ids):
-            if c in self.uploaded_set or c in self.needed:
+            if c in self.uploaded_set or c in self.needed or c in self.proving:
                 continue
             if c in in_scope and self.store.has(c):
                 self.in_use.add(c)          # counted on: kept from eviction until the session ends
                 info = self.store.info(c)
                 src = "supplied_passthrough" if in_scope[c] == 1 else "supplied_backups"
                 self.counts[src] = self.counts.get(src, 0) + (info["raw_len"] if info else 0)
+                continue
+            if self.nonce is not None and self.store.has(c):
+                # Another rover brought it in: matched only when this one proves it holds
+                # the bytes, with a keyed hash over them under a nonce of ours.
+                self.in_use.add(c)
+                self.proving[c] = self.nonce
+                challenged.append(i)
                 continue
             needed.append(i)
             self.needed.add(c)
@@ -222,12 +242,35 @@ class BackupHandler:
                 raise m.ProtocolError(m.E_BAD_DATA, "chunk list does not hash to object %s" % oid.hex()[:16])
             self.declared[oid] = (self.expected[oid], bytes(got))
             del self.declaring[oid]
-        return needed
+        return needed, challenged
 
     # --- data --------------------------------------------------------------------------
 
+    def _proof(self, msg):
+        cid, tag = msg[1], msg[2]
+        nonce = self.proving.pop(cid, None)
+        if nonce is None:
+            raise m.ProtocolError(m.E_PROTOCOL, "proof for chunk %s, which was not challenged" % cid.hex()[:16])
+        raw = self.store.get(cid)
+        if raw is None:
+            raise m.ProtocolError(m.E_MISSING, "chunk %s went from the store during the backup" % cid.hex()[:16])
+        from core.hmac256 import hmac_sha256
+        from core.secure import equal
+        if not equal(hmac_sha256(nonce, raw)[:m.PROOF_TAG], tag):
+            raise m.ProtocolError(m.E_BAD_DATA, "proof of possession failed for chunk %s: the rover does "
+                                  "not hold these bytes" % cid.hex()[:16])
+        # Proven: the chunk joins this device's scope as if uploaded, without the upload.
+        self.uploaded_set.add(cid)
+        self.unscoped.append(cid)
+        self.counts["chunks_proven"] = self.counts.get("chunks_proven", 0) + 1
+        self.counts["supplied_proven"] = self.counts.get("supplied_proven", 0) + len(raw)
+
     def _data(self, msg):
         cid, enc, payload = msg[1], msg[2], msg[3]
+        if cid in self.proving:
+            # a rover may upload a challenged chunk instead of proving it
+            del self.proving[cid]
+            self.needed.add(cid)
         if cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk %s was not asked for" % cid.hex()[:16])
         # At most this much once stored: the payload as it came, or the raw bytes when they
@@ -330,6 +373,8 @@ class BackupHandler:
         root, n_entries, total = msg[1], msg[2], msg[3]
         if self.needed:
             raise m.ProtocolError(m.E_MISSING, "%d asked-for chunks never arrived" % len(self.needed))
+        if self.proving:
+            raise m.ProtocolError(m.E_MISSING, "%d challenged chunks were neither proven nor sent" % len(self.proving))
         if self.declaring:
             raise m.ProtocolError(m.E_MISSING, "%d chunk lists were left unfinished" % len(self.declaring))
         missing = [oid for oid in self.expected if oid not in self.declared

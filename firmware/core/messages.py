@@ -27,13 +27,14 @@ END = const(16)
 FAIL = const(17)
 WATCHWAIT = const(18)
 WATCHED = const(19)
+PROOF = const(20)
 
 NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", ENTRIES: "ENTRIES", VERDICT: "VERDICT",
     CHUNKLIST: "CHUNKLIST", NEED: "NEED", DATA: "DATA", COMMIT: "COMMIT",
     COMMITTED: "COMMITTED", ERROR: "ERROR", FETCH: "FETCH", SEND: "SEND", PUBLISH: "PUBLISH",
     RESULT: "RESULT", BODY: "BODY", END: "END", FAIL: "FAIL", WATCHWAIT: "WATCHWAIT",
-    WATCHED: "WATCHED",
+    WATCHED: "WATCHED", PROOF: "PROOF",
 }
 
 # Entry flags (the optional ninth field of a file PUT).
@@ -52,6 +53,8 @@ ENC_ZLIB = const(1)
 
 # Capability bits in HELLO/WELCOME.
 CAP_ZLIB = const(1)   # sender can produce zlib DATA (every anchor accepts it)
+CAP_PROVE = const(2)  # rover answers NEED's proof challenges (PROOF) for chunks it holds
+PROOF_TAG = const(16)
 
 # Error codes (ERROR message). Numbers are part of the protocol; text is for people.
 E_PROTOCOL = const(1)     # malformed or out-of-order message
@@ -104,7 +107,7 @@ P_RELAY = const(2)
 
 def purpose(t):
     """What a message type's bytes on the link are for: control, backup or relay."""
-    if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED:
+    if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED or t == PROOF:
         return P_BACKUP
     if FETCH <= t <= FAIL:
         return P_RELAY
@@ -235,7 +238,13 @@ def need_part(index, start, wanted):
     return [index, start, wanted]
 
 
-def need(parts):
+def proof(chunk_id, tag):
+    return [PROOF, chunk_id, tag]
+
+
+def need(parts, challenge=None):
+    if challenge:
+        return [NEED, parts, challenge]
     return [NEED, parts]
 
 
@@ -314,7 +323,7 @@ def check_entry(e):
 _MIN_FIELDS = {
     HELLO: 5, WELCOME: 5, ENTRIES: 3, VERDICT: 3, CHUNKLIST: 2, NEED: 2, DATA: 4, COMMIT: 4,
     COMMITTED: 2, ERROR: 3, FETCH: 3, SEND: 5, PUBLISH: 5, RESULT: 6, BODY: 2, END: 2, FAIL: 3,
-    WATCHWAIT: 2, WATCHED: 2,
+    WATCHWAIT: 2, WATCHED: 2, PROOF: 3,
 }
 
 
@@ -378,6 +387,21 @@ def check(msg):
             _int(p[1], 0, 1 << 40, "chunk index")
             for i in _list(p[2], MAX_IDS, "needed"):
                 _int(i, 0, MAX_IDS - 1, "needed index")
+        if len(msg) > 2:
+            # [nonce, [positions to prove, per part]]: chunks the anchor holds from another
+            # rover, matched only once this one proves it has the bytes (PROOF)
+            pr = msg[2]
+            if type(pr) is not list or len(pr) != 2:
+                _fail("proof challenge must be [nonce, positions per part]")
+            _bytes(pr[0], 16, "proof nonce")
+            if len(_list(pr[1], MAX_ENTRIES, "proof parts")) != len(msg[1]):
+                _fail("proof challenge must list positions for every need part")
+            for q in pr[1]:
+                for i in _list(q, MAX_IDS, "positions to prove"):
+                    _int(i, 0, MAX_IDS - 1, "position to prove")
+    elif t == PROOF:
+        _bytes(msg[1], 32, "chunk id")
+        _bytes(msg[2], PROOF_TAG, "proof tag")
     elif t == DATA:
         _bytes(msg[1], 32, "chunk id")
         _int(msg[2], 0, 1, "encoding")

@@ -12,6 +12,7 @@ import hashlib
 import struct
 
 from core.compat import const, MICROPYTHON
+from core.hmac256 import hmac_sha256  # noqa: F401  (part of this module's interface)
 
 MAGIC = b"ANC1"
 NONCE = const(16)
@@ -31,22 +32,6 @@ class SecureError(Exception):
 
 
 # --- primitives ----------------------------------------------------------------------
-
-def hmac_sha256(key, *parts):
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    k = bytearray(64)
-    k[:len(key)] = key
-    ipad = bytearray(64)
-    opad = bytearray(64)
-    for i in range(64):
-        ipad[i] = k[i] ^ 0x36
-        opad[i] = k[i] ^ 0x5C
-    h = hashlib.sha256(ipad)
-    for p in parts:
-        h.update(p)
-    return hashlib.sha256(bytes(opad) + h.digest()).digest()
-
 
 def equal(a, b):
     """Constant-time comparison of two byte strings of equal length."""

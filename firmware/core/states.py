@@ -35,6 +35,7 @@ TRANSITIONS = {
     (READY, ROVER, m.CHUNKLIST): AWAIT_NEED,
     (AWAIT_NEED, ANCHOR, m.NEED): READY,
     (READY, ROVER, m.DATA): READY,
+    (READY, ROVER, m.PROOF): READY,     # instead of DATA, for a chunk the anchor challenged
     (READY, ROVER, m.COMMIT): AWAIT_COMMITTED,
     (AWAIT_COMMITTED, ANCHOR, m.COMMITTED): CLOSED,
     # relay: the anchor does network work for the rover over its own uplink

@@ -191,6 +191,9 @@ def _backup(opts, root, log, t0):
           "%d chunks (%d bytes) uploaded; link %d bytes out, %d in; %.2f s"
           % (s["snapshot"], s["entries"], s["bytes"], s["changed"], s["deleted"], s["chunks_sent"],
              s["data_bytes_sent"], tx, rx, dt))
+    if s.get("chunks_proven"):
+        print("rover: %d chunks another rover brought in were matched on proof that we hold "
+              "them, not uploaded" % s["chunks_proven"])
     return 0
 
 

@@ -148,11 +148,12 @@ def test_eight_rovers_back_up_and_relay_at_once(tmp_path):
         assert walls[-1] < FETCH_BOUND_S, walls
         assert during >= 1, "no fetch finished while the backups ran: %s" % results
 
-        # Identical files: no cross-rover match, each sharing rover uploaded its own copy.
+        # Identical files: the bytes crossed at least one link. (The second rover to need
+        # them may prove it holds them instead of uploading, or upload them too if both
+        # sessions asked at once; both restore bit-exact below.)
         shared_bytes = sum(len(d) for d in shared.values())
-        for i in SHARING:
-            sent = int(re.search(r"\(([0-9]+) bytes\) uploaded", outs[i]).group(1))
-            assert sent >= shared_bytes, (DEVICES[i], sent, shared_bytes, outs[i])
+        sent = [int(re.search(r"\(([0-9]+) bytes\) uploaded", outs[i]).group(1)) for i in SHARING]
+        assert max(sent) >= shared_bytes, (sent, shared_bytes)
 
         # Separation: each device restores bit-exact to its own tree, lists only its own
         # snapshot and only its own names.

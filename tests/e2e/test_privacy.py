@@ -1,5 +1,6 @@
 """A rover gets HAVE answers only for its own data: knowing another rover's object or chunk
-ids (hashes) unlocks nothing. Rover B forges a manifest naming rover A's file by its ids."""
+ids (hashes) unlocks nothing. Content another rover brought in is matched only after a
+proof of possession (docs/security.md)."""
 import os
 import random
 
@@ -54,18 +55,61 @@ def test_hashes_of_another_rovers_data_unlock_nothing(tmp_path):
         anchor.stop()
 
 
-def test_the_same_file_is_uploaded_by_each_rover(tmp_path):
-    """Without a proof of possession there is no cross-rover match: B uploads its copy."""
+@pytest.mark.parametrize("runtime", ["cpython", "micropython"])
+def test_the_same_file_is_matched_only_on_proof(tmp_path, runtime):
+    """B holds the same file as A: the anchor challenges B, B proves it holds the bytes and
+    uploads nothing; B's snapshot restores."""
     anchor = AnchorProc(str(tmp_path / "anchor")).start()
     try:
         data = random.Random(2).randbytes(40_000)
+        sent = {}
         for dev in ("rover-a", "rover-b"):
             src = str(tmp_path / dev)
             os.makedirs(src)
             with open(os.path.join(src, "same.bin"), "wb") as f:
                 f.write(data)
-            p = run_rover("cpython", anchor.link, dev, str(tmp_path / ("s" + dev)), "backup", src)
-            sent = int(p.stdout.split(" chunks (")[0].rsplit(" ", 1)[1])
-            assert sent == len(ids_of(os.path.join(src, "same.bin"))[2]), p.stdout
+            p = run_rover("cpython" if dev == "rover-a" else runtime, anchor.link, dev,
+                          str(tmp_path / ("s" + dev)), "backup", src)
+            sent[dev] = (int(p.stdout.split(" chunks (")[0].rsplit(" ", 1)[1]), p.stdout)
+        n = len(ids_of(os.path.join(str(tmp_path / "rover-a"), "same.bin"))[2])
+        assert sent["rover-a"][0] == n
+        assert sent["rover-b"][0] == 0 and "%d chunks another rover" % n in sent["rover-b"][1], sent
+        out = str(tmp_path / "out")
+        anchorctl(anchor.address, "restore", "rover-b", "--to", out)
+        with open(os.path.join(out, "same.bin"), "rb") as f:
+            assert f.read() == data
+    finally:
+        anchor.stop()
+
+
+def test_a_proof_without_the_bytes_is_refused(tmp_path):
+    """B knows A's chunk ids (hashes) and says it can prove: it is challenged, and a proof
+    made without the bytes fails; nothing of A's becomes B's."""
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        src = str(tmp_path / "a")
+        os.makedirs(src)
+        secret = os.path.join(src, "diary.bin")
+        with open(secret, "wb") as f:
+            f.write(random.Random(3).randbytes(30_000))
+        run_rover("cpython", anchor.link, "rover-a", str(tmp_path / "sa"), "backup", src)
+        size, oid, cids = ids_of(secret)
+        conv = Conversation(TcpLink("127.0.0.1", anchor.port), "rover-b")
+        conv.hello(None, m.CAP_PROVE)
+        conv.send(m.entries(0, [m.put_entry("stolen.bin", m.T_FILE, size, 0, 0o644, oid)]))
+        assert conv.recv(m.VERDICT)[2] == [0]
+        conv.send(m.chunklist([m.list_part(0, 0, cids, True)]))
+        need = conv.recv(m.NEED)
+        assert need[1][0][2] == [] and sorted(need[2][1][0]) == list(range(len(cids))), need
+        # the best B can do without the bytes: a keyed hash of the chunk id
+        from core.hmac256 import hmac_sha256
+        conv.send(m.proof(cids[0], hmac_sha256(need[2][0], cids[0])[:16]))
+        conv.send(m.commit(oid, 1, size))
+        with pytest.raises(RoverError) as e:
+            conv.recv(m.COMMITTED)
+        assert "proof of possession failed" in str(e.value)
+        conv.link.close()
+        r = anchorctl(anchor.address, "snapshots", "rover-b", "--json", check=False)
+        assert r.returncode != 0 or r.stdout.strip() in ("[]", ""), r.stdout
     finally:
         anchor.stop()
