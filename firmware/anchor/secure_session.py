@@ -8,7 +8,7 @@ from core import secure
 
 log = logging.getLogger("anchor.secure")
 
-HANDSHAKE_LIMIT = 4 + 1 + 64 + secure.NONCE
+HANDSHAKE_LIMIT = 4 + 1 + 64 + secure.NONCE + 2
 
 
 class Refused(Exception):
@@ -59,8 +59,9 @@ class SecureWriter:
 
     def write(self, data):
         mv = memoryview(bytes(data))
-        for off in range(0, len(mv), secure.MAX_RECORD):
-            self.writer.write(bytes(self.sealer.seal(mv[off:off + secure.MAX_RECORD])))
+        step = self.sealer.max          # what the rover said it can take
+        for off in range(0, len(mv), step):
+            self.writer.write(bytes(self.sealer.seal(mv[off:off + step])))
 
     async def drain(self):
         await self.writer.drain()
@@ -105,7 +106,7 @@ async def accept(anchor, reader, writer):
         if not data:
             raise Refused("link closed during the secure handshake")
         buf += data
-    device, nr, used = got
+    device, nr, rx_max, used = got
     key = anchor.catalog.pairing_key(device)
     if key is None:
         writer.write(secure.hello2(secure.ST_NOT_PAIRED, bytes(secure.NONCE), bytes(secure.PROOF)))
@@ -121,6 +122,6 @@ async def accept(anchor, reader, writer):
         raise Refused("rover %r failed to prove it holds its pairing secret" % device)
     k = secure.session_keys(key, nr, na)
     opener = secure.Opener(k[0], k[1])
-    sealer = secure.Sealer(k[2], k[3])
+    sealer = secure.Sealer(k[2], k[3], rx_max)
     r = SecureReader(_Prefixed(reader, rest[secure.PROOF:]), opener)
     return r, SecureWriter(writer, sealer), device

@@ -137,13 +137,14 @@ def code_to_key(code, device):
 
 # --- handshake messages (plaintext, before the records) ---------------------------------
 
-def hello1(device, nr):
+def hello1(device, nr, rx_max=MAX_RECORD):
+    """rx_max: the largest record the rover takes (its heap may not hold 4 KiB twice)."""
     d = device.encode()
-    return MAGIC + bytes([len(d)]) + d + nr
+    return MAGIC + bytes([len(d)]) + d + nr + struct.pack(">H", rx_max)
 
 
 def parse_hello1(buf):
-    """-> (device, nr, length) or None if incomplete. Raises SecureError on garbage."""
+    """-> (device, nr, rx_max, length) or None if incomplete. Raises SecureError on garbage."""
     if len(buf) < 5:
         return None
     if bytes(buf[:4]) != MAGIC:
@@ -151,14 +152,17 @@ def parse_hello1(buf):
     n = buf[4]
     if n < 1 or n > 64:
         raise SecureError("bad device name length")
-    end = 5 + n + NONCE
+    end = 5 + n + NONCE + 2
     if len(buf) < end:
         return None
     try:
         device = bytes(buf[5:5 + n]).decode()
     except UnicodeError:
         raise SecureError("device name is not UTF-8")
-    return device, bytes(buf[5 + n:end]), end
+    rx_max = struct.unpack_from(">H", buf, end - 2)[0]
+    if rx_max < 256 or rx_max > MAX_RECORD:
+        raise SecureError("record size %d out of range" % rx_max)
+    return device, bytes(buf[5 + n:end - 2]), rx_max, end
 
 
 def hello2(status, na, prf):
@@ -176,17 +180,18 @@ class Sealer:
     Plaintext may be gathered in place first (room/add, then flush), so a message written
     in pieces (a chunk's header, body and CRC) costs one record, not three."""
 
-    def __init__(self, enc_key, mac_key):
+    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
         self.ctr = _Ctr(enc_key)
         self.mac_key = mac_key
         self.seq = 0
-        self.buf = bytearray(HEADER + MAX_RECORD + TAG)
+        self.max = max_record
+        self.buf = bytearray(HEADER + max_record + TAG)
         self.mv = memoryview(self.buf)
         self.pending = 0
 
     def room(self):
         """Where the next plaintext bytes go (empty when a record is full: flush)."""
-        return self.mv[HEADER + self.pending:HEADER + MAX_RECORD]
+        return self.mv[HEADER + self.pending:HEADER + self.max]
 
     def add(self, k):
         self.pending += k
@@ -205,9 +210,9 @@ class Sealer:
         return self.mv[:HEADER + n + TAG]
 
     def seal(self, data):
-        """One record of `data` (at most MAX_RECORD bytes; nothing may be gathered)."""
+        """One record of `data` (at most max_record bytes; nothing may be gathered)."""
         n = len(data)
-        if n > MAX_RECORD or self.pending:
+        if n > self.max or self.pending:
             raise SecureError("record too large")
         if n == 0:
             struct.pack_into(">H", self.buf, 0, 0)
@@ -223,11 +228,12 @@ class Sealer:
 class Opener:
     """Takes bytes from the link, gives back the plaintext of each whole, authentic record."""
 
-    def __init__(self, enc_key, mac_key):
+    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
         self.ctr = _Ctr(enc_key)
         self.mac_key = mac_key
         self.seq = 0
-        self.buf = bytearray(HEADER + MAX_RECORD + TAG)
+        self.max = max_record
+        self.buf = bytearray(HEADER + max_record + TAG)
         self.mv = memoryview(self.buf)
         self.have = 0
 
@@ -259,7 +265,7 @@ class Opener:
         if self.have < HEADER:
             return None
         n = struct.unpack_from(">H", self.buf, 0)[0]
-        if n > MAX_RECORD:
+        if n > self.max:
             raise SecureError("record of %d bytes: not from our peer" % n)
         if self.have < HEADER + n + TAG:
             return None

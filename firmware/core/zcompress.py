@@ -10,14 +10,14 @@
 # - CPython: the same algorithm in plain Python (slow; tests only need small inputs there).
 #
 # Arithmetic stays inside 32-bit machine words (viper ints on a 32-bit MCU): the bit buffer
-# never holds more than 7 + 18 bits, the hash keeps bits 20..31 of a product (identical
+# never holds more than 7 + 18 bits, the hash keeps bits 21..31 of a product (identical
 # whether the multiply wraps or not), and Adler-32 reduces every 3800 bytes.
 from array import array
 
 from core.compat import const, MICROPYTHON
 
-_HASH_BITS = const(12)
-_HASH_SIZE = const(4096)
+_HASH_BITS = const(11)
+_HASH_SIZE = const(2048)
 _HASH_MUL = const(0x1E35A7BD)
 _WINDOW = const(32768)
 _MIN_MATCH = const(3)
@@ -110,7 +110,7 @@ if MICROPYTHON:
             ln = 0
             if i < hend:
                 v = src[i] | (src[i + 1] << 8) | (src[i + 2] << 16)
-                h = ((v * _HASH_MUL) >> 20) & 0xFFF
+                h = ((v * _HASH_MUL) >> 21) & 0x7FF
                 c = int(head[h]) - 1
                 head[h] = i + 1
                 if c >= 0 and i - c <= _WINDOW and src[c] == src[i] \
@@ -152,7 +152,7 @@ if MICROPYTHON:
                     stop = hend
                 while j < stop:
                     v = src[j] | (src[j + 1] << 8) | (src[j + 2] << 16)
-                    head[((v * _HASH_MUL) >> 20) & 0xFFF] = j + 1
+                    head[((v * _HASH_MUL) >> 21) & 0x7FF] = j + 1
                     j += 1
             while bc >= 8:
                 out[o] = bb
@@ -206,7 +206,7 @@ else:
             ln = 0
             if i < hend:
                 v = src[i] | (src[i + 1] << 8) | (src[i + 2] << 16)
-                h = ((v * _HASH_MUL) >> 20) & 0xFFF
+                h = ((v * _HASH_MUL) >> 21) & 0x7FF
                 c = head[h] - 1
                 head[h] = i + 1
                 if c >= 0 and i - c <= _WINDOW and src[c] == src[i] \
@@ -239,7 +239,7 @@ else:
                 stop = min(i, hend)
                 while j < stop:
                     v = src[j] | (src[j + 1] << 8) | (src[j + 2] << 16)
-                    head[((v * _HASH_MUL) >> 20) & 0xFFF] = j + 1
+                    head[((v * _HASH_MUL) >> 21) & 0x7FF] = j + 1
                     j += 1
             while bc >= 8:
                 out[o] = bb & 0xFF
@@ -285,16 +285,21 @@ class Compressor:
     (it always fits self.out).  The result stays valid until the next call.
     """
 
-    def __init__(self, max_input=32768):
+    def __init__(self, max_input=32768, always=True):
         if max_input < 0 or max_input > 65534:
             raise ValueError("max_input")  # hash heads are 16-bit positions
         self.max_input = max_input
-        self.out = bytearray(max_input + max_input // 8 + 64)
+        # always=False: only streams smaller than their input are wanted (the rover's case),
+        # so the output never outgrows the input and 4 KiB of heap are spared.
+        self.always_ok = always
+        self.out = bytearray(max_input + (max_input // 8 + 64 if always else 64))
         self.head = array("H", bytes(2 * _HASH_SIZE))
 
     def compress(self, src, n, always=False):
         if n < 0 or n > self.max_input or n > len(src):
             raise ValueError("n")
+        if always and not self.always_ok:
+            raise ValueError("made without room for always=True")
         out = self.out
         lim = len(out) - 4 if always else n - 4  # the 4-byte Adler-32 trailer follows
         out[0] = 0x78

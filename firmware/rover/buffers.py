@@ -17,4 +17,4 @@ def allocate():
             import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)
         except ImportError:
             from core.zcompress import Compressor
-            compressor = Compressor(CHUNK_SIZE)
+            compressor = Compressor(CHUNK_SIZE, False)   # chunks go raw unless smaller

@@ -22,7 +22,7 @@ class Conversation:
         self.log = log or (lambda s: None)
         buffers.allocate()     # no-op when main.py already took them at start-up
         self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx, True)
-        self.rxbuf = bytearray(2048)
+        self.rxbuf = bytearray(1024)
         self.cbuf = buffers.chunk
 
     def send(self, msg):

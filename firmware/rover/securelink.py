@@ -7,6 +7,8 @@ from core import secure
 from rover.link import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
+RX_RECORD = 1024       # records the rover takes: the anchor seals no more per record
+TX_RECORD = 2048       # records the rover makes (the heap holds both buffers)
 
 
 def load_key(state_dir):
@@ -33,7 +35,7 @@ class SecureLink:
     def __init__(self, link, device, key):
         self.link = link
         nr = os.urandom(secure.NONCE)
-        link.write(secure.hello1(device, nr))
+        link.write(secure.hello1(device, nr, RX_RECORD))
         buf = bytearray(secure.HELLO2)
         got = 0
         while got < len(buf):
@@ -52,8 +54,8 @@ class SecureLink:
                             "not our anchor, or the pairing was renewed (pair again)")
         link.write(secure.proof(key, b"rover", device.encode(), nr, na))
         k = secure.session_keys(key, nr, na)
-        self.sealer = secure.Sealer(k[0], k[1])
-        self.opener = secure.Opener(k[2], k[3])
+        self.sealer = secure.Sealer(k[0], k[1], TX_RECORD)
+        self.opener = secure.Opener(k[2], k[3], RX_RECORD)
         self.plain = None
         self.pos = 0
 

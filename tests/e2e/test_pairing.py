@@ -129,10 +129,10 @@ class Mitm:
                     break
                 buf += data
                 if hs is None:
-                    # hello1 (4 + 1 + n + 16), passed on at once; then the 16-byte proof
-                    if len(buf) < 5 or len(buf) < 5 + buf[4] + 16:
+                    # hello1 (4 + 1 + n + 16 + 2), passed on at once; then the 16-byte proof
+                    if len(buf) < 5 or len(buf) < 5 + buf[4] + 18:
                         continue
-                    need = 5 + buf[4] + 16
+                    need = 5 + buf[4] + 18
                     u.sendall(buf[:need])
                     buf = buf[need:]
                     hs = 16

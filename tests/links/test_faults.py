@@ -128,3 +128,31 @@ def chunks_of_file(path):
         data = f.read()
     ref = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
     return [hashlib.sha256(c.data).digest() for c in ref.cut_buf(data)]
+
+
+def test_paired_rover_over_a_radio_link_micropython(tmp_path):
+    """The secure channel runs on every link: here a paired MicroPython rover over serial,
+    to an anchor as shipped (paired rovers only)."""
+    emu = PtyLink(rate=200_000, seed=5)
+    src = str(tmp_path / "src")
+    make_src(src, 3, 30_000, 6)
+    anchor = AnchorProc(str(tmp_path / "anchor"), "--serial", emu.anchor_link + ":115200", secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        code = json.loads(anchorctl(anchor.address, "pair", "rover-s", "--json").stdout)["code"]
+        p = subprocess.run(rover_cmd("micropython", "tcp://unused:1", "rover-s", state, "pair", code),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        link = "serial:%s:115200" % emu.rover_link
+        p = subprocess.run(rover_cmd("micropython", link, "rover-s", state, "backup", src),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "snapshot 1 committed" in p.stdout, p.stdout + p.stderr
+        check_restore(anchor, "rover-s", src, tmp_path)
+        # unpaired now: the same rover on the same line gets only a refusal
+        anchorctl(anchor.address, "unpair", "rover-s")
+        p = subprocess.run(rover_cmd("micropython", link, "rover-s", state, "backup", src, "--retries", "0"),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and "pair" in p.stdout, p.stdout + p.stderr
+    finally:
+        anchor.stop()
+        emu.close()
