@@ -12,7 +12,8 @@ class Session:
     def __init__(self, role, max_payload=framing.MAX_PAYLOAD, buffer_size=None, tx_buffer=0, zero_copy=False):
         # tx_buffer: 0 for fresh bytes per send, a size, or a preallocated bytearray.
         # zero_copy: a received BODY is a view into the receive buffer, valid until the
-        # next receive_data (the rover writes it out at once; its heap has no 4 KiB to spare).
+        # next call of next_event or receive_data (the rover writes it out at once; its heap
+        # has no 4 KiB to spare).
         self.role = role
         self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
         self.state = st.START
@@ -72,15 +73,21 @@ class Session:
     def send(self, msg):
         """Check `msg` against the protocol and return its framed bytes."""
         m.check(msg)
+        state, request = self.state, self._request
         self._advance(self.role, msg)
-        if self._tx is not None:
-            try:
-                n = cbor.encode_into(msg, self._tx, 6)
-            except cbor.CBORError as e:
-                raise m.ProtocolError(m.E_TOO_LARGE, str(e))
-            out = memoryview(self._tx)[:framing.frame_in_place(self._tx, n - 6)]
-        else:
-            out = framing.encode_frame(m.encode(msg))
+        try:
+            if self._tx is not None:
+                try:
+                    n = cbor.encode_into(msg, self._tx, 6)
+                except cbor.CBORError as e:
+                    raise m.ProtocolError(m.E_TOO_LARGE, str(e))
+                out = memoryview(self._tx)[:framing.frame_in_place(self._tx, n - 6)]
+            else:
+                out = framing.encode_frame(m.encode(msg))
+        except BaseException:
+            # Nothing was sent: the state stays where it was (found by fuzzing).
+            self.state, self._request = state, request
+            raise
         self.bytes_out += len(out)
         self.purpose_bytes[m.purpose(msg[0])] += len(out)
         return out

@@ -234,3 +234,19 @@ def test_zero_copy_session_refuses_long_map_keys_with_protocol_error():
     r = Session(st.ROVER, 4608, 4624, 0, True)
     r.receive_data(framing.encode_frame(cbor.encode([m.BODY, {b"k" * 1024: 1}])))
     expect_error(r.next_event)
+
+
+def test_a_send_that_does_not_fit_leaves_the_state_alone():
+    from core import messages as m
+    from core import states as st
+    from core.session import Session
+    s = Session(st.ROVER, tx_buffer=24)
+    try:
+        s.send(m.hello("rover-with-a-rather-long-name", None, 0))
+        raise AssertionError("a HELLO larger than the buffer was sent")
+    except m.ProtocolError as e:
+        assert e.code == m.E_TOO_LARGE
+    assert s.state == st.START
+    big = Session(st.ROVER, tx_buffer=256)
+    big.send(m.hello("rover-1", None, 0))
+    assert big.state == st.HELLO_SENT
