@@ -38,6 +38,8 @@ import time
 
 from core import gatt
 
+from anchor.chanlink import end_port_job
+
 log = logging.getLogger(__name__)
 
 # Bytes the port adds per packet on the air: the ATT header (opcode 1 + attribute handle 2)
@@ -301,14 +303,7 @@ class BleScanner:
                     pass
         finally:
             gone.cancel()
-            if not job.done():
-                job.cancel()
-                try:
-                    await job
-                except (asyncio.CancelledError, Exception):
-                    pass
-            elif not job.cancelled() and job.exception() is not None:
-                log.error("%s: on_port failed", port.name, exc_info=job.exception())
+            await end_port_job(job, port.name)
             port.close()
             try:
                 await asyncio.wait_for(port.gone.wait(), port.send_timeout)

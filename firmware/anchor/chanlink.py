@@ -197,3 +197,16 @@ async def serve_port(anchor, port, **options):
     log.info("link %s up (mtu %d)", port.name, port.mtu)
     await ChannelConnection(anchor, port, **options).run()
     log.info("link %s down", port.name)
+
+
+async def end_port_job(job, name):
+    """A listener is done with a port: cancel the task that served it if it still runs,
+    or log how it failed."""
+    if not job.done():
+        job.cancel()
+        try:
+            await job
+        except (asyncio.CancelledError, Exception):
+            pass
+    elif not job.cancelled() and job.exception() is not None:
+        log.error("%s: on_port failed", name, exc_info=job.exception())

@@ -17,6 +17,8 @@ import serial
 
 from core import framing
 
+from anchor.chanlink import end_port_job
+
 log = logging.getLogger("anchor.serial")
 
 DEFAULT_BAUD = 115200
@@ -304,14 +306,7 @@ class SerialListener:
                     break
         finally:
             gone.cancel()
-            if not job.done():
-                job.cancel()
-                try:
-                    await job
-                except (asyncio.CancelledError, Exception):
-                    pass
-            elif not job.cancelled() and job.exception() is not None:
-                log.error("%s: on_port failed", self.name, exc_info=job.exception())
+            await end_port_job(job, self.name)
 
     async def _pause(self, seconds):
         # close() interrupts the wait through the task's cancellation.

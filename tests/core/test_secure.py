@@ -45,17 +45,7 @@ def pair_of(key=b"k" * 32):
 
 
 def open_all(opener, wire):
-    out = []
-    mv = memoryview(wire)
-    while len(mv):
-        room = opener.room()
-        n = min(len(room), len(mv))
-        room[:n] = mv[:n]
-        mv = mv[n:]
-        p = opener.filled(n)
-        if p is not None:
-            out.append(bytes(p))
-    return out
+    return opener.feed(wire)
 
 
 def test_records_round_trip_and_hide_the_data():
