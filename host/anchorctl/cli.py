@@ -106,7 +106,7 @@ def cmd_pair(c, a):
         return r
     print("pairing code for %s:  %s" % (r["device"], r["code"]))
     print("on the rover:  rover --device %s --state DIR pair %s" % (r["device"], r["code"]))
-    print("(or type it into the rover's pairing prompt; an earlier pairing of %s no longer works)" % r["device"])
+    print("(on a board, the same command at the rover's console; an earlier pairing of %s no longer works)" % r["device"])
 
 
 def cmd_unpair(c, a):
