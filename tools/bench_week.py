@@ -29,8 +29,10 @@ The week (deterministic for a given --seed; every file's content and mtime come 
   day 3     the folder "Pictures/Trip 2026-10" is renamed "Pictures/Lisbon October 2026";
   day 6     two old downloads are deleted.
 
-Every fetch, send and publish is done by two rovers (devices) against one `anchor serve`
-(with a loopback HTTP origin and Debian's mosquitto): the MicroPython rover (256 KB heap)
+Every fetch, send and publish is done by two rovers (devices), each against its own `anchor
+serve` (with one loopback HTTP origin and Debian's mosquitto; separate anchors, or the second
+rover's backup would be answered by proofs of possession for what the first uploaded, and
+measure nothing of its own): the MicroPython rover (256 KB heap)
 writes the fetched files into the tree, the CPython rover fetches into a scratch file that
 must be identical. Both backed the start tree up before the week. At the end of the week:
 
@@ -273,9 +275,10 @@ def make_start_tree(root, rnd):
 class Rovers:
     """The two rovers that live the same week: relay requests by both, files written once."""
 
-    def __init__(self, tmp, root, anchor, origin, timeout):
+    def __init__(self, tmp, root, anchor, origin, timeout, anchor_cpy):
         self.root = root
-        self.anchor = anchor
+        self.anchor = anchor             # the MicroPython rover's
+        self.anchor_cpy = anchor_cpy     # the CPython rover's
         self.origin = origin
         self.timeout = timeout
         self.state_mpy = os.path.join(tmp, "state-mpy")
@@ -295,21 +298,23 @@ class Rovers:
 
     def _run(self, runtime, link, *args):
         dev, state = (DEV_MPY, self.state_mpy) if runtime == "micropython" else (DEV_CPY, self.state_cpy)
+        anchor = self.anchor if runtime == "micropython" else self.anchor_cpy
         try:
             return run_rover(runtime, link, dev, state, *args, timeout=self.timeout)
         except AssertionError as e:
             # Say whether the anchor is still alive, and what it logged last.
-            with open(os.path.join(self.anchor.data_dir, "anchor.log"), "rb") as f:
+            with open(os.path.join(anchor.data_dir, "anchor.log"), "rb") as f:
                 tail = f.read()[-3000:].decode(errors="replace")
             raise RuntimeError("%s\nanchor exit status: %s; its log ends:\n%s"
-                               % (e, self.anchor.proc.poll(), tail)) from None
+                               % (e, anchor.proc.poll(), tail)) from None
 
     def rover(self, runtime, *args):
-        link = self.link_mpy if runtime == "micropython" else self.anchor.link
+        link = self.link_mpy if runtime == "micropython" else self.anchor_cpy.link
         return self._run(runtime, link, *args)
 
     def backup(self, runtime, link=None):
-        p = self._run(runtime, link or self.anchor.link, "backup", self.root)
+        default = self.anchor.link if runtime == "micropython" else self.anchor_cpy.link
+        p = self._run(runtime, link or default, "backup", self.root)
         if "committed" not in p.stdout:
             raise RuntimeError("backup did not commit:\n" + p.stdout + p.stderr)
         return p.stdout
@@ -717,7 +722,10 @@ def main():
             stack.callback(broker.close)
             anchor = AnchorProc(os.path.join(tmp, "anchor"), "--broker", broker.url).start()
             stack.callback(anchor.stop)
-            rv = Rovers(tmp, root, anchor, origin, a.timeout)
+            anchor_cpy = AnchorProc(os.path.join(tmp, "anchor-cpy"), "--broker", broker.url,
+                                    "--no-mqtt-links").start()
+            stack.callback(anchor_cpy.stop)
+            rv = Rovers(tmp, root, anchor, origin, a.timeout, anchor_cpy)
             stack.callback(rv.close)
             rsyncd = RsyncDaemon(tmp)
             stack.callback(rsyncd.close)
@@ -727,7 +735,7 @@ def main():
             # The start of the week: every tool holds the start tree.
             first = {}
             first["anchor_mpy"], _, _ = anchor_backup(rv, "micropython", anchor)
-            rv.backup("cpython")
+            rv.backup("cpython")          # to its own anchor
             first["rsync"] = rsyncd.sync(root, a.timeout)
             restic.init(a.timeout)
             first["restic"] = restic.backup(root, a.timeout)
@@ -740,7 +748,7 @@ def main():
 
             # The end of the week.
             mpy_bytes, mpy_s, mpy_out = anchor_backup(rv, "micropython", anchor)
-            cpy_bytes, cpy_s, cpy_out = anchor_backup(rv, "cpython", anchor)
+            cpy_bytes, cpy_s, cpy_out = anchor_backup(rv, "cpython", anchor_cpy)
             mpy, cpy = parse_backup(mpy_out), parse_backup(cpy_out)
             rsync_bytes = rsyncd.sync(root, a.timeout)
             restic_bytes = restic.backup(root, a.timeout)
