@@ -6,7 +6,6 @@ connection is, through a small reader/writer pair that looks like asyncio's.
 """
 import asyncio
 import logging
-import os
 import time
 
 from core import channel as chan
@@ -107,7 +106,6 @@ class ChannelConnection:
                  tx_window=None, dead_ms=30000):
         self.anchor = anchor
         self.port = port
-        wire = port.mtu + port.overhead
         self.ch = chan.Channel(False, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
                                tx_window or 65535, dead_ms)
         self._changed = asyncio.Event()

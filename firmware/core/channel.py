@@ -298,7 +298,6 @@ class Channel:
         s = self.streams.get(sid)
         if s is None:
             return -1
-        before = self._window()
         n = s.rx.get_into(memoryview(buf), len(buf))
         if n == 0 and s.eof:
             self._maybe_forget(sid)

@@ -8,7 +8,6 @@
 # is built from ECB (the keystream of record `seq` is AES(k, seq || block index)); on
 # CPython the `cryptography` package's CTR gives the same bytes (its counter is the same
 # 128-bit block, incremented from seq || 0).
-import hashlib
 import struct
 
 from core.compat import const, MICROPYTHON

@@ -1,7 +1,6 @@
 """Real services on loopback for relay tests: an HTTP origin and a mosquitto broker."""
 import hashlib
 import os
-import select
 import shutil
 import socket
 import subprocess

@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import sys
-import threading
 import time
 
 import pytest
@@ -513,6 +512,7 @@ def test_micropython_rover_with_cpython_anchor(broker, tmp_path):
                 word, count, up_ms = await line()
                 assert (word, int(count)) == ("sent", UP_COUNT)
                 dropped_up = port.dropped
+                assert received > 0 and received + dropped_up == UP_COUNT, (received, dropped_up)
                 word, n_echo = await line()
                 for _ in range(int(n_echo)):       # echo every packet back
                     await port.send(await asyncio.wait_for(port.recv(), WAIT))

@@ -7,7 +7,6 @@ import random
 import select
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
 from harness import run_rover  # noqa: E402
 from inproc import InprocAnchor  # noqa: E402
 from kinds import SerialKind  # noqa: E402
-from linkemu import CountingRelay, PtyLink  # noqa: E402
+from linkemu import CountingRelay  # noqa: E402
 from rover.backup import Backup  # noqa: E402
 from rover.relay import Relay  # noqa: E402
 from services import Origin  # noqa: E402
@@ -91,7 +91,6 @@ def _run(b, err):
 
 def test_backup_takes_the_cheaper_link(tmp_path):
     """A rover with a TCP link (cost 5) and a serial link (cost 1) backs up over serial."""
-    from anchor.daemon import Anchor  # noqa: F401
     ia = InprocAnchor(str(tmp_path / "anchor"))
     port = ia.serve_tcp()
     relay = CountingRelay("127.0.0.1", port)
