@@ -195,7 +195,8 @@ class BleScanner:
         if on_port is None:
             raise ValueError("on_port is required: it runs one channel per port")
         self.on_port = on_port
-        self._allow = None if allow is None else {a.lower() for a in allow}
+        # allow: addresses or names, or a function giving them now (the paired rovers)
+        self._allow = allow if allow is None or callable(allow) else {a.lower() for a in allow}
         self._backend = backend if backend is not None else BleakBackend()
         self.scan_timeout = scan_timeout
         self.connect_timeout = connect_timeout
@@ -254,9 +255,12 @@ class BleScanner:
             await asyncio.wait(list(self._serving), timeout=GRACE + 5.0)
 
     def _allowed(self, address, name):
-        if self._allow is None:
+        allow = self._allow
+        if allow is None:
             return True
-        return address.lower() in self._allow or (name is not None and name.lower() in self._allow)
+        if callable(allow):
+            allow = {a.lower() for a in allow()}
+        return address.lower() in allow or (name is not None and name.lower() in allow)
 
     def _wanted(self, address, name):
         return (self._allowed(address, name) and address not in self.ports

@@ -269,7 +269,19 @@ async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
         out.append(_MqttLinks(anchor.broker, on_port))
     if ble is not None:
         from anchor.ble_port import BleScanner
-        lst = BleScanner(on_port=on_port, allow=list(ble) or None)
+        def paired_names():
+            # Without an explicit list: the rovers paired with this anchor, by the name they
+            # advertise (an open anchor takes any rover advertising the service).
+            from core import gatt
+            out = []
+            for d in anchor.catalog.paired():
+                try:
+                    out.append(gatt.adv_name(d))
+                except ValueError:
+                    pass
+            return out
+        allow = list(ble) or (None if anchor.open else paired_names)
+        lst = BleScanner(on_port=on_port, allow=allow)
         lst.start()
         out.append(lst)
         log.info("BLE: scanning for rovers")

@@ -1071,3 +1071,19 @@ if pytest is not None:
                 scanner.close()
                 await scanner.wait_closed()
         asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_scanner_allow_list_can_follow_the_pairings():
+    """The daemon passes a function (the names of the paired rovers): pairing a rover later
+    lets the scanner take it, unpairing stops it."""
+    from anchor.ble_port import BleScanner
+
+    class NoBackend:
+        pass
+    paired = []
+    sc = BleScanner(on_port=lambda port: None, allow=lambda: paired, backend=NoBackend())
+    assert not sc._allowed("AA:BB", "anchor-rover-r1")
+    paired.append("anchor-rover-r1")
+    assert sc._allowed("AA:BB", "anchor-rover-r1") and not sc._allowed("AA:CC", "anchor-rover-r2")
+    paired.clear()
+    assert not sc._allowed("AA:BB", "anchor-rover-r1")
