@@ -173,19 +173,29 @@ HELLO2 = const(4 + 1 + NONCE + PROOF)
 
 # --- records -----------------------------------------------------------------------------
 
-class Sealer:
-    """Seals plaintext into records: LEN | AES-CTR(plaintext) | HMAC(seq, LEN, ct)[:16].
+class _Records:
+    """What both directions hold: the keys, the record counter and one record buffer."""
 
-    Plaintext may be gathered in place first (room/add, then flush), so a message written
-    in pieces (a chunk's header, body and CRC) costs one record, not three."""
-
-    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
+    def __init__(self, enc_key, mac_key, max_record):
         self.ctr = _Ctr(enc_key)
         self.mac_key = mac_key
         self.seq = 0
         self.max = max_record
         self.buf = bytearray(HEADER + max_record + TAG)
         self.mv = memoryview(self.buf)
+
+    def _tag(self, n):
+        return hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])[:TAG]
+
+
+class Sealer(_Records):
+    """Seals plaintext into records: LEN | AES-CTR(plaintext) | HMAC(seq, LEN, ct)[:16].
+
+    Plaintext may be gathered in place first (room/add, then flush), so a message written
+    in pieces (a chunk's header, body and CRC) costs one record, not three."""
+
+    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
+        _Records.__init__(self, enc_key, mac_key, max_record)
         self.pending = 0
 
     def room(self):
@@ -203,8 +213,7 @@ class Sealer:
         self.pending = 0
         struct.pack_into(">H", self.buf, 0, n)
         self.ctr.apply(self.seq, self.mv[HEADER:HEADER + n], n)
-        tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])
-        self.mv[HEADER + n:HEADER + n + TAG] = tag[:TAG]
+        self.mv[HEADER + n:HEADER + n + TAG] = self._tag(n)
         self.seq += 1
         return self.mv[:HEADER + n + TAG]
 
@@ -215,8 +224,7 @@ class Sealer:
             raise SecureError("record too large")
         if n == 0:
             struct.pack_into(">H", self.buf, 0, 0)
-            tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER])
-            self.mv[HEADER:HEADER + TAG] = tag[:TAG]
+            self.mv[HEADER:HEADER + TAG] = self._tag(0)
             self.seq += 1
             return self.mv[:HEADER + TAG]
         self.mv[HEADER:HEADER + n] = data
@@ -224,16 +232,11 @@ class Sealer:
         return self.flush()
 
 
-class Opener:
+class Opener(_Records):
     """Takes bytes from the link, gives back the plaintext of each whole, authentic record."""
 
     def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
-        self.ctr = _Ctr(enc_key)
-        self.mac_key = mac_key
-        self.seq = 0
-        self.max = max_record
-        self.buf = bytearray(HEADER + max_record + TAG)
-        self.mv = memoryview(self.buf)
+        _Records.__init__(self, enc_key, mac_key, max_record)
         self.have = 0
 
     def feed(self, data):
@@ -268,8 +271,7 @@ class Opener:
             raise SecureError("record of %d bytes: not from our peer" % n)
         if self.have < HEADER + n + TAG:
             return None
-        tag = hmac_sha256(self.mac_key, struct.pack(">Q", self.seq), self.mv[:HEADER + n])
-        if not equal(tag[:TAG], self.mv[HEADER + n:HEADER + n + TAG]):
+        if not equal(self._tag(n), self.mv[HEADER + n:HEADER + n + TAG]):
             raise SecureError("record %d failed authentication (tampered, replayed or out of order)" % self.seq)
         body = self.mv[HEADER:HEADER + n]
         self.ctr.apply(self.seq, body, n)

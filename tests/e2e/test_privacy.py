@@ -22,16 +22,21 @@ def ids_of(path):
     return size, oid, cids
 
 
+def rover_a_backs_up_a_secret(anchor, tmp_path, seed, size):
+    """Rover A backs up one file; returns its (size, object id, chunk ids)."""
+    src = str(tmp_path / "a")
+    os.makedirs(src)
+    secret = os.path.join(src, "diary.bin")
+    with open(secret, "wb") as f:
+        f.write(random.Random(seed).randbytes(size))
+    run_rover("cpython", anchor.link, "rover-a", str(tmp_path / "sa"), "backup", src)
+    return ids_of(secret)
+
+
 def test_hashes_of_another_rovers_data_unlock_nothing(tmp_path):
     anchor = AnchorProc(str(tmp_path / "anchor")).start()
     try:
-        src = str(tmp_path / "a")
-        os.makedirs(src)
-        secret = os.path.join(src, "diary.bin")
-        with open(secret, "wb") as f:
-            f.write(random.Random(1).randbytes(50_000))
-        run_rover("cpython", anchor.link, "rover-a", str(tmp_path / "sa"), "backup", src)
-        size, oid, cids = ids_of(secret)
+        size, oid, cids = rover_a_backs_up_a_secret(anchor, tmp_path, 1, 50_000)
 
         conv = Conversation(TcpLink("127.0.0.1", anchor.port), "rover-b")
         conv.hello(None, 0)
@@ -87,13 +92,7 @@ def test_a_proof_without_the_bytes_is_refused(tmp_path):
     made without the bytes fails; nothing of A's becomes B's."""
     anchor = AnchorProc(str(tmp_path / "anchor")).start()
     try:
-        src = str(tmp_path / "a")
-        os.makedirs(src)
-        secret = os.path.join(src, "diary.bin")
-        with open(secret, "wb") as f:
-            f.write(random.Random(3).randbytes(30_000))
-        run_rover("cpython", anchor.link, "rover-a", str(tmp_path / "sa"), "backup", src)
-        size, oid, cids = ids_of(secret)
+        size, oid, cids = rover_a_backs_up_a_secret(anchor, tmp_path, 3, 30_000)
         conv = Conversation(TcpLink("127.0.0.1", anchor.port), "rover-b")
         conv.hello(None, m.CAP_PROVE)
         conv.send(m.entries(0, [m.put_entry("stolen.bin", m.T_FILE, size, 0, 0o644, oid)]))
