@@ -11,6 +11,8 @@ import os
 
 from core import chunker
 from core import messages as m
+from core.hmac256 import hmac_sha256
+from core.secure import equal
 from anchor.store import StoreError
 from anchor.trees import apply_delta
 from anchor import retention, watchlist
@@ -254,8 +256,6 @@ class BackupHandler:
         raw = self.store.get(cid)
         if raw is None:
             raise m.ProtocolError(m.E_MISSING, "chunk %s went from the store during the backup" % cid.hex()[:16])
-        from core.hmac256 import hmac_sha256
-        from core.secure import equal
         if not equal(hmac_sha256(nonce, raw)[:m.PROOF_TAG], tag):
             raise m.ProtocolError(m.E_BAD_DATA, "proof of possession failed for chunk %s: the rover does "
                                   "not hold these bytes" % cid.hex()[:16])
