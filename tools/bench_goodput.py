@@ -32,11 +32,14 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 from harness import AnchorProc, rover_cmd  # noqa: E402
-from linkemu import PtyLink  # noqa: E402
+from linkemu import CountingRelay, PtyLink  # noqa: E402
+from services import Broker  # noqa: E402
 
 LINKS = {
     "serial": {"rate": 11520, "latency_ms": 0, "mtu": 512, "what": "115200 baud 8N1"},
     "ble": {"rate": 20000, "latency_ms": 30, "mtu": 244, "what": "BLE-like: 20 kB/s, 30 ms, ATT MTU 247"},
+    "mqtt": {"rate": 100000, "latency_ms": 50, "mtu": 1024,
+             "what": "MQTT over cellular-like TCP: 100 kB/s, 50 ms one way, 1 KiB packets"},
 }
 
 
@@ -54,14 +57,61 @@ def make_tree(root, kib, seed):
     return i
 
 
+class MqttPath:
+    """The rover's side of an MQTT link: mosquitto on loopback, the anchor on the broker
+    directly, the rover through a CountingRelay with the link's rate and latency (the
+    cellular hop); up and down are the MQTT bytes on that hop."""
+
+    def __init__(self, cfg, work, name):
+        self.broker = Broker(work)
+        self.relay = CountingRelay("127.0.0.1", self.broker.port, rate=cfg["rate"],
+                                   latency_ms=cfg["latency_ms"])
+        self.anchor = AnchorProc(os.path.join(work, name + "-anchor"), "--broker", self.broker.url).start()
+        self.url = "mqtt://127.0.0.1:%d?mtu=%d" % (self.relay.port, cfg["mtu"])
+
+    @property
+    def up(self):
+        return self.relay.up
+
+    @property
+    def down(self):
+        return self.relay.down
+
+    def close(self):
+        self.anchor.stop()
+        self.relay.close()
+        self.broker.close()
+
+
+class SerialPath:
+    """The pty link emulator between the rover and `anchor serve --serial`."""
+
+    def __init__(self, cfg, work, name, seed):
+        self.emu = PtyLink(rate=cfg["rate"], latency_ms=cfg["latency_ms"], seed=seed)
+        self.anchor = AnchorProc(os.path.join(work, name + "-anchor"), "--serial",
+                                 self.emu.anchor_link + ":115200").start()
+        self.url = "serial:%s:115200?mtu=%d" % (self.emu.rover_link, cfg["mtu"])
+
+    @property
+    def up(self):
+        return self.emu.up
+
+    @property
+    def down(self):
+        return self.emu.down
+
+    def close(self):
+        self.anchor.stop()
+        self.emu.close()
+
+
 def run(name, kib, seed, work):
     cfg = LINKS[name]
     src = os.path.join(work, name + "-src")
     files = make_tree(src, kib, seed)
-    emu = PtyLink(rate=cfg["rate"], latency_ms=cfg["latency_ms"], seed=seed)
-    anchor = AnchorProc(os.path.join(work, name + "-anchor"), "--serial", emu.anchor_link + ":115200").start()
+    path = MqttPath(cfg, work, name) if name == "mqtt" else SerialPath(cfg, work, name, seed)
     try:
-        url = "serial:%s:115200?mtu=%d" % (emu.rover_link, cfg["mtu"])
+        url = path.url
         t0 = time.monotonic()
         p = subprocess.run(rover_cmd("micropython", url, "bench-" + name, os.path.join(work, name + "-state"),
                                      "backup", src), capture_output=True, text=True, timeout=3600)
@@ -71,10 +121,9 @@ def run(name, kib, seed, work):
         mo = re.search(r"(\d+) chunks \((\d+) bytes\) uploaded", p.stdout)
         rt = re.search(r"(\d+) packets resent \((\d+) timeouts\)", p.stdout)
         chunks, data = int(mo.group(1)), int(mo.group(2))
-        up, down = emu.up, emu.down
+        up, down = path.up, path.down
     finally:
-        anchor.stop()
-        emu.close()
+        path.close()
     return {
         "bench": "goodput", "link": name, "what": cfg["what"], "rate_bytes_per_s": cfg["rate"],
         "latency_ms": cfg["latency_ms"], "packet_bytes": cfg["mtu"], "files": files,

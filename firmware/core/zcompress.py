@@ -276,23 +276,32 @@ else:
         out[o + 3] = a & 0xFF
 
 
+_SLACK = const(64)   # room past the give-up point: one step's bytes and the end of block
+
+
 class Compressor:
     """Compresses chunks of up to max_input bytes into one preallocated buffer, self.out.
 
     compress(src, n) encodes src[:n] and returns the length of a complete zlib stream in
-    self.out, or -1 when that stream would not be smaller than n (send the chunk raw); it gives
-    up as soon as the output reaches n.  always=True returns the stream whatever its size
-    (it always fits self.out).  The result stays valid until the next call.
+    self.out, or -1 when that stream would not be smaller than n, or not smaller than
+    max_output (send the chunk raw); it gives up as soon as the output reaches that.
+    always=True returns the stream whatever its size (it always fits self.out; max_output
+    does not apply).  The result stays valid until the next call.
     """
 
-    def __init__(self, max_input=32768, always=True):
+    def __init__(self, max_input=32768, always=True, max_output=None):
         if max_input < 0 or max_input > 65534:
             raise ValueError("max_input")  # hash heads are 16-bit positions
         self.max_input = max_input
         # always=False: only streams smaller than their input are wanted (the rover's case),
-        # so the output never outgrows the input and 4 KiB of heap are spared.
+        # so the output never outgrows the input and 4 KiB of heap are spared; max_output
+        # spares more, at the price of sending raw the largest chunks that shrink only a little.
         self.always_ok = always
-        self.out = bytearray(max_input + (max_input // 8 + 64 if always else 64))
+        if always:
+            size = max_input + max_input // 8
+        else:
+            size = max_input if max_output is None else min(max_output, max_input)
+        self.out = bytearray(size + _SLACK)
         self.head = array("H", bytes(2 * _HASH_SIZE))
 
     def compress(self, src, n, always=False):
@@ -301,7 +310,8 @@ class Compressor:
         if always and not self.always_ok:
             raise ValueError("made without room for always=True")
         out = self.out
-        lim = len(out) - 4 if always else n - 4  # the 4-byte Adler-32 trailer follows
+        # the 4-byte Adler-32 trailer follows what _encode writes
+        lim = len(out) - 4 if always else min(n, len(out) - _SLACK) - 4
         out[0] = 0x78
         out[1] = 0x01
         o = _encode(src, n, out, lim, self.head, _TAB)

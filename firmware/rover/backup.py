@@ -21,10 +21,13 @@ try:
 except ImportError:
     zlib = None
 
-BATCH_ENTRIES = const(32)      # entries per ENTRIES message
+# Batch sizes are set by the heap: with 32 entries and 128 ids a paired rover on a radio
+# link (channel, secure records, MQTT client) ran out of 256 KB at the first full batch
+# (docs/decisions.md, "The rover's 256 KB heap").
+BATCH_ENTRIES = const(16)      # entries per ENTRIES message
 BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUFFER
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
-LIST_IDS = const(128)          # chunk ids per CHUNKLIST message, all parts (4.6 KB)
+LIST_IDS = const(64)           # chunk ids per CHUNKLIST message, all parts (2.3 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
 STATE_VERSION = const(1)
 _PROBE = const(4096)           # bytes tried first to see whether compressing a chunk pays

@@ -2,6 +2,10 @@
 # firmware leaves the heap in pieces (a 32 KiB block is the first thing that stops fitting).
 CHUNK_SIZE = 32768   # core.chunker.MAX_SIZE: file reads while hashing, one chunk to upload
 TX_SIZE = 8192       # every message the rover sends is encoded here
+# The compressor's output buffer: 8 KiB of heap less than a whole chunk, so that the rover
+# fits 256 KB on a radio link. Chunks average 8 KiB; only those over 24 KiB that shrink by
+# less than a quarter (none of log-like text) go raw because of it.
+COMPRESSED_MAX = 24576
 
 chunk = None
 tx = None
@@ -17,4 +21,5 @@ def allocate():
             import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)
         except ImportError:
             from core.zcompress import Compressor
-            compressor = Compressor(CHUNK_SIZE, False)   # chunks go raw unless smaller
+            # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
+            compressor = Compressor(CHUNK_SIZE, False, COMPRESSED_MAX)

@@ -237,3 +237,26 @@ def test_reuse_is_deterministic():
     fill_text(BUF, 5000, 9)
     k2 = C.compress(BUF, 5000)
     assert bytes(C.out[:k2]) == a
+
+
+def test_max_output_caps_the_buffer_and_sends_raw_what_does_not_fit():
+    # The rover's compressor keeps 8 KiB less than a chunk: a stream that would not be
+    # smaller than max_output is given up on (-1: send raw), one that is comes out as it does
+    # without the cap.
+    fill_text(BUF, 4000, 5)
+    k_free = C.compress(BUF, 4000)
+    assert 0 < k_free < 4000
+    fits = Compressor(4000, False, k_free + 1)
+    assert len(fits.out) == k_free + 1 + 64
+    k = fits.compress(BUF, 4000)
+    assert k == k_free and bytes(fits.out[:k]) == bytes(C.out[:k_free])
+    assert inflate_digest(bytes(fits.out[:k])) == (4000, hashlib.sha256(BUF[:4000]).digest())
+    tight = Compressor(4000, False, k_free)
+    assert tight.compress(BUF, 4000) == -1
+    assert tight.compress(BUF, 300) > 0      # a short input is bounded by its own length
+    try:
+        tight.compress(BUF, 4000, True)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("always=True accepted without room for it")

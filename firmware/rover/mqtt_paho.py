@@ -1,0 +1,128 @@
+# The rover's packet port over MQTT on CPython: paho-mqtt 2.x with its network thread. The
+# design (topics, QoS, persistent sessions) is in rover/mqtt_common.py; the MicroPython
+# implementation is rover/mqtt_port.py, which is what callers import on either runtime.
+import queue
+import socket
+import threading
+
+import paho.mqtt.client as mqtt
+
+from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, QUEUE_CPY, MqttPortBase
+from rover.link import LinkError
+
+
+def _no_delay(client, userdata, sock):
+    # paho leaves Nagle on: a PUBLISH right after the PUBACK for a received packet
+    # would wait for the broker's delayed ACK.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+class MqttPort(MqttPortBase):
+    def _open(self, host, port):
+        self._q = queue.Queue(QUEUE_CPY)
+        self._closing = False
+        ready = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        clean_session=False, protocol=mqtt.MQTTv311,
+                        reconnect_on_failure=False)   # a lost broker is LinkError
+
+        def on_connect(client, userdata, flags, reason, props):
+            if reason.is_failure:
+                self._gone = "MQTT broker at %s refused the connection: %s" % (self.where, reason)
+                ready.set()
+            else:
+                client.subscribe(self.down, qos=1)
+
+        def on_subscribe(client, userdata, mid, reasons, props):
+            if reasons and reasons[0].is_failure:
+                self._gone = "MQTT broker at %s refused the subscription to %s: %s" % (
+                    self.where, self.down, reasons[0])
+            ready.set()
+
+        def on_disconnect(client, userdata, flags, reason, props):
+            if not self._closing and self._gone is None:
+                self._gone = "lost the MQTT broker at %s: %s" % (self.where, reason)
+            try:
+                self._q.put_nowait(None)    # wakes a waiting recv_into
+            except queue.Full:
+                pass                         # it will see _gone once the queue drains
+            ready.set()
+
+        c.on_connect = on_connect
+        c.on_subscribe = on_subscribe
+        c.on_message = self._on_message
+        c.on_disconnect = on_disconnect
+        c.on_socket_open = _no_delay
+        try:
+            c.connect(host, port, keepalive=KEEPALIVE)
+        except (OSError, ValueError) as e:
+            raise LinkError("cannot reach the MQTT broker at %s: %s" % (self.where, e))
+        c.loop_start()
+        if not ready.wait(IO_TIMEOUT) and self._gone is None:
+            self._gone = "MQTT broker at %s did not answer in %d s" % (self.where, IO_TIMEOUT)
+        if self._gone is not None:
+            self._closing = True
+            c.disconnect()
+            c.loop_stop()
+            raise LinkError(self._gone)
+        self._c = c
+
+    def _on_message(self, client, userdata, msg):
+        # paho's thread; it acknowledges the message when this returns.
+        self._arrived(len(msg.payload))
+        if msg.topic != self.down:
+            return
+        if len(msg.payload) > self.mtu:
+            self.dropped += 1
+            return
+        try:
+            self._q.put_nowait(msg.payload)
+        except queue.Full:
+            self.dropped += 1
+
+    def send(self, packet):
+        n = len(packet)
+        self._refuse(n)
+        info = self._c.publish(self.up, bytes(packet), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkError(self._gone or "MQTT broker at %s: publish failed: %s" % (
+                self.where, mqtt.error_string(info.rc)))
+        # Wait for the PUBACK in short slices, so a lost broker is noticed promptly.
+        for _ in range(IO_TIMEOUT * 10):
+            if info.is_published():
+                break
+            if self._gone is not None:
+                raise LinkError(self._gone)
+            info.wait_for_publish(0.1)
+        else:
+            raise LinkError("MQTT broker at %s did not acknowledge a packet in %d s" % (
+                self.where, IO_TIMEOUT))
+        self._sent(n)
+
+    def recv_into(self, buf, timeout_ms):
+        if self._c is None or (self._gone is not None and self._q.empty()):
+            raise LinkError(self._gone or "mqtt port closed")
+        try:
+            if timeout_ms > 0:
+                msg = self._q.get(timeout=timeout_ms / 1000)
+            else:
+                msg = self._q.get_nowait()
+        except queue.Empty:
+            return 0
+        if msg is None:
+            raise LinkError(self._gone or "mqtt port closed")
+        n = len(msg)
+        buf[:n] = msg
+        return n
+
+    def close(self):
+        c, self._c = self._c, None
+        if c is None:
+            return
+        self._closing = True
+        self._gone = self._gone or "mqtt port closed"
+        c.disconnect()     # a clean DISCONNECT; the persistent session stays
+        c.loop_stop()
