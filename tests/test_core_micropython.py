@@ -1,6 +1,8 @@
 """Runs every tests/core/test_*.py module under the real MicroPython interpreter (256 KB heap).
 
 The same modules are collected by pytest under CPython, so each core test runs on both runtimes.
+The core checked against reference libraries (cbor2, pyfastcdc, zlib) is CPython only and
+lives in tests/core/reference/, which this runner does not list.
 """
 import os
 import subprocess

@@ -17,7 +17,9 @@ from array import array
 from core.compat import const, MICROPYTHON
 
 _HASH_BITS = const(11)
-_HASH_SIZE = const(2048)
+_HASH_SIZE = const(1 << _HASH_BITS)
+_HASH_MASK = const(_HASH_SIZE - 1)
+_HASH_SHIFT = const(32 - _HASH_BITS)   # the top bits of a 32-bit product
 _HASH_MUL = const(0x1E35A7BD)
 _WINDOW = const(32768)
 _MIN_MATCH = const(3)
@@ -110,7 +112,7 @@ if MICROPYTHON:
             ln = 0
             if i < hend:
                 v = src[i] | (src[i + 1] << 8) | (src[i + 2] << 16)
-                h = ((v * _HASH_MUL) >> 21) & 0x7FF
+                h = ((v * _HASH_MUL) >> _HASH_SHIFT) & _HASH_MASK
                 c = int(head[h]) - 1
                 head[h] = i + 1
                 if c >= 0 and i - c <= _WINDOW and src[c] == src[i] \
@@ -152,7 +154,7 @@ if MICROPYTHON:
                     stop = hend
                 while j < stop:
                     v = src[j] | (src[j + 1] << 8) | (src[j + 2] << 16)
-                    head[((v * _HASH_MUL) >> 21) & 0x7FF] = j + 1
+                    head[((v * _HASH_MUL) >> _HASH_SHIFT) & _HASH_MASK] = j + 1
                     j += 1
             while bc >= 8:
                 out[o] = bb
@@ -206,7 +208,7 @@ else:
             ln = 0
             if i < hend:
                 v = src[i] | (src[i + 1] << 8) | (src[i + 2] << 16)
-                h = ((v * _HASH_MUL) >> 21) & 0x7FF
+                h = ((v * _HASH_MUL) >> _HASH_SHIFT) & _HASH_MASK
                 c = head[h] - 1
                 head[h] = i + 1
                 if c >= 0 and i - c <= _WINDOW and src[c] == src[i] \
@@ -239,7 +241,7 @@ else:
                 stop = min(i, hend)
                 while j < stop:
                     v = src[j] | (src[j + 1] << 8) | (src[j + 2] << 16)
-                    head[((v * _HASH_MUL) >> 21) & 0x7FF] = j + 1
+                    head[((v * _HASH_MUL) >> _HASH_SHIFT) & _HASH_MASK] = j + 1
                     j += 1
             while bc >= 8:
                 out[o] = bb & 0xFF

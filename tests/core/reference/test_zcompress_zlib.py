@@ -11,7 +11,7 @@ import pytest
 
 from core.zcompress import Compressor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
 # Compresses argv[2] with core.zcompress into argv[3] (empty file for -1); argv[4] "1" forces.

@@ -19,7 +19,7 @@ from pyfastcdc.py.constants import GEAR
 from core import chunker, gear
 from core.chunker import Chunker, ObjectId, chunks_of, object_of, MIN_SIZE, AVG_SIZE, MAX_SIZE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 REF = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE,
                         normalized_chunking=1, seed=0)
