@@ -6,12 +6,11 @@ import socket
 import struct
 from urllib.parse import quote, urlencode
 
+from anchorctl.errors import AnchorError
+from anchorctl.restore import Restorer
+
 ENV = "ANCHOR"
 DEFAULT = "unix:./var/anchor/mgmt.sock"
-
-
-class AnchorError(Exception):
-    pass
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -137,7 +136,6 @@ class Client:
         mtime are set after contents, directories last so their mtime survives.
         Returns {"files", "dirs", "symlinks", "bytes"}.
         """
-        from anchorctl.restore import Restorer
         conn, resp = self._get("%s/snapshots/%s/restore" % (self._dev(device), snapshot), {"path": path})
         try:
             return Restorer(to).run(_Reader(resp))

@@ -1,7 +1,7 @@
 """Writing a restore stream to a folder, safely: nothing lands outside the target."""
 import os
 
-from anchorctl.client import AnchorError
+from anchorctl.errors import AnchorError
 
 
 def safe_join(root_real, path):
