@@ -11,7 +11,8 @@
 #
 # Then both ends hold the same session keys and build their record layer with records().
 # A failed handshake raises HandshakeError (NotPairedError when the pairing is the cause)
-# from next_event, every later call too; it never yields keys.
+# from next_event, every later call too; it never yields keys. The MicroPython rover drops
+# this module again once its link is up (rover/securelink.py): keep its import cheap.
 import struct
 
 from core.compat import const
