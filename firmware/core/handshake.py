@@ -190,10 +190,12 @@ class Initiator(_Handshake):
         if len(buf) < HELLO2:
             return self._wait()
         if buf[:4] != MAGIC:
-            raise HandshakeError("the anchor does not speak the secure channel (an anchor started with --open?)")
+            raise HandshakeError("the anchor does not speak the secure channel "
+                                 "(an anchor started with --open?)")
         if buf[4] == ST_NOT_PAIRED:
-            raise NotPairedError("the anchor does not know this rover's pairing: run `anchorctl pair %s` "
-                                 "on the anchor and `rover ... pair CODE` here" % self.device)
+            raise NotPairedError("the anchor does not know this rover's pairing: run "
+                                 "`anchorctl pair %s` on the anchor and `rover ... pair CODE` here"
+                                 % self.device)
         na = buf[5:5 + NONCE]
         d = self.device.encode()
         if not equal(buf[5 + NONCE:HELLO2], proof(self.key, b"anchor", d, self.nr, na)):
@@ -258,8 +260,9 @@ class Responder(_Handshake):
             u = self.used
             if len(buf) < u + PROOF:
                 return self._wait()
-            if not equal(buf[u:u + PROOF], proof(self.key, b"rover", self.device.encode(), self.nr, self.na)):
-                raise NotPairedError("rover %r failed to prove it holds its pairing secret" % self.device)
+            if not equal(buf[u:u + PROOF], self._proof(b"rover", self.key)):
+                raise NotPairedError("rover %r failed to prove it holds its pairing secret"
+                                     % self.device)
             self._move(_GOT_PROOF)
             self.used = u + PROOF
             self.keys = session_keys(self.key, self.nr, self.na)
@@ -278,7 +281,10 @@ class Responder(_Handshake):
             return
         self._move(_KEY)
         self.key = key
-        self.out += hello2(ST_OK, self.na, proof(key, b"anchor", self.device.encode(), self.nr, self.na))
+        self.out += hello2(ST_OK, self.na, self._proof(b"anchor", key))
+
+    def _proof(self, who, key):
+        return proof(key, who, self.device.encode(), self.nr, self.na)
 
     def records(self):
         """(sealer, opener) for the session, once ESTABLISHED: the sealer makes records no

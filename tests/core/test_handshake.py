@@ -22,7 +22,7 @@ def raises(exc, fn, *args):
 
 
 def pump(ini, res, secrets, split):
-    """Carries each end's bytes to the other in pieces of `split` bytes (0: whole), asking
+    """Carries each end's bytes to the other in pieces (see pieces(); 0: whole), asking
     for the next event after every piece; answers HELLO from `secrets`. Returns the wire
     bytes (up, down)."""
     up = b""
@@ -49,9 +49,17 @@ def pump(ini, res, secrets, split):
 
 
 def pieces(data, split):
+    """data cut into pieces of `split` bytes, or of the sizes a tuple `split` cycles through."""
     if not split:
         return [data] if data else []
-    return [data[i:i + split] for i in range(0, len(data), split)]
+    sizes = split if type(split) is tuple else (split,)
+    out = []
+    i = 0
+    while i < len(data):
+        k = sizes[len(out) % len(sizes)]
+        out.append(data[i:i + k])
+        i += k
+    return out
 
 
 def pair(rx_max=1024, tx_max=2048):
@@ -59,7 +67,7 @@ def pair(rx_max=1024, tx_max=2048):
 
 
 def test_exchange_in_any_split_gives_both_ends_the_same_keys():
-    for split in (0, 1, 2, 3, 7, 16, 37):
+    for split in (0, 1, 2, 3, 7, 16, 37, (1, 4, 2, 9, 3), (30, 1, 6)):
         ini, res = pair()
         up, down = pump(ini, res, {DEV: KEY}, split)
         assert ini.next_event() == hs.ESTABLISHED and res.next_event() == hs.ESTABLISHED, split
