@@ -91,7 +91,7 @@ async def accept(anchor, reader, writer):
                 hs.secret(anchor.catalog.pairing_key(hs.device))
                 writer.write(hs.data_to_send())
                 await writer.drain()
-            else:
+            else:               # ESTABLISHED
                 break
     except secure.SecureError as e:
         raise Refused(str(e))
