@@ -2,6 +2,7 @@
 # from pairing, fresh keys per session, and every record encrypted (AES-128-CTR) and
 # authenticated (HMAC-SHA-256, 16 bytes) with an implicit sequence number, so a replayed,
 # reordered, dropped or altered record ends the session. Sans-I/O: bytes in, bytes out.
+# The handshake that proves the pairing and derives the keys: core/handshake.py.
 # Construction and threat model: docs/security.md.
 #
 # Only what MicroPython's unix port has: hashlib.sha256 and cryptolib AES in ECB mode. CTR
@@ -132,43 +133,6 @@ def code_to_key(code, device):
     if len(clean) < 20:
         raise SecureError("pairing code too short")
     return hmac_sha256(b"anchor pairing v1", device.encode(), b"\0", clean.encode())
-
-
-# --- handshake messages (plaintext, before the records) ---------------------------------
-
-def hello1(device, nr, rx_max=MAX_RECORD):
-    """rx_max: the largest record the rover takes (its heap may not hold 4 KiB twice)."""
-    d = device.encode()
-    return MAGIC + bytes([len(d)]) + d + nr + struct.pack(">H", rx_max)
-
-
-def parse_hello1(buf):
-    """-> (device, nr, rx_max, length) or None if incomplete. Raises SecureError on garbage."""
-    if len(buf) < 5:
-        return None
-    if bytes(buf[:4]) != MAGIC:
-        raise SecureError("not a secure-channel hello")
-    n = buf[4]
-    if n < 1 or n > 64:
-        raise SecureError("bad device name length")
-    end = 5 + n + NONCE + 2
-    if len(buf) < end:
-        return None
-    try:
-        device = bytes(buf[5:5 + n]).decode()
-    except UnicodeError:
-        raise SecureError("device name is not UTF-8")
-    rx_max = struct.unpack_from(">H", buf, end - 2)[0]
-    if rx_max < 256 or rx_max > MAX_RECORD:
-        raise SecureError("record size %d out of range" % rx_max)
-    return device, bytes(buf[5 + n:end - 2]), rx_max, end
-
-
-def hello2(status, na, prf):
-    return MAGIC + bytes([status]) + na + prf
-
-
-HELLO2 = const(4 + 1 + NONCE + PROOF)
 
 
 # --- records -----------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 # The rover's end of the secure channel (core/secure.py) around any link: it proves it
-# holds the pairing secret, checks that the anchor does too, then seals everything it
+# holds the pairing secret, checks that the anchor does too (the handshake itself is
+# core/handshake.py; this drives it over a blocking link), then seals everything it
 # writes and opens everything it reads. The session above sees a plain link.
 import os
+import sys
 
 from core import secure
+from core.compat import MICROPYTHON
 from rover.link import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
@@ -31,31 +34,40 @@ def save_key(state_dir, key):
     fsys.rename(tmp, state_dir + KEY_FILE)
 
 
+def _handshake(link, device, key):
+    """The session's (sealer, opener), once the handshake over `link` succeeded.
+
+    On MicroPython the handshake's code is dropped again afterwards: without frozen modules
+    bytecode lives in the heap, and the rover needs this code for a moment per link but the
+    heap for the whole session (kept, it cost a paired rover ~5 KB more than the handshake
+    inlined here did; dropped, ~1 KB less)."""
+    from core import handshake
+    try:
+        hs = handshake.Initiator(device, key, os.urandom(secure.NONCE), RX_RECORD, TX_RECORD)
+        link.write(hs.data_to_send())
+        buf = memoryview(bytearray(handshake.HELLO2))
+        try:
+            # need(): never read past the anchor's answer (what follows it is records)
+            while hs.next_event() == handshake.NEED_DATA:
+                n = link.readinto(buf[:hs.need()])
+                hs.receive_data(buf[:n or 0])       # empty: the link closed
+        except handshake.NotPairedError as e:
+            raise NotPaired(str(e))
+        except secure.SecureError as e:
+            raise LinkError(str(e))
+        link.write(hs.data_to_send())
+        return hs.records()
+    finally:
+        if MICROPYTHON:
+            import core
+            del sys.modules["core.handshake"]
+            del core.handshake
+
+
 class SecureLink:
     def __init__(self, link, device, key):
         self.link = link
-        nr = os.urandom(secure.NONCE)
-        link.write(secure.hello1(device, nr, RX_RECORD))
-        buf = bytearray(secure.HELLO2)
-        got = 0
-        while got < len(buf):
-            n = link.readinto(memoryview(buf)[got:])
-            if not n:
-                raise LinkError("the anchor closed the link during the secure handshake")
-            got += n
-        if bytes(buf[:4]) != secure.MAGIC:
-            raise LinkError("the anchor does not speak the secure channel (an anchor started with --open?)")
-        if buf[4] == secure.ST_NOT_PAIRED:
-            raise NotPaired("the anchor does not know this rover's pairing: run `anchorctl pair %s` "
-                            "on the anchor and `rover ... pair CODE` here" % device)
-        na = bytes(buf[5:5 + secure.NONCE])
-        if not secure.equal(buf[5 + secure.NONCE:], secure.proof(key, b"anchor", device.encode(), nr, na)):
-            raise NotPaired("the anchor could not prove it holds this rover's pairing secret: "
-                            "not our anchor, or the pairing was renewed (pair again)")
-        link.write(secure.proof(key, b"rover", device.encode(), nr, na))
-        k = secure.session_keys(key, nr, na)
-        self.sealer = secure.Sealer(k[0], k[1], TX_RECORD)
-        self.opener = secure.Opener(k[2], k[3], RX_RECORD)
+        self.sealer, self.opener = _handshake(link, device, key)
         self.plain = None
         self.pos = 0
 
