@@ -6,10 +6,10 @@ import os
 from core import messages as m
 from core import states
 from core.session import Session
-from anchor.backup_service import BackupHandler
-from anchor import watchlist
+from anchor.services.backup import BackupHandler
+from anchor.services import watchlist
 from anchor.catalog import Catalog
-from anchor.relay_service import RelayHandler, RELAY_TYPES
+from anchor.services.relay import RelayHandler, RELAY_TYPES
 from anchor.store import ChunkStore
 from anchor.trees import TreeStore
 from anchor.secure_session import Refused
@@ -303,7 +303,7 @@ async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, pr
     if mgmt_path:
         mserver = await mgmt.start(anchor, mgmt_path)
     if proxy:
-        from anchor.http_proxy import HttpProxy
+        from anchor.services.http_proxy import HttpProxy
         pserver = await HttpProxy(anchor).start(*proxy)
         proxy_port = pserver.sockets[0].getsockname()[1]
         log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)

@@ -118,7 +118,7 @@ class Api:
         if segs[1:] == ["verify"]:
             return await self._json(writer, self.verify())
         if segs[1:] == ["watch"]:
-            from anchor import watchlist
+            from anchor.services import watchlist
             return await self._json(writer, watchlist.of(self.anchor).listing())
         if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":
             dev = self._device(segs[2])

@@ -184,7 +184,7 @@ class Rover:
     """Just enough of a rover to drive a BackupHandler: one file, one batch."""
 
     def __init__(self, anchor, device, data):
-        from anchor.backup_service import BackupHandler
+        from anchor.services.backup import BackupHandler
         self.h = BackupHandler(anchor)
         self.device = device
         self.data = data

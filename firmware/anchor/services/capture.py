@@ -8,7 +8,8 @@ import os
 import pyfastcdc
 
 from core import chunker
-from anchor import retention, watchlist
+from anchor import retention
+from anchor.services import watchlist
 
 
 def _cutter():

@@ -23,7 +23,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 from core import messages as m
-from anchor.capture import Capture
+from anchor.services.capture import Capture
 
 log = logging.getLogger("anchor.proxy")
 

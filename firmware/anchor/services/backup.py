@@ -15,8 +15,9 @@ from core.hmac256 import hmac_sha256
 from core.secure import equal
 from anchor.store import StoreError
 from anchor.trees import apply_delta
-from anchor import retention, watchlist
-from anchor.regenerate import regenerate
+from anchor import retention
+from anchor.services import watchlist
+from anchor.services.regenerate import regenerate
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
 DEFAULT_WATCH_SECONDS = 600   # how long queued data may take to pass through

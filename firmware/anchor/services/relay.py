@@ -16,7 +16,7 @@ import threading
 from urllib.parse import urlsplit
 
 from core import messages as m
-from anchor.capture import Capture
+from anchor.services.capture import Capture
 
 log = logging.getLogger("anchor.relay")
 

@@ -15,9 +15,9 @@ import os
 import tempfile
 import threading
 
-from anchor import watchlist
-from anchor.capture import Capture
-from anchor.relay_service import _Feed, _http_worker
+from anchor.services import watchlist
+from anchor.services.capture import Capture
+from anchor.services.relay import _Feed, _http_worker
 
 log = logging.getLogger("anchor.regenerate")
 
