@@ -82,18 +82,19 @@ def main(argv=None):
     except ValueError as e:
         ap.error(str(e))
 
-    from anchor.daemon import Anchor, serve
+    from anchor.app import App
+    from anchor.daemon import serve
 
     from anchor.retention import parse_size
     try:
         capacity = parse_size(args.capacity) if args.capacity else None
     except ValueError as e:
         ap.error(str(e))
-    anchor = Anchor(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
-                    capacity=capacity, open=args.open)
+    app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
+              capacity=capacity, open=args.open)
 
     def ready(bound, proxy_bound=None):
-        print("anchor: data in %s" % anchor.data_dir, flush=True)
+        print("anchor: data in %s" % app.data_dir, flush=True)
         print("anchor: rovers connect to tcp://%s:%d, e.g.\n"
               "    .venv/bin/rover --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT\n"
               "    tools/rover-mpy --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT"
@@ -103,13 +104,13 @@ def main(argv=None):
             print("anchor: HTTP proxy on tcp://%s:%d; the proxy user names the device, e.g.\n"
                   "    curl -x http://my-rover:@%s:%d http://example.org/"
                   % (proxy[0], proxy_bound, proxy[0], proxy_bound), flush=True)
-        if anchor.open:
+        if app.open:
             print("anchor: OPEN: rovers that are not paired are served too, unauthenticated and "
                   "unencrypted (--open; a lab or test bench only)", flush=True)
         else:
             print("anchor: only paired rovers are served:  anchorctl pair DEVICE  prints the code "
                   "for  rover ... pair CODE", flush=True)
-        if anchor.capture is False:
+        if not app.capturing:
             print("anchor: capture is OFF (--no-capture): for measurement only", flush=True)
         if args.ready_file:
             tmp = args.ready_file + ".tmp"
@@ -120,11 +121,11 @@ def main(argv=None):
     try:
         links = {"serial": serial, "mqtt_links": bool(broker) and not args.no_mqtt_links,
                  "ble": args.ble_allow if args.ble else None}
-        asyncio.run(serve(anchor, host, port, mgmt, ready, proxy, links))
+        asyncio.run(serve(app, host, port, mgmt, ready, proxy, links))
     except KeyboardInterrupt:
         pass
     finally:
-        anchor.close()
+        app.close()
     return 0
 
 

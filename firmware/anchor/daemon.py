@@ -1,76 +1,37 @@
-"""The anchor daemon: opens the data directory, serves rover links and the management API."""
+"""The anchor daemon: serves rover links (a session per stream) and, in serve(), every
+listener of an anchor.app.App: rover links, the management API, the HTTP proxy."""
 import asyncio
 import logging
-import os
 
 from core import messages as m
 from core import states
 from core.session import Session
-from anchor.backup_service import BackupHandler
-from anchor import watchlist
-from anchor.catalog import Catalog
-from anchor.relay_service import RelayHandler, RELAY_TYPES
-from anchor.store import ChunkStore
-from anchor.trees import TreeStore
+from anchor.services.relay import RELAY_TYPES
 from anchor.secure_session import Refused
 
 log = logging.getLogger("anchor")
 
-DATA_VERSION = 1
 READ_SIZE = 65536
 # Replies after which the rover may hang up: counters are written before they go out.
 ENDS_A_REQUEST = (m.COMMITTED, m.END, m.RESULT, m.FAIL, m.WATCHED, m.ERROR)
 IDLE_TIMEOUT = 300
 
 
-class Anchor:
-    """Everything the anchor holds, opened from one data directory."""
+class SessionServer:
+    """Serves rover links: one session per byte stream, each with its own backup and relay
+    handler from the services. Keeps who is connected (to cut an unpaired rover off) and
+    the bytes links moved."""
 
-    def __init__(self, data_dir, broker=None, relay_timeout=30.0, relay_max=256 << 20, capture=True,
-                 capacity=None, open=False):
-        self.data_dir = os.path.abspath(data_dir)
-        self.capacity = capacity          # store budget in bytes; None: never evict
+    def __init__(self, backup, relay, catalog, open=False, broker=None):
+        self.backup = backup              # services.backup.BackupService
+        self.relay = relay                # services.relay.RelayService
+        self.catalog = catalog            # pairings (the handshake), per-device counters
         # open: also serve rovers that are not paired, without the secure channel (a lab or
         # test bench; `anchor serve --open`). Otherwise only paired rovers get anything.
         self.open = open
+        self.broker = broker              # (host, port): MQTT links ride the relay's broker
         self.secure_writers = {}          # device -> writers of its live secure sessions
-        self.broker = broker              # (host, port) of the MQTT broker relays publish to
-        self.relay_timeout = relay_timeout
-        self.relay_max = relay_max
-        # False only to measure what capture costs (anchor serve --no-capture): relayed
-        # bodies then pass without being kept, and later backups must upload them.
-        self.capture = capture
-        os.makedirs(self.data_dir, exist_ok=True)
-        self._check_version()
-        # Sessions flush every 1 MiB themselves (backup_service.FLUSH_BYTES); the store's
-        # own threshold is a backstop above that.
-        self.store = ChunkStore(os.path.join(self.data_dir, "chunks"), flush_bytes=4 << 20)
-        self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
-        self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
-        # Relayed bodies wait here until whole; anything left is from a crash mid-transfer.
-        self.spool_dir = os.path.join(self.data_dir, "spool")
-        os.makedirs(self.spool_dir, exist_ok=True)
-        for name in os.listdir(self.spool_dir):
-            os.unlink(os.path.join(self.spool_dir, name))
         self.link_bytes = {"rx": 0, "tx": 0}
-
-    def _check_version(self):
-        p = os.path.join(self.data_dir, "ANCHOR-DATA")
-        if os.path.exists(p):
-            with open(p) as f:
-                v = f.read().strip()
-            if v != "anchor-data %d" % DATA_VERSION:
-                raise SystemExit("%s: data format %r, this anchor reads 'anchor-data %d'" % (p, v, DATA_VERSION))
-        else:
-            with open(p + ".tmp", "w") as f:
-                f.write("anchor-data %d\n" % DATA_VERSION)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(p + ".tmp", p)
-
-    def close(self):
-        self.store.close()
-        self.catalog.close()
 
     # --- one rover link ----------------------------------------------------------------
 
@@ -110,8 +71,8 @@ class Anchor:
     async def _serve_session(self, reader, writer, auth_device):
         peer = writer.get_extra_info("peername")
         sess = Session(states.ANCHOR)
-        handler = BackupHandler(self)
-        relay = (RelayHandler if self.capture else _UncapturedRelay)(self, handler)
+        handler = self.backup.session()
+        relay = self.relay.session(handler)
 
         recorded = {}
 
@@ -189,9 +150,6 @@ class Anchor:
             except Exception:
                 log.exception("could not record counters")
             handler.end()
-            # A watch lives as long as the session that waits on it.
-            for oid in handler.watching:
-                watchlist.of(self).remove(handler.dev, oid)
             # Chunks that arrived stay useful to a resumed session.
             try:
                 handler.flush()
@@ -206,14 +164,6 @@ class Anchor:
                 await writer.drain()
         except Exception:
             pass
-
-
-class _UncapturedRelay(RelayHandler):
-    """The relay with capture switched off, for measurement only (anchor serve --no-capture):
-    bodies are still spooled as they pass, but never chunked, stored or registered."""
-
-    def _capture(self, path, prov):
-        pass
 
 
 class _MqttLinks:
@@ -288,26 +238,26 @@ async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
     return out
 
 
-async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None):
-    """Serve rover links, the management API and, if `proxy` is (host, port), the HTTP
-    forward proxy. `ready(port, proxy_port)` is called once all of them listen. `links`:
-    keyword arguments for start_links (serial, MQTT and BLE listeners)."""
+async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None):
+    """Serve the rover links, the management API and, if `proxy` is (host, port), the HTTP
+    forward proxy of `app` (an anchor.app.App). `ready(port, proxy_port)` is called once all
+    of them listen. `links`: keyword arguments for start_links (serial, MQTT and BLE
+    listeners)."""
     from anchor import mgmt
-    from anchor import retention
-    retention.of(anchor).enforce()     # a smaller --capacity than last time applies at once
-    listeners = await start_links(anchor, **(links or {}))
-    server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)
+    app.retention.enforce()     # a smaller --capacity than last time applies at once
+    sessions = app.sessions
+    listeners = await start_links(sessions, **(links or {}))
+    server = await asyncio.start_server(sessions.serve_stream, listen_host, listen_port)
     port = server.sockets[0].getsockname()[1]
     mserver = pserver = None
     proxy_port = None
     if mgmt_path:
-        mserver = await mgmt.start(anchor, mgmt_path)
+        mserver = await mgmt.start(app, mgmt_path)
     if proxy:
-        from anchor.http_proxy import HttpProxy
-        pserver = await HttpProxy(anchor).start(*proxy)
+        pserver = await app.http_proxy.start(*proxy)
         proxy_port = pserver.sockets[0].getsockname()[1]
         log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
-    if not anchor.capture:
+    if not app.capturing:
         log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")
     log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
     if ready:

@@ -3,6 +3,7 @@
 HTTP because operators already have clients for it (`curl --unix-socket`), and a unix
 socket because its file permissions decide who is an operator. One request per
 connection keeps the server small; restore streams its answer until the connection closes.
+The work is done by the services of an anchor.app.App; this module only frames it onto HTTP.
 """
 import asyncio
 import json
@@ -11,7 +12,7 @@ import os
 import struct
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from core import messages as m
+from anchor.services.restore import NotInSnapshot, PathError, RestoreError
 
 log = logging.getLogger("anchor.mgmt")
 
@@ -29,11 +30,11 @@ class ApiError(Exception):
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
-async def start(anchor, path):
+async def start(app, path):
     if os.path.exists(path):
         os.unlink(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    api = Api(anchor)
+    api = Api(app)
     old = os.umask(0o177)   # the socket is the operator's alone (owner read/write)
     try:
         server = await asyncio.start_unix_server(api.handle, path)
@@ -43,9 +44,9 @@ async def start(anchor, path):
 
 
 class Api:
-    def __init__(self, anchor):
-        self.anchor = anchor
-        self.catalog = anchor.catalog
+    def __init__(self, app):
+        self.app = app
+        self.catalog = app.catalog
 
     async def handle(self, reader, writer):
         try:
@@ -110,7 +111,7 @@ class Api:
                 args = prune.parse_query(q)
             except ValueError as e:
                 raise ApiError(400, str(e))
-            return await self._json(writer, dict(prune.prune(self.anchor, dev, **args), device=segs[2]))
+            return await self._json(writer, dict(prune.prune(self.app, dev, **args), device=segs[2]))
         if segs[1:] == ["devices"]:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
@@ -118,8 +119,7 @@ class Api:
         if segs[1:] == ["verify"]:
             return await self._json(writer, self.verify())
         if segs[1:] == ["watch"]:
-            from anchor import watchlist
-            return await self._json(writer, watchlist.of(self.anchor).listing())
+            return await self._json(writer, self.app.watchlist.listing())
         if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":
             dev = self._device(segs[2])
             if len(segs) == 4:
@@ -170,19 +170,17 @@ class Api:
         return e
 
     def _records(self, snap, prefix):
-        prefix = prefix.strip("/")
-        if prefix:
-            try:
-                m.check_path(prefix)
-            except m.ProtocolError as e:
-                raise ApiError(400, "bad path: %s" % e.text)
-        found = False
-        for r in self.anchor.trees.read(snap["root"]):
-            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/"):
-                found = True
-                yield r
-        if prefix and not found:
-            raise ApiError(404, "no path %r in snapshot %d" % (prefix, snap["id"]))
+        """The snapshot's records under `prefix`; a bad or unknown path is an HTTP error."""
+        records = self.app.restore.records(snap, prefix)
+        try:
+            first = next(records, None)
+        except PathError as e:
+            raise ApiError(400, "bad path: %s" % e)
+        except NotInSnapshot as e:
+            raise ApiError(404, str(e))
+        if first is not None:
+            yield first
+            yield from records
 
     def ls(self, snap, prefix, recursive):
         prefix = prefix.strip("/")
@@ -196,32 +194,54 @@ class Api:
 
     async def restore(self, writer, snap, prefix):
         """Stream entries: u32 header length, JSON header, then `size` bytes for files; a
-        zero length ends the stream, so a cut connection is never taken for a whole restore."""
-        records = self._records(snap, prefix)
-        first = next(records, None)   # a bad path is reported as an HTTP error, before the 200
+        zero length ends the stream, so a cut connection is never taken for a whole restore.
+
+        The stream has no way to say "failed" once it started, so a record that cannot be
+        read back (services.restore.RestoreError) ends it without that zero length: the
+        client sees a stream cut short, and no bytes that are not the file's. Before the
+        first entry, a failure is still an HTTP error."""
+        service = self.app.restore
+        entries = service.entries(snap, prefix)
+        try:
+            first = next(entries, None)
+        except PathError as e:
+            raise ApiError(400, "bad path: %s" % e)
+        except NotInSnapshot as e:
+            raise ApiError(404, str(e))
+        except RestoreError as e:
+            log.error("restore of snapshot %d refused: %s", snap["id"], e)
+            raise ApiError(500, "cannot restore %s" % e)
         writer.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n" % RESTORE_TYPE).encode())
-        store = self.anchor.store
-        r = first
-        while r is not None:
-            hdr = json.dumps(self._entry_json(r)).encode()
-            writer.write(struct.pack(">I", len(hdr)) + hdr)
-            if r[1] == m.T_FILE and r[2]:
-                info = self.catalog.object_chunks(r[5])
-                if info is None:
-                    raise ApiError(500, "object of %s is missing" % r[0])
-                for cid in info[1]:
-                    writer.write(store.get(cid))
+        try:
+            item = first
+            while item is not None:
+                r, ids = item
+                hdr = json.dumps(self._entry_json(r)).encode()
+                writer.write(struct.pack(">I", len(hdr)) + hdr)
+                for b in service.content(r, ids):
+                    writer.write(b)
                     await writer.drain()
-            r = next(records, None)
+                item = next(entries, None)
+        except RestoreError as e:
+            log.error("restore of snapshot %d cut short: %s", snap["id"], e)
+            return
+        except ConnectionError as e:
+            log.info("restore of snapshot %d: the client went away (%s)", snap["id"], e)
+            return
+        except Exception:
+            # Whatever broke, nothing may follow in the stream: a reply here would be read
+            # as the content of a file.
+            log.exception("restore of snapshot %d cut short", snap["id"])
+            return
         writer.write(struct.pack(">I", 0))
         await writer.drain()
 
     def forget(self, dev, snap):
         """Remove a snapshot; content only it kept falls back to pass-through data."""
         root, freed, released = self.catalog.forget_snapshot(dev, snap["id"])
-        self.anchor.store.unpin(released)
+        self.app.store.unpin(released)
         if freed:
-            self.anchor.trees.delete(root)
+            self.app.trees.delete(root)
         log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
         return {"forgotten": snap["id"], "chunks_released": len(released), "tree_freed": freed}
 
@@ -242,7 +262,7 @@ class Api:
         return {"device": device, "code": code}
 
     def unpair(self, device):
-        gone = self.anchor.revoke(device)
+        gone = self.app.sessions.revoke(device)
         if not gone:
             raise ApiError(404, "rover %r is not paired" % device)
         return {"device": device, "unpaired": True}
@@ -250,17 +270,16 @@ class Api:
     def verify(self):
         """Re-read and re-hash every stored chunk, and check that every chunk a snapshot
         keeps is in the store. Runs on the event loop: sessions wait while it reads."""
-        r = self.anchor.store.verify()
+        r = self.app.store.verify()
         missing = 0
         for (cid,) in self.catalog.db.execute("SELECT chunk FROM live_chunks"):
-            if not self.anchor.store.has(cid):
+            if not self.app.store.has(cid):
                 missing += 1
         return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,
                 "ok": not r["bad"] and not missing}
 
     def stats(self):
-        store = self.anchor.store.stats()
-        from anchor import retention
-        r = retention.of(self.anchor)
-        return {"store": store, "link_bytes": self.anchor.link_bytes, "devices": self.catalog.counters(),
+        store = self.app.store.stats()
+        r = self.app.retention
+        return {"store": store, "link_bytes": self.app.sessions.link_bytes, "devices": self.catalog.counters(),
                 "retention": dict(r.totals, capacity=r.capacity)}

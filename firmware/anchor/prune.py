@@ -167,7 +167,7 @@ def prune(anchor, dev, keep_last=0, keep_daily=0, keep_weekly=0, dry_run=False):
     if not dry_run:
         log.info("pruned %d snapshots (kept %d); %d chunks (%d bytes) back to pass-through",
                  len(forget), len(keep), len(released), out["bytes_released"])
-        done = retention.of(anchor).enforce()
+        done = anchor.retention.enforce()
         if done:
             out["evicted_chunks"] = done["evicted_chunks"]
             out["evicted_bytes"] = done["evicted_bytes"]

@@ -68,8 +68,9 @@ def parse_size(text):
 
 
 class Retention:
-    def __init__(self, anchor, capacity):
-        self.anchor = anchor
+    def __init__(self, store, catalog, capacity):
+        self.store = store
+        self.catalog = catalog
         self.capacity = capacity
         self.totals = {"evicted_chunks": 0, "evicted_bytes": 0, "compactions": 0, "reclaimed_bytes": 0}
         # Chunks open backup sessions have received or answered "have" for: not pinned yet
@@ -96,7 +97,7 @@ class Retention:
         if not self.capacity:
             return None
         self.room = 0
-        store = self.anchor.store
+        store = self.store
         st = store.stats()
         # The budget is on live data; segment files may exceed it by up to one segment
         # (the one being appended to is never compacted) until compaction catches up.
@@ -107,7 +108,7 @@ class Retention:
     def _evict(self, live, target):
         """Evict pass-through chunks no session holds, least recently used first, until the
         store's live bytes (now `live`) are at most `target`; then compact."""
-        store = self.anchor.store
+        store = self.store
         dropped = 0
         dropped_bytes = 0
         seen = set()
@@ -117,7 +118,7 @@ class Retention:
             if not cands:
                 break
             seen.update(c for c, _ in cands)
-            keep = self.anchor.catalog.live_among([c for c, _ in cands])
+            keep = self.catalog.live_among([c for c, _ in cands])
             if keep:
                 store.pin(list(keep))       # the store's class had fallen behind the catalog
             take = []
@@ -152,7 +153,7 @@ class Retention:
         pass-through chunks no open session holds. The store's class column decides what is
         pass-through; a chunk it still calls pass-through though a snapshot keeps it (after a
         crash between catalog and store) counts as evictable here, and eviction skips it."""
-        store = self.anchor.store
+        store = self.store
         store.flush()
         db = store.db
         live = db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks",
@@ -201,10 +202,3 @@ class Retention:
                 raise StoreFull(live + nbytes - self.capacity, self.capacity, estimated=not reserve)
         self.room = self.capacity - live - (nbytes if reserve else 0)
 
-
-def of(anchor):
-    """The anchor's retention policy (no capacity: nothing is ever evicted)."""
-    r = getattr(anchor, "retention", None)
-    if r is None:
-        r = anchor.retention = Retention(anchor, getattr(anchor, "capacity", None))
-    return r

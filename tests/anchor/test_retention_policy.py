@@ -1,12 +1,12 @@
 """The retention policy in-process: what it evicts, what it never evicts."""
 import os
 
-from anchor.daemon import Anchor
+from anchor.app import App
 from anchor import retention
 
 
 def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
-    a = Anchor(str(tmp_path / "data"), capacity=200_000)
+    a = App(str(tmp_path / "data"), capacity=200_000)
     try:
         store = a.store
         blobs = [os.urandom(20_000) for _ in range(30)]      # 600 KB of pass-through data
@@ -16,7 +16,7 @@ def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
         busy = set(ids[3:6])
         # the catalog, not the store's class, says what snapshots keep
         a.catalog.db.executemany("INSERT INTO live_chunks VALUES (?, 1)", [(c,) for c in pinned])
-        r = retention.of(a)
+        r = a.retention
         r.protect(busy)
         done = r.enforce()
         assert done and done["evicted_chunks"] > 0

@@ -184,8 +184,7 @@ class Rover:
     """Just enough of a rover to drive a BackupHandler: one file, one batch."""
 
     def __init__(self, anchor, device, data):
-        from anchor.backup_service import BackupHandler
-        self.h = BackupHandler(anchor)
+        self.h = anchor.backup.session()
         self.device = device
         self.data = data
         self.chunks = chunks_of(data)
@@ -220,11 +219,11 @@ def test_a_chunk_that_does_not_fit_is_refused_at_the_next_request(tmp_path):
     """Two backups both pass the check before their upload; the second one's chunks run out of
     room: its remaining chunks are read and dropped, and the refusal answers its COMMIT. What
     it stored stays as pass-through data; the first backup commits; nothing goes over budget."""
-    from anchor.daemon import Anchor
+    from anchor.app import App
     from anchor import retention
     rnd = random.Random(13)
     capacity = 500_000
-    a = Anchor(str(tmp_path / "data"), capacity=capacity)
+    a = App(str(tmp_path / "data"), capacity=capacity)
     try:
         one = Rover(a, "one", rnd.randbytes(300_000))
         two = Rover(a, "two", rnd.randbytes(300_000))
@@ -254,7 +253,7 @@ def test_a_chunk_that_does_not_fit_is_refused_at_the_next_request(tmp_path):
         assert all(a.store.info(c)["class"] == 1 for _, _, c in one.chunks)
         assert a.store.stats()["live_bytes"] <= capacity
         # what is left of two is evicted first when a later backup needs room
-        r = retention.of(a)
+        r = a.retention
         live, evictable = r.usage()
         assert evictable >= sum(49 + a.store.info(c)["stored_len"] for c in kept)
         r.make_room(capacity - live + 1000)          # room for a little more: some of it goes

@@ -4,7 +4,7 @@ import asyncio
 import os
 import threading
 
-from anchor.daemon import Anchor
+from anchor.app import App
 from anchor.chanlink import serve_port
 
 
@@ -34,21 +34,23 @@ class LoopThread:
 
 
 class InprocAnchor:
-    """An Anchor over `data_dir` whose sessions run on `lt` (a LoopThread)."""
+    """An anchor (anchor.app.App) over `data_dir` whose sessions run on `lt` (a LoopThread);
+    `anchor` is what serves its links (the App's SessionServer)."""
 
     def __init__(self, data_dir, lt=None):
         self.lt = lt or LoopThread()
         os.makedirs(data_dir, exist_ok=True)
-        self.anchor = self.lt.call(self._open(data_dir))
+        self.app = self.lt.call(self._open(data_dir))
+        self.anchor = self.app.sessions
         self.served = []
 
     async def _open(self, data_dir):
-        return Anchor(data_dir, open=True)
+        return App(data_dir, open=True)
 
     def start_mgmt(self, path):
         """The management API on a unix socket; returns the address anchorctl takes."""
         from anchor import mgmt
-        self.mgmt_server = self.lt.call(mgmt.start(self.anchor, path))
+        self.mgmt_server = self.lt.call(mgmt.start(self.app, path))
         return "unix:" + path
 
     def serve(self, port, **options):
@@ -76,4 +78,4 @@ class InprocAnchor:
         self.lt.close()
 
     async def _close(self):
-        self.anchor.close()
+        self.app.close()

@@ -11,8 +11,8 @@ refused: the bytes of a TLS tunnel cannot be seen into, so HTTPS goes through th
 `fetch` relay, which terminates TLS at the anchor.
 
 Plain asyncio, one origin connection per request (`Connection: close` towards the origin),
-keep-alive towards the client. Every read and write towards either side is bounded by
-anchor.relay_timeout; a body is bounded by anchor.relay_max.
+keep-alive towards the client. Every read and write towards either side is bounded by the
+relay timeout (anchor serve --relay-timeout); a body by the relay's size limit. CPython only.
 """
 import asyncio
 import base64
@@ -23,7 +23,6 @@ import tempfile
 from urllib.parse import urlsplit
 
 from core import messages as m
-from anchor.capture import Capture
 
 log = logging.getLogger("anchor.proxy")
 
@@ -199,11 +198,13 @@ def _device(headers):
 # --- the proxy -----------------------------------------------------------------------------
 
 class HttpProxy:
-    def __init__(self, anchor):
-        self.anchor = anchor
-        self.capture = Capture(anchor)
-        self.timeout = anchor.relay_timeout
-        self.keep_bodies = getattr(anchor, "capture", True)
+    def __init__(self, catalog, capture, spool_dir, timeout, max_body, keep_bodies=True):
+        self.catalog = catalog            # devices by proxy user name, and their counters
+        self.capture = capture
+        self.spool_dir = spool_dir
+        self.timeout = timeout
+        self.max_body = max_body
+        self.keep_bodies = keep_bodies    # False only to measure capture (anchor serve --no-capture)
 
     async def start(self, host, port):
         return await asyncio.start_server(self.client, host, port, limit=STREAM_LIMIT)
@@ -246,7 +247,7 @@ class HttpProxy:
             pass
 
     def _spool(self):
-        return tempfile.NamedTemporaryFile(dir=self.anchor.spool_dir, prefix="proxy-", delete=False)
+        return tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="proxy-", delete=False)
 
     async def _request(self, head, reader, writer):
         """Forward one request; returns whether the client connection may carry another."""
@@ -281,13 +282,13 @@ class HttpProxy:
             if method in ("PUT", "POST"):
                 raise HttpError(411, "%s needs Content-Length or Transfer-Encoding: chunked\n" % method)
             req_framing = ("length", 0)
-        if req_framing[0] == "length" and req_framing[1] > self.anchor.relay_max:
+        if req_framing[0] == "length" and req_framing[1] > self.max_body:
             raise HttpError(413, "body of %d bytes above the relay limit of %d bytes\n"
-                            % (req_framing[1], self.anchor.relay_max))
+                            % (req_framing[1], self.max_body))
         conn_tokens = _get(headers, "connection")
         client_keep = ("close" not in conn_tokens) if version == "HTTP/1.1" else ("keep-alive" in conn_tokens)
-        dev = self.anchor.catalog.device_id(device)
-        self.anchor.catalog.seen(dev)
+        dev = self.catalog.device_id(device)
+        self.catalog.seen(dev)
         ex = _Exchange(self, device, dev, method, target, u, host, port, headers, req_framing,
                        version, client_keep)
         try:
@@ -302,7 +303,6 @@ class _Exchange:
     def __init__(self, proxy, device, dev, method, target, u, host, port, headers, req_framing,
                  version, client_keep):
         self.proxy = proxy
-        self.anchor = proxy.anchor
         self.timeout = proxy.timeout
         self.device, self.dev = device, dev
         self.method, self.target, self.u = method, target, u
@@ -319,7 +319,7 @@ class _Exchange:
 
     def _record_counts(self):
         try:
-            self.anchor.catalog.count(self.dev, **self.counts)
+            self.proxy.catalog.count(self.dev, **self.counts)
         except Exception:
             log.exception("could not record proxy counters")
         self.counts = {}
@@ -381,9 +381,9 @@ class _Exchange:
             w.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
             async for piece in _body(reader, self.req_framing, self.timeout, "client"):
                 sent += len(piece)
-                if sent > self.anchor.relay_max:
+                if sent > self.proxy.max_body:
                     self._fail("upload above relay_max")
-                    raise HttpError(413, "body above the relay limit of %d bytes\n" % self.anchor.relay_max)
+                    raise HttpError(413, "body above the relay limit of %d bytes\n" % self.proxy.max_body)
                 if spool is not None:
                     spool.write(piece)
                 w.write(_chunk(piece) if chunked else piece)
@@ -421,9 +421,9 @@ class _Exchange:
                 framing = None
             else:
                 framing = _framing(rheaders, "answer") or ("close",)
-            if framing and framing[0] == "length" and framing[1] > self.anchor.relay_max:
+            if framing and framing[0] == "length" and framing[1] > self.proxy.max_body:
                 err = HttpError(502, "origin %s answers with %d bytes, above the relay limit of %d bytes\n"
-                                % (netloc, framing[1], self.anchor.relay_max))
+                                % (netloc, framing[1], self.proxy.max_body))
         except asyncio.TimeoutError:
             err = HttpError(504, "origin %s did not answer in %g s\n" % (netloc, self.timeout))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -471,8 +471,8 @@ class _Exchange:
             if framing is not None:
                 async for piece in _body(o_reader, framing, self.timeout, "origin"):
                     got += len(piece)
-                    if got > self.anchor.relay_max:
-                        raise Broken("origin", "answer above the relay limit of %d bytes" % self.anchor.relay_max)
+                    if got > self.proxy.max_body:
+                        raise Broken("origin", "answer above the relay limit of %d bytes" % self.proxy.max_body)
                     if spool is not None:
                         spool.write(piece)
                     if held:

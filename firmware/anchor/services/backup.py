@@ -3,7 +3,7 @@
 One BackupHandler per session. It turns checked messages into replies and touches the
 store and catalog only in ways that are safe to repeat: chunks land in the store as they
 arrive (so a resumed session never re-sends them), and nothing becomes part of a snapshot
-until COMMIT, which checks the whole tree against the rover's root digest first.
+until COMMIT, which checks the whole tree against the rover's root digest first. CPython only.
 """
 import asyncio
 import logging
@@ -15,21 +15,38 @@ from core.hmac256 import hmac_sha256
 from core.secure import equal
 from anchor.store import StoreError
 from anchor.trees import apply_delta
-from anchor import retention, watchlist
-from anchor.regenerate import regenerate
+from anchor import retention
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
-DEFAULT_WATCH_SECONDS = 600   # how long queued data may take to pass through
+WATCH_SECONDS = 600     # how long queued data may take to pass through (docs/protocol.md section 6)
 
 log = logging.getLogger("anchor.backup")
 
 
+class BackupService:
+    """What every backup session shares. One BackupHandler per link session (session())."""
+
+    def __init__(self, catalog, store, trees, retention, watchlist, regenerator):
+        self.catalog = catalog
+        self.store = store
+        self.trees = trees
+        self.retention = retention
+        self.watchlist = watchlist
+        self.regenerator = regenerator
+
+    def session(self):
+        return BackupHandler(self.catalog, self.store, self.trees, self.retention, self.watchlist,
+                             self.regenerator)
+
+
 class BackupHandler:
-    def __init__(self, anchor):
-        self.anchor = anchor
-        self.catalog = anchor.catalog
-        self.store = anchor.store
-        self.trees = anchor.trees
+    def __init__(self, catalog, store, trees, retention, watchlist, regenerator):
+        self.catalog = catalog
+        self.store = store
+        self.trees = trees
+        self.retention = retention        # room before chunks are stored; holds for the session
+        self.watchlist = watchlist        # queued objects waited for at the relay
+        self.regenerator = regenerator    # evicted objects fetched again from their origin
         self.dev = None
         self.device = None
         self.parent = None
@@ -83,9 +100,8 @@ class BackupHandler:
     # --- HELLO -------------------------------------------------------------------------
 
     def _hello(self, msg):
-        r = retention.of(self.anchor)
-        r.protect(self.uploaded_set)
-        r.protect(self.in_use)
+        self.retention.protect(self.uploaded_set)
+        self.retention.protect(self.in_use)
         self.device = msg[2]
         self.can_prove = bool(msg[4] & m.CAP_PROVE)
         self.dev = self.catalog.device_id(self.device)
@@ -129,21 +145,21 @@ class BackupHandler:
             self.expected[oid] = size
             if len(e) > 8 and e[8] & m.FLAG_QUEUED and len(self.watching) < m.MAX_ENTRIES:
                 # In the outbox: it will pass through the relay soon; wait for it there.
-                secs = getattr(self.anchor, "watch_seconds", DEFAULT_WATCH_SECONDS)
+                secs = WATCH_SECONDS
                 self.watching.append(oid)
-                watchlist.of(self.anchor).add(self.dev, self.device, oid, e[1], size, secs)
+                self.watchlist.add(self.dev, self.device, oid, e[1], size, secs)
                 watched.append([i, secs])
                 continue
             recipe = self._recipe(oid)
             if recipe is not None and len(self.watching) < m.MAX_ENTRIES:
                 # Evicted, but fetched over HTTP once: fetch it again over the anchor's
                 # uplink instead of the radio, and watch for it like outbox data.
-                secs = int(getattr(self.anchor, "relay_timeout", 30) * 2) + 1
+                secs = self.regenerator.watch_seconds
                 self.watching.append(oid)
                 self.regenerating.add(oid)
-                watchlist.of(self.anchor).add(self.dev, self.device, oid, e[1], size, secs)
+                self.watchlist.add(self.dev, self.device, oid, e[1], size, secs)
                 watched.append([i, secs])
-                asyncio.get_running_loop().create_task(regenerate(self.anchor, self.dev, oid, recipe))
+                asyncio.get_running_loop().create_task(self.regenerator.regenerate(self.dev, oid, recipe))
                 continue
             self.wanted[i] = oid
             wanted.append(i)
@@ -189,7 +205,7 @@ class BackupHandler:
             # sizes (scaled by how well this session's chunks compressed so far); _data makes
             # the exact check, chunk by chunk.
             try:
-                retention.of(self.anchor).make_room(estimate, reserve=False)
+                self.retention.make_room(estimate, reserve=False)
             except retention.StoreFull as e:
                 log.warning("rover %s: %s", self.device, e.text())
                 raise m.ProtocolError(m.E_FULL, e.text())
@@ -281,7 +297,7 @@ class BackupHandler:
             self.refused_more += nbytes
             return
         try:
-            retention.of(self.anchor).make_room(nbytes)
+            self.retention.make_room(nbytes)
         except retention.StoreFull as e:
             self.refused = e          # its shortfall counts this chunk
             self.needed.discard(cid)
@@ -309,10 +325,12 @@ class BackupHandler:
         return m.ProtocolError(m.E_FULL, self.refused.text(self.refused_more))
 
     def end(self):
-        """The session is over: what it held from eviction may go."""
-        r = retention.of(self.anchor)
-        r.release(self.uploaded_set)
-        r.release(self.in_use)
+        """The session is over: what it held from eviction may go, and its watches end (a
+        watch lives as long as the session that waits on it)."""
+        self.retention.release(self.uploaded_set)
+        self.retention.release(self.in_use)
+        for oid in self.watching:
+            self.watchlist.remove(self.dev, oid)
 
     def flush(self):
         """Make received chunks durable, then record that this device holds them.
@@ -335,7 +353,7 @@ class BackupHandler:
         if self.refused is not None:
             raise self._full()
         loop = asyncio.get_running_loop()
-        wl = watchlist.of(self.anchor)
+        wl = self.watchlist
         until = loop.time() + msg[1]
         event = asyncio.Event()
         wl.listeners.add(event)
@@ -410,7 +428,7 @@ class BackupHandler:
                                                    tree_oids)
         # The catalog's live_chunks is the truth; the store's class mirrors it for eviction.
         self.store.pin(pinned)
-        retention.of(self.anchor).enforce()
+        self.retention.enforce()
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes
         log.info("rover %s: snapshot %d committed (%d entries, %d bytes, %d chunks uploaded)",

@@ -1,14 +1,13 @@
 """Capture: every relayed body is chunked like a backup and kept with its provenance.
 
 A body is captured only once it has passed whole (the relay spools it first), so nothing
-half-transferred is ever offered as the content of an object.
+half-transferred is ever offered as the content of an object. CPython only.
 """
 import os
 
 import pyfastcdc
 
 from core import chunker
-from anchor import retention, watchlist
 
 
 def _cutter():
@@ -17,10 +16,11 @@ def _cutter():
 
 
 class Capture:
-    def __init__(self, anchor):
-        self.anchor = anchor
-        self.store = anchor.store
-        self.catalog = anchor.catalog
+    def __init__(self, store, catalog, watchlist, retention):
+        self.store = store
+        self.catalog = catalog
+        self.watchlist = watchlist        # woken when a body a backup waits for arrives
+        self.retention = retention        # what is stored counts against the budget
 
     def record(self, dev, path, prov):
         """Chunk the spooled body at `path` into the store and register it for device
@@ -40,6 +40,6 @@ class Capture:
         # Chunks durable first: the catalog must never name bytes a crash could lose.
         self.store.flush()
         self.catalog.record_capture(dev, oid, size, bytes(ids), prov)
-        watchlist.of(self.anchor).captured(dev, oid)
-        retention.of(self.anchor).enforce()
+        self.watchlist.captured(dev, oid)
+        self.retention.enforce()
         return oid, size

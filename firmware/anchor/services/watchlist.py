@@ -1,7 +1,7 @@
 """The watch list: data a rover's backup needs, which the anchor expects to pass through
 its relay soon (the file waits in the rover's outbox), so it waits instead of asking the
-radio for it. One list per anchor, in memory: a watch lives only as long as the backup
-session that waits on it."""
+radio for it. One list per anchor (anchor.app makes it), in memory: a watch lives only as
+long as the backup session that waits on it."""
 import time
 
 
@@ -41,10 +41,3 @@ class WatchList:
         return sorted((dict(w, seconds_left=round(w["deadline"] - now, 1)) for w in self.items.values()),
                       key=lambda w: (w["device"], w["path"]))
 
-
-def of(anchor):
-    """The anchor's watch list, created on first use."""
-    wl = getattr(anchor, "watchlist", None)
-    if wl is None:
-        wl = anchor.watchlist = WatchList()
-    return wl

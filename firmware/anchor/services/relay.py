@@ -3,7 +3,8 @@
 Network calls run in worker threads (http.client, paho-mqtt) and hand their results to
 the session's event loop through a small bounded queue, so a slow rover slows the origin
 read instead of filling the anchor's memory. Every body that passes whole is captured
-(anchor.capture) for later backups; a body that breaks off is reported and dropped.
+(services.capture) for later backups; a body that breaks off is reported and dropped.
+CPython only.
 """
 import asyncio
 import concurrent.futures
@@ -16,7 +17,6 @@ import threading
 from urllib.parse import urlsplit
 
 from core import messages as m
-from anchor.capture import Capture
 
 log = logging.getLogger("anchor.relay")
 
@@ -129,11 +129,30 @@ def _mqtt_publish(broker, topic, path, qos, retain, timeout):
         c.loop_stop()
 
 
+class RelayService:
+    """What every relay session shares: where bodies are spooled and kept, the limits, and
+    the broker publishes go to. One RelayHandler per link session (session())."""
+
+    def __init__(self, capture, spool_dir, timeout=DEFAULT_TIMEOUT, max_body=DEFAULT_MAX_BODY, broker=None):
+        # None only to measure what capture costs (anchor serve --no-capture): bodies are
+        # still spooled as they pass, but never chunked, stored or registered.
+        self.capture = capture
+        self.spool_dir = spool_dir
+        self.timeout = timeout            # seconds to wait on an origin or the broker
+        self.max_body = max_body
+        self.broker = broker              # (host, port), or None: publishes fail clearly
+
+    def session(self, backup):
+        """The relay of one link session; `backup` (its BackupHandler) names the device and
+        waits for watched data."""
+        return RelayHandler(self, backup)
+
+
 class RelayHandler:
-    def __init__(self, anchor, session_info):
-        self.anchor = anchor
+    def __init__(self, service, session_info):
+        self.service = service
         self.info = session_info          # gives .dev and .device once HELLO arrived
-        self.capture = Capture(anchor)
+        self.capture = service.capture
         self.upload = None                # (kind, request, spool file, bytes so far)
         self.counts = {}
 
@@ -142,7 +161,7 @@ class RelayHandler:
             self.counts[k] = self.counts.get(k, 0) + v
 
     def _spool(self):
-        return tempfile.NamedTemporaryFile(dir=self.anchor.spool_dir, prefix="relay-", delete=False)
+        return tempfile.NamedTemporaryFile(dir=self.service.spool_dir, prefix="relay-", delete=False)
 
     async def handle(self, msg, send):
         t = msg[0]
@@ -153,7 +172,7 @@ class RelayHandler:
         elif t in (m.SEND, m.PUBLISH):
             # Refusals (too large, no broker) come as FAIL after the body: the rover streams
             # it first, and the table has no FAIL while it is sending.
-            if msg[2 if t == m.PUBLISH else 3] > self.anchor.relay_max:
+            if msg[2 if t == m.PUBLISH else 3] > self.service.max_body:
                 self.upload = [t, msg, None, 0]
             else:
                 self.upload = [t, msg, self._spool(), 0]
@@ -175,7 +194,7 @@ class RelayHandler:
         feed = _Feed(asyncio.get_running_loop())
         spool = self._spool()
         worker = threading.Thread(target=_http_worker, daemon=True,
-                                  args=(feed, "GET", url, msg[2], None, self.anchor.relay_timeout))
+                                  args=(feed, "GET", url, msg[2], None, self.service.timeout))
         worker.start()
         complete = False
         try:
@@ -192,8 +211,8 @@ class RelayHandler:
                 if item[0] == "data":
                     data = item[1]
                     total += len(data)
-                    if total > self.anchor.relay_max:
-                        await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.anchor.relay_max))
+                    if total > self.service.max_body:
+                        await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
                         return
                     spool.write(data)
                     for off in range(0, len(data), BODY_DOWN):
@@ -222,6 +241,8 @@ class RelayHandler:
                 self._count(relay_failures=1)
 
     def _capture(self, path, prov):
+        if self.capture is None:
+            return
         oid, size = self.capture.record(self.info.dev, path, prov)
         self._count(captured_objects=1, captured_bytes=size)
         log.info("rover %s: captured %s %s %s (%d bytes, object %s)", self.info.device, prov["direction"],
@@ -239,7 +260,7 @@ class RelayHandler:
                 os.unlink(spool.name)
             raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d" % (declared, got, msg[1]))
         if spool is None:
-            await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.anchor.relay_max))
+            await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
             return
         spool.close()
         try:
@@ -259,12 +280,12 @@ class RelayHandler:
             os.unlink(spool.name)
 
     async def _publish(self, req, path, send):
-        if self.anchor.broker is None:
+        if self.service.broker is None:
             await send(m.fail(m.F_BROKER, "this anchor has no broker (anchor serve --broker mqtt://HOST:PORT)"))
             return
         loop = asyncio.get_running_loop()
-        err = await loop.run_in_executor(None, _mqtt_publish, self.anchor.broker, req[1], path,
-                                         req[3], req[4], self.anchor.relay_timeout)
+        err = await loop.run_in_executor(None, _mqtt_publish, self.service.broker, req[1], path,
+                                         req[3], req[4], self.service.timeout)
         if err:
             self._count(relay_failures=1)
             await send(m.fail(err[0], err[1]))
@@ -275,7 +296,7 @@ class RelayHandler:
         feed = _Feed(asyncio.get_running_loop())
         worker = threading.Thread(target=_http_worker, daemon=True,
                                   args=(feed, req[1], req[2], [("Content-Type", req[4])], path,
-                                        self.anchor.relay_timeout, False))
+                                        self.service.timeout, False))
         worker.start()
         try:
             item = await feed.get()

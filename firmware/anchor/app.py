@@ -1,0 +1,81 @@
+"""The anchor's wiring, CPython only: opens one data directory and builds the storage, the
+services and the link sessions, handing each only what it uses.
+
+Nothing else creates these: there is one store, one catalog, one retention policy and one
+watch list per anchor, and every service that needs one is given it here.
+"""
+import os
+
+from anchor.catalog import Catalog
+from anchor.daemon import SessionServer
+from anchor.retention import Retention
+from anchor.services.backup import BackupService
+from anchor.services.capture import Capture
+from anchor.services.http_proxy import HttpProxy
+from anchor.services.regenerate import Regenerator
+from anchor.services.relay import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, RelayService
+from anchor.services.restore import RestoreService
+from anchor.services.watchlist import WatchList
+from anchor.store import ChunkStore
+from anchor.trees import TreeStore
+
+DATA_VERSION = 1
+
+
+class App:
+    """Everything the anchor holds and does, opened from one data directory.
+
+    broker: (host, port) of the MQTT broker relays publish to (and MQTT links ride on);
+    capacity: store budget in bytes, None: never evict; open: also serve rovers that are
+    not paired, without the secure channel (a lab or test bench: `anchor serve --open`);
+    capture=False only to measure what capture costs (`anchor serve --no-capture`):
+    relayed bodies then pass without being kept, and later backups must upload them."""
+
+    def __init__(self, data_dir, broker=None, relay_timeout=DEFAULT_TIMEOUT, relay_max=DEFAULT_MAX_BODY,
+                 capture=True, capacity=None, open=False):
+        self.data_dir = os.path.abspath(data_dir)
+        self.open = open
+        self.capturing = capture
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._check_version()
+        # Sessions flush every 1 MiB themselves (services.backup.FLUSH_BYTES); the store's
+        # own threshold is a backstop above that.
+        self.store = ChunkStore(os.path.join(self.data_dir, "chunks"), flush_bytes=4 << 20)
+        self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
+        self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
+        # Relayed bodies wait here until whole; anything left is from a crash mid-transfer.
+        self.spool_dir = os.path.join(self.data_dir, "spool")
+        os.makedirs(self.spool_dir, exist_ok=True)
+        for name in os.listdir(self.spool_dir):
+            os.unlink(os.path.join(self.spool_dir, name))
+
+        self.retention = Retention(self.store, self.catalog, capacity)
+        self.watchlist = WatchList()
+        self.capture = Capture(self.store, self.catalog, self.watchlist, self.retention)
+        self.regenerator = Regenerator(self.capture, self.watchlist, self.spool_dir, relay_timeout)
+        self.backup = BackupService(self.catalog, self.store, self.trees, self.retention, self.watchlist,
+                                    self.regenerator)
+        self.restore = RestoreService(self.catalog, self.trees, self.store)
+        self.relay = RelayService(self.capture if capture else None, self.spool_dir, relay_timeout,
+                                  relay_max, broker)
+        self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_dir, relay_timeout, relay_max,
+                                    keep_bodies=capture)
+        self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker)
+
+    def _check_version(self):
+        p = os.path.join(self.data_dir, "ANCHOR-DATA")
+        if os.path.exists(p):
+            with open(p) as f:
+                v = f.read().strip()
+            if v != "anchor-data %d" % DATA_VERSION:
+                raise SystemExit("%s: data format %r, this anchor reads 'anchor-data %d'" % (p, v, DATA_VERSION))
+        else:
+            with open(p + ".tmp", "w") as f:
+                f.write("anchor-data %d\n" % DATA_VERSION)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(p + ".tmp", p)
+
+    def close(self):
+        self.store.close()
+        self.catalog.close()

@@ -1,0 +1,95 @@
+"""Restore: a snapshot's tree read back, entry by entry, with the content of its files.
+
+CPython only. No transport here: entries() says what a restore holds (each entry and the
+chunk ids of its content) and chunk() reads one chunk back, checked. The management API
+frames them onto HTTP for `anchorctl restore`; a restore over a rover's link can take the
+same entries, skip the chunks the rover still holds, and send the rest.
+
+A record that cannot be read back whole (an object the catalog lost, a chunk gone from the
+store or damaged in flash) raises RestoreError naming the file, never bytes that are not
+the file's: a file's entry comes only once its object and every chunk of it are indexed,
+and a chunk that then fails its check (CRC, SHA-256) stops the restore where it is.
+"""
+from core import messages as m
+from anchor.store import StoreError
+
+
+class PathError(ValueError):
+    """The path asked for is not one a snapshot can hold."""
+
+
+class NotInSnapshot(LookupError):
+    """The path asked for is not in the snapshot."""
+
+
+class RestoreError(Exception):
+    """The content of `path` cannot be read back whole; `why` says what failed."""
+
+    def __init__(self, path, why):
+        Exception.__init__(self, "%s: %s" % (path, why))
+        self.path = path
+        self.why = why
+
+
+class RestoreService:
+    def __init__(self, catalog, trees, store):
+        self.catalog = catalog            # objects -> chunk lists
+        self.trees = trees                # snapshot trees, by root digest
+        self.store = store                # chunk bytes
+
+    def records(self, snap, prefix=""):
+        """Tree records (path, type, size, mtime_ns, mode, object, target) of `prefix` and
+        everything below it, in canonical order; the whole snapshot for "". Raises PathError
+        for a malformed prefix, NotInSnapshot when nothing matches it."""
+        prefix = prefix.strip("/")
+        if prefix:
+            try:
+                m.check_path(prefix)
+            except m.ProtocolError as e:
+                raise PathError(e.text)
+        found = False
+        for r in self.trees.read(snap["root"]):
+            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/"):
+                found = True
+                yield r
+        if prefix and not found:
+            raise NotInSnapshot("no path %r in snapshot %d" % (prefix, snap["id"]))
+
+    def entries(self, snap, prefix=""):
+        """(record, chunk ids) of each entry records() yields; ids are empty but for files
+        with content. Raises RestoreError before the entry of a file whose object or chunks
+        are not held."""
+        for r in self.records(snap, prefix):
+            ids = ()
+            if r[1] == m.T_FILE and r[2]:
+                info = self.catalog.object_chunks(r[5])
+                if info is None:
+                    raise RestoreError(r[0], "its object %s is not in the catalog" % r[5].hex()[:16])
+                ids = info[1]
+                gone = self.store.missing(ids)
+                if gone:
+                    raise RestoreError(r[0], "%d of its %d chunks are not in the store (first: %s)"
+                                       % (len(gone), len(ids), ids[gone[0]].hex()[:16]))
+            yield r, ids
+
+    def chunk(self, path, cid):
+        """The bytes of chunk `cid` of file `path`, checked against its id as they are read."""
+        try:
+            return self.store.get(cid)
+        except (StoreError, OSError) as e:
+            raise RestoreError(path, "chunk %s cannot be read: %s" % (cid.hex()[:16], e))
+
+    def content(self, record, ids):
+        """The content of an entry, chunk by chunk (nothing but for files); RestoreError if
+        it would not add up to the file's size (a reader takes exactly that many bytes)."""
+        if record[1] != m.T_FILE:
+            return
+        got = 0
+        for cid in ids:
+            b = self.chunk(record[0], cid)
+            got += len(b)
+            if got > record[2]:
+                raise RestoreError(record[0], "its chunks hold more than its %d bytes" % record[2])
+            yield b
+        if got != record[2]:
+            raise RestoreError(record[0], "its chunks hold %d of its %d bytes" % (got, record[2]))
