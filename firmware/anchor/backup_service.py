@@ -13,9 +13,10 @@ from core import chunker
 from core import messages as m
 from core.hmac256 import hmac_sha256
 from core.secure import equal
-from anchor.store import StoreError
-from anchor.trees import apply_delta
-from anchor import retention, watchlist
+from anchor.storage.chunks import StoreError
+from anchor.storage.trees import apply_delta
+from anchor import watchlist
+from anchor.storage import retention
 from anchor.regenerate import regenerate
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so

@@ -8,7 +8,8 @@ import os
 import pyfastcdc
 
 from core import chunker
-from anchor import retention, watchlist
+from anchor import watchlist
+from anchor.storage import retention
 
 
 def _cutter():

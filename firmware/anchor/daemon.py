@@ -8,10 +8,10 @@ from core import states
 from core.session import Session
 from anchor.backup_service import BackupHandler
 from anchor import watchlist
-from anchor.catalog import Catalog
+from anchor.storage.catalog import Catalog
 from anchor.relay_service import RelayHandler, RELAY_TYPES
-from anchor.store import ChunkStore
-from anchor.trees import TreeStore
+from anchor.storage.chunks import ChunkStore
+from anchor.storage.trees import TreeStore
 from anchor.secure_session import Refused
 
 log = logging.getLogger("anchor")
@@ -293,7 +293,7 @@ async def serve(anchor, listen_host, listen_port, mgmt_path=None, ready=None, pr
     forward proxy. `ready(port, proxy_port)` is called once all of them listen. `links`:
     keyword arguments for start_links (serial, MQTT and BLE listeners)."""
     from anchor import mgmt
-    from anchor import retention
+    from anchor.storage import retention
     retention.of(anchor).enforce()     # a smaller --capacity than last time applies at once
     listeners = await start_links(anchor, **(links or {}))
     server = await asyncio.start_server(anchor.serve_stream, listen_host, listen_port)

@@ -104,7 +104,7 @@ class Api:
         if len(segs) == 4 and segs[1] == "devices" and segs[3] == "prune":
             if method != "POST":
                 raise ApiError(405, "prune takes POST")
-            from anchor import prune
+            from anchor.storage import prune
             dev = self._device(segs[2])
             try:
                 args = prune.parse_query(q)
@@ -252,7 +252,7 @@ class Api:
         keeps is in the store. Runs on the event loop: sessions wait while it reads."""
         r = self.anchor.store.verify()
         missing = 0
-        for (cid,) in self.catalog.db.execute("SELECT chunk FROM live_chunks"):
+        for cid in self.catalog.live_chunks():
             if not self.anchor.store.has(cid):
                 missing += 1
         return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,
@@ -260,7 +260,7 @@ class Api:
 
     def stats(self):
         store = self.anchor.store.stats()
-        from anchor import retention
+        from anchor.storage import retention
         r = retention.of(self.anchor)
         return {"store": store, "link_bytes": self.anchor.link_bytes, "devices": self.catalog.counters(),
                 "retention": dict(r.totals, capacity=r.capacity)}

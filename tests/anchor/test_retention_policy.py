@@ -1,8 +1,9 @@
 """The retention policy in-process: what it evicts, what it never evicts."""
+import hashlib
 import os
 
 from anchor.daemon import Anchor
-from anchor import retention
+from anchor.storage import retention
 
 
 def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
@@ -14,8 +15,12 @@ def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
         store.flush()
         pinned = ids[:3]
         busy = set(ids[3:6])
-        # the catalog, not the store's class, says what snapshots keep
-        a.catalog.db.executemany("INSERT INTO live_chunks VALUES (?, 1)", [(c,) for c in pinned])
+        # a snapshot keeps the first three: the catalog alone says so
+        dev = a.catalog.device_id("r")
+        oid = hashlib.sha256(b"".join(blobs[:3])).digest()
+        a.catalog.commit_snapshot(dev, None, hashlib.sha256(b"tree").digest(), 1, 60_000,
+                                  [(oid, 60_000, b"".join(pinned))], [oid])
+        assert a.catalog.live_among(ids) == set(pinned)
         r = retention.of(a)
         r.protect(busy)
         done = r.enforce()

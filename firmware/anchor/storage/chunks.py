@@ -1,9 +1,11 @@
-"""The anchor's chunk store: append-only segment files of compressed chunks plus a SQLite index.
+"""The anchor's chunk store: append-only segment files of compressed chunks plus a chunk index
+(CPython only).
+
+    root/segments/NNNNNNNN.seg   storage/segments.py: header, records, scan, torn tails
+    root/index.sqlite            storage/index.py (interface), storage/index_sqlite.py:
+                                 chunk id -> segment, offset, lengths, encoding, last use
 
 On-flash format, write order and recovery rules: docs/storage.md (storage format version 1).
-
-    root/segments/NNNNNNNN.seg   16-byte header, then records (RECORD_HEAD + crc32 + payload)
-    root/index.sqlite            chunk id -> segment, offset, lengths, encoding, class, last use
 
 Writes are batched: put()/ingest() append records to an in-memory buffer; flush() writes them
 with one gathered write per segment, fsyncs the segments (and the directory when a file is new)
@@ -12,7 +14,8 @@ same on a writer thread so the caller is not blocked by the card.  open() re-ind
 records written after the last commit and truncates torn tails, so everything a returned
 flush() promised is readable.  drop() evicts chunks (index rows only) and compact() rewrites
 sparse sealed segments; how neither can be undone by recovery: docs/storage.md, "Eviction and
-compaction".
+compaction".  Which chunks may be evicted is not the store's to know: the catalog says what
+snapshots keep (storage/retention.py asks it).
 
 One thread uses a store at a time (the daemon's asyncio thread).  ingest() hands batches of
 chunks to a compressor thread, each batch one zstandard call that runs without the GIL, while
@@ -22,74 +25,19 @@ CRC) and the calling thread buffers finished batches (see ingest()).
 
 import hashlib
 import os
-import re
-import sqlite3
-import struct
-import threading
 import time
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-import zstandard
-
-FORMAT_VERSION = 1
-
-SEGMENT_MAGIC = b"ANCHSEG\x00"
-SEGMENT_HEADER = struct.Struct("<8sHHI")       # magic, format version, reserved (0), segment number
-SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size      # 16
-
-RECORD_MAGIC = b"\x89CHK"
-RECORD_HEAD = struct.Struct("<4s32sBII")       # magic, chunk id, encoding, raw length, stored length
-RECORD_CRC = struct.Struct("<I")               # crc32 of the 45 head bytes, then of the payload
-RECORD_HEADER_SIZE = RECORD_HEAD.size + RECORD_CRC.size   # 49
-
-ENC_RAW = 0
-ENC_ZLIB = 1
-ENC_ZSTD = 2
-ENCODINGS = (ENC_RAW, ENC_ZLIB, ENC_ZSTD)
-
-MAX_CHUNK = 64 * 1024
-
-CLASS_PASS_THROUGH = 0      # evictable under the capacity budget, least recently useful first
-CLASS_PINNED = 1            # referenced by a snapshot: never evicted
-
-ZSTD_LEVEL = 1
-
-SEGMENT_NAME = re.compile(r"^(\d{8})\.seg$")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value
-);
-CREATE TABLE IF NOT EXISTS segments (
-    seq           INTEGER PRIMARY KEY,
-    committed_end INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chunks (
-    id         BLOB PRIMARY KEY,
-    seg        INTEGER NOT NULL,
-    off        INTEGER NOT NULL,
-    raw_len    INTEGER NOT NULL,
-    stored_len INTEGER NOT NULL,
-    enc        INTEGER NOT NULL,
-    class      INTEGER NOT NULL DEFAULT 0,
-    last_use   INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-
-INSERT_CHUNK = "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?,?)"
-ROW_FIELDS = 8
-# Chunk rows go in as multi-row INSERTs of up to _INSERT_WIDTH rows: one sqlite3_step (one GIL
-# release) per statement instead of one per row, which other threads waiting for the GIL made
-# costly (see docs/decisions.md, "Chunk store ingest: the store's own path").
-_INSERT_WIDTH = 256
-_INSERT_QUERIES = {}
-
-# SQLite's default limit on host parameters in one statement is 32766 (since 3.32).
-_MAX_VARS = 32000
-_IN_QUERIES = {}
+from anchor.storage.compress import ZSTD_LEVEL, compress_many, compressor, stable
+from anchor.storage.index import ROW_FIELDS
+from anchor.storage.index_sqlite import SqliteIndex
+from anchor.storage.segments import (  # noqa: F401  (the store's names for the format)
+    ENC_RAW, ENC_ZLIB, ENC_ZSTD, ENCODINGS, FORMAT_VERSION, MAX_CHUNK, RECORD_CRC, RECORD_HEAD,
+    RECORD_HEADER_SIZE, RECORD_MAGIC, SEGMENT_HEADER, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
+    SEGMENT_NAME, StoreError, decode_payload, fsync_dir, list_segments, make_head, make_record,
+    open_for_append, parse_record, pwrite_all, read_header, scan, segment_name, truncate)
 
 _pack_head = RECORD_HEAD.pack
 _pack_crc = RECORD_CRC.pack
@@ -102,104 +50,6 @@ def _now_ms():
     return int(time.time() * 1000)
 
 
-class StoreError(Exception):
-    """Raised for anything the store refuses or cannot do: bad input, missing or corrupt data."""
-
-
-def segment_name(seq):
-    return "%08d.seg" % seq
-
-
-def make_head(chunk_id, encoding, raw_len, payload):
-    """The 49 bytes that precede a payload: head fields, then CRC-32 over them and the payload."""
-    head = _pack_head(RECORD_MAGIC, chunk_id, encoding, raw_len, len(payload))
-    return head + _pack_crc(_crc32(payload, _crc32(head)))
-
-
-def make_record(chunk_id, encoding, raw_len, payload):
-    """One whole record as bytes."""
-    return make_head(chunk_id, encoding, raw_len, payload) + bytes(payload)
-
-
-def decode_payload(encoding, raw_len, payload):
-    """Return the raw bytes of a payload, never producing more than raw_len bytes."""
-    if encoding == ENC_RAW:
-        return bytes(payload)
-    if encoding == ENC_ZLIB:
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(payload, raw_len)
-        except zlib.error as e:
-            raise StoreError("zlib payload does not decode: %s" % e) from None
-        if not d.eof or d.unconsumed_tail or d.unused_data:
-            raise StoreError("zlib payload is not one stream of %d bytes" % raw_len)
-        return out
-    if encoding == ENC_ZSTD:
-        try:
-            size = zstandard.frame_content_size(payload)
-        except zstandard.ZstdError:
-            raise StoreError("zstd payload has no valid frame header") from None
-        if size not in (-1, raw_len):
-            raise StoreError("zstd frame declares %d bytes, expected %d" % (size, raw_len))
-        try:
-            return zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
-        except zstandard.ZstdError as e:
-            raise StoreError("zstd payload does not decode: %s" % e) from None
-    raise StoreError("unknown encoding %r" % (encoding,))
-
-
-def parse_record(buf, pos):
-    """Check the record at buf[pos:] (magic, lengths, CRC). Return (id, enc, raw_len, stored_len,
-    end) or None when it is incomplete or damaged."""
-    if len(buf) - pos < RECORD_HEADER_SIZE:
-        return None
-    magic, cid, enc, raw_len, stored_len = RECORD_HEAD.unpack_from(buf, pos)
-    if magic != RECORD_MAGIC or enc not in ENCODINGS or raw_len > MAX_CHUNK:
-        return None
-    if (enc == ENC_RAW and stored_len != raw_len) or (enc != ENC_RAW and stored_len >= raw_len):
-        return None
-    start = pos + RECORD_HEADER_SIZE
-    end = start + stored_len
-    if end > len(buf):
-        return None
-    (crc,) = RECORD_CRC.unpack_from(buf, pos + RECORD_HEAD.size)
-    mv = memoryview(buf)
-    if _crc32(mv[start:end], _crc32(mv[pos:pos + RECORD_HEAD.size])) != crc:
-        return None
-    return cid, enc, raw_len, stored_len, end
-
-
-_tls = threading.local()
-
-
-def _compressor(level=ZSTD_LEVEL):
-    """This thread's zstd context for level (contexts are not thread-safe)."""
-    cache = getattr(_tls, "cctx", None)
-    if cache is None:
-        cache = _tls.cctx = {}
-    c = cache.get(level)
-    if c is None:
-        c = cache[level] = zstandard.ZstdCompressor(level=level)
-    return c
-
-
-def _compress_many(raws, level=ZSTD_LEVEL):
-    """Compress a batch of chunks, each to its own zstd frame, in one call that drops the GIL once
-    (a per-chunk loop would hand the GIL back and forth for every chunk). Returns a sequence of
-    buffers in input order."""
-    cctx = _compressor(level)
-    if hasattr(cctx, "multi_compress_to_buffer") and all(raws):
-        return cctx.multi_compress_to_buffer(raws)
-    return [cctx.compress(r) for r in raws]
-
-
-def _stable(raw):
-    """raw itself when it cannot change under us (bytes, a read-only view), else a copy."""
-    if type(raw) is bytes or (type(raw) is memoryview and raw.readonly):
-        return raw
-    return bytes(raw)
-
-
 def _as_id(chunk_id):
     if type(chunk_id) is not bytes:
         chunk_id = bytes(chunk_id)
@@ -208,77 +58,33 @@ def _as_id(chunk_id):
     return chunk_id
 
 
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
-
-
-def _pwrite_all(fd, buffers, off):
-    """Write buffers back to back at off with gathered writes (no joined copy); return the end."""
-    for i in range(0, len(buffers), _IOV_MAX):
-        part = buffers[i:i + _IOV_MAX]
-        want = sum(map(len, part))
-        done = os.pwritev(fd, part, off)
-        if done < want:                         # short write: finish the rest plainly
-            rest = memoryview(b"".join(part))
-            while done < want:
-                done += os.pwrite(fd, rest[done:], off + done)
-        off += want
-    return off
-
-
 def _plan(batch):
     """Group buffered records by segment for gathered writes; make their index rows (one flat
-    list, ROW_FIELDS values per row, for _insert_rows)."""
+    list, ROW_FIELDS values per row, for ChunkIndex.insert)."""
     groups = []                 # [seq, first offset, [head, payload, head, payload, ...]]
     rows = []
     cur = -1
     bufs = None
     for cid, p in batch.items():
-        seq, off, raw_len, enc, head, payload, cls, last_use = p
+        seq, off, raw_len, enc, head, payload, last_use = p
         if seq != cur:
             cur = seq
             bufs = []
             groups.append([seq, off, bufs])
         bufs += (head, payload)
-        rows += (cid, seq, off, raw_len, len(payload), enc, cls, last_use)
+        rows += (cid, seq, off, raw_len, len(payload), enc, last_use)
     return groups, rows
 
 
-def _insert_rows(db, flat):
-    """Insert chunk rows given as one flat list (ROW_FIELDS values per row), in statements of
-    power-of-two widths up to _INSERT_WIDTH rows (prepared once each, then cached). Returns the
-    number of rows inserted."""
-    n = len(flat) // ROW_FIELDS
-    done = 0
-    i = 0
-    while i < n:
-        w = min(_INSERT_WIDTH, 1 << ((n - i).bit_length() - 1))
-        q = _INSERT_QUERIES.get(w)
-        if q is None:
-            q = _INSERT_QUERIES[w] = ("INSERT OR IGNORE INTO chunks VALUES "
-                                      + ",".join(["(?,?,?,?,?,?,?,?)"] * w))
-        done += max(db.execute(q, flat[i * ROW_FIELDS:(i + w) * ROW_FIELDS]).rowcount, 0)
-        i += w
-    return done
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # A buffered (appended, not yet flushed) record is a list, indexed by these:
-P_SEG, P_OFF, P_RAW_LEN, P_ENC, P_HEAD, P_PAYLOAD, P_CLASS, P_LAST_USE = range(8)
+P_SEG, P_OFF, P_RAW_LEN, P_ENC, P_HEAD, P_PAYLOAD, P_LAST_USE = range(7)
 
 
 class ChunkStore:
-    CLASS_PASS_THROUGH = CLASS_PASS_THROUGH
-    CLASS_PINNED = CLASS_PINNED
-
     def __init__(self, root, segment_size=4 << 20, flush_bytes=8 << 20, workers=None,
-                 zstd_level=ZSTD_LEVEL):
+                 zstd_level=ZSTD_LEVEL, index=None):
+        """index: an open ChunkIndex to use instead of the SqliteIndex at root/index.sqlite
+        (the store closes it)."""
         self.root = root
         self.zstd_level = zstd_level
         self.segment_size = segment_size
@@ -294,7 +100,6 @@ class ChunkStore:
         self._sealed = {}           # records an automatic flush handed to the writer thread
         self._sealed_job = None     # that flush's Future; _settle() waits for it
         self._io = None             # the writer thread (one), created on first automatic flush
-        self._wdb = None            # index connection that commits chunk rows
         self._wfd = None            # fd of the current (last) segment, opened O_RDWR
         self._wseq = 0
         self._rfds = {}             # seq -> read-only fd, a small cache
@@ -305,63 +110,21 @@ class ChunkStore:
         made = not os.path.isdir(self.seg_dir)
         os.makedirs(self.seg_dir, exist_ok=True)
         if made:
-            _fsync_dir(root)
-            _fsync_dir(os.path.dirname(os.path.abspath(root)))
-        self.db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False,
-                                  cached_statements=256)
+            fsync_dir(root)
+            fsync_dir(os.path.dirname(os.path.abspath(root)))
+        self.index = index if index is not None else SqliteIndex(self.index_path)
         try:
-            self._open_index()
             self._recover()
         except BaseException:
-            self.db.close()
+            self.index.close()
             raise
-
-    def _open_index(self):
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is enough: every row describes a record that was fsynced in its segment first,
-        # and open() rebuilds rows of commits lost with the WAL tail.  pin() commits with FULL.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
-        row = self.db.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('format_version', ?)", (FORMAT_VERSION,))
-        elif row[0] != FORMAT_VERSION:
-            raise StoreError("index %s has storage format version %r; this anchor reads version %d"
-                             % (self.index_path, row[0], FORMAT_VERSION))
 
     # ------------------------------------------------------------------ open and recovery
 
-    def _read_header(self, path, seq, fresh=False):
-        """Return 'ok', or 'torn' for a header that is short or all zero; raise for a foreign or
-        newer file. fresh: a segment past every committed one, which no flush ever promised:
-        there a header without the magic is 'torn' too (the power went before the header
-        landed, and the file holds whatever the card had in those blocks)."""
-        with open(path, "rb") as f:
-            head = f.read(SEGMENT_HEADER_SIZE)
-        if len(head) < SEGMENT_HEADER_SIZE or head == bytes(SEGMENT_HEADER_SIZE):
-            return "torn"
-        magic, version, _reserved, number = SEGMENT_HEADER.unpack(head)
-        if magic != SEGMENT_MAGIC:
-            if fresh:
-                return "torn"
-            raise StoreError("%s is not an Anchor segment (bad magic)" % path)
-        if version != FORMAT_VERSION:
-            raise StoreError("%s has segment format version %d; this anchor reads version %d "
-                             "(upgrade the anchor software, or restore a matching backup)"
-                             % (path, version, FORMAT_VERSION))
-        if number != seq:
-            raise StoreError("%s says it is segment %d" % (path, number))
-        return "ok"
-
     def _recover(self):
-        db = self.db
-        committed = dict(db.execute("SELECT seq, committed_end FROM segments"))
-        on_disk = {}
-        for name in os.listdir(self.seg_dir):
-            m = SEGMENT_NAME.match(name)
-            if m:
-                on_disk[int(m.group(1))] = os.path.join(self.seg_dir, name)
+        index = self.index
+        committed = index.segments()
+        on_disk = list_segments(self.seg_dir)
         for seq in committed:
             if seq not in on_disk:
                 raise StoreError("segment %s is in the index but missing on flash" % segment_name(seq))
@@ -372,8 +135,7 @@ class ChunkStore:
         dir_changed = False
         for seq in sorted(on_disk):
             path = on_disk[seq]
-            if (seq not in committed and seq < last_committed and db.execute(
-                    "SELECT 1 FROM chunks WHERE seg=? LIMIT 1", (seq,)).fetchone() is None):
+            if seq not in committed and seq < last_committed and not index.segment_has_rows(seq):
                 # Below the last committed segment, yet not in the index and holding no row: a
                 # segment compact() had emptied and deregistered, whose unlink did not happen (or
                 # was not yet durable) before the crash.  Everything in it lives elsewhere or was
@@ -382,7 +144,7 @@ class ChunkStore:
                 dir_changed = True
                 self.recovery["removed_files"] += 1
                 continue
-            state = self._read_header(path, seq, fresh=seq not in committed and seq > last_committed)
+            state = read_header(path, seq, fresh=seq not in committed and seq > last_committed)
             if seq not in committed:
                 if state == "torn":
                     if seq < last_committed:
@@ -398,56 +160,31 @@ class ChunkStore:
                     raise StoreError("%s has a damaged header" % path)
                 start = committed[seq]
             size = os.path.getsize(path)
-            scan = True
+            do_scan = True
             if size < start:
                 # Committed bytes are gone (the medium lost them): forget the rows that point there.
-                lost = db.execute("SELECT count(*) FROM chunks WHERE seg=? AND off+?+stored_len>?",
-                                  (seq, RECORD_HEADER_SIZE, size)).fetchone()[0]
-                db.execute("DELETE FROM chunks WHERE seg=? AND off+?+stored_len>?",
-                           (seq, RECORD_HEADER_SIZE, size))
+                lost, start = index.cut(seq, size)
                 self.recovery["lost_rows"] += lost
-                start = db.execute("SELECT max(off+?+stored_len) FROM chunks WHERE seg=?",
-                                   (RECORD_HEADER_SIZE, seq)).fetchone()[0] or SEGMENT_HEADER_SIZE
+                start = start or SEGMENT_HEADER_SIZE
                 # ...and do not scan what is left past the last intact row: it lies below the old
                 # committed_end, where every record without a row was dropped (drop()), so
                 # re-indexing it would undo a drop.  It is cut off like a torn tail.
-                scan = False
+                do_scan = False
             end = start
             if size > start:
-                tail = b""
-                if scan:
-                    with open(path, "rb") as f:
-                        f.seek(start)
-                        tail = f.read()
-                pos = 0
-                while True:
-                    r = parse_record(tail, pos)
-                    if r is None:
-                        break
-                    cid, enc, raw_len, stored_len, nxt = r
-                    rows.append((cid, seq, start + pos, raw_len, stored_len, enc,
-                                 self.CLASS_PASS_THROUGH, now))
-                    pos = nxt
-                end = start + pos
+                found, end = scan(path, start) if do_scan else ((), start)
+                for cid, off, raw_len, stored_len, enc in found:
+                    rows += (cid, seq, off, raw_len, stored_len, enc, now)
                 if end < size:
-                    fd = os.open(path, os.O_RDWR)
-                    try:
-                        os.ftruncate(fd, end)
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    truncate(path, end)
                     self.recovery["truncated_bytes"] += size - end
             if end != committed.get(seq):
                 ends[seq] = end
         if dir_changed:
-            _fsync_dir(self.seg_dir)
+            fsync_dir(self.seg_dir)
         if rows or ends:
-            db.execute("BEGIN")
-            cur = db.executemany(INSERT_CHUNK, rows)
-            self.recovery["reindexed"] += max(cur.rowcount, 0)
-            db.executemany("INSERT OR REPLACE INTO segments VALUES (?,?)", ends.items())
-            db.execute("COMMIT")
-        last = db.execute("SELECT seq, committed_end FROM segments ORDER BY seq DESC LIMIT 1").fetchone()
+            self.recovery["reindexed"] += index.insert(rows, ends)
+        last = index.last_segment()
         if last is None:
             self._wseq, self._wend = 1, SEGMENT_HEADER_SIZE
         else:
@@ -466,24 +203,7 @@ class ChunkStore:
         chunk_id = _as_id(chunk_id)
         if self._buffered(chunk_id) is not None or chunk_id in self._waiting:
             return True
-        return self.db.execute("SELECT 1 FROM chunks WHERE id=?", (chunk_id,)).fetchone() is not None
-
-    def _present(self, ids):
-        """The subset of ids (bytes) that are indexed. Lists are padded (to a multiple of 32, or
-        a power of two) so that a few IN (...) statements are prepared once and then cached."""
-        found = set()
-        execute = self.db.execute
-        for i in range(0, len(ids), _MAX_VARS):
-            part = ids[i:i + _MAX_VARS]
-            n = len(part)
-            width = (n + 31) & ~31 if n <= 1024 else min(1 << (n - 1).bit_length(), _MAX_VARS)
-            if len(part) < width:
-                part = part + [b""] * (width - len(part))     # b"" is never a chunk id
-            q = _IN_QUERIES.get(width)
-            if q is None:
-                q = _IN_QUERIES[width] = "SELECT id FROM chunks WHERE id IN (%s)" % ",".join("?" * width)
-            found.update(r[0] for r in execute(q, part))
-        return found
+        return self.index.get(chunk_id) is not None
 
     def missing(self, chunk_ids):
         """Indices (into chunk_ids) of the ids the store does not hold."""
@@ -491,10 +211,9 @@ class ChunkStore:
         buffered = self._buffered
         waiting = self._waiting
         ask = [c for c in ids if c not in waiting and buffered(c) is None]
-        found = self._present(ask) if ask else ()
+        found = self.index.present(ask) if ask else ()
         return [i for i, c in enumerate(ids)
                 if c not in found and c not in waiting and buffered(c) is None]
-
     # ------------------------------------------------------------------ writing
 
     def _append(self, records, now):
@@ -516,7 +235,7 @@ class ChunkStore:
             if end + n > limit and end > SEGMENT_HEADER_SIZE:
                 seq += 1
                 end = SEGMENT_HEADER_SIZE
-            pend[cid] = [seq, end, raw_len, enc, head, payload, CLASS_PASS_THROUGH, now]
+            pend[cid] = [seq, end, raw_len, enc, head, payload, now]
             end += n
             buffered += n
             if buffered >= flush_at:
@@ -562,7 +281,7 @@ class ChunkStore:
         if self.has(chunk_id):
             return False
         if payload is None:
-            payload = _compressor(self.zstd_level).compress(raw)
+            payload = compressor(self.zstd_level).compress(raw)
             enc = ENC_ZSTD
         if enc == ENC_RAW or len(payload) >= n:
             enc, payload = ENC_RAW, raw
@@ -610,12 +329,12 @@ class ChunkStore:
         sealed = self._sealed
         waiting = self._waiting
         ask = [c for c in bids if c not in pend and c not in sealed and c not in waiting]
-        known = self._present(ask) if ask else ()
+        known = self.index.present(ask) if ask else ()
         new_ids, new_raws = [], []
         for cid, raw in zip(bids, batch):
             if cid in pend or cid in sealed or cid in waiting or cid in known:
                 continue
-            raw = _stable(raw)
+            raw = stable(raw)
             waiting[cid] = raw
             new_ids.append(cid)
             new_raws.append(raw)
@@ -634,7 +353,7 @@ class ChunkStore:
     _batch_encoding = ENC_ZSTD
 
     def _compress_batch(self, raws):
-        return _compress_many(raws, self.zstd_level)
+        return compress_many(raws, self.zstd_level)
 
     def _frame_batch(self, ids, raws):
         """Compressor thread: compress a batch, then pick each chunk's encoding and make its head
@@ -740,11 +459,11 @@ class ChunkStore:
                     fd, created = self._segment_fd(seq)
                     fds.append((seq, fd))
                     new_file |= created
-                    ends[seq] = _pwrite_all(fd, buffers, off)
+                    ends[seq] = pwrite_all(fd, buffers, off)
                 for _, fd in fds:
                     os.fsync(fd)
                 if new_file:
-                    _fsync_dir(self.seg_dir)
+                    fsync_dir(self.seg_dir)
             finally:
                 keep = fds[-1] if fds else self._wfd
                 opened = {fd for _, fd in fds}
@@ -761,38 +480,11 @@ class ChunkStore:
         """An O_RDWR fd for segment seq, creating the file (with its header) if needed."""
         if self._wfd is not None and self._wfd[0] == seq:
             return self._wfd[1], False
-        path = os.path.join(self.seg_dir, segment_name(seq))
-        created = False
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            created = True
-        except FileExistsError:
-            fd = os.open(path, os.O_RDWR)
-        if created or os.fstat(fd).st_size < SEGMENT_HEADER_SIZE:
-            os.pwrite(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seq), 0)
-        return fd, created
-
-    def _writer(self):
-        """The connection chunk rows are committed on: its own, because automatic flushes commit
-        from the writer thread while this thread keeps reading through self.db."""
-        if self._wdb is None:
-            db = sqlite3.connect(self.index_path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._wdb = db
-        return self._wdb
+        return open_for_append(self.seg_dir, seq)
 
     def _commit(self, rows, ends):
         """Step 3 of the write order: one index transaction for everything just fsynced."""
-        db = self._writer()
-        db.execute("BEGIN")
-        try:
-            _insert_rows(db, rows)
-            db.executemany("INSERT OR REPLACE INTO segments VALUES (?,?)", ends.items())
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self.index.insert(rows, ends)
 
     # ------------------------------------------------------------------ reading
 
@@ -840,41 +532,19 @@ class ChunkStore:
         p = self._buffered(chunk_id)
         if p is not None:
             return self._decode_checked(chunk_id, p[P_ENC], p[P_RAW_LEN], p[P_PAYLOAD])
-        row = self.db.execute("SELECT seg, off, stored_len FROM chunks WHERE id=?",
-                              (chunk_id,)).fetchone()
+        row = self.index.get(chunk_id)
         if row is None:
             raise StoreError("chunk %s is not stored" % chunk_id.hex())
-        return self._read_record(chunk_id, *row)
+        return self._read_record(chunk_id, row[0], row[1], row[3])
 
     # ------------------------------------------------------------------ retention
 
-    def set_class(self, chunk_ids, cls):
-        """Set the retention class of stored chunks; durable on return (the index commit is
-        fsynced, because, unlike chunk rows, a class cannot be rebuilt from the segments).
-        Returns how many of the ids were found."""
-        ids = [_as_id(c) for c in chunk_ids]
-        if any(self._buffered(c) is not None or c in self._waiting for c in ids):
-            self.flush()
-        db = self.db
-        db.execute("PRAGMA synchronous=FULL")
-        try:
-            db.execute("BEGIN")
-            try:
-                n = db.executemany("UPDATE chunks SET class=? WHERE id=?",
-                                   [(cls, c) for c in ids]).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=NORMAL")
-        return n
-
     def pin(self, chunk_ids):
-        return self.set_class(chunk_ids, self.CLASS_PINNED)
+        """Nothing: whether a chunk is pinned is the catalog's alone (live_chunks), read when
+        evicting (storage/retention.py). Kept for callers that still announce pins."""
+        return 0
 
-    def unpin(self, chunk_ids):
-        return self.set_class(chunk_ids, self.CLASS_PASS_THROUGH)
+    unpin = pin
 
     def touch(self, chunk_ids):
         """Mark chunks as used now (input to least-recently-useful eviction). Not fsynced."""
@@ -887,12 +557,9 @@ class ChunkStore:
             if p is not None:
                 p[P_LAST_USE] = now
             else:
-                rows.append((now, c))
+                rows.append(c)
         if rows:
-            db = self.db
-            db.execute("BEGIN")
-            db.executemany("UPDATE chunks SET last_use=? WHERE id=?", rows)
-            db.execute("COMMIT")
+            self.index.touch(rows, now)
 
     # ------------------------------------------------------------------ eviction and compaction
 
@@ -914,33 +581,21 @@ class ChunkStore:
         if any(self._buffered(c) is not None or c in self._waiting for c in ids):
             self.flush()
         self._settle()              # an automatic flush may still be committing rows
-        return self._commit_full([("DELETE FROM chunks WHERE id=?", [(c,) for c in ids])])[0]
+        return self.index.delete(ids)
 
-    def _commit_full(self, statements):
-        """Run [(sql, rows)] through executemany in one transaction committed with
-        synchronous=FULL (what cannot be rebuilt from the segments). Returns the rowcounts."""
-        db = self.db
-        db.execute("PRAGMA synchronous=FULL")
-        try:
-            db.execute("BEGIN")
-            try:
-                counts = [max(db.executemany(q, rows).rowcount, 0) for q, rows in statements]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.execute("PRAGMA synchronous=NORMAL")
-        return counts
-
-    def pass_through(self, limit):
-        """Eviction candidates: up to limit [(chunk_id, stored_len)] of indexed pass-through
-        (class 0) chunks, least recently used first (last_use, then id). Chunks still buffered
-        are the newest of all and are not listed until flushed."""
+    def lru(self, limit, after=None):
+        """Up to limit [(chunk_id, stored_len, last_use)] of indexed chunks, least recently used
+        first (last_use, then id), strictly after the key after = (last_use, id): the order
+        eviction takes them in. Chunks still buffered are the newest of all and are not listed
+        until flushed."""
         self._check_open()
-        return self.db.execute("SELECT id, stored_len FROM chunks WHERE class=? "
-                               "ORDER BY last_use, id LIMIT ?",
-                               (CLASS_PASS_THROUGH, int(limit))).fetchall()
+        return self.index.lru(limit, after)
+
+    def record_bytes(self, chunk_ids=None):
+        """Record bytes (49 + stored length) of the indexed chunks among chunk_ids (distinct
+        ids), or of all of them; buffered ones count once flushed."""
+        self._check_open()
+        return self.index.record_bytes(chunk_ids)
 
     def compact(self, max_live_fraction=0.5):
         """Rewrite sparse sealed segments: each segment other than the one being appended to whose
@@ -962,12 +617,9 @@ class ChunkStore:
         self.flush()
         res = {"segments_removed": 0, "bytes_reclaimed": 0, "records_moved": 0,
                "segments_skipped": 0}
-        db = self.db
-        live = dict(db.execute("SELECT seg, sum(stored_len) + count(*) * ? FROM chunks "
-                               "GROUP BY seg", (RECORD_HEADER_SIZE,)))
+        live = self.index.live_by_segment()
         batch, batch_bytes = [], 0
-        for (seq,) in db.execute("SELECT seq FROM segments WHERE seq < ? ORDER BY seq",
-                                 (self._wseq,)).fetchall():
+        for seq in sorted(s for s in self.index.segments() if s < self._wseq):
             n = live.get(seq, 0)
             if n >= max_live_fraction * os.path.getsize(os.path.join(self.seg_dir,
                                                                      segment_name(seq))):
@@ -982,12 +634,10 @@ class ChunkStore:
         return res
 
     def _compact_round(self, seqs, res):
-        db = self.db
         recs = []                   # (id, record bytes)
         removed = []
         for seq in seqs:
-            rows = db.execute("SELECT id, off, stored_len FROM chunks WHERE seg=? ORDER BY off",
-                              (seq,)).fetchall()
+            rows = self.index.rows_in(seq)
             fd = self._read_fd(seq) if rows else None
             got = []
             for chunk_id, off, stored_len in rows:
@@ -1032,11 +682,7 @@ class ChunkStore:
 
     def _compact_commit(self, moves, ends, removed):
         """compact(): the one index transaction of a round (a test hook: crash before it)."""
-        self._commit_full([
-            ("UPDATE chunks SET seg=?, off=? WHERE id=?", moves),
-            ("INSERT OR REPLACE INTO segments VALUES (?,?)", list(ends.items())),
-            ("DELETE FROM segments WHERE seq=?", [(s,) for s in removed]),
-        ])
+        self.index.relocate(moves, ends, removed)
 
     def _remove_segments(self, seqs):
         """compact(): unlink deregistered segment files, then fsync the directory."""
@@ -1051,7 +697,7 @@ class ChunkStore:
                 os.unlink(os.path.join(self.seg_dir, segment_name(seq)))
             except FileNotFoundError:
                 pass
-        _fsync_dir(self.seg_dir)
+        fsync_dir(self.seg_dir)
 
     def info(self, chunk_id):
         """Index entry of one chunk as a dict, or None."""
@@ -1062,12 +708,11 @@ class ChunkStore:
         if p is not None:
             return {"seg": p[P_SEG], "off": p[P_OFF], "raw_len": p[P_RAW_LEN],
                     "stored_len": len(p[P_PAYLOAD]), "enc": p[P_ENC],
-                    "class": p[P_CLASS], "last_use": p[P_LAST_USE], "flushed": False}
-        row = self.db.execute("SELECT seg, off, raw_len, stored_len, enc, class, last_use "
-                              "FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+                    "last_use": p[P_LAST_USE], "flushed": False}
+        row = self.index.get(chunk_id)
         if row is None:
             return None
-        keys = ("seg", "off", "raw_len", "stored_len", "enc", "class", "last_use")
+        keys = ("seg", "off", "raw_len", "stored_len", "enc", "last_use")
         return dict(zip(keys, row), flushed=True)
 
     # ------------------------------------------------------------------ whole-store checks
@@ -1076,11 +721,8 @@ class ChunkStore:
         """Totals over stored and buffered chunks."""
         self._drain()
         self._settle()              # else rows committed behind us would count twice
-        n, raw, stored = self.db.execute(
-            "SELECT count(*), coalesce(sum(raw_len),0), coalesce(sum(stored_len),0) FROM chunks"
-        ).fetchone()
-        live = self.db.execute("SELECT coalesce(sum(stored_len),0) + count(*) * ? FROM chunks",
-                               (RECORD_HEADER_SIZE,)).fetchone()[0]
+        n, raw, stored = self.index.totals()
+        live = self.index.record_bytes()
         segs = set()
         disk = 0
         for name in os.listdir(self.seg_dir):
@@ -1108,13 +750,13 @@ class ChunkStore:
         self.flush()
         bad = []
         n = 0
-        cur = self.db.execute("SELECT id, seg, off, stored_len FROM chunks ORDER BY seg, off")
+        cur = self.index.by_place()
         seq_checked = set()
         for cid, seq, off, stored_len in cur:
             n += 1
             try:
                 if seq not in seq_checked:
-                    self._read_header(os.path.join(self.seg_dir, segment_name(seq)), seq)
+                    read_header(os.path.join(self.seg_dir, segment_name(seq)), seq)
                     seq_checked.add(seq)
                 self._read_record(cid, seq, off, stored_len)
             except (StoreError, OSError):
@@ -1141,10 +783,7 @@ class ChunkStore:
         for fd in self._rfds.values():
             os.close(fd)
         self._rfds.clear()
-        if self._wdb is not None:
-            self._wdb.close()
-            self._wdb = None
-        self.db.close()
+        self.index.close()
 
     def close(self):
         if self._closed:
