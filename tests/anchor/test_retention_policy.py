@@ -32,3 +32,30 @@ def test_eviction_skips_pinned_and_in_use_chunks(tmp_path):
         assert retention.parse_size("1.5K") == 1536 and retention.parse_size("2G") == 2 << 30
     finally:
         a.close()
+
+
+def test_usage_follows_the_catalog_alone(tmp_path):
+    """What a snapshot keeps is fixed, what a session holds too, the rest evictable; forgetting
+    the snapshot makes its chunks evictable at once, with nothing else to update."""
+    a = Anchor(str(tmp_path / "data"), capacity=10 << 20)
+    try:
+        store = a.store
+        blobs = [os.urandom(5_000 + i) for i in range(10)]
+        ids = store.ingest(blobs)
+        store.flush()
+        size = {c: 49 + store.info(c)["stored_len"] for c in ids}
+        dev = a.catalog.device_id("r")
+        oid = hashlib.sha256(b"".join(blobs[:3])).digest()
+        a.catalog.commit_snapshot(dev, None, hashlib.sha256(b"tree").digest(), 1, 15_003,
+                                  [(oid, 15_003, b"".join(ids[:3]))], [oid])
+        r = retention.of(a)
+        busy = set(ids[2:5])                   # ids[2] is pinned as well: counted once
+        r.protect(busy)
+        live, evictable = r.usage()
+        assert live == sum(size.values()) == store.stats()["live_bytes"]
+        assert evictable == sum(size[c] for c in ids[5:])
+        r.release(busy)
+        a.catalog.forget_snapshot(dev, 1)
+        assert r.usage() == (live, live)
+    finally:
+        a.close()
