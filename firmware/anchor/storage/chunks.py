@@ -31,13 +31,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from anchor.storage.compress import ZSTD_LEVEL, compress_many, compressor, stable
-from anchor.storage.index import ROW_FIELDS
 from anchor.storage.index_sqlite import SqliteIndex
-from anchor.storage.segments import (  # noqa: F401  (the store's names for the format)
-    ENC_RAW, ENC_ZLIB, ENC_ZSTD, ENCODINGS, FORMAT_VERSION, MAX_CHUNK, RECORD_CRC, RECORD_HEAD,
-    RECORD_HEADER_SIZE, RECORD_MAGIC, SEGMENT_HEADER, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC,
-    SEGMENT_NAME, StoreError, decode_payload, fsync_dir, list_segments, make_head, make_record,
-    open_for_append, parse_record, pwrite_all, read_header, scan, segment_name, truncate)
+from anchor.storage.segments import (
+    ENC_RAW, ENC_ZSTD, ENCODINGS, MAX_CHUNK, RECORD_CRC, RECORD_HEAD, RECORD_HEADER_SIZE,
+    RECORD_MAGIC, SEGMENT_HEADER_SIZE, SegmentFiles, StoreError, decode_payload, fsync_dir,
+    list_segments, make_head, parse_record, read_header, scan, segment_name, truncate)
+# the format's other names, for callers that know the store's module only
+from anchor.storage.segments import ENC_ZLIB, SEGMENT_MAGIC, make_record  # noqa: F401
 
 _pack_head = RECORD_HEAD.pack
 _pack_crc = RECORD_CRC.pack
@@ -60,7 +60,7 @@ def _as_id(chunk_id):
 
 def _plan(batch):
     """Group buffered records by segment for gathered writes; make their index rows (one flat
-    list, ROW_FIELDS values per row, for ChunkIndex.insert)."""
+    list, index.ROW_FIELDS values per row, for ChunkIndex.insert)."""
     groups = []                 # [seq, first offset, [head, payload, head, payload, ...]]
     rows = []
     cur = -1
@@ -100,9 +100,7 @@ class ChunkStore:
         self._sealed = {}           # records an automatic flush handed to the writer thread
         self._sealed_job = None     # that flush's Future; _settle() waits for it
         self._io = None             # the writer thread (one), created on first automatic flush
-        self._wfd = None            # fd of the current (last) segment, opened O_RDWR
         self._wseq = 0
-        self._rfds = {}             # seq -> read-only fd, a small cache
         self._pool = None
         self._closed = False
         self.recovery = {"reindexed": 0, "truncated_bytes": 0, "removed_files": 0, "lost_rows": 0}
@@ -112,6 +110,7 @@ class ChunkStore:
         if made:
             fsync_dir(root)
             fsync_dir(os.path.dirname(os.path.abspath(root)))
+        self.files = SegmentFiles(self.seg_dir)
         self.index = index if index is not None else SqliteIndex(self.index_path)
         try:
             self._recover()
@@ -450,37 +449,7 @@ class ChunkStore:
     def _write_groups(self, groups):
         """Steps 1 and 2 of the write order: append to segment files and fsync them. Returns the
         new end of each segment written."""
-        ends = {}
-        fds = []                    # (seq, fd) in group order; the last one stays open for appends
-        new_file = False
-        try:
-            try:
-                for seq, off, buffers in groups:
-                    fd, created = self._segment_fd(seq)
-                    fds.append((seq, fd))
-                    new_file |= created
-                    ends[seq] = pwrite_all(fd, buffers, off)
-                for _, fd in fds:
-                    os.fsync(fd)
-                if new_file:
-                    fsync_dir(self.seg_dir)
-            finally:
-                keep = fds[-1] if fds else self._wfd
-                opened = {fd for _, fd in fds}
-                if self._wfd is not None:
-                    opened.add(self._wfd[1])
-                for fd in opened - {keep[1] if keep else None}:
-                    os.close(fd)
-                self._wfd = keep
-        except OSError as e:
-            raise StoreError("writing segments failed: %s" % e) from e
-        return ends
-
-    def _segment_fd(self, seq):
-        """An O_RDWR fd for segment seq, creating the file (with its header) if needed."""
-        if self._wfd is not None and self._wfd[0] == seq:
-            return self._wfd[1], False
-        return open_for_append(self.seg_dir, seq)
+        return self.files.write_groups(groups)
 
     def _commit(self, rows, ends):
         """Step 3 of the write order: one index transaction for everything just fsynced."""
@@ -488,24 +457,10 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read_fd(self, seq):
-        fd = self._rfds.get(seq)
-        if fd is None:
-            if len(self._rfds) >= 32:
-                for old in self._rfds.values():
-                    os.close(old)
-                self._rfds.clear()
-            try:
-                fd = os.open(os.path.join(self.seg_dir, segment_name(seq)), os.O_RDONLY)
-            except FileNotFoundError:
-                raise StoreError("segment %s is missing" % segment_name(seq)) from None
-            self._rfds[seq] = fd
-        return fd
-
     def _read_record(self, chunk_id, seq, off, stored_len):
         """Raw bytes of the record at seq/off, verified by CRC and by re-hashing."""
         want = RECORD_HEADER_SIZE + stored_len
-        buf = os.pread(self._read_fd(seq), want, off)
+        buf = self.files.read(seq, off, want)
         return self._check_record(chunk_id, buf, 0)
 
     def _check_record(self, chunk_id, buf, pos):
@@ -621,8 +576,7 @@ class ChunkStore:
         batch, batch_bytes = [], 0
         for seq in sorted(s for s in self.index.segments() if s < self._wseq):
             n = live.get(seq, 0)
-            if n >= max_live_fraction * os.path.getsize(os.path.join(self.seg_dir,
-                                                                     segment_name(seq))):
+            if n >= max_live_fraction * self.files.size(seq):
                 continue
             batch.append(seq)
             batch_bytes += n
@@ -638,11 +592,10 @@ class ChunkStore:
         removed = []
         for seq in seqs:
             rows = self.index.rows_in(seq)
-            fd = self._read_fd(seq) if rows else None
             got = []
             for chunk_id, off, stored_len in rows:
                 n = RECORD_HEADER_SIZE + stored_len
-                buf = os.pread(fd, n, off)
+                buf = self.files.read(seq, off, n)
                 r = parse_record(buf, 0)
                 if r is None or r[0] != chunk_id or r[4] != n:
                     got = None
@@ -674,7 +627,7 @@ class ChunkStore:
         self._compact_commit(moves, ends, removed)
         if groups:
             self._wseq, self._wend = seq, end
-        sizes = sum(os.path.getsize(os.path.join(self.seg_dir, segment_name(s))) for s in removed)
+        sizes = sum(self.files.size(s) for s in removed)
         self._remove_segments(removed)
         res["segments_removed"] += len(removed)
         res["records_moved"] += len(moves)
@@ -685,19 +638,9 @@ class ChunkStore:
         self.index.relocate(moves, ends, removed)
 
     def _remove_segments(self, seqs):
-        """compact(): unlink deregistered segment files, then fsync the directory."""
-        for seq in seqs:
-            fd = self._rfds.pop(seq, None)
-            if fd is not None:
-                os.close(fd)
-            if self._wfd is not None and self._wfd[0] == seq:
-                os.close(self._wfd[1])
-                self._wfd = None
-            try:
-                os.unlink(os.path.join(self.seg_dir, segment_name(seq)))
-            except FileNotFoundError:
-                pass
-        fsync_dir(self.seg_dir)
+        """compact(): unlink deregistered segment files, then fsync the directory (a test hook:
+        crash before it)."""
+        self.files.remove(seqs)
 
     def info(self, chunk_id):
         """Index entry of one chunk as a dict, or None."""
@@ -723,16 +666,7 @@ class ChunkStore:
         self._settle()              # else rows committed behind us would count twice
         n, raw, stored = self.index.totals()
         live = self.index.record_bytes()
-        segs = set()
-        disk = 0
-        for name in os.listdir(self.seg_dir):
-            m = SEGMENT_NAME.match(name)
-            if m:
-                segs.add(int(m.group(1)))
-                try:
-                    disk += os.path.getsize(os.path.join(self.seg_dir, name))
-                except FileNotFoundError:
-                    pass
+        segs, disk = self.files.usage()
         for p in list(self._pending.values()) + list(self._sealed.values()):
             n += 1
             raw += p[P_RAW_LEN]
@@ -756,7 +690,7 @@ class ChunkStore:
             n += 1
             try:
                 if seq not in seq_checked:
-                    read_header(os.path.join(self.seg_dir, segment_name(seq)), seq)
+                    read_header(self.files.path(seq), seq)
                     seq_checked.add(seq)
                 self._read_record(cid, seq, off, stored_len)
             except (StoreError, OSError):
@@ -777,12 +711,7 @@ class ChunkStore:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._pool = self._io = None
-        if self._wfd is not None:
-            os.close(self._wfd[1])
-            self._wfd = None
-        for fd in self._rfds.values():
-            os.close(fd)
-        self._rfds.clear()
+        self.files.close()
         self.index.close()
 
     def close(self):

@@ -211,3 +211,104 @@ def fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class SegmentFiles:
+    """The segment files of one store, by number: the one appended to stays open (O_RDWR), and
+    a few read-only fds are cached. Appends are gathered writes then fsyncs (steps 1 and 2 of
+    the write order in docs/storage.md); what they mean is the store's and the index's."""
+
+    def __init__(self, seg_dir):
+        self.dir = seg_dir
+        self._wfd = None            # (seq, fd) of the current (last) segment
+        self._rfds = {}             # seq -> read-only fd
+
+    def path(self, seq):
+        return os.path.join(self.dir, segment_name(seq))
+
+    def size(self, seq):
+        return os.path.getsize(self.path(seq))
+
+    def _append_fd(self, seq):
+        if self._wfd is not None and self._wfd[0] == seq:
+            return self._wfd[1], False
+        return open_for_append(self.dir, seq)
+
+    def write_groups(self, groups):
+        """Append [seq, offset, [buffers]] groups, fsync every file written (and the directory
+        when a file was created). Returns {seq: new end}."""
+        ends = {}
+        fds = []                    # (seq, fd) in group order; the last one stays open for appends
+        new_file = False
+        try:
+            try:
+                for seq, off, buffers in groups:
+                    fd, created = self._append_fd(seq)
+                    fds.append((seq, fd))
+                    new_file |= created
+                    ends[seq] = pwrite_all(fd, buffers, off)
+                for _, fd in fds:
+                    os.fsync(fd)
+                if new_file:
+                    fsync_dir(self.dir)
+            finally:
+                keep = fds[-1] if fds else self._wfd
+                opened = {fd for _, fd in fds}
+                if self._wfd is not None:
+                    opened.add(self._wfd[1])
+                for fd in opened - {keep[1] if keep else None}:
+                    os.close(fd)
+                self._wfd = keep
+        except OSError as e:
+            raise StoreError("writing segments failed: %s" % e) from e
+        return ends
+
+    def read(self, seq, off, n):
+        """Up to n bytes of segment seq at off."""
+        fd = self._rfds.get(seq)
+        if fd is None:
+            if len(self._rfds) >= 32:
+                for old in self._rfds.values():
+                    os.close(old)
+                self._rfds.clear()
+            try:
+                fd = os.open(self.path(seq), os.O_RDONLY)
+            except FileNotFoundError:
+                raise StoreError("segment %s is missing" % segment_name(seq)) from None
+            self._rfds[seq] = fd
+        return os.pread(fd, n, off)
+
+    def remove(self, seqs):
+        """Unlink segment files (closing their fds), then fsync the directory."""
+        for seq in seqs:
+            fd = self._rfds.pop(seq, None)
+            if fd is not None:
+                os.close(fd)
+            if self._wfd is not None and self._wfd[0] == seq:
+                os.close(self._wfd[1])
+                self._wfd = None
+            try:
+                os.unlink(self.path(seq))
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.dir)
+
+    def usage(self):
+        """(segment numbers on flash, their files' total size)."""
+        seqs = set()
+        disk = 0
+        for seq, path in list_segments(self.dir).items():
+            seqs.add(seq)
+            try:
+                disk += os.path.getsize(path)
+            except FileNotFoundError:
+                pass
+        return seqs, disk
+
+    def close(self):
+        if self._wfd is not None:
+            os.close(self._wfd[1])
+            self._wfd = None
+        for fd in self._rfds.values():
+            os.close(fd)
+        self._rfds.clear()
