@@ -27,10 +27,9 @@ import hashlib
 import os
 import time
 import zlib
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from anchor.storage.compress import ZSTD_LEVEL, compress_many, compressor, stable
+from anchor.storage.compress import ZSTD_LEVEL, CompressorPool, compress_many, compressor, stable
 from anchor.storage.index_sqlite import SqliteIndex
 from anchor.storage.segments import (
     ENC_RAW, ENC_ZSTD, ENCODINGS, MAX_CHUNK, RECORD_CRC, RECORD_HEAD, RECORD_HEADER_SIZE,
@@ -95,13 +94,12 @@ class ChunkStore:
         self.index_path = os.path.join(root, "index.sqlite")
         self._pending = {}          # id -> buffered record (a list, see P_*), in append order
         self._pending_bytes = 0
-        self._inflight = deque()    # ingest batches being compressed: (ids, raws, Future)
-        self._waiting = {}          # id -> raw chunk, for every chunk in _inflight
+        self._compressing = CompressorPool(self.workers, self._frame_batch)   # ingest batches
+        self._waiting = self._compressing.waiting   # id -> raw chunk, for every chunk in them
         self._sealed = {}           # records an automatic flush handed to the writer thread
         self._sealed_job = None     # that flush's Future; _settle() waits for it
         self._io = None             # the writer thread (one), created on first automatic flush
         self._wseq = 0
-        self._pool = None
         self._closed = False
         self.recovery = {"reindexed": 0, "truncated_bytes": 0, "removed_files": 0, "lost_rows": 0}
 
@@ -338,12 +336,8 @@ class ChunkStore:
             new_ids.append(cid)
             new_raws.append(raw)
         if new_ids:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="chunkstore-zstd")
-            fut = self._pool.submit(self._frame_batch, new_ids, new_raws)
-            self._inflight.append((new_ids, new_raws, fut))
-        inflight = self._inflight
-        while inflight and (len(inflight) > 2 * self.workers + 2 or inflight[0][2].done()):
+            self._compressing.submit(new_ids, new_raws)
+        while self._compressing.should_take():
             self._finish()
 
     # What ingest() compresses with: _compress_batch runs on a compressor thread, takes a list of
@@ -374,23 +368,11 @@ class ChunkStore:
 
     def _finish(self):
         """Buffer the oldest compressed batch."""
-        new_ids, new_raws, fut = self._inflight[0]
-        try:
-            recs = fut.result()
-        except Exception as e:
-            self._inflight.popleft()
-            for cid in new_ids:
-                self._waiting.pop(cid, None)
-            raise StoreError("compressing chunks failed: %s" % e) from e
-        self._inflight.popleft()
-        waiting = self._waiting
-        for cid in new_ids:
-            del waiting[cid]
-        self._append_framed(recs, _now_ms())
+        self._append_framed(self._compressing.take(), _now_ms())
 
     def _drain(self):
         """Buffer every batch still being compressed."""
-        while self._inflight:
+        while self._compressing:
             self._finish()
 
     def flush(self):
@@ -705,12 +687,10 @@ class ChunkStore:
 
     def _release(self):
         self._closed = True
-        self._inflight.clear()
-        self._waiting.clear()
-        for pool in (self._pool, self._io):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._pool = self._io = None
+        self._compressing.shutdown()
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
         self.files.close()
         self.index.close()
 
