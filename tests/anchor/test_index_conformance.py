@@ -222,3 +222,30 @@ def test_reopen_keeps_what_was_committed(opener):
     assert again.get(cid(0))[:2] == (2, 16)
     assert again.get(cid(2))[5] == 77
     assert again.segments() == {1: 5000, 2: 200}
+
+
+def test_chunk_store_on_the_backend(opener, tmp_path):
+    """The store itself runs on the backend: buffered and flushed writes, automatic flushes on
+    the writer thread, reads, eviction order, drop and compaction."""
+    from anchor.storage.chunks import ChunkStore
+    raws = [os.urandom(3000 + i) for i in range(60)] + [b"text %d " % i * 400 for i in range(60)]
+    root = str(tmp_path / "store")
+    s = ChunkStore(root, segment_size=64 << 10, flush_bytes=32 << 10, index=opener())
+    try:
+        ids = s.ingest(raws[:80])
+        for r in raws[80:]:
+            s.put(hashlib.sha256(r).digest(), r)
+        s.flush()
+        assert all(s.get(c) == r for c, r in zip(ids, raws))
+        assert s.missing(ids + [cid(1)]) == [80]
+        assert s.stats()["chunks"] == 120
+        assert [c for c, _, _ in s.lru(80)] == [c for c, _, _ in s.index.lru(80)]
+        assert s.drop(ids[:70]) == 70
+        res = s.compact()
+        assert res["segments_removed"] > 0
+        assert s.verify() == {"chunks": 50, "bad": []}
+        every = [hashlib.sha256(r).digest() for r in raws]
+        assert s.missing(every) == list(range(70))
+        assert s.record_bytes() == s.stats()["live_bytes"]
+    finally:
+        s.close()

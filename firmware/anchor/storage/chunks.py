@@ -31,12 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from anchor.storage.compress import ZSTD_LEVEL, CompressorPool, compress_many, compressor, stable
 from anchor.storage.index_sqlite import SqliteIndex
+from anchor.storage.recovery import recover
 from anchor.storage.segments import (
     ENC_RAW, ENC_ZSTD, ENCODINGS, MAX_CHUNK, RECORD_CRC, RECORD_HEAD, RECORD_HEADER_SIZE,
     RECORD_MAGIC, SEGMENT_HEADER_SIZE, SegmentFiles, StoreError, decode_payload, fsync_dir,
-    list_segments, make_head, parse_record, read_header, scan, segment_name, truncate)
+    make_head, parse_record, read_header)
 # the format's other names, for callers that know the store's module only
-from anchor.storage.segments import ENC_ZLIB, SEGMENT_MAGIC, make_record  # noqa: F401
+from anchor.storage.segments import ENC_ZLIB, SEGMENT_MAGIC, make_record, segment_name  # noqa: F401
 
 _pack_head = RECORD_HEAD.pack
 _pack_crc = RECORD_CRC.pack
@@ -119,73 +120,8 @@ class ChunkStore:
     # ------------------------------------------------------------------ open and recovery
 
     def _recover(self):
-        index = self.index
-        committed = index.segments()
-        on_disk = list_segments(self.seg_dir)
-        for seq in committed:
-            if seq not in on_disk:
-                raise StoreError("segment %s is in the index but missing on flash" % segment_name(seq))
-        last_committed = max(committed) if committed else 0
-        now = _now_ms()
-        rows = []
-        ends = {}
-        dir_changed = False
-        for seq in sorted(on_disk):
-            path = on_disk[seq]
-            if seq not in committed and seq < last_committed and not index.segment_has_rows(seq):
-                # Below the last committed segment, yet not in the index and holding no row: a
-                # segment compact() had emptied and deregistered, whose unlink did not happen (or
-                # was not yet durable) before the crash.  Everything in it lives elsewhere or was
-                # dropped; scanning it would bring dropped chunks back, so it goes.
-                os.unlink(path)
-                dir_changed = True
-                self.recovery["removed_files"] += 1
-                continue
-            state = read_header(path, seq, fresh=seq not in committed and seq > last_committed)
-            if seq not in committed:
-                if state == "torn":
-                    if seq < last_committed:
-                        raise StoreError("%s has a damaged header" % path)
-                    # A segment created by a flush that never completed: nothing in it was promised.
-                    os.unlink(path)
-                    dir_changed = True
-                    self.recovery["removed_files"] += 1
-                    continue
-                start = SEGMENT_HEADER_SIZE
-            else:
-                if state == "torn":
-                    raise StoreError("%s has a damaged header" % path)
-                start = committed[seq]
-            size = os.path.getsize(path)
-            do_scan = True
-            if size < start:
-                # Committed bytes are gone (the medium lost them): forget the rows that point there.
-                lost, start = index.cut(seq, size)
-                self.recovery["lost_rows"] += lost
-                start = start or SEGMENT_HEADER_SIZE
-                # ...and do not scan what is left past the last intact row: it lies below the old
-                # committed_end, where every record without a row was dropped (drop()), so
-                # re-indexing it would undo a drop.  It is cut off like a torn tail.
-                do_scan = False
-            end = start
-            if size > start:
-                found, end = scan(path, start) if do_scan else ((), start)
-                for cid, off, raw_len, stored_len, enc in found:
-                    rows += (cid, seq, off, raw_len, stored_len, enc, now)
-                if end < size:
-                    truncate(path, end)
-                    self.recovery["truncated_bytes"] += size - end
-            if end != committed.get(seq):
-                ends[seq] = end
-        if dir_changed:
-            fsync_dir(self.seg_dir)
-        if rows or ends:
-            self.recovery["reindexed"] += index.insert(rows, ends)
-        last = index.last_segment()
-        if last is None:
-            self._wseq, self._wend = 1, SEGMENT_HEADER_SIZE
-        else:
-            self._wseq, self._wend = last
+        """storage/recovery.py; appends continue where it says."""
+        self._wseq, self._wend = recover(self.seg_dir, self.index, self.recovery, _now_ms())
 
     # ------------------------------------------------------------------ lookups
 
