@@ -59,3 +59,30 @@ def test_usage_follows_the_catalog_alone(tmp_path):
         assert r.usage() == (live, live)
     finally:
         a.close()
+
+
+def test_eviction_pages_past_many_pinned_chunks(tmp_path):
+    """The least recently used chunks are pinned, more of them than one eviction page holds:
+    eviction goes on past them to the pass-through chunks behind."""
+    a = Anchor(str(tmp_path / "data"), capacity=None)
+    try:
+        store = a.store
+        blobs = [os.urandom(200 + i % 7) for i in range(1500)]
+        ids = store.ingest(blobs)
+        store.flush()
+        pinned, passing = ids[:700], ids[700:]    # more pinned than one page (BATCH) holds
+        store.index.touch(pinned, 1)           # older than every pass-through chunk
+        dev = a.catalog.device_id("r")
+        oid = hashlib.sha256(b"pinned").digest()
+        a.catalog.commit_snapshot(dev, None, hashlib.sha256(b"tree").digest(), 1, 1,
+                                  [(oid, 1, b"".join(pinned))], [oid])
+        fixed = store.record_bytes(pinned)
+        r = retention.of(a)
+        target = fixed + store.record_bytes(passing) // 2
+        r.capacity = int(target / retention.LOW_WATER)
+        done = r.enforce()
+        assert done and 0 < done["evicted_chunks"] < len(passing)
+        assert all(store.has(c) for c in pinned)
+        assert fixed < store.stats()["live_bytes"] <= target + 1
+    finally:
+        a.close()

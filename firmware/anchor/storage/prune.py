@@ -1,4 +1,5 @@
-"""Snapshot retention rules (`anchorctl prune`): which snapshots of a device to keep.
+"""Snapshot retention rules (`anchorctl prune`): which snapshots of a device to keep
+(CPython only).
 
 Like restic's `forget --keep-*`: snapshots are taken newest first; keep-last N keeps the N
 newest; keep-daily N keeps the newest snapshot of each of the last N days that have

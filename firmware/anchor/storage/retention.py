@@ -1,4 +1,4 @@
-"""Retention: keep the store within its capacity budget.
+"""Retention: keep the store within its capacity budget (CPython only).
 
 Pass-through data (chunks no snapshot keeps) is evicted least recently used first; a chunk
 that some snapshot keeps is never evicted. Whether a snapshot keeps a chunk is asked of the
@@ -17,7 +17,8 @@ from anchor.storage.segments import RECORD_HEADER_SIZE as RECORD   # what a chun
 log = logging.getLogger("anchor.retention")
 
 LOW_WATER = 0.9          # evict down to this share of the capacity, so eviction is not constant
-BATCH = 512
+BATCH = 512              # chunks per eviction page at first
+MAX_PAGE = 32768         # ...and at most, after pages that were mostly pinned
 
 
 def human(n):
@@ -112,12 +113,13 @@ class Retention:
         catalog = self.anchor.catalog
         dropped = 0
         dropped_bytes = 0
-        after = None
+        cursor = None
+        limit = BATCH
         while live > target:
-            page = store.lru(BATCH, after)
+            page = store.lru(limit, cursor)
             if not page:
                 break
-            after = (page[-1][2], page[-1][0])
+            cursor = (page[-1][2], page[-1][0])
             keep = catalog.live_among([c for c, _, _ in page])
             take = []
             for c, n, _ in page:
@@ -130,6 +132,10 @@ class Retention:
                     break
             if take:
                 dropped += store.drop(take)
+            if len(take) < len(page) // 2:
+                # Mostly pinned (snapshot content tends to be the least recently used): each
+                # page is a scan of the whole index, so take bigger steps past it.
+                limit = min(limit * 2, MAX_PAGE)
         res = store.compact()
         self.totals["evicted_chunks"] += dropped
         self.totals["evicted_bytes"] += dropped_bytes
