@@ -444,11 +444,11 @@ class ChunkStore:
         only records past a segment's committed_end (and whole segments the index never knew).
         A dropped chunk had a committed row, and that row was committed in the same transaction
         as a committed_end covering its record, so the record lies below committed_end.  The
-        drop commits with synchronous=FULL, which makes every earlier WAL transaction durable
-        too: a power cut cannot keep the drop yet lose that committed_end.  The two places that
-        used to scan below a committed_end no longer do: a segment shorter than its
-        committed_end is cut at its last intact row instead of rescanned, and a segment that
-        compact() deregistered is deleted on open instead of scanned (see _recover)."""
+        drop is durable, and so is every earlier index transaction (ChunkIndex.delete; in SQLite a
+        FULL commit of the one WAL): a power cut cannot keep the drop yet lose that committed_end.
+        The two places that used to scan below a committed_end no longer do: a segment shorter
+        than its committed_end is cut at its last intact row instead of rescanned, and a segment
+        that compact() deregistered is deleted on open instead of scanned (storage/recovery.py)."""
         self._check_open()
         ids = [_as_id(c) for c in chunk_ids]
         if any(self._buffered(c) is not None or c in self._waiting for c in ids):
