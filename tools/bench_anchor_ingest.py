@@ -54,8 +54,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import pyfastcdc  # noqa: E402
 
-from anchor import store as store_mod  # noqa: E402
-from anchor.store import ChunkStore  # noqa: E402
+from anchor.storage import index_sqlite  # noqa: E402
+from anchor.storage.chunks import ChunkStore  # noqa: E402
 
 
 def make_log_text(nbytes, r):
@@ -248,12 +248,12 @@ def index_rows(ids):
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(store_mod.SCHEMA)
+            db.executescript(index_sqlite.SCHEMA)
             rows = []
             for i, cid in enumerate(ids):
-                rows += (cid, i >> 9, i * 4096, 8192, 4096, 2, 0, 0)
+                rows += (cid, i >> 9, i * 4096, 8192, 4096, 2, 0)
             db.execute("BEGIN")
-            store_mod._insert_rows(db, rows)
+            index_sqlite.insert_rows(db, rows)
             db.execute("COMMIT")
         finally:
             db.close()

@@ -44,7 +44,7 @@ def absent_id(i):
 
 
 def row(i):
-    return (chunk_id(i), 1 + i // 400, 16 + (i % 400) * 10000, 8192, 5000, 2, 0, 1700000000 + i)
+    return (chunk_id(i), 1 + i // 400, 16 + (i % 400) * 10000, 8192, 5000, 2, 1700000000 + i)
 
 
 def rss_kib():
@@ -63,7 +63,7 @@ def dir_size(d):
 def bench_sqlite(n, batch, lookups, name):
     import sqlite3
 
-    from anchor.store import INSERT_CHUNK, SCHEMA
+    from anchor.storage.index_sqlite import INSERT_CHUNK, SCHEMA
     base = rss_kib()["VmRSS"]
     with tempfile.TemporaryDirectory(prefix="bench-index-") as d:
         db = sqlite3.connect(os.path.join(d, "index.sqlite"), isolation_level=None)

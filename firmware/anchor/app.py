@@ -6,9 +6,9 @@ watch list per anchor, and every service that needs one is given it here.
 """
 import os
 
-from anchor.catalog import Catalog
+from anchor.storage.catalog import Catalog
 from anchor.daemon import SessionServer
-from anchor.retention import Retention
+from anchor.storage.retention import Retention
 from anchor.services.backup import BackupService
 from anchor.services.capture import Capture
 from anchor.services.http_proxy import HttpProxy
@@ -16,8 +16,8 @@ from anchor.services.regenerate import Regenerator
 from anchor.services.relay import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, RelayService
 from anchor.services.restore import RestoreService
 from anchor.services.watchlist import WatchList
-from anchor.store import ChunkStore
-from anchor.trees import TreeStore
+from anchor.storage.chunks import ChunkStore
+from anchor.storage.trees import TreeStore
 
 DATA_VERSION = 1
 

@@ -85,7 +85,7 @@ def main(argv=None):
     from anchor.app import App
     from anchor.daemon import serve
 
-    from anchor.retention import parse_size
+    from anchor.storage.retention import parse_size
     try:
         capacity = parse_size(args.capacity) if args.capacity else None
     except ValueError as e:

@@ -105,7 +105,7 @@ class Api:
         if len(segs) == 4 and segs[1] == "devices" and segs[3] == "prune":
             if method != "POST":
                 raise ApiError(405, "prune takes POST")
-            from anchor import prune
+            from anchor.storage import prune
             dev = self._device(segs[2])
             try:
                 args = prune.parse_query(q)
@@ -239,7 +239,6 @@ class Api:
     def forget(self, dev, snap):
         """Remove a snapshot; content only it kept falls back to pass-through data."""
         root, freed, released = self.catalog.forget_snapshot(dev, snap["id"])
-        self.app.store.unpin(released)
         if freed:
             self.app.trees.delete(root)
         log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
@@ -272,7 +271,7 @@ class Api:
         keeps is in the store. Runs on the event loop: sessions wait while it reads."""
         r = self.app.store.verify()
         missing = 0
-        for (cid,) in self.catalog.db.execute("SELECT chunk FROM live_chunks"):
+        for cid in self.catalog.live_chunks():
             if not self.app.store.has(cid):
                 missing += 1
         return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,

@@ -1,10 +1,10 @@
-"""Snapshot retention rules (anchor.prune.plan) on synthetic snapshot times."""
+"""Snapshot retention rules (anchor.storage.prune.plan) on synthetic snapshot times."""
 import calendar
 import time
 
 import pytest
 
-from anchor.prune import parse_query, plan
+from anchor.storage.prune import parse_query, plan
 
 
 def t(text):

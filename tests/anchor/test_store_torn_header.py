@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from anchor import store as S
-from anchor.store import ChunkStore, StoreError
+from anchor.storage import chunks as S
+from anchor.storage.chunks import ChunkStore, StoreError
 
 
 def cid(raw):

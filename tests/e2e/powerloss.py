@@ -44,7 +44,7 @@ from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cm
 from linkemu import CountingRelay
 from services import Origin
 
-from anchor.store import SEGMENT_MAGIC, make_record
+from anchor.storage.segments import SEGMENT_MAGIC, make_record
 
 CPY = "pl-cpy"          # CPython rover's device (and the relay fetches')
 MPY = "pl-mpy"          # MicroPython rover's device

@@ -2,21 +2,21 @@
 re-sends no chunk the anchor had made durable, and earlier snapshots still restore."""
 import os
 import random
-import sqlite3
 import subprocess
 
 from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd, run_rover, snapshot_of
 from linkemu import CountingRelay
 
 from core import chunker
+from anchor.storage.index_sqlite import SqliteIndex
 
 
 def stored_ids(data_dir):
-    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(data_dir, "chunks", "index.sqlite"), uri=True)
+    index = SqliteIndex(os.path.join(data_dir, "chunks", "index.sqlite"), readonly=True)
     try:
-        return set(r[0] for r in db.execute("SELECT id FROM chunks"))
+        return set(index.ids())
     finally:
-        db.close()
+        index.close()
 
 
 def tree_chunk_ids(root):

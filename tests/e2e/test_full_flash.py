@@ -8,13 +8,14 @@ import json
 import os
 import random
 import re
-import sqlite3
 
 import pytest
 
 from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
 from services import Origin
 from core import cbor, chunker
+from anchor.storage.catalog import Catalog
+from anchor.storage.index_sqlite import SqliteIndex
 from core import messages as m
 
 KIB = 1024
@@ -22,11 +23,16 @@ UNITS = {"B": 1, "KiB": KIB, "MiB": KIB * KIB}
 
 
 def classes(data_dir):
-    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(data_dir, "chunks", "index.sqlite"), uri=True)
+    """{id: 1 if a snapshot keeps it (pinned), else 0 (pass-through)} over the stored chunks."""
+    index = SqliteIndex(os.path.join(data_dir, "chunks", "index.sqlite"), readonly=True)
+    catalog = Catalog(os.path.join(data_dir, "catalog.sqlite"), readonly=True)
     try:
-        return dict(db.execute("SELECT id, class FROM chunks"))
+        ids = list(index.ids())
+        pinned = catalog.live_among(ids)
+        return {c: int(c in pinned) for c in ids}
     finally:
-        db.close()
+        index.close()
+        catalog.close()
 
 
 def chunks_of(data):
@@ -220,7 +226,7 @@ def test_a_chunk_that_does_not_fit_is_refused_at_the_next_request(tmp_path):
     room: its remaining chunks are read and dropped, and the refusal answers its COMMIT. What
     it stored stays as pass-through data; the first backup commits; nothing goes over budget."""
     from anchor.app import App
-    from anchor import retention
+    from anchor.storage import retention
     rnd = random.Random(13)
     capacity = 500_000
     a = App(str(tmp_path / "data"), capacity=capacity)
@@ -245,12 +251,13 @@ def test_a_chunk_that_does_not_fit_is_refused_at_the_next_request(tmp_path):
         two.h.flush()
         kept = [c for _, _, c in two.chunks if a.store.has(c)]
         assert 0 < len(kept) < len(two.chunks)
-        assert all(a.store.info(c)["class"] == 0 for c in kept), "what two stored is pass-through"
+        assert not a.catalog.live_among(kept), "what two stored is pass-through"
         assert a.store.stats()["live_bytes"] <= capacity
 
         assert one.commit() == m.committed(1)
         one.h.end()
-        assert all(a.store.info(c)["class"] == 1 for _, _, c in one.chunks)
+        assert a.catalog.live_among([c for _, _, c in one.chunks]) == set(c for _, _, c in one.chunks)
+        assert all(a.store.has(c) for _, _, c in one.chunks)
         assert a.store.stats()["live_bytes"] <= capacity
         # what is left of two is evicted first when a later backup needs room
         r = a.retention

@@ -9,7 +9,6 @@ import random
 import re
 import select
 import socket
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ import pytest
 
 from harness import AnchorProc, anchorctl, run_rover
 from services import Origin, free_port
+from anchor.storage.catalog import Catalog
 
 
 def start_anchor(data_dir, *extra):
@@ -149,12 +149,12 @@ def counters(anchor, device):
 
 
 def captures(anchor):
-    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(anchor.data_dir, "catalog.sqlite"), uri=True)
+    catalog = Catalog(os.path.join(anchor.data_dir, "catalog.sqlite"), readonly=True)
     try:
-        return db.execute("SELECT direction, method, target, status, etag, content_type, size"
-                          " FROM captures ORDER BY id").fetchall()
+        return [tuple(c[k] for k in ("direction", "method", "target", "status", "etag", "content_type", "size"))
+                for c in catalog.captures()]
     finally:
-        db.close()
+        catalog.close()
 
 
 def test_download_and_upload_then_backup_uploads_nothing(world, tmp_path):

@@ -3,18 +3,25 @@ into pass-through data (evictable), and every other snapshot still restores."""
 import json
 import os
 import random
-import sqlite3
 
 from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
 from core import chunker
+from anchor.storage.catalog import Catalog
+from anchor.storage.chunks import ChunkStore
+from anchor.storage.index_sqlite import SqliteIndex
 
 
 def classes(data_dir):
-    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(data_dir, "chunks", "index.sqlite"), uri=True)
+    """{id: 1 if a snapshot keeps it (pinned), else 0 (pass-through)} over the stored chunks."""
+    index = SqliteIndex(os.path.join(data_dir, "chunks", "index.sqlite"), readonly=True)
+    catalog = Catalog(os.path.join(data_dir, "catalog.sqlite"), readonly=True)
     try:
-        return dict(db.execute("SELECT id, class FROM chunks"))
+        ids = list(index.ids())
+        pinned = catalog.live_among(ids)
+        return {c: int(c in pinned) for c in ids}
     finally:
-        db.close()
+        index.close()
+        catalog.close()
 
 
 def ids_of(path):
@@ -95,10 +102,8 @@ def test_an_object_whose_chunks_are_gone_is_not_claimed(tmp_path):
         anchor.stop()
     ids = sorted(ids_of(str(root / "a.bin")))
     gone = ids[:5]
-    db = sqlite3.connect(os.path.join(data, "chunks", "index.sqlite"))
-    db.executemany("DELETE FROM chunks WHERE id=?", [(c,) for c in gone])
-    db.commit()
-    db.close()
+    with ChunkStore(os.path.join(data, "chunks")) as store:
+        assert store.drop(gone) == len(gone)
     anchor = AnchorProc(data).start()
     try:
         p = run_rover("cpython", anchor.link, "r", str(tmp_path / "s2"), "backup", str(root))

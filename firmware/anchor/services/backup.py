@@ -13,9 +13,9 @@ from core import chunker
 from core import messages as m
 from core.hmac256 import hmac_sha256
 from core.secure import equal
-from anchor.store import StoreError
-from anchor.trees import apply_delta
-from anchor import retention
+from anchor.storage.chunks import StoreError
+from anchor.storage.trees import apply_delta
+from anchor.storage import retention
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
 WATCH_SECONDS = 600     # how long queued data may take to pass through (docs/protocol.md section 6)
@@ -424,10 +424,8 @@ class BackupHandler:
             raise m.ProtocolError(m.E_TREE, "tree mismatch: anchor built %d entries/%d bytes (%s), rover has %d/%d (%s)"
                                   % (count, nbytes, digest.hex()[:16], n_entries, total, root.hex()[:16]))
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
-        seq, pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
+        seq, _pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
                                                    tree_oids)
-        # The catalog's live_chunks is the truth; the store's class mirrors it for eviction.
-        self.store.pin(pinned)
         self.retention.enforce()
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes

@@ -11,7 +11,7 @@ the file's: a file's entry comes only once its object and every chunk of it are 
 and a chunk that then fails its check (CRC, SHA-256) stops the restore where it is.
 """
 from core import messages as m
-from anchor.store import StoreError
+from anchor.storage.chunks import StoreError
 
 
 class PathError(ValueError):

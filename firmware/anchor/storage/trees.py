@@ -1,4 +1,5 @@
-"""Snapshot trees on the anchor: one file per distinct tree, named by its root digest.
+"""Snapshot trees on the anchor: one file per distinct tree, named by its root digest
+(CPython only).
 
 A tree is the sorted list of entry records of one snapshot (docs/storage.md §Trees).
 Content addressing means a backup in which nothing changed adds no file at all.

@@ -1,4 +1,5 @@
-"""Snapshot retention rules (`anchorctl prune`): which snapshots of a device to keep.
+"""Snapshot retention rules (`anchorctl prune`): which snapshots of a device to keep
+(CPython only).
 
 Like restic's `forget --keep-*`: snapshots are taken newest first; keep-last N keeps the N
 newest; keep-daily N keeps the newest snapshot of each of the last N days that have
@@ -12,7 +13,7 @@ when a backup or relay traffic needs room).
 import datetime
 import logging
 
-from anchor import retention
+from anchor.storage import retention
 
 log = logging.getLogger("anchor.prune")
 
@@ -93,49 +94,6 @@ def parse_query(q):
     return out
 
 
-def _record_bytes(store, ids):
-    """Bytes the chunks among `ids` that the store holds take (49 + stored length each)."""
-    total = 0
-    ids = list(ids)
-    for i in range(0, len(ids), 500):
-        part = ids[i:i + 500]
-        total += store.db.execute(
-            "SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks WHERE id IN (%s)"
-            % ",".join("?" * len(part)), (retention.RECORD, *part)).fetchone()[0]
-    return total
-
-
-def _would_release(catalog, dev, seqs):
-    """The chunks forgetting snapshots `seqs` of `dev` would turn into pass-through data:
-    the reference counts of catalog.forget_snapshot, worked out without changing them."""
-    db = catalog.db
-    tree_dec = {}
-    for seq in seqs:
-        root = db.execute("SELECT root FROM snapshots WHERE device_id=? AND seq=?", (dev, seq)).fetchone()[0]
-        tree_dec[root] = tree_dec.get(root, 0) + 1
-    obj_dec = {}
-    for root, n in tree_dec.items():
-        row = db.execute("SELECT snapshots FROM trees WHERE root=?", (root,)).fetchone()
-        if row is None or row[0] - n > 0:
-            continue                          # other snapshots still use this tree
-        for (oid,) in db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,)):
-            obj_dec[oid] = obj_dec.get(oid, 0) + 1
-    chunk_dec = {}
-    for oid, n in obj_dec.items():
-        row = db.execute("SELECT trees FROM live_objects WHERE oid=?", (oid,)).fetchone()
-        if row is None or row[0] - n > 0:
-            continue
-        info = catalog.object_chunks(oid)
-        for c in (info[1] if info else ()):
-            chunk_dec[c] = chunk_dec.get(c, 0) + 1
-    released = []
-    for c, n in chunk_dec.items():
-        row = db.execute("SELECT objects FROM live_chunks WHERE chunk=?", (c,)).fetchone()
-        if row is not None and row[0] - n <= 0:
-            released.append(c)
-    return released
-
-
 def _snap(s, reasons=None):
     out = {"id": s["id"], "time": s["time"], "entries": s["entries"], "bytes": s["bytes"]}
     if reasons is not None:
@@ -153,17 +111,16 @@ def prune(anchor, dev, keep_last=0, keep_daily=0, keep_weekly=0, dry_run=False):
     out = {"dry_run": bool(dry_run), "keep": [_snap(s, r) for s, r in keep],
            "forget": [_snap(s) for s in forget], "evicted_chunks": 0, "evicted_bytes": 0}
     if dry_run:
-        released = _would_release(catalog, dev, [s["id"] for s in forget])
+        released = catalog.would_release(dev, [s["id"] for s in forget])
     else:
         released = []
         for s in sorted(forget, key=lambda s: s["id"]):
             root, freed, rel = catalog.forget_snapshot(dev, s["id"])
-            store.unpin(rel)
             if freed:
                 anchor.trees.delete(root)
             released += rel
     out["chunks_released"] = len(released)
-    out["bytes_released"] = _record_bytes(store, released)
+    out["bytes_released"] = store.record_bytes(released)
     if not dry_run:
         log.info("pruned %d snapshots (kept %d); %d chunks (%d bytes) back to pass-through",
                  len(forget), len(keep), len(released), out["bytes_released"])

@@ -1,9 +1,10 @@
-"""Retention: keep the store within its capacity budget.
+"""Retention: keep the store within its capacity budget (CPython only).
 
 Pass-through data (chunks no snapshot keeps) is evicted least recently used first; a chunk
-that some snapshot keeps (the catalog's live_chunks) is never evicted, whatever the store's
-class column says. What is evicted but was fetched over HTTP can be regenerated from its
-origin when a backup needs it (anchor.regenerate).
+that some snapshot keeps is never evicted. Whether a snapshot keeps a chunk is asked of the
+catalog (live_chunks, changed in the snapshot's own transaction) whenever it matters, so there
+is no second record of it to fall behind. What is evicted but was fetched over HTTP can be
+regenerated from its origin when a backup needs it (anchor.services.regenerate).
 
 A backup makes room before it stores (`make_room`): pass-through data goes first, and when
 what cannot be evicted (pinned data, and what open sessions hold) would not leave room, the
@@ -11,12 +12,13 @@ backup is refused with `StoreFull`, which names the shortfall.
 """
 import logging
 
+from anchor.storage.segments import RECORD_HEADER_SIZE as RECORD   # what a chunk costs besides its payload
+
 log = logging.getLogger("anchor.retention")
 
 LOW_WATER = 0.9          # evict down to this share of the capacity, so eviction is not constant
-BATCH = 512
-RECORD = 49              # bytes a chunk costs in a segment besides its payload (store.RECORD_HEADER_SIZE)
-_IN = 500                # ids per IN (...) query
+BATCH = 512              # chunks per eviction page at first
+MAX_PAGE = 32768         # ...and at most, after pages that were mostly pinned
 
 
 def human(n):
@@ -106,23 +108,22 @@ class Retention:
         return self._evict(st["live_bytes"], int(self.capacity * LOW_WATER))
 
     def _evict(self, live, target):
-        """Evict pass-through chunks no session holds, least recently used first, until the
-        store's live bytes (now `live`) are at most `target`; then compact."""
+        """Evict chunks no snapshot keeps and no session holds, least recently used first, until
+        the store's live bytes (now `live`) are at most `target`; then compact."""
         store = self.store
+        catalog = self.catalog
         dropped = 0
         dropped_bytes = 0
-        seen = set()
+        cursor = None
+        limit = BATCH
         while live > target:
-            # Chunks skipped (held by a session) stay listed first: ask past them.
-            cands = [(c, n) for c, n in store.pass_through(len(seen) + BATCH) if c not in seen]
-            if not cands:
+            page = store.lru(limit, cursor)
+            if not page:
                 break
-            seen.update(c for c, _ in cands)
-            keep = self.catalog.live_among([c for c, _ in cands])
-            if keep:
-                store.pin(list(keep))       # the store's class had fallen behind the catalog
+            cursor = (page[-1][2], page[-1][0])
+            keep = catalog.live_among([c for c, _, _ in page])
             take = []
-            for c, n in cands:
+            for c, n, _ in page:
                 if c in keep or self._busy(c):
                     continue
                 take.append(c)
@@ -132,6 +133,10 @@ class Retention:
                     break
             if take:
                 dropped += store.drop(take)
+            if len(take) < len(page) // 2:
+                # Mostly pinned (snapshot content tends to be the least recently used): each
+                # page is a scan of the whole index, so take bigger steps past it.
+                limit = min(limit * 2, MAX_PAGE)
         res = store.compact()
         self.totals["evicted_chunks"] += dropped
         self.totals["evicted_bytes"] += dropped_bytes
@@ -149,28 +154,20 @@ class Retention:
 
     def usage(self):
         """(live, evictable): bytes of every stored chunk (49 + stored length each, buffered
-        ones too: the store is flushed first), and of those an eviction may take: indexed
-        pass-through chunks no open session holds. The store's class column decides what is
-        pass-through; a chunk it still calls pass-through though a snapshot keeps it (after a
-        crash between catalog and store) counts as evictable here, and eviction skips it."""
+        ones too: the store is flushed first), and of those an eviction may take: chunks no
+        snapshot keeps (the catalog's live_chunks) and no open session holds."""
         store = self.store
+        catalog = self.catalog
         store.flush()
-        db = store.db
-        live = db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks",
-                          (RECORD,)).fetchone()[0]
-        passing = db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks WHERE class=?",
-                             (RECORD, store.CLASS_PASS_THROUGH)).fetchone()[0]
+        live = store.record_bytes()
+        pinned = store.record_bytes(catalog.live_chunks())
         busy = set()
         for s in self.in_use:
             busy.update(s)
-        busy = list(busy)
-        held = 0
-        for i in range(0, len(busy), _IN):
-            part = busy[i:i + _IN]
-            held += db.execute("SELECT coalesce(sum(stored_len), 0) + count(*) * ? FROM chunks WHERE class=? "
-                               "AND id IN (%s)" % ",".join("?" * len(part)),
-                               (RECORD, store.CLASS_PASS_THROUGH, *part)).fetchone()[0]
-        return live, passing - held
+        if busy:
+            busy -= catalog.live_among(list(busy))
+        held = store.record_bytes(busy) if busy else 0
+        return live, live - pinned - held
 
     def make_room(self, nbytes, reserve=True):
         """Room for `nbytes` more in the store, evicting pass-through data (least recently
@@ -197,7 +194,7 @@ class Retention:
             done = self._evict(live, target)
             live = done["live_bytes"]
             if live + nbytes > self.capacity:
-                # Eviction found less than the class column promised (chunks pinned late).
+                # Eviction found less than usage() counted (a session took chunks meanwhile).
                 self.room = 0
                 raise StoreFull(live + nbytes - self.capacity, self.capacity, estimated=not reserve)
         self.room = self.capacity - live - (nbytes if reserve else 0)

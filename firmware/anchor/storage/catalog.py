@@ -1,8 +1,10 @@
-"""The catalog: devices, snapshots, objects and what each device may see.
+"""The catalog: devices, snapshots, objects and what each device may see (CPython only).
 
 SQLite in WAL mode (docs/decisions.md has the measurements). The catalog only ever
 refers to chunks that the chunk store has already made durable, because the backup
-service flushes the store before it commits a catalog transaction.
+service flushes the store before it commits a catalog transaction. It is the one record of
+which chunks are pinned (live_chunks, changed in the snapshot's own transaction); retention
+asks it at eviction time.
 """
 import os
 import sqlite3
@@ -97,13 +99,20 @@ class CatalogError(Exception):
 
 
 class Catalog:
-    def __init__(self, path):
+    def __init__(self, path, readonly=False):
+        """readonly: look at the catalog of an anchor another process runs (tests, tools)."""
         new = not os.path.exists(path)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        if readonly:
+            self.db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, isolation_level=None,
+                                      check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
         row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        if row is None and readonly:
+            raise CatalogError("catalog %s has no version" % path)
         if row is None:
             if not new and self.db.execute("SELECT count(*) FROM devices").fetchone()[0]:
                 raise CatalogError("catalog %s has data but no version" % path)
@@ -264,6 +273,39 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
         return root, freed, released
+
+    def live_chunks(self):
+        """Every chunk some snapshot keeps (pinned), streamed."""
+        return (r[0] for r in self.db.execute("SELECT chunk FROM live_chunks"))
+
+    def would_release(self, dev, seqs):
+        """The chunks forgetting snapshots `seqs` of `dev` would turn into pass-through data:
+        the reference counts of forget_snapshot, worked out without changing them."""
+        db = self.db
+        tree_dec = {}
+        for seq in seqs:
+            root = db.execute("SELECT root FROM snapshots WHERE device_id=? AND seq=?", (dev, seq)).fetchone()[0]
+            tree_dec[root] = tree_dec.get(root, 0) + 1
+        obj_dec = {}
+        for root, n in tree_dec.items():
+            row = db.execute("SELECT snapshots FROM trees WHERE root=?", (root,)).fetchone()
+            if row is None or row[0] - n > 0:
+                continue                          # other snapshots still use this tree
+            for (oid,) in db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,)):
+                obj_dec[oid] = obj_dec.get(oid, 0) + 1
+        chunk_dec = {}
+        for oid, n in obj_dec.items():
+            row = db.execute("SELECT trees FROM live_objects WHERE oid=?", (oid,)).fetchone()
+            if row is None or row[0] - n > 0:
+                continue
+            for c in self._chunks_of(oid):
+                chunk_dec[c] = chunk_dec.get(c, 0) + 1
+        released = []
+        for c, n in chunk_dec.items():
+            row = db.execute("SELECT objects FROM live_chunks WHERE chunk=?", (c,)).fetchone()
+            if row is not None and row[0] - n <= 0:
+                released.append(c)
+        return released
 
     def live_among(self, ids):
         """The subset of chunk ids that some snapshot keeps (pinned)."""
