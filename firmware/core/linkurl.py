@@ -13,96 +13,87 @@
 from core.compat import const
 
 DEFAULT_BAUD = const(115200)
-MAX_PORT = const(65535)
-
-# scheme -> the options its addresses may carry (cost: backups take the cheapest link)
-OPTIONS = {
-    "tcp": ("cost",),
-    "serial": ("rxbuf", "mtu", "cost"),
-    "mqtt": ("mtu", "cost"),
-    "ble": ("cost",),
-}
-FORMS = {
-    "tcp": "tcp://HOST:PORT",
-    "serial": "serial:DEVICE[:BAUD][?key=value&...]",
-    "mqtt": "mqtt://HOST:PORT[?key=value&...]",
-    "ble": "ble:ID",
-    "unix": "unix:PATH",
-}
+# The forms an error names. No tables of schemes and options: on the rover a dict of
+# strings costs more heap than the few tests below.
+LINKS = "tcp://HOST:PORT, serial:DEVICE[:BAUD], mqtt://HOST:PORT or ble:ID"
+_SERIAL = "serial:DEVICE[:BAUD][?key=value&...]"
 
 
-class LinkUrlError(ValueError):
-    pass
+def _bad(what, url, text):
+    # One format for every message: each distinct string costs the rover heap.
+    return ValueError("%s %s: %s" % (what, url, text))
 
 
 def scheme(url):
-    """The scheme of a link address ("tcp", "serial", ...), or None if it has none we know."""
-    if type(url) is not str:
-        return None
-    head, sep, _ = url.partition(":")
-    if not sep or head not in FORMS:
-        return None
-    if head in ("tcp", "mqtt") and not url.startswith(head + "://"):
-        return None
-    return head
+    """The scheme of a link address ("tcp", "serial", "mqtt", "ble", "unix"), or None."""
+    if type(url) is str:
+        for prefix in ("tcp://", "serial:", "mqtt://", "ble:", "unix:"):
+            if url.startswith(prefix):
+                return prefix[:prefix.index(":")]
+    return None
 
 
-def _expect(url, name, what):
-    if scheme(url) != name:
-        raise LinkUrlError("%s %r: expected %s" % (what, url, FORMS[name]))
+def known_options(name):
+    """The options a scheme's addresses may carry (cost: backups take the cheapest link)."""
+    if name == "serial":
+        return ("rxbuf", "mtu", "cost")
+    if name == "mqtt":
+        return ("mtu", "cost")
+    return ("cost",) if name in ("tcp", "ble") else ()
 
 
 def split_query(url, known, what="link"):
     """url -> (the part before '?', {key: int}); keys outside `known` are refused."""
     base, _, query = url.partition("?")
     options = {}
-    if not query:
-        return base, options
-    for item in query.split("&"):
+    for item in query.split("&") if query else ():
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise LinkUrlError("%s %s: option %r is not key=value" % (what, url, item))
+            raise _bad(what, url, "option %r is not key=value" % item)
         if key not in known:
-            raise LinkUrlError("%s %s: unknown option %r (known: %s)" % (what, url, key, ", ".join(known)))
+            raise _bad(what, url, "unknown option %r (known: %s)" % (key, ", ".join(known)))
         if key in options:
-            raise LinkUrlError("%s %s: option %r given twice" % (what, url, key))
+            raise _bad(what, url, "option %r given twice" % key)
         if not value.isdigit():
-            raise LinkUrlError("%s %s: option %s=%r is not a non-negative integer" % (what, url, key, value))
+            raise _bad(what, url, "option %s=%r is not a non-negative integer" % (key, value))
         options[key] = int(value)
     return base, options
 
 
+def _parts(url, name, form, what):
+    if scheme(url) != name:
+        raise _bad(what, repr(url), "expected " + form)
+    return split_query(url, known_options(name), what)
+
+
 def port_number(text, url, listen=False, what="link"):
     """The one port check: 1..65535; a listener (listen=True) may also take 0, "any free one"."""
-    if not text.isdigit():
-        raise LinkUrlError("%s %s: port %r is not a number" % (what, url, text))
-    n = int(text)
-    low = 0 if listen else 1
-    if not low <= n <= MAX_PORT:
-        raise LinkUrlError("%s %s: port %d is not in %d..%d%s"
-                           % (what, url, n, low, MAX_PORT, " (0 picks a free one)" if listen else ""))
+    n = int(text) if text.isdigit() else -1
+    if not (0 if listen else 1) <= n <= 65535:
+        raise _bad(what, url, "port %s is not in %s..65535" % (text, "0 (a free one)" if listen else "1"))
     return n
 
 
 def host_port(url, name="tcp", listen=False, what="link"):
     """tcp://HOST:PORT or mqtt://HOST:PORT (name says which) -> (host, port, {key: int})."""
-    _expect(url, name, what)
-    form = FORMS[name]
-    base, options = split_query(url, OPTIONS[name], what)
+    form = name + "://HOST:PORT[?key=value&...]"
+    base, options = _parts(url, name, form, what)
     host, sep, port = base[len(name) + 3:].rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]          # [::1]:1883
     if not sep or not host or not port.isdigit():
-        raise LinkUrlError("%s %s: expected %s" % (what, url, form))
+        raise _bad(what, url, "expected " + form)
     if "@" in host or "/" in host:
-        raise LinkUrlError("%s %s: no user name or path here; expected %s" % (what, url, form))
+        raise _bad(what, url, "no user name or path here; expected " + form)
+    # An MQTT packet is held whole in RAM on both sides (core/mqtt_profile.py MAX_MTU).
+    if not 0 < options.get("mtu", 1) <= 65536:
+        raise _bad(what, url, "mtu must be 1..65536")
     return host, port_number(port, url, listen, what), options
 
 
 def serial(url, what="link"):
     """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int})."""
-    _expect(url, "serial", what)
-    base, options = split_query(url, OPTIONS["serial"], what)
+    base, options = _parts(url, "serial", _SERIAL, what)
     device = base[7:]
     baud = DEFAULT_BAUD
     head, sep, tail = device.rpartition(":")
@@ -111,39 +102,32 @@ def serial(url, what="link"):
         device = head
         baud = int(tail)
         if baud <= 0:
-            raise LinkUrlError("%s %s: baud must be positive" % (what, url))
+            raise _bad(what, url, "baud must be positive")
     if not device:
-        raise LinkUrlError("%s %s: no device (serial:/dev/ttyUSB0 or serial:uart1)" % (what, url))
-    mtu = options.get("mtu")
-    if mtu is not None and not 0 < mtu <= 0xFFFF:
-        raise LinkUrlError("%s %s: mtu must be 1..65535" % (what, url))
+        raise _bad(what, url, "no device (serial:/dev/ttyUSB0 or serial:uart1)")
+    if not 0 < options.get("mtu", 1) <= 65535:
+        raise _bad(what, url, "mtu must be 1..65535")
     if options.get("rxbuf") == 0:
-        raise LinkUrlError("%s %s: rxbuf must be positive" % (what, url))
+        raise _bad(what, url, "rxbuf must be positive")
     return device, baud, options
 
 
 def ble(url, what="link"):
     """ble:[ID][?key=value&...] -> (ID, may be "", {key: int})."""
-    _expect(url, "ble", what)
-    base, options = split_query(url, OPTIONS["ble"], what)
+    base, options = _parts(url, "ble", "ble:ID", what)
     return base[4:], options
 
 
 def unix(url, what="address"):
     """unix:PATH -> PATH. No options: a path may hold '?' itself."""
     if scheme(url) != "unix" or len(url) <= 5:
-        raise LinkUrlError("%s %r: expected unix:PATH" % (what, url))
+        raise _bad(what, repr(url), "expected unix:PATH")
     return url[5:]
 
 
 def cost(url, what="link"):
     """A link's configured cost (`?cost=N`, default 1), its options checked for its scheme."""
-    name = scheme(url)
-    if name is None or name not in OPTIONS:
-        raise LinkUrlError("%s %s: expected %s" % (what, url, forms()))
-    return split_query(url, OPTIONS[name], what)[1].get("cost", 1)
-
-
-def forms(names=("tcp", "serial", "mqtt", "ble")):
-    """The forms of the schemes named, for an error message."""
-    return ", ".join([FORMS[n] for n in names[:-1]]) + " or " + FORMS[names[-1]]
+    known = known_options(scheme(url))
+    if not known:
+        raise _bad(what, url, "expected " + LINKS)
+    return split_query(url, known, what)[1].get("cost", 1)

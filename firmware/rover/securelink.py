@@ -4,7 +4,7 @@
 import os
 
 from core import secure
-from rover.link import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
+from rover.linkerror import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
 RX_RECORD = 1024       # records the rover takes: the anchor seals no more per record

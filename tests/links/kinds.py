@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
 from anchor.chanlink import serve_port  # noqa: E402
 from memory_link import MemoryLink  # noqa: E402
 from rover.chanlink import ChannelLink  # noqa: E402
-from rover.link import TcpLink  # noqa: E402
+from rover.tcp_link import TcpLink  # noqa: E402
 
 
 class Kind:
