@@ -253,3 +253,47 @@ class MqttListener:
             port.close("listener closed")
         self._client.disconnect()
         self._client.loop_stop()
+
+
+class MqttLinks:
+    """The MQTT link listener as the daemon runs it (anchor/port.py, Listener): retried in
+    the background while the broker is away, so the anchor serves its other links meanwhile
+    and relayed publishes fail clearly. `started` is set once it takes rovers."""
+
+    def __init__(self, host, port, on_port, **kw):
+        self.broker = (host, port)
+        self.name = "mqtt://%s:%d" % self.broker
+        self.on_port = on_port
+        self.kw = kw               # MqttListener's own settings (max_payload, client_id)
+        self.listener = None
+        self.started = asyncio.Event()
+        self.task = None
+
+    def start(self):
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        return self.task
+
+    async def _run(self):
+        backoff = 1.0
+        while True:
+            lst = MqttListener(self.broker[0], self.broker[1], self.on_port, **self.kw)
+            try:
+                await lst.start()
+            except ConnectionError as e:
+                if backoff == 1.0:
+                    logging.getLogger("anchor").warning("MQTT links not available yet: %s; retrying", e)
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            self.listener = lst
+            self.started.set()
+            logging.getLogger("anchor").info("MQTT links on mqtt://%s:%d (topics %s)", self.broker[0],
+                                             self.broker[1], UP_FILTER)
+            return
+
+    def close(self):
+        if self.task is not None:
+            self.task.cancel()
+        if self.listener is not None:
+            self.listener.close()
