@@ -75,18 +75,19 @@ def _mqtt(url, device, urgent):
     return over_channel(MqttPort(host, port_no, device, opts.get("mtu")), urgent)
 
 
-def _ble(url, device, urgent):
-    # On a board with aioble: advertise as anchor-rover-<ID> and wait for the anchor.
+def _ble(url, device, urgent, adapter=None, **kw):
+    # On a board with aioble: advertise as anchor-rover-<ID> and wait for the anchor. Tests
+    # give the adapter (a bumble virtual controller) and GattPeripheralLink's settings.
     name, _ = _url("ble", url)
     try:
         from rover.ble_port import AiobleAdapter, GattPeripheralLink
-        port = GattPeripheralLink(AiobleAdapter(name or device or "rover"))
+        port = GattPeripheralLink(adapter or AiobleAdapter(name or device or "rover"), **kw)
     except ImportError:
         raise LinkError("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
     return over_channel(port, urgent)
 
 
-# scheme -> opener(url, device, urgent): a stream link (write, readinto, set_timeout, close,
+# scheme -> opener(url, device, urgent[, **kw]): a stream link (write, readinto, set_timeout, close,
 # tx, rx; rover/port.py). A new kind of link is one more line here.
 OPENERS = {
     "tcp": _tcp,
@@ -96,12 +97,13 @@ OPENERS = {
 }
 
 
-def open_link(url, device=None, urgent=False):
+def open_link(url, device=None, urgent=False, **kw):
     """A link to the anchor. TCP carries the session directly; a serial line, an MQTT
     broker or BLE carries a channel (core/channel.py), and the session runs on one of its
-    streams (`urgent` for relay requests, which then go before any backup traffic)."""
+    streams (`urgent` for relay requests, which then go before any backup traffic). kw go
+    to the opener: only BLE takes any (an injected adapter)."""
     head, sep, _ = url.partition(":") if type(url) is str else ("", "", "")
     opener = OPENERS.get(head) if sep else None
     if opener is None:
         _url("cost", url)     # raises the error naming the forms we take
-    return opener(url, device, urgent)
+    return opener(url, device, urgent, **kw)
