@@ -8,8 +8,9 @@
 #   unix:PATH                  a local socket (management); takes no options
 #
 # Any of the first four may end in ?key=N&key=N, each value a whole number; which keys a
-# scheme takes is in OPTIONS. Errors are ValueError (LinkUrlError) naming the address and
-# the form expected. Runs on MicroPython: string methods only, no urllib or re.
+# scheme takes is in known_options(). Errors are ValueError naming the address and the form
+# expected. Runs on MicroPython: string methods only, no urllib or re. The rover unloads
+# this module after each parse (rover/link.py): keep it free of state.
 from core.compat import const
 
 DEFAULT_BAUD = const(115200)

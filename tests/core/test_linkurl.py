@@ -1,13 +1,12 @@
 # Link addresses (core/linkurl.py). Plain functions: runs under pytest (CPython) and under
 # tests/core/mpy_runner.py (MicroPython), so no pytest, no CPython-only code.
 from core import linkurl
-LinkUrlError = ValueError
 
 
 def refused(fn, url, words, *args):
     try:
         fn(url, *args)
-    except LinkUrlError as e:
+    except ValueError as e:
         if words not in str(e):
             raise AssertionError("%r: %r does not say %r" % (url, str(e), words))
         if url not in str(e):
@@ -84,6 +83,14 @@ def test_ble_and_unix():
     assert linkurl.unix("unix:./a?b") == "./a?b"
     refused(linkurl.unix, "unix:", "expected unix:PATH")
     refused(linkurl.unix, "/run/x.sock", "expected unix:PATH")
+
+
+def test_anchor_address_forms():
+    # What anchor serve takes: a listener's free port, the broker's, a serial spec.
+    assert linkurl.host_port("tcp://[::1]:0", "tcp", True, "listen") == ("::1", 0, {})
+    refused(linkurl.host_port, "mqtt://h:99999", "broker mqtt://h:99999: port 99999", "mqtt", False, "broker")
+    assert linkurl.serial("serial:/dev/ttyUSB0:9600", "serial") == ("/dev/ttyUSB0", 9600, {})
+    refused(linkurl.host_port, "mqtt://h:1?mtu=65537", "mtu must be 1..65536", "mqtt")
 
 
 def test_cost():
