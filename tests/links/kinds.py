@@ -200,7 +200,13 @@ class BleKind(Kind):
         self.pair.rover.disconnect()
 
     def stop(self):
-        Kind.stop(self)
+        lst, self.listener = self.listener, None
+        if lst is not None:
+            # The scanner ends its scan on bumble's loop: it must be done before that loop goes.
+            async def close():
+                lst.close()
+                await lst.wait_closed()
+            self.ia.lt.call(close(), 60)
         if self.pair is not None:
             self.pair.close()
 
