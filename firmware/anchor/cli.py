@@ -5,41 +5,33 @@ import logging
 import os
 import sys
 
+from core import linkurl
+
 DEFAULT_DATA = "./var/anchor"
 DEFAULT_LISTEN = "tcp://127.0.0.1:7420"
 
 
+# Addresses follow the one grammar of core/linkurl.py; each takes ValueError for a bad one.
+
 def parse_tcp(url):
-    if not url.startswith("tcp://"):
-        raise ValueError("link %r: expected tcp://HOST:PORT" % url)
-    host, _, port = url[6:].rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("link %r: expected tcp://HOST:PORT" % url)
-    return host.strip("[]"), int(port)
+    """--listen, --proxy: tcp://HOST:PORT; port 0 picks a free one."""
+    host, port, _ = linkurl.host_port(url, "tcp", True)
+    return host, port
 
 
 def parse_mqtt(url):
-    if not url.startswith("mqtt://"):
-        raise ValueError("broker %r: expected mqtt://HOST:PORT" % url)
-    host, _, port = url[7:].rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError("broker %r: expected mqtt://HOST:PORT" % url)
-    return host.strip("[]"), int(port)
+    host, port, _ = linkurl.host_port(url, "mqtt", False, "broker")
+    return host, port
 
 
 def parse_serial(spec):
-    device, sep, baud = spec.rpartition(":")
-    if not sep or not baud.isdigit():
-        device, baud = spec, "115200"
-    if not device or int(baud) <= 0:
-        raise ValueError("serial %r: expected DEVICE[:BAUD]" % spec)
-    return device, int(baud)
+    """--serial DEVICE[:BAUD] (or a whole serial: address) -> (device, baud)."""
+    device, baud, _ = linkurl.serial(spec if spec.startswith("serial:") else "serial:" + spec, "serial")
+    return device, baud
 
 
 def parse_unix(url):
-    if not url.startswith("unix:") or len(url) <= 5:
-        raise ValueError("management address %r: expected unix:PATH" % url)
-    return url[5:]
+    return linkurl.unix(url, "management address")
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ from core import states
 from core.session import Session
 from anchor.services.relay import RELAY_TYPES
 from anchor.secure_session import Refused
+from anchor.links import start_links     # the listeners for radio links, by address
 
 log = logging.getLogger("anchor")
 
@@ -164,78 +165,6 @@ class SessionServer:
                 await writer.drain()
         except Exception:
             pass
-
-
-class _MqttLinks:
-    """The MQTT link listener, retried in the background while the broker is away: the
-    anchor serves its other links meanwhile, and relayed publishes fail clearly."""
-
-    def __init__(self, broker, on_port):
-        self.broker = broker
-        self.on_port = on_port
-        self.listener = None
-        self.task = asyncio.ensure_future(self._run())
-
-    async def _run(self):
-        from anchor.mqtt_port import MqttListener
-        backoff = 1.0
-        while True:
-            lst = MqttListener(self.broker[0], self.broker[1], self.on_port)
-            try:
-                await lst.start()
-            except ConnectionError as e:
-                if backoff == 1.0:
-                    log.warning("MQTT links not available yet: %s; retrying", e)
-                await asyncio.sleep(backoff)
-                backoff = min(30.0, backoff * 2)
-                continue
-            self.listener = lst
-            log.info("MQTT links on mqtt://%s:%d (topics anchor/v1/+/up)", *self.broker)
-            return
-
-    def close(self):
-        self.task.cancel()
-        if self.listener is not None:
-            self.listener.close()
-
-
-async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
-    """Listeners for the radio links; each rover that appears on one gets a channel whose
-    streams are served like TCP connections. serial: [(device, baud)]; mqtt_links: take
-    rover links on the relay's broker; ble: None, or an allow list (empty: any rover
-    advertising the service). Returns the listeners (each has close())."""
-    from anchor.chanlink import serve_port
-    out = []
-
-    def on_port(port):
-        return serve_port(anchor, port)
-    for device, baud in serial:
-        from anchor.serial_port import SerialListener
-        lst = SerialListener(device, baud, on_port=on_port)
-        lst.start()
-        out.append(lst)
-        log.info("serial link on %s at %d baud", device, baud)
-    if mqtt_links and anchor.broker:
-        out.append(_MqttLinks(anchor.broker, on_port))
-    if ble is not None:
-        from anchor.ble_port import BleScanner
-        def paired_names():
-            # Without an explicit list: the rovers paired with this anchor, by the name they
-            # advertise (an open anchor takes any rover advertising the service).
-            from core import gatt
-            out = []
-            for d in anchor.catalog.paired():
-                try:
-                    out.append(gatt.adv_name(d))
-                except ValueError:
-                    pass
-            return out
-        allow = list(ble) or (None if anchor.open else paired_names)
-        lst = BleScanner(on_port=on_port, allow=allow)
-        lst.start()
-        out.append(lst)
-        log.info("BLE: scanning for rovers")
-    return out
 
 
 async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None):

@@ -25,32 +25,19 @@ import socket
 import paho.mqtt.client as mqtt
 
 from core import messages as m
+# Topics, QoS, sizes: the profile the rover keeps to as well.
+from core.mqtt_profile import (KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, UP_FILTER,  # noqa: F401
+                               device_of, publish_size, topic)
 
 log = logging.getLogger("anchor.mqtt")
 
-MTU = 1024               # default largest packet; rover/mqtt_port.py uses the same
-MAX_MTU = 65536
-KEEPALIVE = 60           # seconds
 # Wire bytes (payload + overhead) a port holds unread; past that packets are dropped and
 # the channel resends. Twice the largest channel window (64 KiB), so a rover that keeps to
 # its window never meets the bound, however small its packets.
 QUEUE_BYTES = 128 << 10
 OUT_QUEUE = 1024         # messages paho holds for the broker, all ports together
-PUBACK = 4               # bytes of the acknowledgement each QoS 1 message costs
-UP_FILTER = "anchor/v1/+/up"
 LOG_FIRST = 20           # rejected messages logged one by one, then every LOG_EVERY-th
 LOG_EVERY = 1000
-
-
-def publish_size(topic_len, n):
-    """Bytes of a QoS 1 PUBLISH carrying n payload bytes (fixed header, remaining length,
-    topic, packet id)."""
-    body = 2 + topic_len + 2 + n
-    size = 2 + body
-    while body > 127:
-        body >>= 7
-        size += 1
-    return size
 
 
 def _no_delay(client, userdata, sock):
@@ -70,8 +57,8 @@ class MqttPort:
         self.device = device
         self.name = "mqtt:" + device
         self.mtu = listener.max_payload
-        self.up = "anchor/v1/%s/up" % device
-        self.down = "anchor/v1/%s/down" % device
+        self.up = topic(device, "up")
+        self.down = topic(device, "down")
         # Per packet on the wire: the PUBLISH header and topic, and the PUBACK it earns.
         self.overhead = publish_size(len(self.down), self.mtu) - self.mtu + PUBACK
         self.tx = 0
@@ -99,7 +86,7 @@ class MqttPort:
         n = len(packet)
         if n > self.mtu:
             raise ValueError("%s: packet of %d bytes exceeds the port's mtu of %d" % (self.name, n, self.mtu))
-        info = self._listener._client.publish(self.down, bytes(packet), qos=1)
+        info = self._listener._client.publish(self.down, bytes(packet), qos=QOS)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             # The broker is away or slow and paho's queue is full: drop it like a lossy
             # link would; the channel resends. Without the bound, an absent broker would
@@ -192,7 +179,7 @@ class MqttListener:
             self._loop.call_soon_threadsafe(self._subscribed.set)
             return
         # Every (re)connect: a broker that restarted without persistence forgot us.
-        client.subscribe(UP_FILTER, qos=1)
+        client.subscribe(UP_FILTER, qos=QOS)
 
     def _on_subscribe(self, client, userdata, mid, reasons, props):
         if any(r.is_failure for r in reasons):
@@ -207,12 +194,12 @@ class MqttListener:
             log.warning("mqtt: lost the broker at %s (%s); reconnecting", self.where, reason)
 
     def _on_message(self, client, userdata, msg):
-        parts = msg.topic.split("/")
-        if len(parts) != 4 or parts[:2] != ["anchor", "v1"] or parts[3] != "up":
+        device = device_of(msg.topic, "up")
+        if device is None:
             self._reject("message on unexpected topic %r" % msg.topic)
             return
         try:
-            device = m.check_device(parts[2])
+            device = m.check_device(device)
         except m.ProtocolError as e:
             self._reject("topic %r: %s" % (msg.topic, e.text))
             return
@@ -266,3 +253,47 @@ class MqttListener:
             port.close("listener closed")
         self._client.disconnect()
         self._client.loop_stop()
+
+
+class MqttLinks:
+    """The MQTT link listener as the daemon runs it (anchor/port.py, Listener): retried in
+    the background while the broker is away, so the anchor serves its other links meanwhile
+    and relayed publishes fail clearly. `started` is set once it takes rovers."""
+
+    def __init__(self, host, port, on_port, **kw):
+        self.broker = (host, port)
+        self.name = "mqtt://%s:%d" % self.broker
+        self.on_port = on_port
+        self.kw = kw               # MqttListener's own settings (max_payload, client_id)
+        self.listener = None
+        self.started = asyncio.Event()
+        self.task = None
+
+    def start(self):
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        return self.task
+
+    async def _run(self):
+        backoff = 1.0
+        while True:
+            lst = MqttListener(self.broker[0], self.broker[1], self.on_port, **self.kw)
+            try:
+                await lst.start()
+            except ConnectionError as e:
+                if backoff == 1.0:
+                    logging.getLogger("anchor").warning("MQTT links not available yet: %s; retrying", e)
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            self.listener = lst
+            self.started.set()
+            logging.getLogger("anchor").info("MQTT links on mqtt://%s:%d (topics %s)", self.broker[0],
+                                             self.broker[1], UP_FILTER)
+            return
+
+    def close(self):
+        if self.task is not None:
+            self.task.cancel()
+        if self.listener is not None:
+            self.listener.close()

@@ -41,7 +41,7 @@ import asyncio
 
 from core import gatt
 from core.compat import MICROPYTHON
-from rover.link import LinkError
+from rover.linkerror import LinkError
 
 try:
     from time import ticks_ms, ticks_diff

@@ -9,7 +9,7 @@ import time
 
 from core import channel as chan
 from core.compat import MICROPYTHON
-from rover.link import LinkError
+from rover.linkerror import LinkError
 
 try:
     import _thread

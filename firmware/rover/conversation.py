@@ -5,7 +5,7 @@ from core import messages as m
 from core import states
 from core.session import Session
 from rover import buffers
-from rover.link import LinkError
+from rover.linkerror import LinkError
 
 RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <= 4096 bytes
 

@@ -1,161 +1,44 @@
-# Byte-stream links for the rover. Drivers only move bytes; the session does the rest.
-import socket
-
+# The rover's links, found by the scheme of their address (docs/links.md). Each opener
+# imports its port only when called, so a rover holds in its heap the code of the links it
+# uses, not of every kind it knows.
+#
+# Addresses are parsed by core/linkurl.py. On MicroPython that module is dropped again once
+# an address is parsed: the grammar is needed while a link opens, and its bytecode (~4 KB)
+# would otherwise sit in the 256 KB heap through the whole backup.
 from core.compat import MICROPYTHON
-
-if MICROPYTHON:
-    import select
-
-
-class LinkError(Exception):
-    pass
+# Raised by every port; defined in a leaf module so that ports need not import this one.
+from rover.linkerror import LinkError, NotPaired  # noqa: F401
 
 
-class NotPaired(Exception):
-    """The anchor does not know this rover's pairing, or could not prove its own."""
+def _url(name, url, *args):
+    """core.linkurl's `name`(url, *args), its ValueError as LinkError."""
+    from core import linkurl
+    try:
+        return getattr(linkurl, name)(url, *args)
+    except ValueError as e:
+        raise LinkError(str(e))
+    finally:
+        if MICROPYTHON:
+            drop_grammar()
 
 
-def _split_query(url):
-    base, _, query = url.partition("?")
-    opts = {}
-    for kv in query.split("&") if query else ():
-        k, _, v = kv.partition("=")
-        if not v.isdigit():
-            raise LinkError("link %s: option %s needs a whole number" % (url, k))
-        opts[k] = int(v)
-    return base, opts
-
-
-def parse(url):
-    base, opts = _split_query(url)
-    if base.startswith("tcp://"):
-        host, sep, port = base[6:].rpartition(":")
-        if sep and host and port.isdigit():
-            return ("tcp", host, int(port))
-    raise LinkError("link %s: expected tcp://HOST:PORT, serial:DEVICE[:BAUD] or mqtt://HOST:PORT" % url)
+def drop_grammar():
+    import sys
+    import core
+    sys.modules.pop("core.linkurl", None)
+    try:
+        del core.linkurl
+    except AttributeError:
+        pass
 
 
 def cost(url):
     """The link's configured cost (`?cost=N`, default 1): backups take the cheapest link."""
-    return _split_query(url)[1].get("cost", 1)
+    return _url("cost", url)
 
 
-class TcpLink:
-    def __init__(self, host, port, timeout=60):
-        self.sock = socket.socket()
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.connect(socket.getaddrinfo(host, port)[0][-1])
-            # Frames go out as head, body and tail writes; without this, Nagle holds the
-            # tail for the peer's delayed ACK (40 ms per chunk).
-            self.sock.setsockopt(6, 1, 1)   # IPPROTO_TCP, TCP_NODELAY
-        except OSError as e:
-            self.sock.close()
-            raise LinkError("cannot reach the anchor at %s:%d: %s" % (host, port, e))
-        self.default_timeout = timeout
-        self.timeout_ms = int(timeout * 1000)
-        if MICROPYTHON:
-            # A blocking readinto waits to fill the whole buffer; non-blocking with poll
-            # takes what has arrived, into the caller's buffer, allocating nothing.
-            self.sock.setblocking(False)
-            self.poll = select.poll()
-            self.poll.register(self.sock, select.POLLIN)
-            self._recv_into = self._recv_poll
-        else:
-            self._recv_into = self.sock.recv_into
-        self.tx = 0
-        self.rx = 0
-
-    def write(self, data):
-        try:
-            if MICROPYTHON:
-                self._write_poll(data)
-            else:
-                self.sock.sendall(data)
-        except OSError as e:
-            raise LinkError("link lost while sending: %s" % e)
-        self.tx += len(data)
-
-    def readinto(self, buf):
-        try:
-            n = self._recv_into(buf)
-        except OSError as e:
-            raise LinkError("link lost while receiving: %s" % e)
-        if n is None:
-            n = 0
-        self.rx += n
-        return n
-
-    def set_timeout(self, seconds):
-        """How long a read may wait for the anchor; None restores the default."""
-        t = self.default_timeout if seconds is None else seconds
-        self.timeout_ms = int(t * 1000)
-        if not MICROPYTHON:
-            self.sock.settimeout(t)
-
-    def _recv_poll(self, buf):
-        if not self.poll.poll(self.timeout_ms):
-            raise OSError("no answer from the anchor for %d s" % (self.timeout_ms // 1000))
-        n = self.sock.readinto(buf)
-        return 0 if n is None else n
-
-    def _write_poll(self, data):
-        mv = memoryview(data)
-        while mv:
-            n = self.sock.write(mv)
-            if not n:
-                self.poll.modify(self.sock, select.POLLOUT)
-                ready = self.poll.poll(self.timeout_ms)
-                self.poll.modify(self.sock, select.POLLIN)
-                if not ready:
-                    raise OSError("link stalled for %d s" % (self.timeout_ms // 1000))
-                continue
-            mv = mv[n:]
-
-    def close(self):
-        self.sock.close()
-
-
-def open_link(url, device=None, urgent=False):
-    """A link to the anchor. TCP carries the session directly; a serial line or an MQTT
-    broker carries a channel (core/channel.py), and the session runs on one of its
-    streams (`urgent` for relay requests, which then go before any backup traffic)."""
-    if url.startswith("tcp://"):
-        kind, host, port = parse(url)
-        return TcpLink(host, port)
-    if url.startswith("serial:"):
-        from rover.serial_port import SerialPort, parse_serial_url
-        try:
-            dev, baud, opts = parse_serial_url(url)
-        except ValueError as e:
-            raise LinkError(str(e))
-        kw = {}
-        if "mtu" in opts:
-            kw["mtu"] = opts["mtu"]
-        port = SerialPort(dev, baud, rxbuf=opts.get("rxbuf"), **kw)
-        # The UART's receive buffer is all the anchor may have in flight towards us.
-        rx_window = opts.get("rxbuf")
-    elif url.startswith("mqtt://"):
-        from rover.mqtt_port import MqttPort, parse_mqtt_url
-        if device is None:
-            raise LinkError("an MQTT link needs the device id")
-        try:
-            host, port_no, opts = parse_mqtt_url(url)
-        except ValueError as e:
-            raise LinkError(str(e))
-        port = MqttPort(host, port_no, device, opts.get("mtu"))
-        rx_window = None
-    elif url.startswith("ble:"):
-        # On a board with aioble: advertise as anchor-rover-<ID> and wait for the anchor.
-        base, opts = _split_query(url)
-        try:
-            from rover.ble_port import AiobleAdapter, GattPeripheralLink
-            port = GattPeripheralLink(AiobleAdapter(base[4:] or device or "rover"))
-        except ImportError:
-            raise LinkError("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
-        rx_window = None
-    else:
-        parse(url)        # raises the error naming the forms we take
+def over_channel(port, urgent=False, rx_window=None):
+    """A stream on a channel (core/channel.py) over a packet port; closing it closes the port."""
     from rover.chanlink import ChannelLink
     try:
         cl = ChannelLink(port, rx_window=rx_window)
@@ -165,3 +48,62 @@ def open_link(url, device=None, urgent=False):
     s = cl.stream(urgent)
     s.owns_link = True
     return s
+
+
+def _tcp(url, device, urgent):
+    from rover.tcp_link import TcpLink
+    host, port, _ = _url("host_port", url)
+    return TcpLink(host, port)        # a stream already: the session runs on it directly
+
+
+def _serial(url, device, urgent):
+    dev, baud, opts = _url("serial", url)
+    from rover.serial_port import SerialPort
+    kw = {}
+    if "mtu" in opts:
+        kw["mtu"] = opts["mtu"]
+    port = SerialPort(dev, baud, rxbuf=opts.get("rxbuf"), **kw)
+    # The UART's receive buffer is all the anchor may have in flight towards us.
+    return over_channel(port, urgent, opts.get("rxbuf"))
+
+
+def _mqtt(url, device, urgent):
+    from rover.mqtt_port import MqttPort
+    if device is None:
+        raise LinkError("an MQTT link needs the device id")
+    host, port_no, opts = _url("host_port", url, "mqtt")
+    return over_channel(MqttPort(host, port_no, device, opts.get("mtu")), urgent)
+
+
+def _ble(url, device, urgent, adapter=None, **kw):
+    # On a board with aioble: advertise as anchor-rover-<ID> and wait for the anchor. Tests
+    # give the adapter (a bumble virtual controller) and GattPeripheralLink's settings.
+    name, _ = _url("ble", url)
+    try:
+        from rover.ble_port import AiobleAdapter, GattPeripheralLink
+        port = GattPeripheralLink(adapter or AiobleAdapter(name or device or "rover"), **kw)
+    except ImportError:
+        raise LinkError("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
+    return over_channel(port, urgent)
+
+
+# scheme -> opener(url, device, urgent[, **kw]): a stream link (write, readinto, set_timeout, close,
+# tx, rx; rover/port.py). A new kind of link is one more line here.
+OPENERS = {
+    "tcp": _tcp,
+    "serial": _serial,
+    "mqtt": _mqtt,
+    "ble": _ble,
+}
+
+
+def open_link(url, device=None, urgent=False, **kw):
+    """A link to the anchor. TCP carries the session directly; a serial line, an MQTT
+    broker or BLE carries a channel (core/channel.py), and the session runs on one of its
+    streams (`urgent` for relay requests, which then go before any backup traffic). kw go
+    to the opener: only BLE takes any (an injected adapter)."""
+    head, sep, _ = url.partition(":") if type(url) is str else ("", "", "")
+    opener = OPENERS.get(head) if sep else None
+    if opener is None:
+        _url("cost", url)     # raises the error naming the forms we take
+    return opener(url, device, urgent, **kw)

@@ -14,13 +14,10 @@
 # caller opens a new port, and the persistent session keeps what was queued meanwhile.
 from core.compat import const
 from core.messages import check_device, ProtocolError
-from rover.link import LinkError
+# Topics, QoS, sizes: the profile the anchor keeps to as well.
+from core.mqtt_profile import KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, publish_size, topic  # noqa: F401
+from rover.linkerror import LinkError
 
-# Largest packet: one broker message carries exactly one channel packet, and 1 KiB is a
-# size cellular links and hosted brokers take without fragmenting or refusing.
-MTU = const(1024)
-MAX_MTU = const(65536)       # a packet is held whole in RAM, on both sides
-KEEPALIVE = const(60)        # seconds; the broker drops a client silent for 1.5x this
 IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, SUBACK, PUBACK)
 # Packets held between recv_into calls; more are dropped (the channel resends them).
 # umqtt reads the socket only inside send and recv_into, so unread packets wait in the
@@ -29,60 +26,12 @@ IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, S
 # (4 full packets, in wire bytes) even as tiny packets.
 QUEUE_MPY = const(16)
 QUEUE_CPY = const(1024)
-PUBACK = const(4)            # bytes of the acknowledgement each QoS 1 message costs
-
-
-def topic(device, direction):
-    return "anchor/v1/%s/%s" % (device, direction)
-
-
-def publish_size(topic_len, n):
-    """Bytes of a QoS 1 PUBLISH carrying n payload bytes: fixed header, remaining length
-    (1..4 bytes), topic length and name, packet id."""
-    body = 2 + topic_len + 2 + n
-    size = 2 + body
-    while body > 127:
-        body >>= 7
-        size += 1
-    return size
-
-
-URL_OPTIONS = ("mtu", "cost")     # cost is read by rover/link.py when choosing a link
 
 
 def parse_mqtt_url(url):
     """mqtt://HOST:PORT[?key=value&...] -> (host, port, {key: int}). Raises ValueError."""
-    form = "expected mqtt://HOST:PORT[?key=value&...]"
-    if type(url) is not str or not url.startswith("mqtt://"):
-        raise ValueError("link %r: %s" % (url, form))
-    rest, _, query = url[7:].partition("?")
-    host, sep, port = rest.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]          # [::1]:1883
-    if not sep or not host or not port.isdigit():
-        raise ValueError("link %s: %s" % (url, form))
-    if "@" in host or "/" in host:
-        raise ValueError("link %s: no user name or path here; %s" % (url, form))
-    port = int(port)
-    if not 0 < port < 65536:
-        raise ValueError("link %s: port %d is not in 1..65535" % (url, port))
-    options = {}
-    if query:
-        for item in query.split("&"):
-            key, eq, value = item.partition("=")
-            if not eq or not key:
-                raise ValueError("link %s: option %r is not key=value" % (url, item))
-            if key not in URL_OPTIONS:
-                raise ValueError("link %s: unknown option %r (known: %s)" % (url, key, ", ".join(URL_OPTIONS)))
-            if key in options:
-                raise ValueError("link %s: option %r given twice" % (url, key))
-            if not value.isdigit():
-                raise ValueError("link %s: option %s=%r is not a non-negative integer" % (url, key, value))
-            options[key] = int(value)
-    mtu = options.get("mtu")
-    if mtu is not None and not 0 < mtu <= MAX_MTU:
-        raise ValueError("link %s: mtu must be 1..%d" % (url, MAX_MTU))
-    return host, port, options
+    from core import linkurl     # not at the top: rover/link.py unloads it after use
+    return linkurl.host_port(url, "mqtt")
 
 
 class MqttPortBase:

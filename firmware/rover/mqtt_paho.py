@@ -7,8 +7,8 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, QUEUE_CPY, MqttPortBase
-from rover.link import LinkError
+from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_CPY, MqttPortBase
+from rover.linkerror import LinkError
 
 
 def _no_delay(client, userdata, sock):
@@ -34,7 +34,7 @@ class MqttPort(MqttPortBase):
                 self._gone = "MQTT broker at %s refused the connection: %s" % (self.where, reason)
                 ready.set()
             else:
-                client.subscribe(self.down, qos=1)
+                client.subscribe(self.down, qos=QOS)
 
         def on_subscribe(client, userdata, mid, reasons, props):
             if reasons and reasons[0].is_failure:
@@ -86,7 +86,7 @@ class MqttPort(MqttPortBase):
     def send(self, packet):
         n = len(packet)
         self._refuse(n)
-        info = self._c.publish(self.up, bytes(packet), qos=1)
+        info = self._c.publish(self.up, bytes(packet), qos=QOS)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkError(self._gone or "MQTT broker at %s: publish failed: %s" % (
                 self.where, mqtt.error_string(info.rc)))

@@ -3,9 +3,9 @@
 # paho one from rover/mqtt_paho.py, kept out of this file so that its bytecode does not take
 # the rover's heap.
 from core.compat import MICROPYTHON
-from rover.mqtt_common import (IO_TIMEOUT, KEEPALIVE, QUEUE_MPY, MqttPortBase,  # noqa: F401
+from rover.mqtt_common import (IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_MPY, MqttPortBase,  # noqa: F401
                                parse_mqtt_url, publish_size, topic)
-from rover.link import LinkError
+from rover.linkerror import LinkError
 
 if MICROPYTHON:
     import select
@@ -40,7 +40,7 @@ if MICROPYTHON:
             c.set_callback(self._on_message)
             try:
                 c.connect(clean_session=False)
-                c.subscribe(self._down_b, qos=1)
+                c.subscribe(self._down_b, qos=QOS)
             except simple.MQTTException as e:
                 self._drop(c)
                 raise LinkError("MQTT broker at %s refused the connection (code %s)" % (self.where, e))
@@ -94,7 +94,7 @@ if MICROPYTHON:
             n = len(packet)
             self._refuse(n)
             try:
-                self._c.publish(self._up_b, packet, False, 1)   # returns after the PUBACK
+                self._c.publish(self._up_b, packet, False, QOS)   # returns after the PUBACK
             except Exception as e:
                 self._lost(e)
             self._last_out = time.ticks_ms()

@@ -7,7 +7,7 @@ import sys
 
 from core import secure
 from core.compat import MICROPYTHON
-from rover.link import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
+from rover.linkerror import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
 RX_RECORD = 1024       # records the rover takes: the anchor seals no more per record

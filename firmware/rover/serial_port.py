@@ -10,7 +10,7 @@ import time
 
 from core import framing
 from core.compat import const, MICROPYTHON
-from rover.link import LinkError
+from rover.linkerror import LinkError
 
 try:
     from time import ticks_ms, ticks_diff, ticks_add
@@ -34,52 +34,12 @@ _EMPTY_READS = const(3)
 
 _POLL_GONE = select.POLLHUP | select.POLLERR
 
-# Keys a serial URL may carry; all take a non-negative integer.
-URL_OPTIONS = ("rxbuf", "mtu", "cost")
-
-
 def parse_serial_url(url):
-    """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int}).
-
-    DEVICE is a tty path (/dev/ttyUSB0) or a board UART (uart1); a trailing :DIGITS is
-    the baud, any other ':' belongs to the device. Raises ValueError.
-    """
-    if not isinstance(url, str) or not url.startswith("serial:"):
-        raise ValueError("link %r: expected serial:DEVICE[:BAUD][?key=value&...]" % (url,))
-    rest = url[7:]
-    base, _, query = rest.partition("?")
-    device = base
-    baud = DEFAULT_BAUD
-    head, sep, tail = base.rpartition(":")
-    # Only a numeric tail is a baud: /dev/serial/by-path/ names contain ':' themselves.
-    if sep and tail.isdigit():
-        device = head
-        baud = int(tail)
-        if baud <= 0:
-            raise ValueError("link %s: baud must be positive" % url)
-    if not device:
-        raise ValueError("link %s: no device (serial:/dev/ttyUSB0 or serial:uart1)" % url)
-    options = {}
-    if query:
-        for item in query.split("&"):
-            key, eq, value = item.partition("=")
-            if not eq or not key:
-                raise ValueError("link %s: option %r is not key=value" % (url, item))
-            if key not in URL_OPTIONS:
-                raise ValueError("link %s: unknown option %r (known: %s)"
-                                 % (url, key, ", ".join(URL_OPTIONS)))
-            if key in options:
-                raise ValueError("link %s: option %r given twice" % (url, key))
-            if not value.isdigit():
-                raise ValueError("link %s: option %s=%r is not a non-negative integer"
-                                 % (url, key, value))
-            options[key] = int(value)
-    mtu = options.get("mtu")
-    if mtu is not None and (mtu < 1 or mtu > 0xFFFF):
-        raise ValueError("link %s: mtu must be 1..65535" % url)
-    if options.get("rxbuf") == 0:
-        raise ValueError("link %s: rxbuf must be positive" % url)
-    return device, baud, options
+    """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int}); core/linkurl.py
+    has the grammar. DEVICE is a tty path (/dev/ttyUSB0) or a board UART (uart1). Raises
+    ValueError."""
+    from core import linkurl     # not at the top: rover/link.py unloads it after use
+    return linkurl.serial(url)
 
 
 def _uart_id(device):

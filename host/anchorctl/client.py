@@ -30,10 +30,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def resolve(address=None):
+    from core import linkurl
     address = address or os.environ.get(ENV) or DEFAULT
-    if not address.startswith("unix:") or len(address) <= 5:
-        raise AnchorError("anchor address %r: expected unix:PATH" % address)
-    return address[5:]
+    try:
+        return linkurl.unix(address, "anchor address")
+    except ValueError as e:
+        raise AnchorError(str(e))
 
 
 class Client:

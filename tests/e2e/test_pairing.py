@@ -187,7 +187,7 @@ class Mitm:
 def test_a_rover_cannot_name_another_device(anchor, tmp_path):
     """Paired as A, a rover saying HELLO as B is refused: the link is bound to A."""
     from rover.securelink import SecureLink, load_key
-    from rover.link import TcpLink
+    from rover.tcp_link import TcpLink
     from rover.conversation import Conversation, RoverError
     state = str(tmp_path / "a")
     pair(anchor, "cpython", "rover-a", state)

@@ -10,7 +10,7 @@ from harness import AnchorProc, anchorctl, run_rover
 from core import messages as m
 from core.chunker import chunks_of, object_of
 from rover.conversation import Conversation, RoverError
-from rover.link import TcpLink
+from rover.tcp_link import TcpLink
 
 
 def ids_of(path):

@@ -7,6 +7,18 @@ writer)`: the real Anchor, or a test server) and opens rover-side links to it:
     link = kind.open()          # a rover link: write, readinto, set_timeout, close, tx, rx
     kind.cut()                  # break the link the way that kind breaks (radio gone)
     kind.stop()
+
+Both ends come from the real registries: the anchor's listener from anchor/links.py
+`start_link(url, server)`, the rover's link from rover/link.py `open_link(url)`, so the
+code `anchor serve` and `rover --link` run is the code tested here. What stays hand-built:
+- memory: a test double with no address (an in-process packet pipe, for the channel alone);
+- BLE: the radio. The registries run, but with bumble virtual controllers injected as the
+  transport (`adapter=` on the rover, `backend=` on the anchor's scanner) where a board
+  would have aioble and the anchor bleak.
+Every port and listener met is checked against the interfaces (rover/port.py,
+anchor/port.py): `kind.anchor_ports`, `kind.listener`, and the rover's link and port.
+
+A new kind of link: its two port modules, a line in each registry, and a class here.
 """
 import asyncio
 import os
@@ -18,9 +30,10 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
 
 from anchor.chanlink import serve_port  # noqa: E402
+from anchor.links import start_link  # noqa: E402
 from memory_link import MemoryLink  # noqa: E402
 from rover.chanlink import ChannelLink  # noqa: E402
-from rover.link import TcpLink  # noqa: E402
+from rover.link import open_link  # noqa: E402
 
 
 class Kind:
@@ -28,13 +41,33 @@ class Kind:
     # bytes a writer may push against a reader that does not read, before it must block
     backlog = 2 << 20
     resume_files = 24        # files of 40 kB backed up in the resume test
+    listener = None
 
     def start(self, ia, server):
         self.ia = ia
         self.server = server
+        self.anchor_ports = []   # every port the anchor's listener handed out
+
+    def listen(self, url, **kw):
+        """The anchor's listener for url, from its registry, on the anchor's loop."""
+        def on_port(port):
+            self.anchor_ports.append(port)
+            return serve_port(self.server, port)
+
+        async def go():
+            return await start_link(url, self.server, on_port=on_port, **kw)
+        self.listener = self.ia.lt.call(go())
+        return self.listener
+
+    def open_url(self, url, urgent=False, **kw):
+        """The rover's link from its registry; a channel link's ChannelLink is kept."""
+        s = open_link(url, getattr(self, "device", None), urgent, **kw)
+        self.channel = getattr(s, "link", None)
+        return s
 
     def stop(self):
-        pass
+        if self.listener is not None:
+            self.ia.lt.loop.call_soon_threadsafe(self.listener.close)
 
 
 class MemoryKind(Kind):
@@ -47,9 +80,10 @@ class MemoryKind(Kind):
     def open(self, urgent=False):
         ml = MemoryLink(self.ia.lt.loop, mtu=512)
         self.links.append(ml)
+        self.anchor_ports.append(ml.anchor_end)
         self.ia.lt.spawn(serve_port(self.server, ml.anchor_end))
-        cl = ChannelLink(ml.rover_end)
-        s = cl.stream(urgent)
+        self.channel = ChannelLink(ml.rover_end)
+        s = self.channel.stream(urgent)
         s.owns_link = True
         return s
 
@@ -68,23 +102,19 @@ class TcpKind(Kind):
     def start(self, ia, server):
         Kind.start(self, ia, server)
         from linkemu import CountingRelay
-
-        async def listen():
-            srv = await asyncio.start_server(server.serve_stream, "127.0.0.1", 0)
-            return srv, srv.sockets[0].getsockname()[1]
-        self.srv, port = ia.lt.call(listen())
+        lst = self.listen("tcp://127.0.0.1:0")
         # Through the counting relay, so cut() can break connections as a radio would.
-        self.relay = CountingRelay("127.0.0.1", port)
+        self.relay = CountingRelay("127.0.0.1", lst.port)
 
     def open(self, urgent=False):
-        return TcpLink("127.0.0.1", self.relay.port)
+        return self.open_url("tcp://127.0.0.1:%d" % self.relay.port, urgent)
 
     def cut(self):
         self.relay.cut()
 
     def stop(self):
         self.relay.close()
-        self.ia.lt.loop.call_soon_threadsafe(self.srv.close)
+        Kind.stop(self)
 
 
 class SerialKind(Kind):
@@ -98,28 +128,11 @@ class SerialKind(Kind):
     def start(self, ia, server):
         Kind.start(self, ia, server)
         from linkemu import PtyLink
-        from anchor.serial_port import SerialListener
         self.pty = PtyLink(**self.emu)
+        self.listen("serial:%s:115200" % self.pty.anchor_link)
 
-        async def listen():
-            lst = SerialListener(self.pty.anchor_link, 115200,
-                                 on_port=lambda port: serve_port(server, port))
-            lst.start()
-            return lst
-        self.listener = ia.lt.call(listen())
-
-    def open(self, urgent=False, **channel):
-        from rover.serial_port import SerialPort
-        port = SerialPort(self.pty.rover_link, 115200)
-        try:
-            cl = ChannelLink(port, **channel)
-        except Exception:
-            port.close()
-            raise
-        self.channel = cl
-        s = cl.stream(urgent)
-        s.owns_link = True
-        return s
+    def open(self, urgent=False):
+        return self.open_url("serial:%s:115200" % self.pty.rover_link, urgent)
 
     def cut(self):
         # The rover's end of the line goes away (a cable pulled, a radio off).
@@ -127,7 +140,7 @@ class SerialKind(Kind):
         self.pty.reappear("rover")
 
     def stop(self):
-        self.ia.lt.loop.call_soon_threadsafe(self.listener.close)
+        Kind.stop(self)
         self.pty.close()
 
 
@@ -140,36 +153,22 @@ class MqttKind(Kind):
     def start(self, ia, server):
         Kind.start(self, ia, server)
         from services import Broker
-        from anchor.mqtt_port import MqttListener
         self.broker = Broker(str(self.tmp))
-
-        async def listen():
-            lst = MqttListener("127.0.0.1", self.broker.port,
-                               lambda port: serve_port(server, port))
-            await lst.start()
-            return lst
-        self.listener = ia.lt.call(listen())
+        lst = self.listen("mqtt://127.0.0.1:%d" % self.broker.port)
+        # The daemon's listener connects in the background; rovers' packets before its
+        # subscription would only be resent, but the tests time what follows.
+        ia.lt.call(asyncio.wait_for(lst.started.wait(), 30), 40)
         MqttKind.count += 1
         self.device = "conformance-%d" % MqttKind.count
 
-    def open(self, urgent=False, **channel):
-        from rover.mqtt_port import MqttPort
-        self.port = MqttPort("127.0.0.1", self.broker.port, self.device)
-        try:
-            cl = ChannelLink(self.port, **channel)
-        except Exception:
-            self.port.close()
-            raise
-        self.channel = cl
-        s = cl.stream(urgent)
-        s.owns_link = True
-        return s
+    def open(self, urgent=False):
+        return self.open_url("mqtt://127.0.0.1:%d" % self.broker.port, urgent)
 
     def cut(self):
-        self.port.close()        # the rover drops off the broker (cellular gone)
+        self.channel.port.close()    # the rover drops off the broker (cellular gone)
 
     def stop(self):
-        self.ia.lt.loop.call_soon_threadsafe(self.listener.close)
+        Kind.stop(self)
         self.broker.close()
 
 
@@ -188,24 +187,26 @@ class BleKind(Kind):
         from ble_bumble import BumblePair
         self.pair = BumblePair(mtu=self.mtu)
         self.pair.start()
+        # The daemon's scanner, on the anchor's own loop, with bumble's central for bleak.
+        self.listen("ble:", allow=None, backend=self.pair.central_backend(self.mtu), min_backoff=0.05)
 
-    def open(self, urgent=False, **channel):
-        from rover.ble_port import GattPeripheralLink
-        # The central connects from the anchor's own loop, as the daemon's scanner does.
-        fut = self.ia.lt.spawn(self.pair.connect_central(mtu=self.mtu))
-        self.port = GattPeripheralLink(self.pair.rover, accept_timeout_ms=10000)
-        anchor_port = fut.result(15)
-        self.ia.lt.spawn(serve_port(self.server, anchor_port))
-        cl = ChannelLink(self.port, **channel)
-        self.channel = cl
-        s = cl.stream(urgent)
-        s.owns_link = True
+    def open(self, urgent=False):
+        # The rover's registry, with bumble's peripheral for aioble.
+        s = self.open_url("ble:test", urgent, adapter=self.pair.rover, accept_timeout_ms=15000)
+        self.port = self.channel.port
         return s
 
     def cut(self):
         self.pair.rover.disconnect()
 
     def stop(self):
+        lst, self.listener = self.listener, None
+        if lst is not None:
+            # The scanner ends its scan on bumble's loop: it must be done before that loop goes.
+            async def close():
+                lst.close()
+                await lst.wait_closed()
+            self.ia.lt.call(close(), 60)
         if self.pair is not None:
             self.pair.close()
 

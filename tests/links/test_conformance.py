@@ -1,5 +1,7 @@
 """The link conformance suite: every kind of link (kinds.py) passes these tests unchanged.
 
+- both ends are what the registries make (rover/link.py, anchor/links.py), and they have
+  the interfaces the channel and the session call (rover/port.py, anchor/port.py);
 - frames up to the maximum size arrive whole and in order, both ways;
 - backpressure holds: a writer facing a reader that does not read blocks after a bounded
   backlog, loses nothing, and goes on when the reader does;
@@ -23,6 +25,8 @@ from inproc import InprocAnchor  # noqa: E402
 from kinds import KINDS  # noqa: E402
 from rover.backup import Backup  # noqa: E402
 from rover.link import LinkError  # noqa: E402
+from anchor import port as anchor_api  # noqa: E402
+from rover import port as rover_api  # noqa: E402
 
 
 class Echo:
@@ -90,6 +94,33 @@ def read_frames(link, deframer, n, buf):
         fed = deframer.receive_data(memoryview(buf)[:k])
         assert fed == k
     raise AssertionError("frames did not arrive")
+
+
+def test_ends_have_the_interfaces(kind):
+    k, ia = kind
+    k.start(ia, Echo())
+    link = k.open()
+    try:
+        assert rover_api.missing(link, rover_api.Link) == []
+        if k.channel is not None:          # every kind but TCP runs a channel over a port
+            assert rover_api.missing(k.channel.port, rover_api.Port) == []
+        if k.listener is not None:         # memory has no listener: it has no address
+            assert anchor_api.missing(k.listener, anchor_api.Listener) == []
+        # A round trip, so the anchor's end exists (a listener hands out ports as rovers appear).
+        link.write(b"ping")
+        buf = bytearray(16)
+        got = b""
+        while len(got) < 4:
+            n = link.readinto(buf)
+            assert n, "link closed"
+            got += bytes(buf[:n])
+        assert got == b"ping"
+        if k.channel is not None:
+            assert k.anchor_ports
+            for p in k.anchor_ports:
+                assert anchor_api.missing(p, anchor_api.Port) == []
+    finally:
+        link.close()
 
 
 def test_frames_arrive_whole_and_in_order(kind):

@@ -1,0 +1,132 @@
+"""The anchor's rover links, started by address (docs/links.md). CPython only.
+
+`await start_link(url, server)` starts the listener for one address (core/linkurl.py has
+the grammar) and returns it (anchor/port.py, Listener): every rover that appears on it is
+served by `server` (anything with `serve_stream(reader, writer)`: the Anchor, or a test
+server). TCP streams go to it directly; every other kind carries a channel
+(anchor/chanlink.py), whose streams are served like TCP connections. Each opener imports
+its port module only when called.
+
+`start_links` turns the daemon's settings (anchor serve --serial, --broker, --ble) into
+addresses and starts them.
+"""
+import asyncio
+import logging
+
+from core import linkurl
+
+log = logging.getLogger("anchor")
+
+
+async def _tcp(url, on_port, server, **kw):
+    host, port, _ = linkurl.host_port(url, "tcp", True)
+    lst = TcpListener(server, host, port)
+    await lst.start_serving()
+    return lst
+
+
+async def _serial(url, on_port, server, **kw):
+    from anchor.serial_port import SerialListener
+    device, baud, opts = linkurl.serial(url)
+    if "mtu" in opts:
+        kw["mtu"] = opts["mtu"]
+    lst = SerialListener(device, baud, on_port=on_port, **kw)
+    lst.start()
+    log.info("serial link on %s at %d baud", device, baud)
+    return lst
+
+
+async def _mqtt(url, on_port, server, **kw):
+    from anchor.mqtt_port import MqttLinks
+    host, port, opts = linkurl.host_port(url, "mqtt")
+    if "mtu" in opts:
+        kw["max_payload"] = opts["mtu"]
+    lst = MqttLinks(host, port, on_port, **kw)
+    lst.start()
+    return lst
+
+
+async def _ble(url, on_port, server, **kw):
+    # kw: allow (addresses or names, or a function giving them), backend (bleak by default)
+    from anchor.ble_port import BleScanner
+    linkurl.ble(url)
+    lst = BleScanner(on_port=on_port, **kw)
+    lst.start()
+    log.info("BLE: scanning for rovers")
+    return lst
+
+
+# scheme -> async opener(url, on_port, server, **kw) returning a started listener. A new kind
+# of link is one more line here.
+OPENERS = {
+    "tcp": _tcp,
+    "serial": _serial,
+    "mqtt": _mqtt,
+    "ble": _ble,
+}
+
+
+async def start_link(url, server, on_port=None, **kw):
+    """Starts the listener for `url`; rovers on it are served by `server`. on_port (default:
+    a channel per port, served by `server`) and kw (the listener's own settings) are for
+    tests and for start_links. Raises ValueError for an address it cannot use."""
+    opener = OPENERS.get(linkurl.scheme(url))
+    if opener is None:
+        raise ValueError("link %s: expected %s" % (url, linkurl.LINKS))
+    if on_port is None:
+        from anchor.chanlink import serve_port
+
+        def on_port(port):
+            return serve_port(server, port)
+    return await opener(url, on_port, server, **kw)
+
+
+async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
+    """Listeners for the radio links. serial: [(device, baud)]; mqtt_links: take rover links
+    on the relay's broker; ble: None, or an allow list (empty: the rovers paired with this
+    anchor, or any rover advertising the service if it is open). Returns the listeners
+    (each has close())."""
+    out = []
+    for device, baud in serial:
+        out.append(await start_link("serial:%s:%d" % (device, baud), anchor))
+    if mqtt_links and anchor.broker:
+        out.append(await start_link("mqtt://%s:%d" % tuple(anchor.broker), anchor))
+    if ble is not None:
+        def paired_names():
+            # Without an explicit list: the rovers paired with this anchor, by the name they
+            # advertise (an open anchor takes any rover advertising the service).
+            from core import gatt
+            out = []
+            for d in anchor.catalog.paired():
+                try:
+                    out.append(gatt.adv_name(d))
+                except ValueError:
+                    pass
+            return out
+        allow = list(ble) or (None if anchor.open else paired_names)
+        out.append(await start_link("ble:", anchor, allow=allow))
+    return out
+
+
+class TcpListener:
+    """Rover links over TCP: each connection is a session stream, served directly."""
+
+    def __init__(self, server, host, port):
+        self.server = server
+        self.host = host
+        self.port = port           # the bound one once started (0 asks for a free one)
+        self.name = "tcp://%s:%d" % (host, port)
+        self._srv = None
+
+    def start(self):
+        asyncio.ensure_future(self.start_serving())
+
+    async def start_serving(self):
+        if self._srv is None:
+            self._srv = await asyncio.start_server(self.server.serve_stream, self.host, self.port)
+            self.port = self._srv.sockets[0].getsockname()[1]
+            self.name = "tcp://%s:%d" % (self.host, self.port)
+
+    def close(self):
+        if self._srv is not None:
+            self._srv.close()
