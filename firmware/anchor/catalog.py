@@ -97,6 +97,9 @@ class CatalogError(Exception):
 
 
 class Catalog:
+    OBJECT_SIZE = 0       # fields of what object_chunks() returns
+    OBJECT_CHUNKS = 1
+
     def __init__(self, path):
         new = not os.path.exists(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

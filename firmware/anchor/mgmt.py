@@ -161,12 +161,12 @@ class Api:
 
     @staticmethod
     def _entry_json(r):
-        e = {"path": r[0], "type": ("file", "dir", "symlink")[r[1]], "size": r[2], "mtime_ns": r[3],
-             "mode": r[4]}
-        if r[5] is not None:
-            e["object"] = r[5].hex()
-        if r[6] is not None:
-            e["target"] = r[6]
+        e = {"path": r[m.REC_PATH], "type": ("file", "dir", "symlink")[r[m.REC_TYPE]], "size": r[m.REC_SIZE],
+             "mtime_ns": r[m.REC_MTIME], "mode": r[m.REC_MODE]}
+        if r[m.REC_OID] is not None:
+            e["object"] = r[m.REC_OID].hex()
+        if r[m.REC_TARGET] is not None:
+            e["target"] = r[m.REC_TARGET]
         return e
 
     def _records(self, snap, prefix):
@@ -178,7 +178,7 @@ class Api:
                 raise ApiError(400, "bad path: %s" % e.text)
         found = False
         for r in self.anchor.trees.read(snap["root"]):
-            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/"):
+            if not prefix or r[m.REC_PATH] == prefix or r[m.REC_PATH].startswith(prefix + "/"):
                 found = True
                 yield r
         if prefix and not found:
@@ -189,8 +189,8 @@ class Api:
         depth = prefix.count("/") + 1 if prefix else 0
         out = []
         for r in self._records(snap, prefix):
-            d = r[0].count("/")
-            if recursive or r[0] == prefix or d == depth:
+            d = r[m.REC_PATH].count("/")
+            if recursive or r[m.REC_PATH] == prefix or d == depth:
                 out.append(self._entry_json(r))
         return out
 
@@ -205,11 +205,11 @@ class Api:
         while r is not None:
             hdr = json.dumps(self._entry_json(r)).encode()
             writer.write(struct.pack(">I", len(hdr)) + hdr)
-            if r[1] == m.T_FILE and r[2]:
-                info = self.catalog.object_chunks(r[5])
+            if r[m.REC_TYPE] == m.T_FILE and r[m.REC_SIZE]:
+                info = self.catalog.object_chunks(r[m.REC_OID])
                 if info is None:
-                    raise ApiError(500, "object of %s is missing" % r[0])
-                for cid in info[1]:
+                    raise ApiError(500, "object of %s is missing" % r[m.REC_PATH])
+                for cid in info[self.catalog.OBJECT_CHUNKS]:
                     writer.write(store.get(cid))
                     await writer.drain()
             r = next(records, None)

@@ -126,7 +126,7 @@ def _would_release(catalog, dev, seqs):
         if row is None or row[0] - n > 0:
             continue
         info = catalog.object_chunks(oid)
-        for c in (info[1] if info else ()):
+        for c in (info[catalog.OBJECT_CHUNKS] if info else ()):
             chunk_dec[c] = chunk_dec.get(c, 0) + 1
     released = []
     for c, n in chunk_dec.items():
