@@ -153,7 +153,7 @@ FLAG_QUEUED = const(1)   # the file waits in the rover's outbox: it will pass th
 
 # Entry operations and types inside ENTRIES.
 OP_PUT = const(0)
-OP_DEL = const(1)
+_OP_DEL = const(1)
 T_FILE = const(0)
 T_DIR = const(1)
 T_LINK = const(2)
@@ -188,15 +188,15 @@ F_BROKEN = const(6)       # the origin stopped in the middle of a body
 
 # Limits on anything that arrives from the wire.
 MAX_DEVICE_LEN = const(64)
-MAX_PATH_BYTES = const(1024)
-MAX_PATH_DEPTH = const(64)
+_MAX_PATH_BYTES = const(1024)
+_MAX_PATH_DEPTH = const(64)
 MAX_ENTRIES = const(256)       # entries per ENTRIES message
 MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts together (16 KiB)
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
 MAX_SIZE = 1 << 48             # largest file
-MAX_TEXT = const(512)
+_MAX_TEXT = const(512)
 MAX_URL = const(2048)
-MAX_TOPIC = const(256)
+_MAX_TOPIC = const(256)
 MAX_HEADERS = const(32)
 MAX_BODY = const(16384)        # bytes per BODY message
 MAX_RELAY = 1 << 40            # largest relayed body
@@ -211,18 +211,18 @@ class ProtocolError(Exception):
         self.text = text
 
 
-P_CONTROL = const(0)
-P_BACKUP = const(1)
-P_RELAY = const(2)
+_P_CONTROL = const(0)
+_P_BACKUP = const(1)
+_P_RELAY = const(2)
 
 
 def purpose(t):
     """What a message type's bytes on the link are for: control, backup or relay."""
     if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED or t == PROOF:
-        return P_BACKUP
+        return _P_BACKUP
     if FETCH <= t <= FAIL:
-        return P_RELAY
-    return P_CONTROL
+        return _P_RELAY
+    return _P_CONTROL
 
 
 def _fail(text, code=E_PROTOCOL):
@@ -274,13 +274,13 @@ def check_path(path):
     """A relative path inside the backed-up tree: '/'-separated, no '', '.', '..', no NUL."""
     if type(path) is not str or not path:
         _fail("path must be non-empty text")
-    if len(path.encode()) > MAX_PATH_BYTES:
-        _fail("path longer than %d bytes" % MAX_PATH_BYTES, E_TOO_LARGE)
+    if len(path.encode()) > _MAX_PATH_BYTES:
+        _fail("path longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
     if "\x00" in path:
         _fail("path holds NUL")
     parts = path.split("/")
-    if len(parts) > MAX_PATH_DEPTH:
-        _fail("path deeper than %d" % MAX_PATH_DEPTH, E_TOO_LARGE)
+    if len(parts) > _MAX_PATH_DEPTH:
+        _fail("path deeper than %d" % _MAX_PATH_DEPTH, E_TOO_LARGE)
     for p in parts:
         if p == "" or p == "." or p == "..":
             _fail("path component '%s' not allowed" % p)
@@ -312,7 +312,7 @@ def put_entry(path, etype, size, mtime_ns, mode, oid, target=None, flags=0):
 
 
 def del_entry(path):
-    return [OP_DEL, path]
+    return [_OP_DEL, path]
 
 
 def entries(seq, items):
@@ -383,11 +383,15 @@ def blob_prefix(fields, n):
     return bytes([0x80 + len(fields) + 1]) + head[1:] + blen
 
 
-_BLOB_LIMIT = {DATA: MAX_CHUNK + 1024, BODY: MAX_BODY}
+_DATA_LIMIT = const(MAX_CHUNK + 1024)   # DATA payload as sent, zlib's worst case included
 
 
 def blob_limit(t):
-    return _BLOB_LIMIT.get(t, -1)
+    if t == DATA:
+        return _DATA_LIMIT
+    if t == BODY:
+        return MAX_BODY
+    return -1
 
 
 def commit(root, n_entries, total_bytes):
@@ -399,7 +403,7 @@ def committed(snapshot):
 
 
 def error(code, text):
-    return [ERROR, code, text[:MAX_TEXT]]
+    return [ERROR, code, text[:_MAX_TEXT]]
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -409,7 +413,7 @@ def check_entry(e):
         _fail("entry must be an array")
     op = e[ENTRY_OP]
     check_path(e[ENTRY_PATH])
-    if op == OP_DEL:
+    if op == _OP_DEL:
         return e
     if op != OP_PUT or len(e) <= ENTRY_OID:
         _fail("entry op must be PUT with 7 fields or DEL")
@@ -424,21 +428,22 @@ def check_entry(e):
     if etype == T_LINK:
         if len(e) <= ENTRY_TARGET:
             _fail("symlink entry needs a target")
-        _text(e[ENTRY_TARGET], MAX_PATH_BYTES, "symlink target")
+        _text(e[ENTRY_TARGET], _MAX_PATH_BYTES, "symlink target")
     if len(e) > ENTRY_FLAGS:
         _int(e[ENTRY_FLAGS], 0, 0xFFFF, "entry flags")
     return e
 
 
-# Fields each message must have at least, its type included (trailing extras are ignored).
-_MIN_FIELDS = {
-    HELLO: HELLO_CAPS + 1, WELCOME: _WELCOME_CAPS + 1, ENTRIES: ENTRIES_ITEMS + 1,
-    VERDICT: VERDICT_WANTED + 1, CHUNKLIST: CHUNKLIST_PARTS + 1, NEED: NEED_PARTS + 1,
-    DATA: DATA_PAYLOAD + 1, COMMIT: COMMIT_BYTES + 1, COMMITTED: COMMITTED_SNAPSHOT + 1,
-    ERROR: ERROR_TEXT + 1, FETCH: FETCH_HEADERS + 1, SEND: SEND_TYPE + 1, PUBLISH: PUBLISH_RETAIN + 1,
-    RESULT: _RESULT_TYPE + 1, BODY: BODY_DATA + 1, END: END_SIZE + 1, FAIL: FAIL_TEXT + 1,
-    WATCHWAIT: WATCHWAIT_SECONDS + 1, WATCHED: WATCHED_MISSING + 1, PROOF: PROOF_MAC + 1,
-}
+# Fields each message must have at least, its type included (trailing extras are ignored):
+# the index of its last required field + 1, by type number (0: no such type). Bytes, not a
+# dict: the rover's heap pays for the field names above, and this gives some of it back.
+_MIN_FIELDS = bytes((
+    0, HELLO_CAPS + 1, _WELCOME_CAPS + 1, ENTRIES_ITEMS + 1, VERDICT_WANTED + 1,
+    CHUNKLIST_PARTS + 1, NEED_PARTS + 1, DATA_PAYLOAD + 1, COMMIT_BYTES + 1,
+    COMMITTED_SNAPSHOT + 1, ERROR_TEXT + 1, FETCH_HEADERS + 1, SEND_TYPE + 1,
+    PUBLISH_RETAIN + 1, _RESULT_TYPE + 1, BODY_DATA + 1, END_SIZE + 1, FAIL_TEXT + 1,
+    WATCHWAIT_SECONDS + 1, WATCHED_MISSING + 1, PROOF_MAC + 1,
+))
 
 
 def check(msg):
@@ -447,8 +452,8 @@ def check(msg):
         _fail("message must be an array starting with its type")
     t = msg[MSG_TYPE]
     n = len(msg)
-    need = _MIN_FIELDS.get(t)
-    if need is None:
+    need = _MIN_FIELDS[t] if 0 <= t < len(_MIN_FIELDS) else 0
+    if not need:
         _fail("unknown message type %d" % t)
     if n < need:
         _fail("%s too short" % NAMES[t])
@@ -521,8 +526,8 @@ def check(msg):
     elif t == DATA:
         _bytes(msg[DATA_ID], 32, "chunk id")
         _int(msg[DATA_ENC], 0, 1, "encoding")
-        if type(msg[DATA_PAYLOAD]) is not bytes or len(msg[DATA_PAYLOAD]) > _BLOB_LIMIT[DATA]:
-            _fail("DATA payload must be bytes of at most %d" % _BLOB_LIMIT[DATA], E_TOO_LARGE)
+        if type(msg[DATA_PAYLOAD]) is not bytes or len(msg[DATA_PAYLOAD]) > _DATA_LIMIT:
+            _fail("DATA payload must be bytes of at most %d" % _DATA_LIMIT, E_TOO_LARGE)
     elif t == COMMIT:
         _bytes(msg[COMMIT_ROOT], 32, "root digest")
         _int(msg[COMMIT_COUNT], 0, 1 << 40, "entry count")
@@ -531,14 +536,14 @@ def check(msg):
         _int(msg[COMMITTED_SNAPSHOT], 1, 1 << 62, "snapshot")
     elif t == ERROR:
         _int(msg[ERROR_CODE], 0, 0xFFFF, "error code")
-        _text(msg[ERROR_TEXT], MAX_TEXT, "error text")
+        _text(msg[ERROR_TEXT], _MAX_TEXT, "error text")
     elif t == FETCH:
         _url(msg[FETCH_URL])
         for h in _list(msg[FETCH_HEADERS], MAX_HEADERS, "headers"):
             if type(h) is not list or len(h) != 2:
                 _fail("header must be [name, value]")
             _text(h[_HEADER_NAME], 64, "header name")
-            _text(h[_HEADER_VALUE], MAX_TEXT, "header value")
+            _text(h[_HEADER_VALUE], _MAX_TEXT, "header value")
     elif t == SEND:
         if msg[SEND_METHOD] not in ("PUT", "POST"):
             _fail("SEND method must be PUT or POST")
@@ -546,7 +551,7 @@ def check(msg):
         _int(msg[SEND_SIZE], 0, MAX_RELAY, "body size")
         _text(msg[SEND_TYPE], 128, "content type")
     elif t == PUBLISH:
-        topic = _text(msg[PUBLISH_TOPIC], MAX_TOPIC, "topic")
+        topic = _text(msg[PUBLISH_TOPIC], _MAX_TOPIC, "topic")
         if not topic or "+" in topic or "#" in topic or "\x00" in topic:
             _fail("topic must be non-empty, without wildcards")
         _int(msg[PUBLISH_SIZE], 0, MAX_RELAY, "payload size")
@@ -556,8 +561,8 @@ def check(msg):
     elif t == RESULT:
         _int(msg[RESULT_STATUS], 0, 999, "status")
         _opt_int(msg[RESULT_SIZE], 0, MAX_RELAY, "size")
-        _opt_text(msg[_RESULT_ETAG], MAX_TEXT, "etag")
-        _opt_text(msg[_RESULT_MODIFIED], MAX_TEXT, "last-modified")
+        _opt_text(msg[_RESULT_ETAG], _MAX_TEXT, "etag")
+        _opt_text(msg[_RESULT_MODIFIED], _MAX_TEXT, "last-modified")
         _opt_text(msg[_RESULT_TYPE], 128, "content type")
     elif t == BODY:
         b = msg[BODY_DATA]
@@ -567,7 +572,7 @@ def check(msg):
         _int(msg[END_SIZE], 0, MAX_RELAY, "body size")
     elif t == FAIL:
         _int(msg[_FAIL_CODE], 0, 0xFFFF, "failure code")
-        _text(msg[FAIL_TEXT], MAX_TEXT, "failure text")
+        _text(msg[FAIL_TEXT], _MAX_TEXT, "failure text")
     elif t == WATCHWAIT:
         _int(msg[WATCHWAIT_SECONDS], 0, 1 << 31, "wait seconds")
     elif t == WATCHED:
@@ -626,7 +631,7 @@ def end(size):
 
 
 def fail(code, text):
-    return [FAIL, code, text[:MAX_TEXT]]
+    return [FAIL, code, text[:_MAX_TEXT]]
 
 
 def _opt_text(v, maxlen, what):

@@ -62,8 +62,17 @@ def test_tree_record_fields():
 
 
 def test_a_message_one_field_short_is_refused():
-    # The minimum lengths check() enforces follow from the last required field's index.
-    for msg in (m.hello("r", None, 0), m.commit(b"r" * 32, 1, 1), m.result(200), m.fail(1, "x")):
+    # check()'s minimum lengths, one per type number, follow from the last required field.
+    cid = b"c" * 32
+    shortest = [
+        m.hello("r", None, 0), m.welcome(None, True, 0), m.entries(0, []), m.verdict(0, []),
+        m.chunklist([]), m.need([]), m.data(cid, m.ENC_RAW, b""), m.commit(cid, 1, 1), m.committed(1),
+        m.error(1, "x"), m.fetch("http://example.org/"), m.send_req("PUT", "http://example.org/", 0, "a/b"),
+        m.publish("t", 0, 0, False), m.result(200), m.body(b""), m.end(0), m.fail(1, "x"),
+        m.watchwait(1), m.watched([]), m.proof(cid, b"t" * m.PROOF_TAG),
+    ]
+    assert sorted(msg[m.MSG_TYPE] for msg in shortest) == list(range(1, len(m.NAMES) + 1))
+    for msg in shortest:
         m.check(msg)
         try:
             m.check(msg[:-1])
@@ -71,3 +80,10 @@ def test_a_message_one_field_short_is_refused():
             assert e.code == m.E_PROTOCOL
         else:
             assert False, "accepted %r" % (msg[:-1],)
+    for t in (0, -1, len(m.NAMES) + 1, 1 << 70):
+        try:
+            m.check([t, 1, 2, 3, 4, 5, 6])
+        except m.ProtocolError as e:
+            assert e.code == m.E_PROTOCOL
+        else:
+            assert False, "accepted type %d" % t
