@@ -6,7 +6,7 @@
 from core.compat import const
 from core import cbor
 
-PROTO_VERSION = const(1)
+_PROTO_VERSION = const(1)
 
 HELLO = const(1)
 WELCOME = const(2)
@@ -44,7 +44,9 @@ NAMES = {
 # (a part of CHUNKLIST or NEED), WATCH_* (an item of VERDICT's watched list), CHALLENGE_*
 # (NEED's proof challenge); REC_* is a field of a tree record (tree_record()). The builders
 # below write these positions and check() reads them. A field no other module reads is
-# private (leading underscore): on MicroPython every public name costs heap on the rover.
+# private (leading underscore): on MicroPython every public name costs heap on the rover
+# (~40 bytes, and a step of ~900 when the module's globals outgrow 167). So are the
+# _PART_* fields, which only the rover's chunk loops read, from copies in rover/backup.py.
 MSG_TYPE = const(0)
 
 _HELLO_VERSION = const(1)
@@ -79,10 +81,10 @@ WATCH_SECONDS = const(1)
 
 CHUNKLIST_PARTS = const(1)
 
-PART_INDEX = const(0)
-PART_START = const(1)
-PART_IDS = const(2)        # CHUNKLIST: the chunk ids
-PART_WANTED = const(2)     # NEED: indices into PART_IDS of the chunks to send
+_PART_INDEX = const(0)
+_PART_START = const(1)
+_PART_IDS = const(2)        # CHUNKLIST: the chunk ids
+_PART_WANTED = const(2)     # NEED: indices into _PART_IDS of the chunks to send
 _PART_LAST = const(3)      # CHUNKLIST only
 
 NEED_PARTS = const(1)
@@ -296,11 +298,11 @@ def path_key(path):
 # --- builders -------------------------------------------------------------------------
 
 def hello(device, parent, caps):
-    return [HELLO, PROTO_VERSION, device, parent, caps]
+    return [HELLO, _PROTO_VERSION, device, parent, caps]
 
 
 def welcome(latest, parent_ok, caps):
-    return [WELCOME, PROTO_VERSION, latest, parent_ok, caps]
+    return [WELCOME, _PROTO_VERSION, latest, parent_ok, caps]
 
 
 def put_entry(path, etype, size, mtime_ns, mode, oid, target=None, flags=0):
@@ -361,7 +363,7 @@ def need(parts, challenge=None):
 
 def parts_key(parts):
     """What a NEED must echo of its CHUNKLIST: (entry index, first chunk) of each part."""
-    return tuple((p[PART_INDEX], p[PART_START]) for p in parts)
+    return tuple((p[_PART_INDEX], p[_PART_START]) for p in parts)
 
 
 def data(chunk_id, enc, payload):
@@ -458,16 +460,16 @@ def check(msg):
     if n < need:
         _fail("%s too short" % NAMES[t])
     if t == HELLO:
-        if msg[_HELLO_VERSION] != PROTO_VERSION:
+        if msg[_HELLO_VERSION] != _PROTO_VERSION:
             _fail("protocol version %s not supported (this side speaks %d)"
-                  % (msg[_HELLO_VERSION], PROTO_VERSION), E_VERSION)
+                  % (msg[_HELLO_VERSION], _PROTO_VERSION), E_VERSION)
         check_device(msg[HELLO_DEVICE])
         _opt_int(msg[HELLO_PARENT], 1, 1 << 62, "parent snapshot")
         _int(msg[HELLO_CAPS], 0, 0xFFFF, "caps")
     elif t == WELCOME:
-        if msg[_WELCOME_VERSION] != PROTO_VERSION:
+        if msg[_WELCOME_VERSION] != _PROTO_VERSION:
             _fail("protocol version %s not supported (this side speaks %d)"
-                  % (msg[_WELCOME_VERSION], PROTO_VERSION), E_VERSION)
+                  % (msg[_WELCOME_VERSION], _PROTO_VERSION), E_VERSION)
         _opt_int(msg[_WELCOME_LATEST], 1, 1 << 62, "latest snapshot")
         if type(msg[WELCOME_PARENT_OK]) is not bool:
             _fail("parent_ok must be a bool")
@@ -491,22 +493,22 @@ def check(msg):
         for p in _list(msg[CHUNKLIST_PARTS], MAX_ENTRIES, "chunk list parts"):
             if type(p) is not list or len(p) <= _PART_LAST:
                 _fail("chunk list part must be [index, first, ids, last]")
-            _int(p[PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
-            _int(p[PART_START], 0, 1 << 40, "chunk index")
-            total += len(_list(p[PART_IDS], MAX_IDS, "chunk ids"))
+            _int(p[_PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[_PART_START], 0, 1 << 40, "chunk index")
+            total += len(_list(p[_PART_IDS], MAX_IDS, "chunk ids"))
             if total > MAX_IDS:
                 _fail("more than %d chunk ids in one CHUNKLIST" % MAX_IDS, E_TOO_LARGE)
-            for c in p[PART_IDS]:
+            for c in p[_PART_IDS]:
                 _bytes(c, 32, "chunk id")
             if type(p[_PART_LAST]) is not bool:
                 _fail("last must be a bool")
     elif t == NEED:
         for p in _list(msg[NEED_PARTS], MAX_ENTRIES, "need parts"):
-            if type(p) is not list or len(p) <= PART_WANTED:
+            if type(p) is not list or len(p) <= _PART_WANTED:
                 _fail("need part must be [index, first, wanted]")
-            _int(p[PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
-            _int(p[PART_START], 0, 1 << 40, "chunk index")
-            for i in _list(p[PART_WANTED], MAX_IDS, "needed"):
+            _int(p[_PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[_PART_START], 0, 1 << 40, "chunk index")
+            for i in _list(p[_PART_WANTED], MAX_IDS, "needed"):
                 _int(i, 0, MAX_IDS - 1, "needed index")
         if n > NEED_CHALLENGE:
             # [nonce, [positions to prove, per part]]: chunks the anchor holds from another

@@ -35,6 +35,14 @@ _PROBE = const(4096)           # bytes tried first to see whether compressing a 
 
 WINDOW = const(64)             # names of one folder held at a time
 
+# Fields of a CHUNKLIST or NEED part: core/messages.py's _PART_*, copied as private consts
+# for the chunk loops (tests/rover/test_message_copies.py keeps them equal). Public names
+# there would cost the rover ~1 KB of heap (messages.py, "field indices").
+_PART_INDEX = const(0)
+_PART_START = const(1)
+_PART_IDS = const(2)
+_PART_WANTED = const(2)
+
 
 def _next_names(path, after, log):
     """The WINDOW smallest names in folder `path` greater than `after`, sorted.
@@ -385,10 +393,10 @@ class Backup(Conversation):
             self._prove(recs, parts, msg[m.NEED_CHALLENGE][m.CHALLENGE_NONCE],
                         msg[m.NEED_CHALLENGE][m.CHALLENGE_POSITIONS])
         for k in range(len(parts)):
-            wanted = need[k][m.PART_WANTED]
+            wanted = need[k][_PART_WANTED]
             if not wanted:
                 continue
-            idx, start, ids = parts[k][m.PART_INDEX], parts[k][m.PART_START], parts[k][m.PART_IDS]
+            idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
             f = open(path, "rb")
             try:
@@ -407,7 +415,7 @@ class Backup(Conversation):
         for k in range(len(parts)):
             if not positions[k]:
                 continue
-            idx, start, ids = parts[k][m.PART_INDEX], parts[k][m.PART_START], parts[k][m.PART_IDS]
+            idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
             f = open(path, "rb")
             try:

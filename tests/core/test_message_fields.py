@@ -21,10 +21,10 @@ def test_builders_put_each_field_at_its_name():
     assert (w[m.WATCH_INDEX], w[m.WATCH_SECONDS]) == (1, 30)
     p = m.list_part(2, 5, [b"i" * 32], True)
     assert m.chunklist([p])[m.CHUNKLIST_PARTS] == [p]
-    assert (p[m.PART_INDEX], p[m.PART_START], p[m.PART_IDS]) == (2, 5, [b"i" * 32])
     q = m.need_part(2, 5, [0])
+    assert m.parts_key([p]) == m.parts_key([q]) == ((2, 5),)
     n = m.need([q], [b"n" * 16, [[0]]])
-    assert n[m.NEED_PARTS] == [q] and q[m.PART_WANTED] == [0]
+    assert n[m.NEED_PARTS] == [q]
     assert n[m.NEED_CHALLENGE][m.CHALLENGE_NONCE] == b"n" * 16
     assert n[m.NEED_CHALLENGE][m.CHALLENGE_POSITIONS] == [[0]]
     d = m.data(b"c" * 32, m.ENC_ZLIB, b"z")
