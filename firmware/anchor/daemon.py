@@ -96,7 +96,7 @@ class SessionServer:
             self.catalog.count(handler.dev, **delta)
 
         def reply(msg):
-            if msg[0] in ENDS_A_REQUEST:
+            if msg[m.MSG_TYPE] in ENDS_A_REQUEST:
                 account()
             writer.write(sess.send(msg))
 
@@ -122,12 +122,12 @@ class SessionServer:
                                               % sess.corrupt)
                     if msg is None:
                         break
-                    if msg[0] in RELAY_TYPES:
+                    if msg[m.MSG_TYPE] in RELAY_TYPES:
                         await relay.handle(msg, send)
                         continue
-                    if msg[0] == m.HELLO and auth_device is not None and msg[2] != auth_device:
+                    if msg[m.MSG_TYPE] == m.HELLO and auth_device is not None and msg[m.HELLO_DEVICE] != auth_device:
                         raise m.ProtocolError(m.E_PROTOCOL, "this link is paired as %r, not %r"
-                                              % (auth_device, msg[2]))
+                                              % (auth_device, msg[m.HELLO_DEVICE]))
                     for r in handler.handle(msg):
                         reply(r)
                     if sess.closed:

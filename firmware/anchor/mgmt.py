@@ -161,12 +161,12 @@ class Api:
 
     @staticmethod
     def _entry_json(r):
-        e = {"path": r[0], "type": ("file", "dir", "symlink")[r[1]], "size": r[2], "mtime_ns": r[3],
-             "mode": r[4]}
-        if r[5] is not None:
-            e["object"] = r[5].hex()
-        if r[6] is not None:
-            e["target"] = r[6]
+        e = {"path": r[m.REC_PATH], "type": ("file", "dir", "symlink")[r[m.REC_TYPE]], "size": r[m.REC_SIZE],
+             "mtime_ns": r[m.REC_MTIME], "mode": r[m.REC_MODE]}
+        if r[m.REC_OID] is not None:
+            e["object"] = r[m.REC_OID].hex()
+        if r[m.REC_TARGET] is not None:
+            e["target"] = r[m.REC_TARGET]
         return e
 
     def _records(self, snap, prefix):
@@ -187,8 +187,8 @@ class Api:
         depth = prefix.count("/") + 1 if prefix else 0
         out = []
         for r in self._records(snap, prefix):
-            d = r[0].count("/")
-            if recursive or r[0] == prefix or d == depth:
+            d = r[m.REC_PATH].count("/")
+            if recursive or r[m.REC_PATH] == prefix or d == depth:
                 out.append(self._entry_json(r))
         return out
 

@@ -6,7 +6,7 @@
 from core.compat import const
 from core import cbor
 
-PROTO_VERSION = const(1)
+_PROTO_VERSION = const(1)
 
 HELLO = const(1)
 WELCOME = const(2)
@@ -37,12 +37,125 @@ NAMES = {
     WATCHED: "WATCHED", PROOF: "PROOF",
 }
 
+# --- field indices ---------------------------------------------------------------------
+# msg[MSG_TYPE] is every message's type; msg[<TYPE>_<FIELD>] is a field of that type,
+# counted from the type at 0 (HELLO_DEVICE is 2 in [HELLO, version, device, ...]). Arrays
+# nested in a message are named for what they hold: ENTRY_* (an item of ENTRIES), PART_*
+# (a part of CHUNKLIST or NEED), WATCH_* (an item of VERDICT's watched list), CHALLENGE_*
+# (NEED's proof challenge); REC_* is a field of a tree record (tree_record()). The builders
+# below write these positions and check() reads them. A field no other module reads is
+# private (leading underscore): on MicroPython every public name costs heap on the rover
+# (~40 bytes, and a step of ~900 when the module's globals outgrow 167). So are the
+# _PART_* fields, which only the rover's chunk loops read, from copies in rover/backup.py.
+MSG_TYPE = const(0)
+
+_HELLO_VERSION = const(1)
+HELLO_DEVICE = const(2)
+HELLO_PARENT = const(3)
+HELLO_CAPS = const(4)
+
+_WELCOME_VERSION = const(1)
+_WELCOME_LATEST = const(2)
+WELCOME_PARENT_OK = const(3)
+_WELCOME_CAPS = const(4)
+
+ENTRIES_SEQ = const(1)
+ENTRIES_ITEMS = const(2)
+
+ENTRY_OP = const(0)
+ENTRY_PATH = const(1)
+ENTRY_TYPE = const(2)      # PUT only, from here on
+ENTRY_SIZE = const(3)
+ENTRY_MTIME = const(4)
+ENTRY_MODE = const(5)
+ENTRY_OID = const(6)
+ENTRY_TARGET = const(7)    # optional: symlinks, or None before flags
+ENTRY_FLAGS = const(8)     # optional
+
+_VERDICT_SEQ = const(1)
+VERDICT_WANTED = const(2)
+VERDICT_WATCHED = const(3)  # optional
+
+WATCH_INDEX = const(0)
+WATCH_SECONDS = const(1)
+
+CHUNKLIST_PARTS = const(1)
+
+_PART_INDEX = const(0)
+_PART_START = const(1)
+_PART_IDS = const(2)        # CHUNKLIST: the chunk ids
+_PART_WANTED = const(2)     # NEED: indices into _PART_IDS of the chunks to send
+_PART_LAST = const(3)      # CHUNKLIST only
+
+NEED_PARTS = const(1)
+NEED_CHALLENGE = const(2)  # optional
+
+CHALLENGE_NONCE = const(0)
+CHALLENGE_POSITIONS = const(1)
+
+DATA_ID = const(1)
+DATA_ENC = const(2)
+DATA_PAYLOAD = const(3)
+
+PROOF_ID = const(1)
+PROOF_MAC = const(2)       # PROOF_TAG bytes
+
+COMMIT_ROOT = const(1)
+COMMIT_COUNT = const(2)
+COMMIT_BYTES = const(3)
+
+COMMITTED_SNAPSHOT = const(1)
+
+ERROR_CODE = const(1)
+ERROR_TEXT = const(2)
+
+FETCH_URL = const(1)
+FETCH_HEADERS = const(2)
+
+_HEADER_NAME = const(0)
+_HEADER_VALUE = const(1)
+
+SEND_METHOD = const(1)
+SEND_URL = const(2)
+SEND_SIZE = const(3)
+SEND_TYPE = const(4)
+
+PUBLISH_TOPIC = const(1)
+PUBLISH_SIZE = const(2)
+PUBLISH_QOS = const(3)
+PUBLISH_RETAIN = const(4)
+
+RESULT_STATUS = const(1)
+RESULT_SIZE = const(2)
+_RESULT_ETAG = const(3)
+_RESULT_MODIFIED = const(4)
+_RESULT_TYPE = const(5)
+
+BODY_DATA = const(1)
+
+END_SIZE = const(1)
+
+_FAIL_CODE = const(1)
+FAIL_TEXT = const(2)
+
+WATCHWAIT_SECONDS = const(1)
+
+WATCHED_MISSING = const(1)
+
+REC_PATH = const(0)
+REC_TYPE = const(1)
+REC_SIZE = const(2)
+REC_MTIME = const(3)
+REC_MODE = const(4)
+REC_OID = const(5)
+REC_TARGET = const(6)
+
 # Entry flags (the optional ninth field of a file PUT).
 FLAG_QUEUED = const(1)   # the file waits in the rover's outbox: it will pass through soon
 
 # Entry operations and types inside ENTRIES.
 OP_PUT = const(0)
-OP_DEL = const(1)
+_OP_DEL = const(1)
 T_FILE = const(0)
 T_DIR = const(1)
 T_LINK = const(2)
@@ -77,15 +190,15 @@ F_BROKEN = const(6)       # the origin stopped in the middle of a body
 
 # Limits on anything that arrives from the wire.
 MAX_DEVICE_LEN = const(64)
-MAX_PATH_BYTES = const(1024)
-MAX_PATH_DEPTH = const(64)
+_MAX_PATH_BYTES = const(1024)
+_MAX_PATH_DEPTH = const(64)
 MAX_ENTRIES = const(256)       # entries per ENTRIES message
 MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts together (16 KiB)
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
 MAX_SIZE = 1 << 48             # largest file
-MAX_TEXT = const(512)
+_MAX_TEXT = const(512)
 MAX_URL = const(2048)
-MAX_TOPIC = const(256)
+_MAX_TOPIC = const(256)
 MAX_HEADERS = const(32)
 MAX_BODY = const(16384)        # bytes per BODY message
 MAX_RELAY = 1 << 40            # largest relayed body
@@ -100,18 +213,18 @@ class ProtocolError(Exception):
         self.text = text
 
 
-P_CONTROL = const(0)
-P_BACKUP = const(1)
-P_RELAY = const(2)
+_P_CONTROL = const(0)
+_P_BACKUP = const(1)
+_P_RELAY = const(2)
 
 
 def purpose(t):
     """What a message type's bytes on the link are for: control, backup or relay."""
     if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED or t == PROOF:
-        return P_BACKUP
+        return _P_BACKUP
     if FETCH <= t <= FAIL:
-        return P_RELAY
-    return P_CONTROL
+        return _P_RELAY
+    return _P_CONTROL
 
 
 def _fail(text, code=E_PROTOCOL):
@@ -163,13 +276,13 @@ def check_path(path):
     """A relative path inside the backed-up tree: '/'-separated, no '', '.', '..', no NUL."""
     if type(path) is not str or not path:
         _fail("path must be non-empty text")
-    if len(path.encode()) > MAX_PATH_BYTES:
-        _fail("path longer than %d bytes" % MAX_PATH_BYTES, E_TOO_LARGE)
+    if len(path.encode()) > _MAX_PATH_BYTES:
+        _fail("path longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
     if "\x00" in path:
         _fail("path holds NUL")
     parts = path.split("/")
-    if len(parts) > MAX_PATH_DEPTH:
-        _fail("path deeper than %d" % MAX_PATH_DEPTH, E_TOO_LARGE)
+    if len(parts) > _MAX_PATH_DEPTH:
+        _fail("path deeper than %d" % _MAX_PATH_DEPTH, E_TOO_LARGE)
     for p in parts:
         if p == "" or p == "." or p == "..":
             _fail("path component '%s' not allowed" % p)
@@ -185,11 +298,11 @@ def path_key(path):
 # --- builders -------------------------------------------------------------------------
 
 def hello(device, parent, caps):
-    return [HELLO, PROTO_VERSION, device, parent, caps]
+    return [HELLO, _PROTO_VERSION, device, parent, caps]
 
 
 def welcome(latest, parent_ok, caps):
-    return [WELCOME, PROTO_VERSION, latest, parent_ok, caps]
+    return [WELCOME, _PROTO_VERSION, latest, parent_ok, caps]
 
 
 def put_entry(path, etype, size, mtime_ns, mode, oid, target=None, flags=0):
@@ -201,7 +314,7 @@ def put_entry(path, etype, size, mtime_ns, mode, oid, target=None, flags=0):
 
 
 def del_entry(path):
-    return [OP_DEL, path]
+    return [_OP_DEL, path]
 
 
 def entries(seq, items):
@@ -250,7 +363,7 @@ def need(parts, challenge=None):
 
 def parts_key(parts):
     """What a NEED must echo of its CHUNKLIST: (entry index, first chunk) of each part."""
-    return tuple((p[0], p[1]) for p in parts)
+    return tuple((p[_PART_INDEX], p[_PART_START]) for p in parts)
 
 
 def data(chunk_id, enc, payload):
@@ -272,11 +385,15 @@ def blob_prefix(fields, n):
     return bytes([0x80 + len(fields) + 1]) + head[1:] + blen
 
 
-_BLOB_LIMIT = {DATA: MAX_CHUNK + 1024, BODY: MAX_BODY}
+_DATA_LIMIT = const(MAX_CHUNK + 1024)   # DATA payload as sent, zlib's worst case included
 
 
 def blob_limit(t):
-    return _BLOB_LIMIT.get(t, -1)
+    if t == DATA:
+        return _DATA_LIMIT
+    if t == BODY:
+        return MAX_BODY
+    return -1
 
 
 def commit(root, n_entries, total_bytes):
@@ -288,173 +405,180 @@ def committed(snapshot):
 
 
 def error(code, text):
-    return [ERROR, code, text[:MAX_TEXT]]
+    return [ERROR, code, text[:_MAX_TEXT]]
 
 
 # --- checks ---------------------------------------------------------------------------
 
 def check_entry(e):
-    if type(e) is not list or len(e) < 2:
+    if type(e) is not list or len(e) <= ENTRY_PATH:
         _fail("entry must be an array")
-    op = e[0]
-    check_path(e[1])
-    if op == OP_DEL:
+    op = e[ENTRY_OP]
+    check_path(e[ENTRY_PATH])
+    if op == _OP_DEL:
         return e
-    if op != OP_PUT or len(e) < 7:
+    if op != OP_PUT or len(e) <= ENTRY_OID:
         _fail("entry op must be PUT with 7 fields or DEL")
-    etype = _int(e[2], 0, 2, "entry type")
-    _int(e[3], 0, MAX_SIZE, "size")
-    _int(e[4], -(1 << 63), (1 << 63) - 1, "mtime")
-    _int(e[5], 0, 0o7777, "mode")
+    etype = _int(e[ENTRY_TYPE], 0, 2, "entry type")
+    _int(e[ENTRY_SIZE], 0, MAX_SIZE, "size")
+    _int(e[ENTRY_MTIME], -(1 << 63), (1 << 63) - 1, "mtime")
+    _int(e[ENTRY_MODE], 0, 0o7777, "mode")
     if etype == T_FILE:
-        _bytes(e[6], 32, "object id")
-    elif e[6] is not None:
+        _bytes(e[ENTRY_OID], 32, "object id")
+    elif e[ENTRY_OID] is not None:
         _fail("only files carry an object id")
     if etype == T_LINK:
-        if len(e) < 8:
+        if len(e) <= ENTRY_TARGET:
             _fail("symlink entry needs a target")
-        _text(e[7], MAX_PATH_BYTES, "symlink target")
-    if len(e) > 8:
-        _int(e[8], 0, 0xFFFF, "entry flags")
+        _text(e[ENTRY_TARGET], _MAX_PATH_BYTES, "symlink target")
+    if len(e) > ENTRY_FLAGS:
+        _int(e[ENTRY_FLAGS], 0, 0xFFFF, "entry flags")
     return e
 
 
-# Fields each message must have at least, its type included (trailing extras are ignored).
-_MIN_FIELDS = {
-    HELLO: 5, WELCOME: 5, ENTRIES: 3, VERDICT: 3, CHUNKLIST: 2, NEED: 2, DATA: 4, COMMIT: 4,
-    COMMITTED: 2, ERROR: 3, FETCH: 3, SEND: 5, PUBLISH: 5, RESULT: 6, BODY: 2, END: 2, FAIL: 3,
-    WATCHWAIT: 2, WATCHED: 2, PROOF: 3,
-}
+# Fields each message must have at least, its type included (trailing extras are ignored):
+# the index of its last required field + 1, by type number (0: no such type). Bytes, not a
+# dict: the rover's heap pays for the field names above, and this gives some of it back.
+_MIN_FIELDS = bytes((
+    0, HELLO_CAPS + 1, _WELCOME_CAPS + 1, ENTRIES_ITEMS + 1, VERDICT_WANTED + 1,
+    CHUNKLIST_PARTS + 1, NEED_PARTS + 1, DATA_PAYLOAD + 1, COMMIT_BYTES + 1,
+    COMMITTED_SNAPSHOT + 1, ERROR_TEXT + 1, FETCH_HEADERS + 1, SEND_TYPE + 1,
+    PUBLISH_RETAIN + 1, _RESULT_TYPE + 1, BODY_DATA + 1, END_SIZE + 1, FAIL_TEXT + 1,
+    WATCHWAIT_SECONDS + 1, WATCHED_MISSING + 1, PROOF_MAC + 1,
+))
 
 
 def check(msg):
     """Validate a decoded message; returns it or raises ProtocolError."""
-    if type(msg) is not list or not msg or type(msg[0]) is not int:
+    if type(msg) is not list or not msg or type(msg[MSG_TYPE]) is not int:
         _fail("message must be an array starting with its type")
-    t = msg[0]
+    t = msg[MSG_TYPE]
     n = len(msg)
-    need = _MIN_FIELDS.get(t)
-    if need is None:
+    need = _MIN_FIELDS[t] if 0 <= t < len(_MIN_FIELDS) else 0
+    if not need:
         _fail("unknown message type %d" % t)
     if n < need:
         _fail("%s too short" % NAMES[t])
     if t == HELLO:
-        if msg[1] != PROTO_VERSION:
-            _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
-        check_device(msg[2])
-        _opt_int(msg[3], 1, 1 << 62, "parent snapshot")
-        _int(msg[4], 0, 0xFFFF, "caps")
+        if msg[_HELLO_VERSION] != _PROTO_VERSION:
+            _fail("protocol version %s not supported (this side speaks %d)"
+                  % (msg[_HELLO_VERSION], _PROTO_VERSION), E_VERSION)
+        check_device(msg[HELLO_DEVICE])
+        _opt_int(msg[HELLO_PARENT], 1, 1 << 62, "parent snapshot")
+        _int(msg[HELLO_CAPS], 0, 0xFFFF, "caps")
     elif t == WELCOME:
-        if msg[1] != PROTO_VERSION:
-            _fail("protocol version %s not supported (this side speaks %d)" % (msg[1], PROTO_VERSION), E_VERSION)
-        _opt_int(msg[2], 1, 1 << 62, "latest snapshot")
-        if type(msg[3]) is not bool:
+        if msg[_WELCOME_VERSION] != _PROTO_VERSION:
+            _fail("protocol version %s not supported (this side speaks %d)"
+                  % (msg[_WELCOME_VERSION], _PROTO_VERSION), E_VERSION)
+        _opt_int(msg[_WELCOME_LATEST], 1, 1 << 62, "latest snapshot")
+        if type(msg[WELCOME_PARENT_OK]) is not bool:
             _fail("parent_ok must be a bool")
-        _int(msg[4], 0, 0xFFFF, "caps")
+        _int(msg[_WELCOME_CAPS], 0, 0xFFFF, "caps")
     elif t == ENTRIES:
-        _int(msg[1], 0, 1 << 62, "batch number")
-        for e in _list(msg[2], MAX_ENTRIES, "entries"):
+        _int(msg[ENTRIES_SEQ], 0, 1 << 62, "batch number")
+        for e in _list(msg[ENTRIES_ITEMS], MAX_ENTRIES, "entries"):
             check_entry(e)
     elif t == VERDICT:
-        _int(msg[1], 0, 1 << 62, "batch number")
-        for i in _list(msg[2], MAX_ENTRIES, "wanted"):
+        _int(msg[_VERDICT_SEQ], 0, 1 << 62, "batch number")
+        for i in _list(msg[VERDICT_WANTED], MAX_ENTRIES, "wanted"):
             _int(i, 0, MAX_ENTRIES - 1, "wanted index")
-        if n > 3:
-            for w in _list(msg[3], MAX_ENTRIES, "watched"):
-                if type(w) is not list or len(w) < 2:
+        if n > VERDICT_WATCHED:
+            for w in _list(msg[VERDICT_WATCHED], MAX_ENTRIES, "watched"):
+                if type(w) is not list or len(w) <= WATCH_SECONDS:
                     _fail("watched item must be [index, seconds]")
-                _int(w[0], 0, MAX_ENTRIES - 1, "watched index")
-                _int(w[1], 0, 1 << 31, "watch seconds")
+                _int(w[WATCH_INDEX], 0, MAX_ENTRIES - 1, "watched index")
+                _int(w[WATCH_SECONDS], 0, 1 << 31, "watch seconds")
     elif t == CHUNKLIST:
         total = 0
-        for p in _list(msg[1], MAX_ENTRIES, "chunk list parts"):
-            if type(p) is not list or len(p) < 4:
+        for p in _list(msg[CHUNKLIST_PARTS], MAX_ENTRIES, "chunk list parts"):
+            if type(p) is not list or len(p) <= _PART_LAST:
                 _fail("chunk list part must be [index, first, ids, last]")
-            _int(p[0], 0, MAX_ENTRIES - 1, "entry index")
-            _int(p[1], 0, 1 << 40, "chunk index")
-            total += len(_list(p[2], MAX_IDS, "chunk ids"))
+            _int(p[_PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[_PART_START], 0, 1 << 40, "chunk index")
+            total += len(_list(p[_PART_IDS], MAX_IDS, "chunk ids"))
             if total > MAX_IDS:
                 _fail("more than %d chunk ids in one CHUNKLIST" % MAX_IDS, E_TOO_LARGE)
-            for c in p[2]:
+            for c in p[_PART_IDS]:
                 _bytes(c, 32, "chunk id")
-            if type(p[3]) is not bool:
+            if type(p[_PART_LAST]) is not bool:
                 _fail("last must be a bool")
     elif t == NEED:
-        for p in _list(msg[1], MAX_ENTRIES, "need parts"):
-            if type(p) is not list or len(p) < 3:
+        for p in _list(msg[NEED_PARTS], MAX_ENTRIES, "need parts"):
+            if type(p) is not list or len(p) <= _PART_WANTED:
                 _fail("need part must be [index, first, wanted]")
-            _int(p[0], 0, MAX_ENTRIES - 1, "entry index")
-            _int(p[1], 0, 1 << 40, "chunk index")
-            for i in _list(p[2], MAX_IDS, "needed"):
+            _int(p[_PART_INDEX], 0, MAX_ENTRIES - 1, "entry index")
+            _int(p[_PART_START], 0, 1 << 40, "chunk index")
+            for i in _list(p[_PART_WANTED], MAX_IDS, "needed"):
                 _int(i, 0, MAX_IDS - 1, "needed index")
-        if len(msg) > 2:
+        if n > NEED_CHALLENGE:
             # [nonce, [positions to prove, per part]]: chunks the anchor holds from another
             # rover, matched only once this one proves it has the bytes (PROOF)
-            pr = msg[2]
+            pr = msg[NEED_CHALLENGE]
             if type(pr) is not list or len(pr) != 2:
                 _fail("proof challenge must be [nonce, positions per part]")
-            _bytes(pr[0], 16, "proof nonce")
-            if len(_list(pr[1], MAX_ENTRIES, "proof parts")) != len(msg[1]):
+            _bytes(pr[CHALLENGE_NONCE], 16, "proof nonce")
+            if len(_list(pr[CHALLENGE_POSITIONS], MAX_ENTRIES, "proof parts")) != len(msg[NEED_PARTS]):
                 _fail("proof challenge must list positions for every need part")
-            for q in pr[1]:
+            for q in pr[CHALLENGE_POSITIONS]:
                 for i in _list(q, MAX_IDS, "positions to prove"):
                     _int(i, 0, MAX_IDS - 1, "position to prove")
     elif t == PROOF:
-        _bytes(msg[1], 32, "chunk id")
-        _bytes(msg[2], PROOF_TAG, "proof tag")
+        _bytes(msg[PROOF_ID], 32, "chunk id")
+        _bytes(msg[PROOF_MAC], PROOF_TAG, "proof tag")
     elif t == DATA:
-        _bytes(msg[1], 32, "chunk id")
-        _int(msg[2], 0, 1, "encoding")
-        if type(msg[3]) is not bytes or len(msg[3]) > _BLOB_LIMIT[DATA]:
-            _fail("DATA payload must be bytes of at most %d" % _BLOB_LIMIT[DATA], E_TOO_LARGE)
+        _bytes(msg[DATA_ID], 32, "chunk id")
+        _int(msg[DATA_ENC], 0, 1, "encoding")
+        if type(msg[DATA_PAYLOAD]) is not bytes or len(msg[DATA_PAYLOAD]) > _DATA_LIMIT:
+            _fail("DATA payload must be bytes of at most %d" % _DATA_LIMIT, E_TOO_LARGE)
     elif t == COMMIT:
-        _bytes(msg[1], 32, "root digest")
-        _int(msg[2], 0, 1 << 40, "entry count")
-        _int(msg[3], 0, 1 << 62, "total bytes")
+        _bytes(msg[COMMIT_ROOT], 32, "root digest")
+        _int(msg[COMMIT_COUNT], 0, 1 << 40, "entry count")
+        _int(msg[COMMIT_BYTES], 0, 1 << 62, "total bytes")
     elif t == COMMITTED:
-        _int(msg[1], 1, 1 << 62, "snapshot")
+        _int(msg[COMMITTED_SNAPSHOT], 1, 1 << 62, "snapshot")
     elif t == ERROR:
-        _int(msg[1], 0, 0xFFFF, "error code")
-        _text(msg[2], MAX_TEXT, "error text")
+        _int(msg[ERROR_CODE], 0, 0xFFFF, "error code")
+        _text(msg[ERROR_TEXT], _MAX_TEXT, "error text")
     elif t == FETCH:
-        _url(msg[1])
-        for h in _list(msg[2], MAX_HEADERS, "headers"):
+        _url(msg[FETCH_URL])
+        for h in _list(msg[FETCH_HEADERS], MAX_HEADERS, "headers"):
             if type(h) is not list or len(h) != 2:
                 _fail("header must be [name, value]")
-            _text(h[0], 64, "header name")
-            _text(h[1], MAX_TEXT, "header value")
+            _text(h[_HEADER_NAME], 64, "header name")
+            _text(h[_HEADER_VALUE], _MAX_TEXT, "header value")
     elif t == SEND:
-        if msg[1] not in ("PUT", "POST"):
+        if msg[SEND_METHOD] not in ("PUT", "POST"):
             _fail("SEND method must be PUT or POST")
-        _url(msg[2])
-        _int(msg[3], 0, MAX_RELAY, "body size")
-        _text(msg[4], 128, "content type")
+        _url(msg[SEND_URL])
+        _int(msg[SEND_SIZE], 0, MAX_RELAY, "body size")
+        _text(msg[SEND_TYPE], 128, "content type")
     elif t == PUBLISH:
-        _text(msg[1], MAX_TOPIC, "topic")
-        if not msg[1] or "+" in msg[1] or "#" in msg[1] or "\x00" in msg[1]:
+        topic = _text(msg[PUBLISH_TOPIC], _MAX_TOPIC, "topic")
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
             _fail("topic must be non-empty, without wildcards")
-        _int(msg[2], 0, MAX_RELAY, "payload size")
-        _int(msg[3], 0, 1, "qos")
-        if type(msg[4]) is not bool:
+        _int(msg[PUBLISH_SIZE], 0, MAX_RELAY, "payload size")
+        _int(msg[PUBLISH_QOS], 0, 1, "qos")
+        if type(msg[PUBLISH_RETAIN]) is not bool:
             _fail("retain must be a bool")
     elif t == RESULT:
-        _int(msg[1], 0, 999, "status")
-        _opt_int(msg[2], 0, MAX_RELAY, "size")
-        _opt_text(msg[3], MAX_TEXT, "etag")
-        _opt_text(msg[4], MAX_TEXT, "last-modified")
-        _opt_text(msg[5], 128, "content type")
+        _int(msg[RESULT_STATUS], 0, 999, "status")
+        _opt_int(msg[RESULT_SIZE], 0, MAX_RELAY, "size")
+        _opt_text(msg[_RESULT_ETAG], _MAX_TEXT, "etag")
+        _opt_text(msg[_RESULT_MODIFIED], _MAX_TEXT, "last-modified")
+        _opt_text(msg[_RESULT_TYPE], 128, "content type")
     elif t == BODY:
-        if (type(msg[1]) is not bytes and type(msg[1]) is not memoryview) or len(msg[1]) > MAX_BODY:
+        b = msg[BODY_DATA]
+        if (type(b) is not bytes and type(b) is not memoryview) or len(b) > MAX_BODY:
             _fail("BODY must carry at most %d bytes" % MAX_BODY, E_TOO_LARGE)
     elif t == END:
-        _int(msg[1], 0, MAX_RELAY, "body size")
+        _int(msg[END_SIZE], 0, MAX_RELAY, "body size")
     elif t == FAIL:
-        _int(msg[1], 0, 0xFFFF, "failure code")
-        _text(msg[2], MAX_TEXT, "failure text")
+        _int(msg[_FAIL_CODE], 0, 0xFFFF, "failure code")
+        _text(msg[FAIL_TEXT], _MAX_TEXT, "failure text")
     elif t == WATCHWAIT:
-        _int(msg[1], 0, 1 << 31, "wait seconds")
+        _int(msg[WATCHWAIT_SECONDS], 0, 1 << 31, "wait seconds")
     elif t == WATCHED:
-        for i in _list(msg[1], MAX_ENTRIES, "missing"):
+        for i in _list(msg[WATCHED_MISSING], MAX_ENTRIES, "missing"):
             _int(i, 0, MAX_ENTRIES - 1, "watch number")
     return msg
 
@@ -509,7 +633,7 @@ def end(size):
 
 
 def fail(code, text):
-    return [FAIL, code, text[:MAX_TEXT]]
+    return [FAIL, code, text[:_MAX_TEXT]]
 
 
 def _opt_text(v, maxlen, what):

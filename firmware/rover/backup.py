@@ -35,6 +35,14 @@ _PROBE = const(4096)           # bytes tried first to see whether compressing a 
 
 WINDOW = const(64)             # names of one folder held at a time
 
+# Fields of a CHUNKLIST or NEED part: core/messages.py's _PART_*, copied as private consts
+# for the chunk loops (tests/rover/test_message_copies.py keeps them equal). Public names
+# there would cost the rover ~1 KB of heap (messages.py, "field indices").
+_PART_INDEX = const(0)
+_PART_START = const(1)
+_PART_IDS = const(2)
+_PART_WANTED = const(2)
+
 
 def _next_names(path, after, log):
     """The WINDOW smallest names in folder `path` greater than `after`, sorted.
@@ -165,7 +173,7 @@ class Backup(Conversation):
         parent = st[2] if st else None
         w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
         tree_path = self.state_dir + "/tree"
-        if parent is not None and not w[3]:
+        if parent is not None and not w[m.WELCOME_PARENT_OK]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
             parent = None
         old_iter = treefile.read_records(tree_path) if parent is not None else iter(())
@@ -178,11 +186,11 @@ class Backup(Conversation):
         try:
             for rel, s in walk(self.root, self.log):
                 key = m.path_key(rel)
-                while old is not None and m.path_key(old[0]) < key:
-                    self._delete(old[0])
+                while old is not None and m.path_key(old[m.REC_PATH]) < key:
+                    self._delete(old[m.REC_PATH])
                     old = next(old_iter, None)
                 prev = None
-                if old is not None and old[0] == rel:
+                if old is not None and old[m.REC_PATH] == rel:
                     prev = old
                     old = next(old_iter, None)
                 rec = self._record(rel, s, prev)
@@ -193,17 +201,17 @@ class Backup(Conversation):
                 enc = cbor.encode(rec)
                 digest.update(enc)
                 writer.add_encoded(enc)
-                if rec[1] == m.T_FILE:
-                    total += rec[2]
+                if rec[m.REC_TYPE] == m.T_FILE:
+                    total += rec[m.REC_SIZE]
             while old is not None:
-                self._delete(old[0])
+                self._delete(old[m.REC_PATH])
                 old = next(old_iter, None)
             self._flush_batch()
             self._wait_for_watched()
             writer.close()
             root = digest.digest()
             self.send(m.commit(root, writer.count, total))
-            snap = self.recv(m.COMMITTED)[1]
+            snap = self.recv(m.COMMITTED)[m.COMMITTED_SNAPSHOT]
         finally:
             if self.cfile:
                 self.cfile.close()
@@ -222,8 +230,8 @@ class Backup(Conversation):
 
     def _record(self, rel, s, prev):
         t, size, mtime, mode, target = s
-        if (prev is not None and prev[1] == t and prev[2] == size and prev[3] == mtime
-                and prev[4] == mode and prev[6] == target):
+        if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == mtime
+                and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target):
             return prev       # unchanged: the anchor already has it, say nothing
         oid = None
         idx = len(self.batch)
@@ -272,7 +280,8 @@ class Backup(Conversation):
 
     def _maybe_flush(self):
         e = self.batch[-1]
-        self.batch_bytes += len(e[1]) + 64 + (len(e[7]) if len(e) > 7 and e[7] else 0)
+        self.batch_bytes += len(e[m.ENTRY_PATH]) + 64 + (
+            len(e[m.ENTRY_TARGET]) if len(e) > m.ENTRY_TARGET and e[m.ENTRY_TARGET] else 0)
         if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS or self.batch_bytes >= BATCH_BYTES:
             self._flush_batch()
             self._open_batch()
@@ -285,13 +294,13 @@ class Backup(Conversation):
         self.send(m.entries(self.seq, self.batch))
         v = self.recv(m.VERDICT)
         self.seq += 1
-        if v[2] or len(v) > 3:
+        if v[m.VERDICT_WANTED] or len(v) > m.VERDICT_WATCHED:
             recs = open(self.cpath, "rb")
             try:
-                if len(v) > 3:
-                    self._keep_watched(recs, v[3])
-                if v[2]:
-                    self._upload(recs, v[2])
+                if len(v) > m.VERDICT_WATCHED:
+                    self._keep_watched(recs, v[m.VERDICT_WATCHED])
+                if v[m.VERDICT_WANTED]:
+                    self._upload(recs, v[m.VERDICT_WANTED])
             finally:
                 recs.close()
         self.batch = []
@@ -304,9 +313,9 @@ class Backup(Conversation):
         if self.wfile is None:
             self.wfile = open(self.wpath, "wb")
         for w in watched:
-            info = self.files.get(w[0])
+            info = self.files.get(w[m.WATCH_INDEX])
             if info is None:
-                raise RoverError("anchor watches entry %d, which has no content" % w[0])
+                raise RoverError("anchor watches entry %d, which has no content" % w[m.WATCH_INDEX])
             path, oid, first, n = info
             start = sum(x[3] for x in self.watches)
             for j in range(n):
@@ -315,7 +324,7 @@ class Backup(Conversation):
                 self.wfile.write(self.recbuf)
             self.watches.append((path, oid, start, n))
             self.log("the anchor watches for %s (up to %d s): it is to pass through, or the anchor "
-                     "fetches it again from its origin" % (path[len(self.root) + 1:], w[1]))
+                     "fetches it again from its origin" % (path[len(self.root) + 1:], w[m.WATCH_SECONDS]))
 
     def _wait_for_watched(self):
         if not self.watches:
@@ -325,7 +334,7 @@ class Backup(Conversation):
         self.link.set_timeout(self.watch_wait + 60)
         try:
             self.send(m.watchwait(self.watch_wait))
-            missing = self.recv(m.WATCHED)[1]
+            missing = self.recv(m.WATCHED)[m.WATCHED_MISSING]
         finally:
             self.link.set_timeout(None)
         self.log("%d of %d watched files reached the anchor without the radio; uploading %d"
@@ -379,14 +388,15 @@ class Backup(Conversation):
     def _exchange(self, recs, parts):
         self.send(m.chunklist(parts))
         msg = self.recv(m.NEED)          # the session checked it echoes these parts
-        need = msg[1]
-        if len(msg) > 2:
-            self._prove(recs, parts, msg[2][0], msg[2][1])
+        need = msg[m.NEED_PARTS]
+        if len(msg) > m.NEED_CHALLENGE:
+            self._prove(recs, parts, msg[m.NEED_CHALLENGE][m.CHALLENGE_NONCE],
+                        msg[m.NEED_CHALLENGE][m.CHALLENGE_POSITIONS])
         for k in range(len(parts)):
-            wanted = need[k][2]
+            wanted = need[k][_PART_WANTED]
             if not wanted:
                 continue
-            idx, start, ids = parts[k][0], parts[k][1], parts[k][2]
+            idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
             f = open(path, "rb")
             try:
@@ -405,7 +415,7 @@ class Backup(Conversation):
         for k in range(len(parts)):
             if not positions[k]:
                 continue
-            idx, start, ids = parts[k][0], parts[k][1], parts[k][2]
+            idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
             f = open(path, "rb")
             try:

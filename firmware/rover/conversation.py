@@ -40,11 +40,11 @@ class Conversation:
         while True:
             msg = self.sess.next_event()
             if msg is not None:
-                if msg[0] == m.ERROR:
-                    raise RoverError("anchor refused: %s (error %d)" % (msg[2], msg[1]))
-                if msg[0] not in expected:
+                if msg[m.MSG_TYPE] == m.ERROR:
+                    raise RoverError("anchor refused: %s (error %d)" % (msg[m.ERROR_TEXT], msg[m.ERROR_CODE]))
+                if msg[m.MSG_TYPE] not in expected:
                     raise RoverError("anchor sent %s, expected %s" % (
-                        m.NAMES[msg[0]], " or ".join(m.NAMES[t] for t in expected)))
+                        m.NAMES[msg[m.MSG_TYPE]], " or ".join(m.NAMES[t] for t in expected)))
                 return msg
             n = self.link.readinto(self.rxbuf)
             if not n:

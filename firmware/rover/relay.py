@@ -19,8 +19,8 @@ class Relay(Conversation):
 
     def _result(self):
         r = self.recv(m.RESULT, m.FAIL)
-        if r[0] == m.FAIL:
-            raise RelayError("relay failed: %s" % r[2])
+        if r[m.MSG_TYPE] == m.FAIL:
+            raise RelayError("relay failed: %s" % r[m.FAIL_TEXT])
         return r
 
     def fetch(self, url, out_path, headers=None):
@@ -30,22 +30,22 @@ class Relay(Conversation):
         broken transfer never leaves a file that looks complete."""
         self.send(m.fetch(url, headers))
         r = self._result()
-        status, declared = r[1], r[2]
+        status, declared = r[m.RESULT_STATUS], r[m.RESULT_SIZE]
         part = out_path + ".part"
         f = open(part, "wb") if status == 200 else None
         got = 0
         try:
             while True:
                 msg = self.recv(m.BODY, m.END, m.FAIL)
-                if msg[0] == m.BODY:
-                    got += len(msg[1])
+                if msg[m.MSG_TYPE] == m.BODY:
+                    got += len(msg[m.BODY_DATA])
                     if f:
-                        f.write(msg[1])
-                elif msg[0] == m.FAIL:
-                    raise RelayError("transfer broke off after %d bytes: %s" % (got, msg[2]))
+                        f.write(msg[m.BODY_DATA])
+                elif msg[m.MSG_TYPE] == m.FAIL:
+                    raise RelayError("transfer broke off after %d bytes: %s" % (got, msg[m.FAIL_TEXT]))
                 else:
-                    if msg[1] != got or (declared is not None and declared != got):
-                        raise RelayError("body ended at %d bytes, expected %s" % (got, declared or msg[1]))
+                    if msg[m.END_SIZE] != got or (declared is not None and declared != got):
+                        raise RelayError("body ended at %d bytes, expected %s" % (got, declared or msg[m.END_SIZE]))
                     break
         except BaseException:
             if f:
@@ -78,7 +78,7 @@ class Relay(Conversation):
         size = fsys.stat(path)[1]
         self.send(m.send_req(method, url, size, content_type))
         self._stream_file(path, size)
-        status = self._result()[1]
+        status = self._result()[m.RESULT_STATUS]
         if status >= 300:
             raise RelayError("HTTP %d from %s" % (status, url))
         return status

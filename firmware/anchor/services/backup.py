@@ -75,7 +75,7 @@ class BackupHandler:
         self.rx_raw = 0               # well this session's data compresses, for estimates
 
     def handle(self, msg):
-        t = msg[0]
+        t = msg[m.MSG_TYPE]
         if self.refused is not None and t not in (m.DATA, m.ERROR):
             raise self._full()
         if t == m.HELLO:
@@ -93,7 +93,7 @@ class BackupHandler:
         if t == m.COMMIT:
             return [self._commit(msg)]
         if t == m.ERROR:
-            log.info("rover %s ended the session: %s", self.device, msg[2])
+            log.info("rover %s ended the session: %s", self.device, msg[m.ERROR_TEXT])
             return []
         raise m.ProtocolError(m.E_PROTOCOL, "unexpected %s" % m.NAMES.get(t, t))
 
@@ -102,19 +102,19 @@ class BackupHandler:
     def _hello(self, msg):
         self.retention.protect(self.uploaded_set)
         self.retention.protect(self.in_use)
-        self.device = msg[2]
-        self.can_prove = bool(msg[4] & m.CAP_PROVE)
+        self.device = msg[m.HELLO_DEVICE]
+        self.can_prove = bool(msg[m.HELLO_CAPS] & m.CAP_PROVE)
         self.dev = self.catalog.device_id(self.device)
         self.catalog.seen(self.dev)
         latest = self.catalog.latest(self.dev)
-        parent = msg[3]
+        parent = msg[m.HELLO_PARENT]
         ok = True
         if parent is not None and self.catalog.snapshot(self.dev, parent) is None:
             # The rover's base is unknown here: it must describe its whole tree.
             ok = False
             parent = None
         self.parent = parent
-        log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[3],
+        log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
                  "ok" if ok else "unknown", latest)
         return m.welcome(latest, ok, m.CAP_ZLIB)
 
@@ -124,15 +124,15 @@ class BackupHandler:
         wanted = []
         watched = []
         self.wanted = {}                  # entry index in this batch -> object id
-        for i, e in enumerate(msg[2]):
-            key = m.path_key(e[1])
+        for i, e in enumerate(msg[m.ENTRIES_ITEMS]):
+            key = m.path_key(e[m.ENTRY_PATH])
             if self.last_key is not None and key <= self.last_key:
-                raise m.ProtocolError(m.E_PROTOCOL, "entries out of order at %r" % e[1])
+                raise m.ProtocolError(m.E_PROTOCOL, "entries out of order at %r" % e[m.ENTRY_PATH])
             self.last_key = key
             self.delta.append(e)
-            if e[0] != m.OP_PUT or e[2] != m.T_FILE:
+            if e[m.ENTRY_OP] != m.OP_PUT or e[m.ENTRY_TYPE] != m.T_FILE:
                 continue
-            oid, size = e[6], e[3]
+            oid, size = e[m.ENTRY_OID], e[m.ENTRY_SIZE]
             if self._have_object(oid, size):
                 # accounting: where the anchor already had it from
                 src = "supplied_passthrough" if self.catalog.object_captured(self.dev, oid) else "supplied_backups"
@@ -143,11 +143,11 @@ class BackupHandler:
                     raise m.ProtocolError(m.E_BAD_DATA, "object %s named with two sizes" % oid.hex()[:16])
                 continue                  # already asked for (the same content twice)
             self.expected[oid] = size
-            if len(e) > 8 and e[8] & m.FLAG_QUEUED and len(self.watching) < m.MAX_ENTRIES:
+            if len(e) > m.ENTRY_FLAGS and e[m.ENTRY_FLAGS] & m.FLAG_QUEUED and len(self.watching) < m.MAX_ENTRIES:
                 # In the outbox: it will pass through the relay soon; wait for it there.
                 secs = WATCH_SECONDS
                 self.watching.append(oid)
-                self.watchlist.add(self.dev, self.device, oid, e[1], size, secs)
+                self.watchlist.add(self.dev, self.device, oid, e[m.ENTRY_PATH], size, secs)
                 watched.append([i, secs])
                 continue
             recipe = self._recipe(oid)
@@ -157,13 +157,13 @@ class BackupHandler:
                 secs = self.regenerator.watch_seconds
                 self.watching.append(oid)
                 self.regenerating.add(oid)
-                self.watchlist.add(self.dev, self.device, oid, e[1], size, secs)
+                self.watchlist.add(self.dev, self.device, oid, e[m.ENTRY_PATH], size, secs)
                 watched.append([i, secs])
                 asyncio.get_running_loop().create_task(self.regenerator.regenerate(self.dev, oid, recipe))
                 continue
             self.wanted[i] = oid
             wanted.append(i)
-        return m.verdict(msg[1], wanted, watched)
+        return m.verdict(msg[m.ENTRIES_SEQ], wanted, watched)
 
     def _recipe(self, oid):
         if not self.catalog.device_has_object(self.dev, oid):
@@ -180,9 +180,9 @@ class BackupHandler:
         # In scope is not enough: pass-through chunks may have been evicted since. Then the
         # rover describes the object and NEED names just the chunks that are gone.
         info = self.catalog.object_chunks(oid)
-        if info is None or self.store.missing(info[1]):
+        if info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS]):
             return False
-        self.in_use.update(info[1])      # kept from eviction until this session ends
+        self.in_use.update(info[self.catalog.OBJECT_CHUNKS])      # kept from eviction until this session ends
         return True
 
     def _chunklist(self, msg):
@@ -190,7 +190,7 @@ class BackupHandler:
         estimate = 0
         self.nonce = os.urandom(16) if self.can_prove else None
         prove = []
-        for index, start, ids, last in (p[:4] for p in msg[1]):
+        for index, start, ids, last in (p[:4] for p in msg[m.CHUNKLIST_PARTS]):
             oid = self.wanted.get(index)
             if oid is None or oid in self.declared:
                 raise m.ProtocolError(m.E_PROTOCOL, "chunk list for entry %d, which was not asked for" % index)
@@ -265,7 +265,7 @@ class BackupHandler:
     # --- data --------------------------------------------------------------------------
 
     def _proof(self, msg):
-        cid, tag = msg[1], msg[2]
+        cid, tag = msg[m.PROOF_ID], msg[m.PROOF_MAC]
         nonce = self.proving.pop(cid, None)
         if nonce is None:
             raise m.ProtocolError(m.E_PROTOCOL, "proof for chunk %s, which was not challenged" % cid.hex()[:16])
@@ -282,7 +282,7 @@ class BackupHandler:
         self.counts["supplied_proven"] = self.counts.get("supplied_proven", 0) + len(raw)
 
     def _data(self, msg):
-        cid, enc, payload = msg[1], msg[2], msg[3]
+        cid, enc, payload = msg[m.DATA_ID], msg[m.DATA_ENC], msg[m.DATA_PAYLOAD]
         if cid in self.proving:
             # a rover may upload a challenged chunk instead of proving it
             del self.proving[cid]
@@ -348,13 +348,13 @@ class BackupHandler:
 
     async def watch_wait(self, msg, send):
         """Wait until every watched object passed through (a capture put it in this
-        device's scope) or its deadline came, at most msg[1] seconds; then answer WATCHED
+        device's scope) or its deadline came, at most msg[m.WATCHWAIT_SECONDS] seconds; then answer WATCHED
         with the watch numbers still missing, which the rover uploads as usual."""
         if self.refused is not None:
             raise self._full()
         loop = asyncio.get_running_loop()
         wl = self.watchlist
-        until = loop.time() + msg[1]
+        until = loop.time() + msg[m.WATCHWAIT_SECONDS]
         event = asyncio.Event()
         wl.listeners.add(event)
         try:
@@ -388,7 +388,7 @@ class BackupHandler:
     # --- commit ------------------------------------------------------------------------
 
     def _commit(self, msg):
-        root, n_entries, total = msg[1], msg[2], msg[3]
+        root, n_entries, total = msg[m.COMMIT_ROOT], msg[m.COMMIT_COUNT], msg[m.COMMIT_BYTES]
         if self.needed:
             raise m.ProtocolError(m.E_MISSING, "%d asked-for chunks never arrived" % len(self.needed))
         if self.proving:
@@ -416,8 +416,8 @@ class BackupHandler:
 
         def noting_objects(records):
             for r in records:
-                if r[1] == m.T_FILE and r[5] is not None:
-                    tree_oids.add(r[5])
+                if r[m.REC_TYPE] == m.T_FILE and r[m.REC_OID] is not None:
+                    tree_oids.add(r[m.REC_OID])
                 yield r
         digest, count, nbytes = self.trees.write(noting_objects(apply_delta(self.trees.read(parent_root), self.delta)))
         if digest != root or count != n_entries or nbytes != total:

@@ -164,7 +164,7 @@ class RelayHandler:
         return tempfile.NamedTemporaryFile(dir=self.service.spool_dir, prefix="relay-", delete=False)
 
     async def handle(self, msg, send):
-        t = msg[0]
+        t = msg[m.MSG_TYPE]
         if t == m.WATCHWAIT:
             await self.info.watch_wait(msg, send)    # the backup's wait for relayed data
         elif t == m.FETCH:
@@ -172,29 +172,29 @@ class RelayHandler:
         elif t in (m.SEND, m.PUBLISH):
             # Refusals (too large, no broker) come as FAIL after the body: the rover streams
             # it first, and the table has no FAIL while it is sending.
-            if msg[2 if t == m.PUBLISH else 3] > self.service.max_body:
+            if msg[m.PUBLISH_SIZE if t == m.PUBLISH else m.SEND_SIZE] > self.service.max_body:
                 self.upload = [t, msg, None, 0]
             else:
                 self.upload = [t, msg, self._spool(), 0]
         elif t == m.BODY:
             up = self.upload
-            up[3] += len(msg[1])
-            declared = up[1][2] if up[0] == m.PUBLISH else up[1][3]
+            up[3] += len(msg[m.BODY_DATA])
+            declared = up[1][m.PUBLISH_SIZE] if up[0] == m.PUBLISH else up[1][m.SEND_SIZE]
             if up[3] > declared:
                 raise m.ProtocolError(m.E_PROTOCOL, "body longer than the %d bytes announced" % declared)
             if up[2] is not None:
-                up[2].write(msg[1])
+                up[2].write(msg[m.BODY_DATA])
         elif t == m.END:
             await self._finish_upload(msg, send)
 
     # --- fetch -------------------------------------------------------------------------
 
     async def _fetch(self, msg, send):
-        url = msg[1]
+        url = msg[m.FETCH_URL]
         feed = _Feed(asyncio.get_running_loop())
         spool = self._spool()
         worker = threading.Thread(target=_http_worker, daemon=True,
-                                  args=(feed, "GET", url, msg[2], None, self.service.timeout))
+                                  args=(feed, "GET", url, msg[m.FETCH_HEADERS], None, self.service.timeout))
         worker.start()
         complete = False
         try:
@@ -253,12 +253,13 @@ class RelayHandler:
     async def _finish_upload(self, msg, send):
         kind, req, spool, got = self.upload
         self.upload = None
-        declared = req[2] if kind == m.PUBLISH else req[3]
-        if msg[1] != got or got != declared:
+        declared = req[m.PUBLISH_SIZE] if kind == m.PUBLISH else req[m.SEND_SIZE]
+        if msg[m.END_SIZE] != got or got != declared:
             if spool is not None:
                 spool.close()
                 os.unlink(spool.name)
-            raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d" % (declared, got, msg[1]))
+            raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d"
+                                  % (declared, got, msg[m.END_SIZE]))
         if spool is None:
             await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
             return
@@ -266,10 +267,10 @@ class RelayHandler:
         try:
             self._count(relay_up_bytes=got, relay_requests=1)
             if kind == m.PUBLISH:
-                prov = {"direction": "up", "protocol": "mqtt", "method": "PUBLISH", "target": req[1]}
+                prov = {"direction": "up", "protocol": "mqtt", "method": "PUBLISH", "target": req[m.PUBLISH_TOPIC]}
             else:
-                prov = {"direction": "up", "protocol": "http", "method": req[1], "target": req[2],
-                        "content_type": req[4]}
+                prov = {"direction": "up", "protocol": "http", "method": req[m.SEND_METHOD], "target": req[m.SEND_URL],
+                        "content_type": req[m.SEND_TYPE]}
             # Captured whatever the origin says: these are the rover's own bytes, whole.
             self._capture(spool.name, prov)
             if kind == m.PUBLISH:
@@ -284,8 +285,8 @@ class RelayHandler:
             await send(m.fail(m.F_BROKER, "this anchor has no broker (anchor serve --broker mqtt://HOST:PORT)"))
             return
         loop = asyncio.get_running_loop()
-        err = await loop.run_in_executor(None, _mqtt_publish, self.service.broker, req[1], path,
-                                         req[3], req[4], self.service.timeout)
+        err = await loop.run_in_executor(None, _mqtt_publish, self.service.broker, req[m.PUBLISH_TOPIC], path,
+                                         req[m.PUBLISH_QOS], req[m.PUBLISH_RETAIN], self.service.timeout)
         if err:
             self._count(relay_failures=1)
             await send(m.fail(err[0], err[1]))
@@ -295,7 +296,7 @@ class RelayHandler:
     async def _send_http(self, req, path, send):
         feed = _Feed(asyncio.get_running_loop())
         worker = threading.Thread(target=_http_worker, daemon=True,
-                                  args=(feed, req[1], req[2], [("Content-Type", req[4])], path,
+                                  args=(feed, req[m.SEND_METHOD], req[m.SEND_URL], [("Content-Type", req[m.SEND_TYPE])], path,
                                         self.service.timeout, False))
         worker.start()
         try:

@@ -49,7 +49,7 @@ class RestoreService:
                 raise PathError(e.text)
         found = False
         for r in self.trees.read(snap["root"]):
-            if not prefix or r[0] == prefix or r[0].startswith(prefix + "/"):
+            if not prefix or r[m.REC_PATH] == prefix or r[m.REC_PATH].startswith(prefix + "/"):
                 found = True
                 yield r
         if prefix and not found:
@@ -61,14 +61,14 @@ class RestoreService:
         are not held."""
         for r in self.records(snap, prefix):
             ids = ()
-            if r[1] == m.T_FILE and r[2]:
-                info = self.catalog.object_chunks(r[5])
+            if r[m.REC_TYPE] == m.T_FILE and r[m.REC_SIZE]:
+                info = self.catalog.object_chunks(r[m.REC_OID])
                 if info is None:
-                    raise RestoreError(r[0], "its object %s is not in the catalog" % r[5].hex()[:16])
-                ids = info[1]
+                    raise RestoreError(r[m.REC_PATH], "its object %s is not in the catalog" % r[m.REC_OID].hex()[:16])
+                ids = info[self.catalog.OBJECT_CHUNKS]
                 gone = self.store.missing(ids)
                 if gone:
-                    raise RestoreError(r[0], "%d of its %d chunks are not in the store (first: %s)"
+                    raise RestoreError(r[m.REC_PATH], "%d of its %d chunks are not in the store (first: %s)"
                                        % (len(gone), len(ids), ids[gone[0]].hex()[:16]))
             yield r, ids
 
@@ -82,14 +82,14 @@ class RestoreService:
     def content(self, record, ids):
         """The content of an entry, chunk by chunk (nothing but for files); RestoreError if
         it would not add up to the file's size (a reader takes exactly that many bytes)."""
-        if record[1] != m.T_FILE:
+        if record[m.REC_TYPE] != m.T_FILE:
             return
         got = 0
         for cid in ids:
-            b = self.chunk(record[0], cid)
+            b = self.chunk(record[m.REC_PATH], cid)
             got += len(b)
-            if got > record[2]:
-                raise RestoreError(record[0], "its chunks hold more than its %d bytes" % record[2])
+            if got > record[m.REC_SIZE]:
+                raise RestoreError(record[m.REC_PATH], "its chunks hold more than its %d bytes" % record[m.REC_SIZE])
             yield b
-        if got != record[2]:
-            raise RestoreError(record[0], "its chunks hold %d of its %d bytes" % (got, record[2]))
+        if got != record[m.REC_SIZE]:
+            raise RestoreError(record[m.REC_PATH], "its chunks hold %d of its %d bytes" % (got, record[m.REC_SIZE]))

@@ -99,6 +99,9 @@ class CatalogError(Exception):
 
 
 class Catalog:
+    OBJECT_SIZE = 0       # fields of what object_chunks() returns
+    OBJECT_CHUNKS = 1
+
     def __init__(self, path, readonly=False):
         """readonly: look at the catalog of an anchor another process runs (tests, tools)."""
         new = not os.path.exists(path)

@@ -53,8 +53,8 @@ class TreeStore:
                 enc = cbor.encode(rec)
                 h.update(enc)
                 count += 1
-                if rec[1] == m.T_FILE:
-                    total += rec[2]
+                if rec[m.REC_TYPE] == m.T_FILE:
+                    total += rec[m.REC_SIZE]
                 f.write(comp.compress(struct.pack(">I", len(enc)) + enc))
             f.write(comp.flush())
             f.flush()
@@ -118,14 +118,15 @@ def apply_delta(parent_records, delta):
     it = iter(parent_records)
     old = next(it, None)
     for e in delta:
-        key = m.path_key(e[1])
-        while old is not None and m.path_key(old[0]) < key:
+        key = m.path_key(e[m.ENTRY_PATH])
+        while old is not None and m.path_key(old[m.REC_PATH]) < key:
             yield old
             old = next(it, None)
-        if old is not None and m.path_key(old[0]) == key:
+        if old is not None and m.path_key(old[m.REC_PATH]) == key:
             old = next(it, None)
-        if e[0] == m.OP_PUT:
-            yield m.tree_record(e[1], e[2], e[3], e[4], e[5], e[6], e[7] if len(e) > 7 else None)
+        if e[m.ENTRY_OP] == m.OP_PUT:
+            yield m.tree_record(e[m.ENTRY_PATH], e[m.ENTRY_TYPE], e[m.ENTRY_SIZE], e[m.ENTRY_MTIME], e[m.ENTRY_MODE],
+                                e[m.ENTRY_OID], e[m.ENTRY_TARGET] if len(e) > m.ENTRY_TARGET else None)
     while old is not None:
         yield old
         old = next(it, None)
