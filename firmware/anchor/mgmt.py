@@ -12,6 +12,7 @@ import os
 import struct
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from core import messages as m
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
 
 log = logging.getLogger("anchor.mgmt")
@@ -111,7 +112,7 @@ class Api:
                 args = prune.parse_query(q)
             except ValueError as e:
                 raise ApiError(400, str(e))
-            return await self._json(writer, dict(prune.prune(self.app, dev, **args), device=segs[2]))
+            return await self._json(writer, dict(prune.prune(self.app.catalog, self.app.store, self.app.trees, self.app.retention, dev, **args), device=segs[2]))
         if segs[1:] == ["devices"]:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
@@ -238,9 +239,8 @@ class Api:
 
     def forget(self, dev, snap):
         """Remove a snapshot; content only it kept falls back to pass-through data."""
-        root, freed, released = self.catalog.forget_snapshot(dev, snap["id"])
-        if freed:
-            self.app.trees.delete(root)
+        from anchor.storage.prune import forget
+        released, freed = forget(self.catalog, self.app.trees, dev, snap["id"])
         log.info("snapshot %d forgotten; %d chunks back to pass-through", snap["id"], len(released))
         return {"forgotten": snap["id"], "chunks_released": len(released), "tree_freed": freed}
 

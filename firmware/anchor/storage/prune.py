@@ -13,7 +13,6 @@ when a backup or relay traffic needs room).
 import datetime
 import logging
 
-from anchor.storage import retention
 
 log = logging.getLogger("anchor.prune")
 
@@ -101,30 +100,37 @@ def _snap(s, reasons=None):
     return out
 
 
-def prune(anchor, dev, keep_last=0, keep_daily=0, keep_weekly=0, dry_run=False):
+def forget(catalog, trees, dev, seq):
+    """Forget snapshot `seq` of device `dev`: the catalog drops it (what only it kept becomes
+    pass-through data) and its tree file goes once no snapshot uses it. Returns (the chunks
+    released to pass-through, whether the tree file went)."""
+    root, freed, released = catalog.forget_snapshot(dev, seq)
+    if freed:
+        trees.delete(root)
+    return released, freed
+
+
+def prune(catalog, store, trees, retention, dev, keep_last=0, keep_daily=0, keep_weekly=0,
+          dry_run=False):
     """Apply the rules to device `dev` (catalog id). Returns {"keep": [...], "forget": [...],
     "chunks_released", "bytes_released", "evicted_chunks", "evicted_bytes", "dry_run"}:
     bytes_released counts what forgetting turned (or would turn) into pass-through data, as
     the store holds it; evicted_* what the retention pass then evicted."""
-    catalog, store = anchor.catalog, anchor.store
-    keep, forget = plan(catalog.snapshots(dev), keep_last, keep_daily, keep_weekly)
+    keep, forget_ = plan(catalog.snapshots(dev), keep_last, keep_daily, keep_weekly)
     out = {"dry_run": bool(dry_run), "keep": [_snap(s, r) for s, r in keep],
-           "forget": [_snap(s) for s in forget], "evicted_chunks": 0, "evicted_bytes": 0}
+           "forget": [_snap(s) for s in forget_], "evicted_chunks": 0, "evicted_bytes": 0}
     if dry_run:
-        released = catalog.would_release(dev, [s["id"] for s in forget])
+        released = catalog.would_release(dev, [s["id"] for s in forget_])
     else:
         released = []
-        for s in sorted(forget, key=lambda s: s["id"]):
-            root, freed, rel = catalog.forget_snapshot(dev, s["id"])
-            if freed:
-                anchor.trees.delete(root)
-            released += rel
+        for s in sorted(forget_, key=lambda s: s["id"]):
+            released += forget(catalog, trees, dev, s["id"])[0]
     out["chunks_released"] = len(released)
     out["bytes_released"] = store.record_bytes(released)
     if not dry_run:
         log.info("pruned %d snapshots (kept %d); %d chunks (%d bytes) back to pass-through",
-                 len(forget), len(keep), len(released), out["bytes_released"])
-        done = anchor.retention.enforce()
+                 len(forget_), len(keep), len(released), out["bytes_released"])
+        done = retention.enforce()
         if done:
             out["evicted_chunks"] = done["evicted_chunks"]
             out["evicted_bytes"] = done["evicted_bytes"]
