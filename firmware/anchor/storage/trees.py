@@ -21,10 +21,6 @@ class TreeError(Exception):
     pass
 
 
-def record_digest_update(h, rec):
-    h.update(cbor.encode(rec))
-
-
 class TreeStore:
     def __init__(self, root):
         self.root = root
