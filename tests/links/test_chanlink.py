@@ -63,9 +63,10 @@ def _handover(lock, waiting):
 
 
 def test_a_thread_that_lets_the_channel_go_cannot_take_it_back_before_a_waiter():
-    # A reader pumping for an echo let the lock go every 10 ms and took it back before the
-    # writer, woken but not yet running, could: the writer never wrote the rest of the
-    # frame, and the reader waited 60 s for an echo of it (BLE at MTU 23, loaded machine).
+    # A reader pumping for an echo lets the lock go every 10 ms; with a plain lock it takes
+    # it back before the writer, woken but not yet running, can, for as many rounds as the
+    # scheduler decides, while the writer holds the rest of the frame the echo waits for
+    # (the 60 s stall of the BLE MTU 23 conformance test on a loaded machine).
     for _ in range(200):
         lock = channel_lock()
         assert _handover(lock, lock._entry.locked) == ["waiter", "releaser"]
