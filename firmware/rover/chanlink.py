@@ -48,6 +48,44 @@ class _NoLock:
         pass
 
 
+class _Turns:
+    """The channel's lock: a thread that lets it go while another waits cannot take it
+    back before that one has had it.
+
+    Every thread lets the lock go after each pump (at most POLL_SHARED_MS) so another can
+    write or read, and takes it again at once if it still waits. A plain lock only wakes
+    the waiter at release; the releasing thread, already running, takes the lock back
+    microseconds later, long before the waiter is scheduled (more so on a loaded machine).
+    A reader waiting for an echo so kept the lock round after round while the writer,
+    holding the rest of the frame the echo was waiting for, never got in: both ends idle,
+    nothing lost, no timer due, until the reader's 60 s deadline.
+
+    Here a thread takes `entry` before the lock and lets it go once it has the lock, so a
+    waiter holds `entry` while it waits and the thread that just released the lock stops
+    at `entry` until the waiter has the lock. Every lock is released by the thread that
+    took it: MicroPython's locks on the ESP32 are FreeRTOS mutexes, which only their
+    holder may give back."""
+
+    def __init__(self):
+        self._entry = _thread.allocate_lock()
+        self._lock = _thread.allocate_lock()
+
+    def acquire(self):
+        self._entry.acquire()
+        try:
+            self._lock.acquire()
+        finally:
+            self._entry.release()
+        return True
+
+    def release(self):
+        self._lock.release()
+
+
+def channel_lock():
+    return _Turns() if _thread else _NoLock()
+
+
 class ChannelLink:
     """One channel to the anchor over `port`. rx_window: wire bytes the port can hold
     unread (a UART's receive buffer; default: 4 packets)."""
@@ -63,7 +101,7 @@ class ChannelLink:
         self.ch = chan.Channel(True, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
                                tx_window, dead_ms)
         self.buf = bytearray(port.mtu)
-        self.lock = _thread.allocate_lock() if _thread else _NoLock()
+        self.lock = channel_lock()
         self.shared = _thread is not None   # more than one thread may use the channel
         self.ch.connect(int.from_bytes(os.urandom(4), "big"), now_ms())
         self.run(lambda: self.ch.is_open, connect_ms, "connecting to the anchor")

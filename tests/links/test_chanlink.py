@@ -2,6 +2,8 @@
 anchor over an in-memory packet link, clean and lossy."""
 import os
 import sys
+import threading
+import time
 
 import pytest
 
@@ -12,7 +14,7 @@ from harness import make_tree, snapshot_of  # noqa: E402
 from inproc import InprocAnchor  # noqa: E402
 from memory_link import MemoryLink  # noqa: E402
 from rover.backup import Backup  # noqa: E402
-from rover.chanlink import ChannelLink  # noqa: E402
+from rover.chanlink import ChannelLink, channel_lock  # noqa: E402
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.03])
@@ -34,3 +36,37 @@ def test_backup_over_memory_channel(tmp_path, loss):
         link.close()
     finally:
         a.close()
+
+
+def _handover(lock, waiting):
+    """Holds `lock` while another thread waits for it, lets it go and at once asks for it
+    again, as a pumping thread does; returns who had it first after the release."""
+    order = []
+
+    def waiter():
+        lock.acquire()
+        order.append("waiter")
+        lock.release()
+
+    lock.acquire()
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not waiting():
+        assert time.monotonic() < deadline, "the waiter never waited"
+    lock.release()
+    lock.acquire()
+    order.append("releaser")
+    lock.release()
+    t.join(10)
+    return order
+
+
+def test_a_thread_that_lets_the_channel_go_cannot_take_it_back_before_a_waiter():
+    # A reader pumping for an echo lets the lock go every 10 ms; with a plain lock it takes
+    # it back before the writer, woken but not yet running, can, for as many rounds as the
+    # scheduler decides, while the writer holds the rest of the frame the echo waits for
+    # (the 60 s stall of the BLE MTU 23 conformance test on a loaded machine).
+    for _ in range(200):
+        lock = channel_lock()
+        assert _handover(lock, lock._entry.locked) == ["waiter", "releaser"]
