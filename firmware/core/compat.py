@@ -7,3 +7,18 @@ except ImportError:
 
     def const(x):
         return x
+
+
+def unload(module):
+    """Forget a module that was imported for a moment (a MicroPython rover's heap holds the
+    bytecode of every module still referenced): drop it from sys.modules and from its
+    package, so the next import loads it again."""
+    import sys
+    name = module.__name__
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        try:
+            delattr(sys.modules[parent], child)
+        except AttributeError:
+            pass

@@ -23,13 +23,8 @@ def _url(name, url, *args):
 
 
 def drop_grammar():
-    import sys
-    import core
-    sys.modules.pop("core.linkurl", None)
-    try:
-        del core.linkurl
-    except AttributeError:
-        pass
+    from core import compat, linkurl
+    compat.unload(linkurl)
 
 
 def cost(url):

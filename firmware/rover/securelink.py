@@ -3,7 +3,6 @@
 # core/handshake.py; this drives it over a blocking link), then seals everything it
 # writes and opens everything it reads. The session above sees a plain link.
 import os
-import sys
 
 from core import secure
 from core.compat import MICROPYTHON
@@ -59,9 +58,8 @@ def _handshake(link, device, key):
         return hs.records()
     finally:
         if MICROPYTHON:
-            import core
-            del sys.modules["core.handshake"]
-            del core.handshake
+            from core.compat import unload
+            unload(handshake)
 
 
 class SecureLink:
