@@ -33,9 +33,10 @@ class _Feed:
 
     Each item crosses exactly once: call_soon_threadsafe either schedules the hand-over or
     raises, it never leaves it in doubt. (A put through run_coroutine_threadsafe that timed
-    out could still land after the worker had given up on it and sent the item again; a
-    loop held for a second by other sessions' work duplicated 16 KiB of a body that way,
-    or a response head.) A semaphore the consumer releases bounds what is in flight."""
+    out could still land after the worker had given up on it and sent the item again: a
+    loop that did not run for a second, on a loaded machine or behind other sessions'
+    synchronous work, duplicated 16 KiB of a body or a response head.) A semaphore the
+    consumer releases bounds what is in flight."""
 
     def __init__(self, loop):
         self.loop = loop

@@ -1,10 +1,11 @@
 """The relay's hand-over from an origin worker thread to the session's event loop: every item
 arrives exactly once and in order, however long the loop is busy elsewhere.
 
-A busy anchor's loop can be held for seconds by synchronous work of other sessions (chunking
-a capture, ingesting a backup). The feed used to give up on a hand-over after 1 s and submit
-the item again, and the first submission then still landed: a relayed body came out 16 KiB
-too long, or a second response head reached the rover's session as if it were a failure."""
+A busy anchor's loop can stand still for a second or more: the machine is loaded, or other
+sessions do synchronous work (chunking a capture, ingesting a backup). The feed used to give
+up on a hand-over after 1 s and submit the item again, and the first submission then still
+landed: a relayed body came out 16 KiB too long, or a second response head reached the fetch
+as if it were a failure (m.fail(200, size): 'int' object is not subscriptable)."""
 import asyncio
 import threading
 
