@@ -7,7 +7,6 @@ read instead of filling the anchor's memory. Every body that passes whole is cap
 CPython only.
 """
 import asyncio
-import concurrent.futures
 import http.client
 import logging
 import os
@@ -30,27 +29,38 @@ RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END, m.WATCHWAIT)
 
 
 class _Feed:
-    """Worker thread -> event loop, bounded; the worker gives up once the session is gone."""
+    """Worker thread -> event loop, bounded; the worker gives up once the session is gone.
+
+    Each item crosses exactly once: call_soon_threadsafe either schedules the hand-over or
+    raises, it never leaves it in doubt. (A put through run_coroutine_threadsafe that timed
+    out could still land after the worker had given up on it and sent the item again: a
+    loop that did not run for a second, on a loaded machine or behind other sessions'
+    synchronous work, duplicated 16 KiB of a body or a response head.) A semaphore the
+    consumer releases bounds what is in flight."""
 
     def __init__(self, loop):
         self.loop = loop
-        self.q = asyncio.Queue(maxsize=QUEUE_DEPTH)
+        self.q = asyncio.Queue()
+        self.slots = threading.Semaphore(QUEUE_DEPTH)
         self.cancel = threading.Event()
 
     def put(self, item):
-        while not self.cancel.is_set():
-            fut = asyncio.run_coroutine_threadsafe(self.q.put(item), self.loop)
-            try:
-                fut.result(timeout=1.0)
-                return True
-            except concurrent.futures.TimeoutError:
-                fut.cancel()
-            except RuntimeError:      # the loop is closing
+        # Polled, because the session sets `cancel` without knowing whether we wait here.
+        while not self.slots.acquire(timeout=1.0):
+            if self.cancel.is_set():
                 return False
-        return False
+        if self.cancel.is_set():
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        except RuntimeError:      # the loop is closed
+            return False
+        return True
 
     async def get(self):
-        return await self.q.get()
+        item = await self.q.get()
+        self.slots.release()
+        return item
 
 
 def _http_worker(feed, method, url, headers, body_path, timeout, read_body=True):
