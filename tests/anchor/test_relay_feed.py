@@ -9,7 +9,7 @@ as if it were a failure (m.fail(200, size): 'int' object is not subscriptable)."
 import asyncio
 import threading
 
-from anchor.relay_service import QUEUE_DEPTH, _Feed
+from anchor.services.relay import QUEUE_DEPTH, _Feed
 
 WAIT = 30.0        # a bound for a hang only; nothing here waits on the clock to proceed
 
