@@ -92,7 +92,7 @@ bench: setup bench-deps
 # then backs up; prints what the backup cost on the link vs. a plain upload.
 .PHONY: demo
 demo: setup
-	timeout -k 10 600 $(BIN)/python tools/demo.py
+	timeout -k 10 600 $(BIN)/python -m tools.demo
 
 clean:
 	rm -rf $(VENV) build var

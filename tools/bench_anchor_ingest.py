@@ -45,17 +45,14 @@ import random
 import resource
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 import zlib
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "firmware"))
+import pyfastcdc
 
-import pyfastcdc  # noqa: E402
-
-from anchor.storage import index_sqlite  # noqa: E402
-from anchor.storage.chunks import ChunkStore  # noqa: E402
+from anchor.storage import index_sqlite
+from anchor.storage.chunks import ChunkStore
 
 
 def make_log_text(nbytes, r):

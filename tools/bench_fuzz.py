@@ -2,7 +2,7 @@
 """Fuzzing benchmark: millions of generated inputs through everything that takes bytes from
 the wire, with no crash, no hang and no growing memory.
 
-Targets (tests/fuzz/fuzz_targets.py, the same code the hypothesis properties in
+Targets (tests/support/fuzz_targets.py, the same code the hypothesis properties in
 tests/fuzz/test_fuzz_decoders.py use, here driven by a seeded random.Random with no
 hypothesis overhead):
 
@@ -32,7 +32,7 @@ deframer's worst case, a flood of bogus headers with a valid check and the large
 
 Prints one JSON line; exits 1 if anything crashed (reproducers on stderr).
 
-Usage: tools/bench_fuzz.py [--scale F] [--seed S] [--only a,b] [--hang-s SECONDS]
+Usage: python -m tools.bench_fuzz [--scale F] [--seed S] [--only a,b] [--hang-s SECONDS]
 """
 import argparse
 import json
@@ -42,12 +42,8 @@ import struct
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "fuzz"))
-sys.path.insert(0, os.path.join(HERE, "..", "firmware"))
-
-import fuzz_targets as ft  # noqa: E402
-from core import framing  # noqa: E402
+from tests.support import fuzz_targets as ft
+from core import framing
 
 # Cases per target at --scale 1 (session and channel cases are runs of several steps).
 CASES = {

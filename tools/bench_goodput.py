@@ -2,7 +2,7 @@
 """Link goodput: how much of a slow link's bandwidth carries backup data (DESIGN section 9).
 
 The MicroPython rover (256 KB heap) backs up a folder of incompressible files (photo-like)
-to an `anchor serve --serial` process over the pty link emulator (tools/linkemu.py PtyLink),
+to an `anchor serve --serial` process over the pty link emulator (tests/support/linkemu.py PtyLink),
 on two links:
 
   serial   115200 baud 8N1: 11,520 bytes/s each way, no latency, 512-byte packets
@@ -13,7 +13,7 @@ time is the rover's whole run: start-up, walk, hash, manifest round trips, uploa
 The line also gives the bytes the rover put on the link (framing, channel headers, session
 messages) over the chunk bytes, and the channel's retransmissions.
 
-Prints one JSON line per link. Usage: tools/bench_goodput.py [--kib N] [--links serial,ble]
+Prints one JSON line per link. Usage: python -m tools.bench_goodput [--kib N] [--links serial,ble]
 """
 import argparse
 import json
@@ -22,18 +22,12 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-
-from harness import AnchorProc, rover_cmd  # noqa: E402
-from linkemu import CountingRelay, PtyLink  # noqa: E402
-from services import Broker  # noqa: E402
+from tests.support.harness import AnchorProc, rover_cmd
+from tests.support.linkemu import CountingRelay, PtyLink
+from tests.support.services import Broker
 
 LINKS = {
     "serial": {"rate": 11520, "latency_ms": 0, "mtu": 512, "what": "115200 baud 8N1"},

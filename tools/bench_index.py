@@ -30,9 +30,6 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "firmware"))
-
 
 def chunk_id(i):
     # Ids are derived, not kept: a list of 1M ids would itself be ~70 MB of RSS.

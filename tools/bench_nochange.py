@@ -15,7 +15,7 @@ then, everything on 127.0.0.1:
 Prints one JSON line. Every subprocess has a timeout; processes and temp dirs are cleaned up
 on failure too. Run with the project's venv (tools/bench-nochange does).
 
-Usage: tools/bench_nochange.py [--files N] [--seed S] [--max-dir N] [--timeout SECONDS]
+Usage: python -m tools.bench_nochange [--files N] [--seed S] [--max-dir N] [--timeout SECONDS]
 """
 import argparse
 import calendar
@@ -32,12 +32,8 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
-sys.path.insert(0, HERE)
-
-from harness import AnchorProc, run_rover  # noqa: E402
-from linkemu import CountingRelay  # noqa: E402
+from tests.support.harness import AnchorProc, run_rover
+from tests.support.linkemu import CountingRelay
 
 DEVICE = "bench-rover"
 MAX_SIZE = 4096

@@ -5,7 +5,7 @@ HTTP origin), restarted on the same data directory each time, with torn segment 
 at about a third of the points. After each restart: the store opens, `anchorctl verify` is
 clean, the newest and a random older snapshot restore bit-exact, and the interrupted backup or
 fetch is rerun to completion; at the end every committed snapshot is restored. The loop itself
-is tests/e2e/powerloss.py (its docstring says what one point does).
+is tests/support/powerloss.py (its docstring says what one point does).
 
 Prints one JSON line:
   {"bench": "powerloss", "points", "kills_during_backup", "kills_during_capture", "kills_idle",
@@ -14,7 +14,7 @@ Prints one JSON line:
    "interrupted_backups_completed", "seconds", ...}
 and exits 1 if any check failed (each failure is described on stderr).
 
-Usage: tools/bench_powerloss.py [--points N] [--seed S] [--keep DIR] [-v]
+Usage: python -m tools.bench_powerloss [--points N] [--seed S] [--keep DIR] [-v]
 """
 import argparse
 import json
@@ -23,11 +23,7 @@ import shutil
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
-sys.path.insert(0, HERE)
-
-from powerloss import PowerLoss  # noqa: E402
+from tests.support.powerloss import PowerLoss
 
 
 def main(argv=None):

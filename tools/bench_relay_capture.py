@@ -19,7 +19,7 @@ For comparison the same download also goes through each anchor's HTTP forward pr
 (`--proxy`, http.client as the client); the proxy counts before it hands over the last
 bytes, so the client's time already includes the capture.
 
-Prints one JSON line. Usage: tools/bench_relay_capture.py [--mib N] [--runs N] [--timeout S]
+Prints one JSON line. Usage: python -m tools.bench_relay_capture [--mib N] [--runs N] [--timeout S]
 """
 import argparse
 import base64
@@ -32,18 +32,12 @@ import re
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-sys.path.insert(0, os.path.join(ROOT, "host"))
-
-from harness import AnchorProc, rover_cmd  # noqa: E402
-from services import Origin  # noqa: E402
-from anchorctl.client import Client  # noqa: E402
+from tests.support.harness import AnchorProc, rover_cmd
+from tests.support.services import Origin
+from anchorctl.client import Client
 
 DEVICE = "bench-rover"
 

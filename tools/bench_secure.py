@@ -8,23 +8,20 @@ on the link.
   anchor as shipped (paired) and to an `--open` one, counted at a loopback relay; then a
   backup after one small file changed.
 
-Prints one JSON line. Usage: tools/bench_secure.py [--files N]
+Prints one JSON line. Usage: python -m tools.bench_secure [--files N]
 """
 import argparse
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-from harness import AnchorProc, anchorctl, make_tree, run_rover  # noqa: E402
-from linkemu import CountingRelay  # noqa: E402
+from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover  # noqa: E402
+from tests.support.linkemu import CountingRelay  # noqa: E402
 
 MPY_SPEED = r'''
 import time

@@ -62,7 +62,7 @@ All tools back up the same folder at the start and at the end of the week. Every
 Prints one JSON line. Needs rsync, restic and borg (`make bench-deps`) and mosquitto
 (`make setup`). Run with the project's venv (tools/bench-week does).
 
-Usage: tools/bench_week.py [--seed S] [--photo-share P] [--timeout SECONDS] [--keep]
+Usage: python -m tools.bench_week [--seed S] [--photo-share P] [--timeout SECONDS] [--keep]
 """
 import argparse
 import calendar
@@ -83,17 +83,11 @@ import time
 import zlib
 from urllib.parse import quote
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-sys.path.insert(0, os.path.join(ROOT, "firmware"))
-sys.path.insert(0, HERE)
-
-from bench_nochange import _text, make_device_tree, settle, stop_group, wait_listening  # noqa: E402
-from core.chunker import HAVE_PYFASTCDC, chunks_of  # noqa: E402
-from harness import AnchorProc, run_rover  # noqa: E402
-from linkemu import CountingRelay  # noqa: E402
-from services import Broker, Origin, free_port  # noqa: E402
+from tools.bench_nochange import _text, make_device_tree, settle, stop_group, wait_listening
+from core.chunker import HAVE_PYFASTCDC, chunks_of
+from tests.support.harness import AnchorProc, run_rover
+from tests.support.linkemu import CountingRelay
+from tests.support.services import Broker, Origin, free_port
 
 DEV_MPY = "week-mpy"
 DEV_CPY = "week-cpy"

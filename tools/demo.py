@@ -3,10 +3,10 @@
 
 Everything on 127.0.0.1, started here and stopped on exit or error:
 
-  origin   an HTTP origin (tests/e2e/services.Origin) that serves downloads and takes uploads
+  origin   an HTTP origin (tests/support/services.Origin) that serves downloads and takes uploads
   broker   Debian's mosquitto on a free port, with a subscriber that shows what arrives
   anchor   `anchor serve --broker ...` in a temp dir
-  link     tools/linkemu.CountingRelay between rover and anchor as a slow radio: --rate bytes/s
+  link     tests/support/linkemu.CountingRelay between rover and anchor as a slow radio: --rate bytes/s
            each way (default 50,000) and --latency-ms one way (default 40); it counts bytes
   rover    the rover firmware under MicroPython with a 256 KB heap (tools/rover-mpy)
 
@@ -18,7 +18,7 @@ anchor (a plain upload), on an unthrottled link so the demo stays short; its tim
 the slow link is bytes / rate. Finally anchorctl restores the snapshot and it is compared
 bit for bit with the rover's tree.
 
-Usage: tools/demo.py [--rate BYTES_PER_S] [--latency-ms MS] [--seed S] [--keep]
+Usage: python -m tools.demo [--rate BYTES_PER_S] [--latency-ms MS] [--seed S] [--keep]
 """
 import argparse
 import contextlib
@@ -31,13 +31,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "e2e"))
-sys.path.insert(0, HERE)
-
-from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of  # noqa: E402
-from linkemu import CountingRelay  # noqa: E402
-from services import Broker, Origin, Subscriber  # noqa: E402
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from tests.support.linkemu import CountingRelay
+from tests.support.services import Broker, Origin, Subscriber
 
 DEVICE = "demo-rover"
 PLAIN = "demo-plain"      # a fresh device with no captures: what a plain upload costs

@@ -6,17 +6,14 @@ The rover's cutter (core/chunker.py) is then tested against these literals under
 where pyfastcdc does not exist.  Object ids follow the spec in docs/chunking.md and are
 computed here from first principles (hashlib), not with core.chunker.
 
-Usage: .venv/bin/python tools/make_chunker_vectors.py > tests/core/vectors_chunker.py
+Usage: .venv/bin/python -m tools.make_chunker_vectors > tests/core/vectors_chunker.py
 """
 import hashlib
-import os
 import sys
 
 import pyfastcdc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "core"))
-from chunker_testdata import GenFile, records_digest  # noqa: E402
+from tests.core.chunker_testdata import GenFile, records_digest
 
 FASTCDC = pyfastcdc.FastCDC(8192, min_size=2048, max_size=32768, normalized_chunking=1, seed=0)
 OBJECT_ID_PREFIX = b"anchor.obj.v1\x00"

@@ -12,7 +12,7 @@ Layers:
                           The scanning and the adapters come from a backend:
     BleakBackend          BleakScanner + BleakAdapter (BleakClient), BlueZ on the anchor.
     BumbleCentralBackend  bumble Device scanning + BumbleCentralAdapter, for tests on
-                          bumble's virtual controllers (tests/links/ble_bumble.py).
+                          bumble's virtual controllers (tests/support/ble_bumble.py).
 
 Adapter interface (one connection to one rover):
 

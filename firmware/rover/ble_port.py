@@ -6,7 +6,7 @@
 #   GattPeripheralLink   the blocking packet port of docs/links.md; knows nothing of the BLE
 #                        library, only the small adapter interface below.
 #   AiobleAdapter        that interface over aioble, for MicroPython on the ESP32.
-#   (tests/links/ble_bumble.py has the same interface over a bumble virtual controller.)
+#   (tests/support/ble_bumble.py has the same interface over a bumble virtual controller.)
 #
 # Adapter interface (all blocking, all bounded by the timeout given):
 #

@@ -19,9 +19,6 @@ from anchor.storage import chunks as S
 from anchor.storage.chunks import ChunkStore, StoreError
 from anchor.storage.index_sqlite import SqliteIndex
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "firmware")
-
 
 def cid(raw):
     return hashlib.sha256(raw).digest()
@@ -523,10 +520,9 @@ def test_segment_rollover(tmp_path):
 
 CHILD = r"""
 import hashlib, random, sys
-sys.path.insert(0, sys.argv[2])
 from anchor.storage.chunks import ChunkStore
-s = ChunkStore(sys.argv[1], segment_size=256 << 10, flush_bytes=int(sys.argv[4]))
-r = random.Random(int(sys.argv[3]))
+s = ChunkStore(sys.argv[1], segment_size=256 << 10, flush_bytes=int(sys.argv[3]))
+r = random.Random(int(sys.argv[2]))
 out = sys.stdout
 for rnd in range(1000000):
     batch = [r.randbytes(r.randrange(500, 30000)) if r.random() < 0.5
@@ -556,8 +552,8 @@ def test_sigkill_during_writes(tmp_path, seed, kill_after, when, flush_bytes):
     """The child reports each flush; we SIGKILL it right after its n-th report of `when`
     (W: it is about to flush, so the kill lands in the middle of writing; F: between flushes)."""
     root = str(tmp_path / "store")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, FIRMWARE, str(seed),
-                             str(flush_bytes)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, root, str(seed), str(flush_bytes)],
+                            stdout=subprocess.PIPE, text=True)
     flushed = []
     seen = 0
     try:

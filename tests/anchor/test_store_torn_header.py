@@ -2,7 +2,7 @@
 file, so its first blocks hold whatever the card had there (stale bytes), or the start of the
 magic and then stale bytes. Nothing in such a file was promised (a flush fsyncs the header with
 its records before it commits, and only then returns), so the store opens and deletes it, as it
-does a short or all-zero header. Found by tests/e2e/powerloss.py: the anchor refused to start
+does a short or all-zero header. Found by tests/support/powerloss.py: the anchor refused to start
 ("not an Anchor segment (bad magic)")."""
 import hashlib
 import os

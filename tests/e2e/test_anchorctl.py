@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from harness import AnchorProc, anchorctl, make_tree, run_rover
+from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover
 from anchorctl.client import AnchorError, Client
 
 

@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover, snapshot_of)
-from linkemu import CountingRelay
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover,
+    snapshot_of)
+from tests.support.linkemu import CountingRelay
 
 
 @pytest.fixture

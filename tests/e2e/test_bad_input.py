@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from harness import AnchorProc, anchorctl, make_tree, run_rover
+from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover
 from core import cbor, chunker, framing
 from core import messages as m
 

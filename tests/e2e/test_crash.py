@@ -4,8 +4,9 @@ import os
 import random
 import subprocess
 
-from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd, run_rover, snapshot_of
-from linkemu import CountingRelay
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd,
+    run_rover, snapshot_of)
+from tests.support.linkemu import CountingRelay
 
 from core import chunker
 from anchor.storage.index_sqlite import SqliteIndex

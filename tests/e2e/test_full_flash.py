@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
-from services import Origin
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from tests.support.services import Origin
 from core import cbor, chunker
 from anchor.storage.catalog import Catalog
 from anchor.storage.index_sqlite import SqliteIndex

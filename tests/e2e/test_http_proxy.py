@@ -16,8 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import AnchorProc, anchorctl, run_rover
-from services import Origin, free_port
+from tests.support.harness import AnchorProc, anchorctl, run_rover
+from tests.support.services import Origin, free_port
 from anchor.storage.catalog import Catalog
 
 

@@ -13,8 +13,9 @@ import subprocess
 import threading
 import time
 
-from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd, snapshot_of
-from services import Origin
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd,
+    snapshot_of)
+from tests.support.services import Origin
 
 RUNTIMES = ["cpython"] * 6 + ["micropython"] * 2
 DEVICES = ["rover-%d" % i for i in range(len(RUNTIMES))]

@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd, run_rover, snapshot_of
-from linkemu import CountingRelay
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd,
+    run_rover, snapshot_of)
+from tests.support.linkemu import CountingRelay
 
 
 def pair(anchor, runtime, device, state):

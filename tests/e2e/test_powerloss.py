@@ -1,8 +1,8 @@
 """Power loss: the anchor is SIGKILLed at 7 random points during backups (CPython and
 MicroPython rovers) and relay captures, with torn segment tails injected at some of them;
 after each restart the store opens, verifies clean, committed snapshots restore bit-exact and
-the interrupted work completes (tests/e2e/powerloss.py; tools/bench-powerloss runs 100)."""
-from powerloss import PowerLoss
+the interrupted work completes (tests/support/powerloss.py; tools/bench-powerloss runs 100)."""
+from tests.support.powerloss import PowerLoss
 
 
 def test_powerloss_short_loop(tmp_path):

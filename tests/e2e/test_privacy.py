@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from harness import AnchorProc, anchorctl, run_rover
+from tests.support.harness import AnchorProc, anchorctl, run_rover
 from core import messages as m
 from core.chunker import chunks_of, object_of
 from rover.conversation import Conversation, RoverError

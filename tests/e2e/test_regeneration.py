@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
-from services import Origin
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from tests.support.services import Origin
 
 
 @pytest.fixture

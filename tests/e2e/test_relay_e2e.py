@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from harness import AnchorProc, anchorctl, assert_same_tree, rover_cmd, run_rover, snapshot_of
-from linkemu import CountingRelay
-from services import Broker, Origin, Subscriber, free_port
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, rover_cmd, run_rover,
+    snapshot_of)
+from tests.support.linkemu import CountingRelay
+from tests.support.services import Broker, Origin, Subscriber, free_port
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import io
 import os
 import random
 
-from harness import AnchorProc, anchorctl, run_rover
+from tests.support.harness import AnchorProc, anchorctl, run_rover
 from anchorctl.client import Client
 from core import chunker
 

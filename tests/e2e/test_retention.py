@@ -4,7 +4,7 @@ import json
 import os
 import random
 
-from harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
 from core import chunker
 from anchor.storage.catalog import Catalog
 from anchor.storage.chunks import ChunkStore

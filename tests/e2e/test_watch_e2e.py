@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
-from harness import AnchorProc, anchorctl, assert_same_tree, rover_cmd, run_rover, snapshot_of
-from services import Origin
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, rover_cmd, run_rover,
+    snapshot_of)
+from tests.support.services import Origin
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@ radio channel (hypothesis, CPython).
 
 Each property has a small, explicit max_examples so the file stays a short part of `make test`
 (derandomized, no example database: every run tries the same inputs). tools/bench-fuzz runs
-the same targets (tests/fuzz/fuzz_targets.py) for millions of inputs. What each target
+the same targets (tests/support/fuzz_targets.py) for millions of inputs. What each target
 checks is in the docstrings of fuzz_targets.check_* / run_*.
 """
-import os
-import sys
 
 import pytest
 
@@ -16,8 +14,7 @@ pytest.importorskip("hypothesis")  # requirements-dev.txt
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as hs  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fuzz_targets as ft  # noqa: E402
+from tests.support import fuzz_targets as ft  # noqa: E402
 
 from core import cbor  # noqa: E402
 from core import framing  # noqa: E402

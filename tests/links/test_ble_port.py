@@ -459,7 +459,7 @@ if pytest is not None:
 
     from anchor.ble_port import (BleakAdapter, BleakBackend, BleScanner, GattCentralLink,
                                  OVERHEAD)
-    from ble_bumble import BumblePair
+    from tests.support.ble_bumble import BumblePair
 
     HERE = os.path.dirname(os.path.abspath(__file__))
     FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "firmware")

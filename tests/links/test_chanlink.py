@@ -1,20 +1,15 @@
 """The channel drivers end to end: a real backup from the rover's code to an in-process
 anchor over an in-memory packet link, clean and lossy."""
-import os
-import sys
 import threading
 import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
-
-from harness import make_tree, snapshot_of  # noqa: E402
-from inproc import InprocAnchor  # noqa: E402
-from memory_link import MemoryLink  # noqa: E402
-from rover.backup import Backup  # noqa: E402
-from rover.chanlink import ChannelLink, channel_lock  # noqa: E402
+from tests.support.harness import make_tree, snapshot_of
+from tests.support.inproc import InprocAnchor
+from tests.support.memory_link import MemoryLink
+from rover.backup import Backup
+from rover.chanlink import ChannelLink, channel_lock
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.03])

@@ -11,22 +11,18 @@
 import asyncio
 import os
 import random
-import sys
 import threading
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
-
-from core import framing  # noqa: E402
-from harness import anchorctl, assert_same_tree, snapshot_of  # noqa: E402
-from inproc import InprocAnchor  # noqa: E402
-from kinds import KINDS  # noqa: E402
-from rover.backup import Backup  # noqa: E402
-from rover.link import LinkError  # noqa: E402
-from anchor import port as anchor_api  # noqa: E402
-from rover import port as rover_api  # noqa: E402
+from core import framing
+from tests.support.harness import anchorctl, assert_same_tree, snapshot_of
+from tests.support.inproc import InprocAnchor
+from tests.support.kinds import KINDS
+from rover.backup import Backup
+from rover.link import LinkError
+from anchor import port as anchor_api
+from rover import port as rover_api
 
 
 class Echo:

@@ -6,13 +6,9 @@ import json
 import os
 import random
 import subprocess
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
-
-from harness import AnchorProc, anchorctl, assert_same_tree, rover_cmd, snapshot_of  # noqa: E402
-from linkemu import CountingRelay, PtyLink  # noqa: E402
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, rover_cmd, snapshot_of
+from tests.support.linkemu import CountingRelay, PtyLink
 
 
 def make_src(root, files, size, seed):
@@ -86,7 +82,7 @@ def test_backup_and_fetch_over_mqtt_micropython(tmp_path):
     broker. The heaviest rover there is (channel, secure records, MQTT client, compressor),
     with a tree that fills whole batches (33 entries, ~150 chunks): with batches of 32
     entries and 128 ids it ran out of its 256 KB heap."""
-    from services import Broker, Origin
+    from tests.support.services import Broker, Origin
     broker = Broker(str(tmp_path))
     origin = Origin()
     origin.files["/doc.pdf"] = random.Random(9).randbytes(30_000)

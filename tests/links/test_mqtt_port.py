@@ -13,10 +13,9 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
 
-import services  # noqa: E402
-from services import Broker, Subscriber, free_port  # noqa: E402
+from tests.support import services  # noqa: E402
+from tests.support.services import Broker, Subscriber, free_port  # noqa: E402
 
 import paho.mqtt.client as mqtt  # noqa: E402
 

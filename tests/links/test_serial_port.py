@@ -21,8 +21,7 @@ from rover.serial_port import SerialPort, parse_serial_url
 from anchor.serial_port import SerialListener, SerialPacketPort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-from linkemu import CountingRelay, PtyLink  # noqa: E402
+from tests.support.linkemu import CountingRelay, PtyLink  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 WAIT = 20.0     # the bound on every wait for something that should happen

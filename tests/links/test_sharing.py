@@ -3,20 +3,16 @@ links backs up over the cheaper one."""
 import os
 import random
 import statistics
-import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
-
-from harness import run_rover  # noqa: E402
-from inproc import InprocAnchor  # noqa: E402
-from kinds import SerialKind  # noqa: E402
-from linkemu import CountingRelay  # noqa: E402
-from rover.backup import Backup  # noqa: E402
-from rover.relay import Relay  # noqa: E402
-from services import Origin  # noqa: E402
+from tests.support.harness import run_rover
+from tests.support.inproc import InprocAnchor
+from tests.support.kinds import SerialKind
+from tests.support.linkemu import CountingRelay
+from rover.backup import Backup
+from rover.relay import Relay
+from tests.support.services import Origin
 
 RATE = 20_000        # bytes/s each way: a slow radio
 

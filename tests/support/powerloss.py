@@ -40,9 +40,10 @@ import shutil
 import subprocess
 import time
 
-from harness import AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd, run_rover, snapshot_of
-from linkemu import CountingRelay
-from services import Origin
+from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make_tree, rover_cmd,
+    run_rover, snapshot_of)
+from tests.support.linkemu import CountingRelay
+from tests.support.services import Origin
 
 from anchor.storage.segments import SEGMENT_MAGIC, make_record
 

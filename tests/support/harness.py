@@ -12,7 +12,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 ROVER_MPY = os.path.join(ROOT, "tools", "rover-mpy")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 
 class AnchorProc:

@@ -21,19 +21,12 @@ anchor/port.py): `kind.anchor_ports`, `kind.listener`, and the rover's link and 
 A new kind of link: its two port modules, a line in each registry, and a class here.
 """
 import asyncio
-import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "e2e"))
-
-from anchor.chanlink import serve_port  # noqa: E402
-from anchor.links import start_link  # noqa: E402
-from memory_link import MemoryLink  # noqa: E402
-from rover.chanlink import ChannelLink  # noqa: E402
-from rover.link import open_link  # noqa: E402
+from anchor.chanlink import serve_port
+from anchor.links import start_link
+from tests.support.memory_link import MemoryLink
+from rover.chanlink import ChannelLink
+from rover.link import open_link
 
 
 class Kind:
@@ -101,7 +94,7 @@ class TcpKind(Kind):
 
     def start(self, ia, server):
         Kind.start(self, ia, server)
-        from linkemu import CountingRelay
+        from tests.support.linkemu import CountingRelay
         lst = self.listen("tcp://127.0.0.1:0")
         # Through the counting relay, so cut() can break connections as a radio would.
         self.relay = CountingRelay("127.0.0.1", lst.port)
@@ -127,7 +120,7 @@ class SerialKind(Kind):
 
     def start(self, ia, server):
         Kind.start(self, ia, server)
-        from linkemu import PtyLink
+        from tests.support.linkemu import PtyLink
         self.pty = PtyLink(**self.emu)
         self.listen("serial:%s:115200" % self.pty.anchor_link)
 
@@ -152,7 +145,7 @@ class MqttKind(Kind):
 
     def start(self, ia, server):
         Kind.start(self, ia, server)
-        from services import Broker
+        from tests.support.services import Broker
         self.broker = Broker(str(self.tmp))
         lst = self.listen("mqtt://127.0.0.1:%d" % self.broker.port)
         # The daemon's listener connects in the background; rovers' packets before its
@@ -184,7 +177,7 @@ class BleKind(Kind):
 
     def start(self, ia, server):
         Kind.start(self, ia, server)
-        from ble_bumble import BumblePair
+        from tests.support.ble_bumble import BumblePair
         self.pair = BumblePair(mtu=self.mtu)
         self.pair.start()
         # The daemon's scanner, on the anchor's own loop, with bumble's central for bleak.

@@ -31,16 +31,11 @@ Differences from the air, on purpose or from bumble:
 import asyncio
 import collections
 import logging
-import os
-import sys
 import threading
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "firmware"))
-
-from anchor.ble_port import (  # noqa: E402
+from anchor.ble_port import (
     BumbleCentralAdapter, BumbleCentralBackend, GattCentralLink, wait_acl_room)
-from core import gatt  # noqa: E402
+from core import gatt
 
 log = logging.getLogger(__name__)
 
