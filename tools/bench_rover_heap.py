@@ -7,7 +7,7 @@ fills whole batches (12 x 100 kB random files and 20 text notes: 33 entries, ~15
 to 1 KiB. Prints one JSON line per link: {"bench": "rover_heap", "link", "min_heap_bytes",
 "margin_bytes" (256 KiB minus that), "trials"}.
 
-usage: bench_rover_heap.py [--links serial,mqtt] [--rover-mpy PATH]
+usage: python -m tools.bench_rover_heap [--links serial,mqtt] [--rover-mpy PATH]
   --rover-mpy: another checkout's tools/rover-mpy (its own precompiled firmware), to compare
   a commit against this one; the anchor is always this checkout's.
 """
@@ -15,18 +15,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "links"))
+from tests.support.harness import AnchorProc, anchorctl, make_src
+from tests.support.linkemu import PtyLink
 
-from harness import AnchorProc, anchorctl  # noqa: E402
-from linkemu import PtyLink  # noqa: E402
-from test_faults import make_src  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 LIMIT = 256 * 1024
 
@@ -47,7 +41,7 @@ def trial(mpy, kind, heap):
             extra = ["--serial", emu.anchor_link + ":115200"]
             link = "serial:%s:115200" % emu.rover_link
         else:
-            from services import Broker
+            from tests.support.services import Broker
             broker = Broker(tmp)
             extra = ["--broker", broker.url]
             link = "mqtt://127.0.0.1:%d" % broker.port

@@ -7,19 +7,8 @@ import os
 import random
 import subprocess
 
-from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, rover_cmd, snapshot_of
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_src, rover_cmd, snapshot_of
 from tests.support.linkemu import CountingRelay, PtyLink
-
-
-def make_src(root, files, size, seed):
-    rnd = random.Random(seed)
-    os.makedirs(os.path.join(root, "docs"), exist_ok=True)
-    for i in range(files):
-        with open(os.path.join(root, "img%02d.jpg" % i), "wb") as f:
-            f.write(rnd.randbytes(size))
-    for i in range(20):
-        with open(os.path.join(root, "docs", "note%02d.txt" % i), "wb") as f:
-            f.write(b"line %d of a field note\n" % i * rnd.randrange(10, 400))
 
 
 def check_restore(anchor, device, src, tmp_path):

@@ -167,3 +167,16 @@ def assert_same_tree(src_snapshot, restored_root, mtime_resolution_ns=1):
             assert have[2] // mtime_resolution_ns == want[2] // mtime_resolution_ns, (p, have[2], want[2])
         else:
             assert have == want, (p, have, want)
+
+
+def make_src(root, files, size, seed):
+    """A rover's tree that fills whole batches: `files` random images of `size` bytes and 20
+    text notes in docs/ (the link fault tests and the rover heap benchmark)."""
+    rnd = random.Random(seed)
+    os.makedirs(os.path.join(root, "docs"), exist_ok=True)
+    for i in range(files):
+        with open(os.path.join(root, "img%02d.jpg" % i), "wb") as f:
+            f.write(rnd.randbytes(size))
+    for i in range(20):
+        with open(os.path.join(root, "docs", "note%02d.txt" % i), "wb") as f:
+            f.write(b"line %d of a field note\n" % i * rnd.randrange(10, 400))
