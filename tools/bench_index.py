@@ -132,10 +132,9 @@ def bench_tinydb(batch, seconds, lookups_seconds, name):
         while time.perf_counter() - t_start < seconds:
             docs = []
             for i in range(n, n + batch):
-                cid, seg, off, raw_len, stored_len, enc, cls, last_use = row(i)
+                cid, seg, off, raw_len, stored_len, enc, last_use = row(i)
                 docs.append({"id": cid.hex(), "seg": seg, "off": off, "raw_len": raw_len,
-                             "stored_len": stored_len, "enc": enc, "class": cls,
-                             "last_use": last_use})
+                             "stored_len": stored_len, "enc": enc, "last_use": last_use})
             t0 = time.perf_counter()
             table.insert_multiple(docs)
             batch_times.append((n, time.perf_counter() - t0))
