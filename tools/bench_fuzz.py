@@ -43,7 +43,7 @@ import sys
 import time
 
 from tests.support import fuzz_targets as ft
-from core import framing
+from anchor_core import framing
 
 # Cases per target at --scale 1 (session and channel cases are runs of several steps).
 CASES = {

@@ -16,7 +16,7 @@ import hashlib
 
 sys.path.insert(0, sys.argv[1])
 import micropython  # noqa: E402
-from core.chunker import Chunker, ObjectId, chunks_of  # noqa: E402
+from anchor_core.chunker import Chunker, ObjectId, chunks_of  # noqa: E402
 
 PATH = sys.argv[2]
 RUNS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -87,7 +87,7 @@ def measure_peak_heap():
     collect, reads gc.mem_alloc().  That value is everything live at the previous collect plus
     everything allocated since (garbage included), so its maximum bounds the true peak from
     above.  It is absolute: it includes the interpreter's own objects, the loaded modules
-    (core.chunker with its gear table) and this script, i.e. what counts against 256 KB.
+    (anchor_core.chunker with its gear table) and this script, i.e. what counts against 256 KB.
     """
     gc.collect()
     peak = gc.mem_alloc()

@@ -2,7 +2,7 @@
 """What the secure channel costs (docs/security.md): speed on the MicroPython rover and bytes
 on the link.
 
-- speed: the rover's sealer and opener (core/secure.py) under MicroPython with a 256 KB heap,
+- speed: the rover's sealer and opener (anchor_core/secure.py) under MicroPython with a 256 KB heap,
   over 1 MiB in records of the sizes the rover uses (2 KiB out, 1 KiB in);
 - link bytes: the same MicroPython rover backs up the same tree (2,000 files, ~8 MB) to an
   anchor as shipped (paired) and to an `--open` one, counted at a loopback relay; then a
@@ -25,7 +25,7 @@ from tests.support.linkemu import CountingRelay  # noqa: E402
 
 MPY_SPEED = r'''
 import time
-from core import secure
+from anchor_core import secure
 k = secure.session_keys(b"k" * 32, b"n" * 16, b"m" * 16)
 for size, label in ((2048, "seal"), (1024, "open")):
     s = secure.Sealer(k[0], k[1], size)

@@ -47,7 +47,7 @@ must be identical. Both backed the start tree up before the week. At the end of 
                          after the start tree: what a remote repository would receive
   borg_bytes             the same for borg (`borg init -e none`, default lz4 compression)
   floor_bytes            zlib level 6 over the concatenation of the end tree's novel chunks:
-                         chunks (core.chunker.chunks_of) whose id is neither in the start tree
+                         chunks (anchor_core.chunker.chunks_of) whose id is neither in the start tree
                          nor in any body that passed through the relay during the week, each
                          distinct chunk counted once. floor_per_chunk_bytes is the same with
                          each chunk compressed alone (as a rover's DATA messages are).
@@ -84,7 +84,7 @@ import zlib
 from urllib.parse import quote
 
 from tools.bench_nochange import _text, make_device_tree, settle, stop_group, wait_listening
-from core.chunker import HAVE_PYFASTCDC, chunks_of
+from anchor_core.chunker import HAVE_PYFASTCDC, chunks_of
 from tests.support.harness import AnchorProc, run_rover
 from tests.support.linkemu import CountingRelay
 from tests.support.services import Broker, Origin, free_port

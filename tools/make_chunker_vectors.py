@@ -2,9 +2,9 @@
 """Write tests/core/vectors_chunker.py: expected chunk cuts and ids, computed ONCE with
 pyfastcdc (the reference), for the deterministic streams of tests/core/chunker_testdata.py.
 
-The rover's cutter (core/chunker.py) is then tested against these literals under MicroPython,
+The rover's cutter (anchor_core/chunker.py) is then tested against these literals under MicroPython,
 where pyfastcdc does not exist.  Object ids follow the spec in docs/chunking.md and are
-computed here from first principles (hashlib), not with core.chunker.
+computed here from first principles (hashlib), not with anchor_core.chunker.
 
 Usage: .venv/bin/python -m tools.make_chunker_vectors > tests/core/vectors_chunker.py
 """

@@ -3,9 +3,9 @@ listener of an anchor.app.App: rover links, the management API, the HTTP proxy."
 import asyncio
 import logging
 
-from core import messages as m
-from core import states
-from core.session import Session
+from anchor_core import messages as m
+from anchor_core import states
+from anchor_core.session import Session
 from anchor.services.relay import RELAY_TYPES
 from anchor.secure_session import Refused
 from anchor.links import start_links     # the listeners for radio links, by address
@@ -172,7 +172,7 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     forward proxy of `app` (an anchor.app.App). `ready(port, proxy_port)` is called once all
     of them listen. `links`: keyword arguments for start_links (serial, MQTT and BLE
     listeners)."""
-    from anchor import mgmt
+    from anchor.api import mgmt
     app.retention.enforce()     # a smaller --capacity than last time applies at once
     sessions = app.sessions
     listeners = await start_links(sessions, **(links or {}))

@@ -1,11 +1,11 @@
-"""The anchor's end of the secure channel (core/secure.py): drives the handshake
-(core/handshake.py) that tells a paired rover from anything else on the radio, and wraps the
+"""The anchor's end of the secure channel (anchor_core/secure.py): drives the handshake
+(anchor_core/handshake.py) that tells a paired rover from anything else on the radio, and wraps the
 reader/writer to open and seal records, so `Anchor.serve_stream` runs the same session over
 them as over a plain stream."""
 import logging
 import os
 
-from core import handshake, secure
+from anchor_core import handshake, secure
 
 log = logging.getLogger("anchor.secure")
 

@@ -7,10 +7,10 @@ import gc
 import hashlib
 import struct
 
-from core.compat import const
-from core import cbor
-from core import chunker
-from core import messages as m
+from anchor_core.compat import const
+from anchor_core import cbor
+from anchor_core import chunker
+from anchor_core import messages as m
 from rover import buffers
 from rover import fsys
 from rover.conversation import Conversation, RoverError
@@ -35,7 +35,7 @@ _PROBE = const(4096)           # bytes tried first to see whether compressing a 
 
 WINDOW = const(64)             # names of one folder held at a time
 
-# Fields of a CHUNKLIST or NEED part: core/messages.py's _PART_*, copied as private consts
+# Fields of a CHUNKLIST or NEED part: anchor_core/messages.py's _PART_*, copied as private consts
 # for the chunk loops (tests/rover/test_message_copies.py keeps them equal). Public names
 # there would cost the rover ~1 KB of heap (messages.py, "field indices").
 _PART_INDEX = const(0)
@@ -411,7 +411,7 @@ class Backup(Conversation):
     def _prove(self, recs, parts, nonce, positions):
         """Chunks the anchor holds from another rover: prove we hold them too (a keyed hash
         of the bytes under the anchor's fresh nonce, 16 bytes) instead of sending them."""
-        from core.hmac256 import hmac_sha256
+        from anchor_core.hmac256 import hmac_sha256
         for k in range(len(parts)):
             if not positions[k]:
                 continue

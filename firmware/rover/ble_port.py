@@ -39,8 +39,8 @@
 # the channel's receive window for this port is at most RX_WINDOW packets.
 import asyncio
 
-from core import gatt
-from core.compat import MICROPYTHON
+from anchor_core import gatt
+from anchor_core.compat import MICROPYTHON
 from rover.linkerror import LinkError
 
 try:

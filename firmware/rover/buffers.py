@@ -1,6 +1,6 @@
 # The rover's two large buffers, taken once at start-up, before compiling the rest of the
 # firmware leaves the heap in pieces (a 32 KiB block is the first thing that stops fitting).
-CHUNK_SIZE = 32768   # core.chunker.MAX_SIZE: file reads while hashing, one chunk to upload
+CHUNK_SIZE = 32768   # anchor_core.chunker.MAX_SIZE: file reads while hashing, one chunk to upload
 TX_SIZE = 8192       # every message the rover sends is encoded here
 # The compressor's output buffer: 8 KiB of heap less than a whole chunk, so that the rover
 # fits 256 KB on a radio link. Chunks average 8 KiB; only those over 24 KiB that shrink by
@@ -9,7 +9,7 @@ COMPRESSED_MAX = 24576
 
 chunk = None
 tx = None
-compressor = None    # core.zcompress.Compressor where the runtime has no zlib (~45 KB)
+compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~45 KB)
 
 
 def allocate():
@@ -20,6 +20,6 @@ def allocate():
         try:
             import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)
         except ImportError:
-            from core.zcompress import Compressor
+            from anchor_core.zcompress import Compressor
             # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
             compressor = Compressor(CHUNK_SIZE, False, COMPRESSED_MAX)

@@ -1,4 +1,4 @@
-# The rover's end of a channel (core/channel.py) over a packet port (serial, MQTT, BLE):
+# The rover's end of a channel (anchor_core/channel.py) over a packet port (serial, MQTT, BLE):
 # it drives the sans-I/O channel with the port and the clock, and hands out streams that
 # look like any other rover link (write, readinto, set_timeout, close), so a backup or a
 # relay request runs over a radio exactly as over TCP. Several streams may be used from
@@ -7,8 +7,8 @@
 import os
 import time
 
-from core import channel as chan
-from core.compat import MICROPYTHON
+from anchor_core import channel as chan
+from anchor_core.compat import MICROPYTHON
 from rover.linkerror import LinkError
 
 try:

@@ -3,7 +3,7 @@
 import sys
 import time
 
-from core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON
 
 def usage():
     # Its text lives in its own module: the rover's heap holds it only when it is printed.
@@ -68,7 +68,7 @@ def main(argv=None):
         return 2
     from rover.link import LinkError
     from rover.conversation import RoverError
-    from core.messages import ProtocolError
+    from anchor_core.messages import ProtocolError
 
     cmd = rest[0]
     if cmd == "pair":
@@ -135,7 +135,7 @@ def _backup(opts, root, log, t0):
     from rover.conversation import RoverError
     from rover.link import NotPaired
     from rover.backup import Backup
-    from core.messages import ProtocolError
+    from anchor_core.messages import ProtocolError
     wait = opts.get("watch-wait", "600")
     retries = opts.get("retries", "3")
     if not wait.isdigit() or not retries.isdigit():

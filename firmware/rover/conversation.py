@@ -1,9 +1,9 @@
 # One session with the anchor over a link: the rover's half of the sans-I/O core, plus
 # the buffers it reuses. Backups and relay requests are both conversations.
-from core.compat import const
-from core import messages as m
-from core import states
-from core.session import Session
+from anchor_core.compat import const
+from anchor_core import messages as m
+from anchor_core import states
+from anchor_core.session import Session
 from rover import buffers
 from rover.linkerror import LinkError
 

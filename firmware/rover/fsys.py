@@ -2,8 +2,8 @@
 # tuple stat with whole seconds; CPython has lstat with nanoseconds and symlinks.
 import os
 
-from core.compat import MICROPYTHON
-from core import messages as m
+from anchor_core.compat import MICROPYTHON
+from anchor_core import messages as m
 
 S_IFMT = 0o170000
 S_IFDIR = 0o040000

@@ -2,17 +2,17 @@
 # imports its port only when called, so a rover holds in its heap the code of the links it
 # uses, not of every kind it knows.
 #
-# Addresses are parsed by core/linkurl.py. On MicroPython that module is dropped again once
+# Addresses are parsed by anchor_core/linkurl.py. On MicroPython that module is dropped again once
 # an address is parsed: the grammar is needed while a link opens, and its bytecode (~4 KB)
 # would otherwise sit in the 256 KB heap through the whole backup.
-from core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON
 # Raised by every port; defined in a leaf module so that ports need not import this one.
 from rover.linkerror import LinkError, NotPaired  # noqa: F401
 
 
 def _url(name, url, *args):
-    """core.linkurl's `name`(url, *args), its ValueError as LinkError."""
-    from core import linkurl
+    """anchor_core.linkurl's `name`(url, *args), its ValueError as LinkError."""
+    from anchor_core import linkurl
     try:
         return getattr(linkurl, name)(url, *args)
     except ValueError as e:
@@ -23,7 +23,7 @@ def _url(name, url, *args):
 
 
 def drop_grammar():
-    from core import compat, linkurl
+    from anchor_core import compat, linkurl
     compat.unload(linkurl)
 
 
@@ -33,7 +33,7 @@ def cost(url):
 
 
 def over_channel(port, urgent=False, rx_window=None):
-    """A stream on a channel (core/channel.py) over a packet port; closing it closes the port."""
+    """A stream on a channel (anchor_core/channel.py) over a packet port; closing it closes the port."""
     from rover.chanlink import ChannelLink
     try:
         cl = ChannelLink(port, rx_window=rx_window)
@@ -94,7 +94,7 @@ OPENERS = {
 
 def open_link(url, device=None, urgent=False, **kw):
     """A link to the anchor. TCP carries the session directly; a serial line, an MQTT
-    broker or BLE carries a channel (core/channel.py), and the session runs on one of its
+    broker or BLE carries a channel (anchor_core/channel.py), and the session runs on one of its
     streams (`urgent` for relay requests, which then go before any backup traffic). kw go
     to the opener: only BLE takes any (an injected adapter)."""
     head, sep, _ = url.partition(":") if type(url) is str else ("", "", "")

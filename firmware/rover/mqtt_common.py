@@ -12,10 +12,10 @@
 # CPython drives paho-mqtt 2.x with its network thread. Both behave alike: send returns once
 # the broker acknowledged the packet, and a lost broker connection raises LinkError; the
 # caller opens a new port, and the persistent session keeps what was queued meanwhile.
-from core.compat import const
-from core.messages import check_device, ProtocolError
+from anchor_core.compat import const
+from anchor_core.messages import check_device, ProtocolError
 # Topics, QoS, sizes: the profile the anchor keeps to as well.
-from core.mqtt_profile import KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, publish_size, topic  # noqa: F401
+from anchor_core.mqtt_profile import KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, publish_size, topic  # noqa: F401
 from rover.linkerror import LinkError
 
 IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, SUBACK, PUBACK)
@@ -30,7 +30,7 @@ QUEUE_CPY = const(1024)
 
 def parse_mqtt_url(url):
     """mqtt://HOST:PORT[?key=value&...] -> (host, port, {key: int}). Raises ValueError."""
-    from core import linkurl     # not at the top: rover/link.py unloads it after use
+    from anchor_core import linkurl     # not at the top: rover/link.py unloads it after use
     return linkurl.host_port(url, "mqtt")
 
 

@@ -2,7 +2,7 @@
 # the MicroPython implementation (micropython-lib's umqtt.simple); on CPython MqttPort is the
 # paho one from rover/mqtt_paho.py, kept out of this file so that its bytecode does not take
 # the rover's heap.
-from core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON
 from rover.mqtt_common import (IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_MPY, MqttPortBase,  # noqa: F401
                                parse_mqtt_url, publish_size, topic)
 from rover.linkerror import LinkError

@@ -1,8 +1,8 @@
 # Relay requests: the anchor fetches, sends and publishes for the rover over its own
 # uplink and keeps what passes. Bodies stream through the rover's fixed buffers, so their
 # size is bounded by flash, not by the heap.
-from core.compat import const
-from core import messages as m
+from anchor_core.compat import const
+from anchor_core import messages as m
 from rover import fsys
 from rover.conversation import Conversation, RoverError
 

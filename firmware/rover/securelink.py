@@ -1,11 +1,11 @@
-# The rover's end of the secure channel (core/secure.py) around any link: it proves it
+# The rover's end of the secure channel (anchor_core/secure.py) around any link: it proves it
 # holds the pairing secret, checks that the anchor does too (the handshake itself is
-# core/handshake.py; this drives it over a blocking link), then seals everything it
+# anchor_core/handshake.py; this drives it over a blocking link), then seals everything it
 # writes and opens everything it reads. The session above sees a plain link.
 import os
 
-from core import secure
-from core.compat import MICROPYTHON
+from anchor_core import secure
+from anchor_core.compat import MICROPYTHON
 from rover.linkerror import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
@@ -40,7 +40,7 @@ def _handshake(link, device, key):
     bytecode lives in the heap, and the rover needs this code for a moment per link but the
     heap for the whole session (kept, it cost a paired rover ~5 KB more than the handshake
     inlined here did; dropped, ~1 KB less)."""
-    from core import handshake
+    from anchor_core import handshake
     try:
         hs = handshake.Initiator(device, key, os.urandom(secure.NONCE), RX_RECORD, TX_RECORD)
         link.write(hs.data_to_send())
@@ -58,7 +58,7 @@ def _handshake(link, device, key):
         return hs.records()
     finally:
         if MICROPYTHON:
-            from core.compat import unload
+            from anchor_core.compat import unload
             unload(handshake)
 
 
@@ -132,8 +132,8 @@ class SecureLink:
 
 def pair_command(opts, rest):
     """`rover ... pair CODE`: store the pairing secret the code stands for."""
-    from core import secure
-    from core.messages import check_device, ProtocolError
+    from anchor_core import secure
+    from anchor_core.messages import check_device, ProtocolError
     if len(rest) != 2:
         print("rover: pair takes the code anchorctl pair printed")
         return 2

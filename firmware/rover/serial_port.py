@@ -3,13 +3,13 @@
 # Two drivers behind one read/write path, both polled with select.poll:
 #   a tty path (MicroPython unix, CPython): opened as a file, set raw with termios;
 #   "uartN" (a board: esp32, rp2, ...): machine.UART(N), non-blocking (timeout=0).
-# Packets are framed with core.framing; corrupt frames and line noise are dropped and
+# Packets are framed with anchor_core.framing; corrupt frames and line noise are dropped and
 # counted (bad_frames, garbage_bytes), never passed up: the channel retransmits.
 import select
 import time
 
-from core import framing
-from core.compat import const, MICROPYTHON
+from anchor_core import framing
+from anchor_core.compat import const, MICROPYTHON
 from rover.linkerror import LinkError
 
 try:
@@ -35,10 +35,10 @@ _EMPTY_READS = const(3)
 _POLL_GONE = select.POLLHUP | select.POLLERR
 
 def parse_serial_url(url):
-    """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int}); core/linkurl.py
+    """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int}); anchor_core/linkurl.py
     has the grammar. DEVICE is a tty path (/dev/ttyUSB0) or a board UART (uart1). Raises
     ValueError."""
-    from core import linkurl     # not at the top: rover/link.py unloads it after use
+    from anchor_core import linkurl     # not at the top: rover/link.py unloads it after use
     return linkurl.serial(url)
 
 

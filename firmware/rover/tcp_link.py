@@ -2,7 +2,7 @@
 # with no channel (docs/links.md). Opened by rover/link.py for tcp:// addresses.
 import socket
 
-from core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON
 from rover.linkerror import LinkError
 
 if MICROPYTHON:

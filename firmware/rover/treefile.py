@@ -2,7 +2,7 @@
 # each a u16 length and its CBOR encoding, read and written streaming.
 import struct
 
-from core import cbor
+from anchor_core import cbor
 
 
 class TreeWriter:

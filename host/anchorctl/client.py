@@ -30,7 +30,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def resolve(address=None):
-    from core import linkurl
+    from anchor_core import linkurl
     address = address or os.environ.get(ENV) or DEFAULT
     try:
         return linkurl.unix(address, "anchor address")

@@ -10,8 +10,8 @@ import pytest
 
 from anchor.app import App
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
-from core import cbor, chunker
-from core import messages as m
+from anchor_core import cbor, chunker
+from anchor_core import messages as m
 
 MTIME = 1_700_000_000_123_456_789
 

@@ -1,8 +1,8 @@
 # Deterministic CBOR codec. Plain functions: runs under pytest (CPython) and
 # under tests/core/mpy_runner.py (MicroPython), so no pytest, no CPython-only code.
-from core import cbor
-from core.cbor import encode, decode, CBORError, MAX_DEPTH, MAX_ITEMS
-from core.compat import MICROPYTHON
+from anchor_core import cbor
+from anchor_core.cbor import encode, decode, CBORError, MAX_DEPTH, MAX_ITEMS
+from anchor_core.compat import MICROPYTHON
 
 
 def h(s):

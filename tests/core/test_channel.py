@@ -1,6 +1,6 @@
 # The channel under a simulated link with virtual time: loss, latency, a slow UART-like
 # receiver, restarts. Runs under CPython (pytest) and MicroPython (mpy_runner).
-from core import channel as c
+from anchor_core import channel as c
 
 
 class Lcg:

@@ -5,8 +5,8 @@
 import hashlib
 from binascii import hexlify, unhexlify
 
-from core import chunker
-from core.chunker import (Chunker, ObjectId, EMPTY_OBJECT_ID, MIN_SIZE, AVG_SIZE, MAX_SIZE,
+from anchor_core import chunker
+from anchor_core.chunker import (Chunker, ObjectId, EMPTY_OBJECT_ID, MIN_SIZE, AVG_SIZE, MAX_SIZE,
                           chunks_of, object_of)
 from chunker_testdata import GenFile, records_digest
 import vectors_chunker as V
@@ -68,7 +68,7 @@ def cut_offsets(recs):
 
 def test_parameters():
     assert (MIN_SIZE, AVG_SIZE, MAX_SIZE) == (2048, 8192, 32768)
-    from core import gear
+    from anchor_core import gear
     assert len(gear.GEAR_LO) == 512 and len(gear.GEAR_HI) == 1024
     assert gear.MASK_S_HI == 0xd9031353 and gear.MASK_L_HI == 0xd9010353
 

@@ -3,7 +3,7 @@
 import struct
 from binascii import crc32
 
-from core.framing import encode_frame, Deframer, MAX_PAYLOAD, frame_overhead, SYNC
+from anchor_core.framing import encode_frame, Deframer, MAX_PAYLOAD, frame_overhead, SYNC
 
 SMALL = 64  # max_payload for most tests: keeps MicroPython's heap use small
 

@@ -1,11 +1,11 @@
-# The pairing handshake's state machine (core/handshake.py), both ends, on both runtimes:
+# The pairing handshake's state machine (anchor_core/handshake.py), both ends, on both runtimes:
 # whole exchanges in any split, the bytes on the wire as docs/security.md spells them, and
 # every way a handshake fails (no keys, a clear reason, the failure sticks).
 import struct
 
-from core import handshake as hs
-from core import secure
-from core.hmac256 import hmac_sha256
+from anchor_core import handshake as hs
+from anchor_core import secure
+from anchor_core.hmac256 import hmac_sha256
 
 KEY = hmac_sha256(b"test key")
 NR = b"r" * 16

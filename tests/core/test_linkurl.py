@@ -1,6 +1,6 @@
-# Link addresses (core/linkurl.py). Plain functions: runs under pytest (CPython) and under
+# Link addresses (anchor_core/linkurl.py). Plain functions: runs under pytest (CPython) and under
 # tests/core/mpy_runner.py (MicroPython), so no pytest, no CPython-only code.
-from core import linkurl
+from anchor_core import linkurl
 
 
 def refused(fn, url, words, *args):

@@ -1,6 +1,6 @@
-# The named field indices of core/messages.py against its builders: the builders write
+# The named field indices of anchor_core/messages.py against its builders: the builders write
 # fields by position, the rest of the firmware reads them by name, and both must agree.
-from core import messages as m
+from anchor_core import messages as m
 
 
 def test_builders_put_each_field_at_its_name():

@@ -3,8 +3,8 @@
 import struct
 from binascii import unhexlify
 
-from core import secure
-from core.compat import MICROPYTHON
+from anchor_core import secure
+from anchor_core.compat import MICROPYTHON
 
 
 def test_hmac_sha256_rfc4231_case_2():

@@ -1,11 +1,11 @@
 # Session rules and message checks; runs under CPython (pytest) and MicroPython (mpy_runner).
 import gc
 
-from core import messages as m
-from core import states as st
-from core.session import Session
-from core import cbor
-from core import framing
+from anchor_core import messages as m
+from anchor_core import states as st
+from anchor_core.session import Session
+from anchor_core import cbor
+from anchor_core import framing
 
 
 def expect_error(fn, code=None):
@@ -239,9 +239,9 @@ def test_zero_copy_session_refuses_long_map_keys_with_protocol_error():
 
 
 def test_a_send_that_does_not_fit_leaves_the_state_alone():
-    from core import messages as m
-    from core import states as st
-    from core.session import Session
+    from anchor_core import messages as m
+    from anchor_core import states as st
+    from anchor_core.session import Session
     s = Session(st.ROVER, tx_buffer=24)
     try:
         s.send(m.hello("rover-with-a-rather-long-name", None, 0))

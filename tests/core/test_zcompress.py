@@ -1,12 +1,12 @@
-# core.zcompress: round trips through the platform's zlib decompressor, plus a small fixed-Huffman
+# anchor_core.zcompress: round trips through the platform's zlib decompressor, plus a small fixed-Huffman
 # token decoder (below) to check which matches the encoder chose.  Plain functions: runs under
 # pytest (CPython: the plain-Python encoder, zlib.decompress) and under tests/core/mpy_runner.py
 # (MicroPython, 256 KB heap: the viper encoder, deflate.DeflateIO), so no pytest imports.
 import hashlib
 import io
 
-from core.compat import MICROPYTHON
-from core.zcompress import Compressor
+from anchor_core.compat import MICROPYTHON
+from anchor_core.zcompress import Compressor
 
 MAX = 32768 + 300  # room for a match at distance 32768 (and 32769) of length 258
 C = Compressor(MAX)  # one for every test (its buffers are the big allocation)

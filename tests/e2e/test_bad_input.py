@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover
-from core import cbor, chunker, framing
-from core import messages as m
+from anchor_core import cbor, chunker, framing
+from anchor_core import messages as m
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, make
     run_rover, snapshot_of)
 from tests.support.linkemu import CountingRelay
 
-from core import chunker
+from anchor_core import chunker
 from anchor.storage.index_sqlite import SqliteIndex
 
 

@@ -13,10 +13,10 @@ import pytest
 
 from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
 from tests.support.services import Origin
-from core import cbor, chunker
+from anchor_core import cbor, chunker
 from anchor.storage.catalog import Catalog
 from anchor.storage.index_sqlite import SqliteIndex
-from core import messages as m
+from anchor_core import messages as m
 
 KIB = 1024
 UNITS = {"B": 1, "KiB": KIB, "MiB": KIB * KIB}

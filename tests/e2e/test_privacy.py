@@ -7,8 +7,8 @@ import random
 import pytest
 
 from tests.support.harness import AnchorProc, anchorctl, run_rover
-from core import messages as m
-from core.chunker import chunks_of, object_of
+from anchor_core import messages as m
+from anchor_core.chunker import chunks_of, object_of
 from rover.conversation import Conversation, RoverError
 from rover.tcp_link import TcpLink
 
@@ -101,7 +101,7 @@ def test_a_proof_without_the_bytes_is_refused(tmp_path):
         need = conv.recv(m.NEED)
         assert need[1][0][2] == [] and sorted(need[2][1][0]) == list(range(len(cids))), need
         # the best B can do without the bytes: a keyed hash of the chunk id
-        from core.hmac256 import hmac_sha256
+        from anchor_core.hmac256 import hmac_sha256
         conv.send(m.proof(cids[0], hmac_sha256(need[2][0], cids[0])[:16]))
         conv.send(m.commit(oid, 1, size))
         with pytest.raises(RoverError) as e:

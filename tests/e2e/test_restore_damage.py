@@ -8,7 +8,7 @@ import random
 
 from tests.support.harness import AnchorProc, anchorctl, run_rover
 from anchorctl.client import Client
-from core import chunker
+from anchor_core import chunker
 
 
 def damage(data_dir, data):

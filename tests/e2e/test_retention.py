@@ -5,7 +5,7 @@ import os
 import random
 
 from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
-from core import chunker
+from anchor_core import chunker
 from anchor.storage.catalog import Catalog
 from anchor.storage.chunks import ChunkStore
 from anchor.storage.index_sqlite import SqliteIndex

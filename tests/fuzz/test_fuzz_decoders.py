@@ -16,9 +16,9 @@ from hypothesis import strategies as hs  # noqa: E402
 
 from tests.support import fuzz_targets as ft  # noqa: E402
 
-from core import cbor  # noqa: E402
-from core import framing  # noqa: E402
-from core import states as st  # noqa: E402
+from anchor_core import cbor  # noqa: E402
+from anchor_core import framing  # noqa: E402
+from anchor_core import states as st  # noqa: E402
 
 
 def fuzz(n, shrink=True):

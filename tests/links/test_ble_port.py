@@ -24,7 +24,7 @@ try:
 except ImportError:      # MicroPython runs the aioble section: see mpy_main()
     pytest = None
 
-from core import gatt
+from anchor_core import gatt
 from rover.link import LinkError
 from rover.ble_port import GattPeripheralLink, AiobleAdapter, RX_WINDOW
 
@@ -457,7 +457,7 @@ if pytest is not None:
     import threading
     import time
 
-    from anchor.ble_port import (BleakAdapter, BleakBackend, BleScanner, GattCentralLink,
+    from anchor.links.ble_port import (BleakAdapter, BleakBackend, BleScanner, GattCentralLink,
                                  OVERHEAD)
     from tests.support.ble_bumble import BumblePair
 
@@ -1076,7 +1076,7 @@ if pytest is not None:
 def test_scanner_allow_list_can_follow_the_pairings():
     """The daemon passes a function (the names of the paired rovers): pairing a rover later
     lets the scanner take it, unpairing stops it."""
-    from anchor.ble_port import BleScanner
+    from anchor.links.ble_port import BleScanner
 
     class NoBackend:
         pass

@@ -1,7 +1,7 @@
 """The link conformance suite: every kind of link (kinds.py) passes these tests unchanged.
 
-- both ends are what the registries make (rover/link.py, anchor/links.py), and they have
-  the interfaces the channel and the session call (rover/port.py, anchor/port.py);
+- both ends are what the registries make (rover/link.py, anchor/links/__init__.py), and they have
+  the interfaces the channel and the session call (rover/port.py, anchor/links/port.py);
 - frames up to the maximum size arrive whole and in order, both ways;
 - backpressure holds: a writer facing a reader that does not read blocks after a bounded
   backlog, loses nothing, and goes on when the reader does;
@@ -15,13 +15,13 @@ import threading
 
 import pytest
 
-from core import framing
+from anchor_core import framing
 from tests.support.harness import anchorctl, assert_same_tree, snapshot_of
 from tests.support.inproc import InprocAnchor
 from tests.support.kinds import KINDS
 from rover.backup import Backup
 from rover.link import LinkError
-from anchor import port as anchor_api
+from anchor.links import port as anchor_api
 from rover import port as rover_api
 
 
@@ -245,7 +245,7 @@ def test_backup_resumes_after_the_link_breaks(kind, tmp_path):
 def chunk_ids(root):
     import hashlib
     import pyfastcdc
-    from core.chunker import MIN_SIZE, AVG_SIZE, MAX_SIZE
+    from anchor_core.chunker import MIN_SIZE, AVG_SIZE, MAX_SIZE
     ref = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)
     out = []
     for name in sorted(os.listdir(root)):

@@ -115,7 +115,7 @@ def test_backup_and_fetch_over_mqtt_micropython(tmp_path):
 def chunks_of_file(path):
     import hashlib
     import pyfastcdc
-    from core.chunker import MIN_SIZE, AVG_SIZE, MAX_SIZE
+    from anchor_core.chunker import MIN_SIZE, AVG_SIZE, MAX_SIZE
     with open(path, "rb") as f:
         data = f.read()
     ref = pyfastcdc.FastCDC(AVG_SIZE, min_size=MIN_SIZE, max_size=MAX_SIZE, normalized_chunking=1, seed=0)

@@ -19,7 +19,7 @@ from tests.support.services import Broker, Subscriber, free_port  # noqa: E402
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from anchor.mqtt_port import QUEUE_BYTES, MqttListener  # noqa: E402
+from anchor.links.mqtt_port import QUEUE_BYTES, MqttListener  # noqa: E402
 from rover.link import LinkError  # noqa: E402
 from rover.mqtt_port import MqttPort, parse_mqtt_url, publish_size  # noqa: E402
 
@@ -468,7 +468,7 @@ def rover_mpy_path():
     path = os.path.join(ROOT, "firmware")
     if os.path.exists(stamp):
         built = os.path.getmtime(stamp)
-        newer = [f for d in ("core", "rover") for f in os.listdir(os.path.join(ROOT, "firmware", d))
+        newer = [f for d in ("anchor_core", "rover") for f in os.listdir(os.path.join(ROOT, "firmware", d))
                  if f.endswith(".py") and os.path.getmtime(os.path.join(ROOT, "firmware", d, f)) > built]
         if not newer:
             path = os.path.join(ROOT, "build", "mpy")

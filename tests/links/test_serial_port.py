@@ -15,10 +15,10 @@ import zlib
 import pytest
 import serial
 
-from core import framing
+from anchor_core import framing
 from rover.link import LinkError
 from rover.serial_port import SerialPort, parse_serial_url
-from anchor.serial_port import SerialListener, SerialPacketPort
+from anchor.links.serial_port import SerialListener, SerialPacketPort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.support.linkemu import CountingRelay, PtyLink  # noqa: E402

@@ -57,9 +57,9 @@ def test_micropython_drops_the_grammar_after_use():
     mpy = os.path.join(os.path.dirname(sys.executable), "micropython")
     if not os.path.exists(mpy):
         pytest.skip("no MicroPython in the venv")
-    code = ("import sys\nsys.path.insert(0, %r)\nimport core\nfrom rover import link\n"
-            "print(link.cost('serial:/dev/x?cost=3'), 'core.linkurl' in sys.modules, hasattr(core, 'linkurl'))\n"
+    code = ("import sys\nsys.path.insert(0, %r)\nimport anchor_core\nfrom rover import link\n"
+            "print(link.cost('serial:/dev/x?cost=3'), 'anchor_core.linkurl' in sys.modules, hasattr(anchor_core, 'linkurl'))\n"
             "try:\n    link.open_link('radio://x')\nexcept link.LinkError as e:\n    print('refused', 'serial:' in str(e))\n"
-            "print(link.cost('tcp://h:1'), 'core.linkurl' in sys.modules)\n" % os.path.join(root, "firmware"))
+            "print(link.cost('tcp://h:1'), 'anchor_core.linkurl' in sys.modules)\n" % os.path.join(root, "firmware"))
     out = subprocess.run([mpy, "-X", "heapsize=256K", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:3] == ["3 False False", "refused True", "1 False"], out.stdout + out.stderr

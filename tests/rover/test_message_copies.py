@@ -1,6 +1,6 @@
 """CPython only: the field indices the rover copies as private consts (MicroPython folds
-those into its bytecode; public ones cost heap) equal the ones core/messages.py states."""
-from core import messages as m
+those into its bytecode; public ones cost heap) equal the ones anchor_core/messages.py states."""
+from anchor_core import messages as m
 from rover import backup
 
 

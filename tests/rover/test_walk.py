@@ -2,7 +2,7 @@
 import os
 import random
 
-from core import messages as m
+from anchor_core import messages as m
 from rover import backup, fsys
 
 

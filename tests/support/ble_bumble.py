@@ -3,7 +3,7 @@
 One LocalLink joins a central controller (the anchor's) and one peripheral controller per
 rover. Everything bumble runs in one asyncio loop on a background thread (a LocalLink
 delivers between controllers with call_soon on that loop); the anchor side can live in
-that loop or in any other (anchor.ble_port bridges), and the rover side is blocking, as
+that loop or in any other (anchor.links.ble_port bridges), and the rover side is blocking, as
 on the device:
 
     with BumblePair(mtu=247) as pair:
@@ -24,7 +24,7 @@ Differences from the air, on purpose or from bumble:
 - acl_length (default 251) is the controller's LE ACL buffer size: 251 is a link with data
   length extension (one ATT packet per link-layer PDU at MTU 247), 27 the LE default.
 - bumble's host queues outgoing ACL data without limit; both adapters wait while it holds
-  more than the controller's buffers (anchor.ble_port.wait_acl_room), as a real stack would.
+  more than the controller's buffers (anchor.links.ble_port.wait_acl_room), as a real stack would.
 - Nothing is ever lost on the LocalLink. Packets can only be dropped at a full receive
   queue of a port (counted: port.dropped on the anchor, adapter.dropped on the rover).
 """
@@ -33,9 +33,9 @@ import collections
 import logging
 import threading
 
-from anchor.ble_port import (
+from anchor.links.ble_port import (
     BumbleCentralAdapter, BumbleCentralBackend, GattCentralLink, wait_acl_room)
-from core import gatt
+from anchor_core import gatt
 
 log = logging.getLogger(__name__)
 

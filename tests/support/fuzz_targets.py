@@ -13,12 +13,12 @@ import random
 import struct
 import time
 
-from core import cbor
-from core import channel as chan
-from core import framing
-from core import messages as m
-from core import states as st
-from core.session import NEED_DATA, Session
+from anchor_core import cbor
+from anchor_core import channel as chan
+from anchor_core import framing
+from anchor_core import messages as m
+from anchor_core import states as st
+from anchor_core.session import NEED_DATA, Session
 
 SYNC = framing.SYNC
 

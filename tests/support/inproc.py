@@ -5,7 +5,7 @@ import os
 import threading
 
 from anchor.app import App
-from anchor.chanlink import serve_port
+from anchor.links.chanlink import serve_port
 
 
 class LoopThread:
@@ -49,7 +49,7 @@ class InprocAnchor:
 
     def start_mgmt(self, path):
         """The management API on a unix socket; returns the address anchorctl takes."""
-        from anchor import mgmt
+        from anchor.api import mgmt
         self.mgmt_server = self.lt.call(mgmt.start(self.app, path))
         return "unix:" + path
 

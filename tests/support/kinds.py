@@ -8,7 +8,7 @@ writer)`: the real Anchor, or a test server) and opens rover-side links to it:
     kind.cut()                  # break the link the way that kind breaks (radio gone)
     kind.stop()
 
-Both ends come from the real registries: the anchor's listener from anchor/links.py
+Both ends come from the real registries: the anchor's listener from anchor/links/__init__.py
 `start_link(url, server)`, the rover's link from rover/link.py `open_link(url)`, so the
 code `anchor serve` and `rover --link` run is the code tested here. What stays hand-built:
 - memory: a test double with no address (an in-process packet pipe, for the channel alone);
@@ -16,13 +16,13 @@ code `anchor serve` and `rover --link` run is the code tested here. What stays h
   transport (`adapter=` on the rover, `backend=` on the anchor's scanner) where a board
   would have aioble and the anchor bleak.
 Every port and listener met is checked against the interfaces (rover/port.py,
-anchor/port.py): `kind.anchor_ports`, `kind.listener`, and the rover's link and port.
+anchor/links/port.py): `kind.anchor_ports`, `kind.listener`, and the rover's link and port.
 
 A new kind of link: its two port modules, a line in each registry, and a class here.
 """
 import asyncio
 
-from anchor.chanlink import serve_port
+from anchor.links.chanlink import serve_port
 from anchor.links import start_link
 from tests.support.memory_link import MemoryLink
 from rover.chanlink import ChannelLink

@@ -9,10 +9,10 @@ import asyncio
 import logging
 import os
 
-from core import chunker
-from core import messages as m
-from core.hmac256 import hmac_sha256
-from core.secure import equal
+from anchor_core import chunker
+from anchor_core import messages as m
+from anchor_core.hmac256 import hmac_sha256
+from anchor_core.secure import equal
 from anchor.storage.chunks import StoreError
 from anchor.storage.trees import apply_delta
 from anchor.storage import retention

@@ -7,7 +7,7 @@ import os
 
 import pyfastcdc
 
-from core import chunker
+from anchor_core import chunker
 
 
 def _cutter():

@@ -22,7 +22,7 @@ import os
 import tempfile
 from urllib.parse import urlsplit
 
-from core import messages as m
+from anchor_core import messages as m
 
 log = logging.getLogger("anchor.proxy")
 

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from urllib.parse import urlsplit
 
-from core import messages as m
+from anchor_core import messages as m
 
 log = logging.getLogger("anchor.relay")
 

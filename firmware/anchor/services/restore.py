@@ -10,7 +10,7 @@ store or damaged in flash) raises RestoreError naming the file, never bytes that
 the file's: a file's entry comes only once its object and every chunk of it are indexed,
 and a chunk that then fails its check (CRC, SHA-256) stops the restore where it is.
 """
-from core import messages as m
+from anchor_core import messages as m
 from anchor.storage.chunks import StoreError
 
 

@@ -9,8 +9,8 @@ import os
 import struct
 import zlib
 
-from core import cbor
-from core import messages as m
+from anchor_core import cbor
+from anchor_core import messages as m
 
 TREE_MAGIC = b"ANTR"
 TREE_VERSION = 1

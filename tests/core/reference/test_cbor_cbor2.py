@@ -1,7 +1,7 @@
-"""Cross-checks core.cbor against cbor2 (CPython only).
+"""Cross-checks anchor_core.cbor against cbor2 (CPython only).
 
 cbor2's canonical=True sorts map keys length-first (RFC 7049 section 3.9,
-"old canonical"); core.cbor sorts them bytewise (RFC 8949 section 4.2.1). The
+"old canonical"); anchor_core.cbor sorts them bytewise (RFC 8949 section 4.2.1). The
 two orders agree whenever all keys of a map share one major type (all
 non-negative ints, all negative ints, all text, or all bytes) or all keys
 encode to the same number of bytes (e.g. small ints -24..23). The byte-equality
@@ -13,8 +13,8 @@ import random
 import cbor2
 import pytest
 
-from core import cbor
-from core.cbor import CBORError, decode, encode
+from anchor_core import cbor
+from anchor_core.cbor import CBORError, decode, encode
 
 BOUNDARIES = [0, 1, 23, 24, 25, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
 INTS = sorted(set(BOUNDARIES + [-1 - b for b in BOUNDARIES]))
@@ -129,7 +129,7 @@ def test_known_order_differences(obj, ours, theirs):
 
 
 def test_utf8_validator_matches_cpython():
-    # core.cbor._utf8_ok is what MicroPython relies on; CPython's strict
+    # anchor_core.cbor._utf8_ok is what MicroPython relies on; CPython's strict
     # decoder is the reference.
     rng = random.Random(3629)
     tricky = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2,

@@ -1,4 +1,4 @@
-"""The portable chunker (core.chunker) against pyfastcdc, live, on fresh random data.
+"""The portable chunker (anchor_core.chunker) against pyfastcdc, live, on fresh random data.
 
 CPython only: pyfastcdc is the reference.  Covers the plain-Python cutter, chunks_of() on both
 paths, the generated gear module, and the viper cutter under the real MicroPython binary.
@@ -16,8 +16,8 @@ import pytest
 import pyfastcdc
 from pyfastcdc.py.constants import GEAR
 
-from core import chunker, gear
-from core.chunker import Chunker, ObjectId, chunks_of, object_of, MIN_SIZE, AVG_SIZE, MAX_SIZE
+from anchor_core import chunker, gear
+from anchor_core.chunker import Chunker, ObjectId, chunks_of, object_of, MIN_SIZE, AVG_SIZE, MAX_SIZE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
@@ -170,7 +170,7 @@ def test_object_of_agrees_on_both_paths():
 VIPER_SCRIPT = r"""
 import sys, json
 sys.path.insert(0, sys.argv[1])
-from core import chunker
+from anchor_core import chunker
 from binascii import hexlify
 buf = bytearray(int(sys.argv[3]))
 for path in json.loads(open(sys.argv[2]).read()):

@@ -1,9 +1,9 @@
-"""Every message the protocol has, built by core.messages, encodes to the same bytes with
-cbor2 (the anchor's CPython library) as with core.cbor (the rover's own codec)."""
+"""Every message the protocol has, built by anchor_core.messages, encodes to the same bytes with
+cbor2 (the anchor's CPython library) as with anchor_core.cbor (the rover's own codec)."""
 import cbor2
 
-from core import cbor
-from core import messages as m
+from anchor_core import cbor
+from anchor_core import messages as m
 
 OID = bytes(range(32))
 CID = bytes(range(32, 64))

@@ -1,4 +1,4 @@
-"""Streams made by the rover's viper compressor (core.zcompress under the real MicroPython binary,
+"""Streams made by the rover's viper compressor (anchor_core.zcompress under the real MicroPython binary,
 256 KB heap) read back by CPython's zlib, the way the anchor reads them.  CPython only.
 """
 import os
@@ -9,16 +9,16 @@ import zlib
 
 import pytest
 
-from core.zcompress import Compressor
+from anchor_core.zcompress import Compressor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 
-# Compresses argv[2] with core.zcompress into argv[3] (empty file for -1); argv[4] "1" forces.
+# Compresses argv[2] with anchor_core.zcompress into argv[3] (empty file for -1); argv[4] "1" forces.
 DRIVER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from core.zcompress import Compressor
+from anchor_core.zcompress import Compressor
 with open(sys.argv[2], "rb") as f:
     data = f.read()
 c = Compressor()

@@ -14,13 +14,13 @@
 import hashlib
 from array import array
 
-from core.compat import const, MICROPYTHON
+from anchor_core.compat import const, MICROPYTHON
 
 try:
-    from core import gear  # generated from pyfastcdc by tools/gen_gear.py (`make setup`)
+    from anchor_core import gear  # generated from pyfastcdc by tools/gen_gear.py (`make setup`)
 except ImportError:
-    raise ImportError("core/gear.py is missing: run `make setup` or "
-                      "`python tools/gen_gear.py > firmware/core/gear.py`")
+    raise ImportError("anchor_core/gear.py is missing: run `make setup` or "
+                      "`python tools/gen_gear.py > firmware/anchor_core/gear.py`")
 
 MIN_SIZE = const(2048)    # no cut before this many bytes (pyfastcdc rounds it down to even)
 AVG_SIZE = const(8192)    # normalisation point: MASK_S before it, MASK_L from it on
@@ -38,7 +38,7 @@ def _build_table():
     lo = gear.GEAR_LO
     hi = gear.GEAR_HI
     if len(lo) != 512 or len(hi) != 1024:
-        raise ValueError("core.gear: bad table size; regenerate with tools/gen_gear.py")
+        raise ValueError("anchor_core.gear: bad table size; regenerate with tools/gen_gear.py")
     for b in range(256):
         _TAB[2 * b] = int.from_bytes(hi[4 * b:4 * b + 4], "little")
         _TAB[2 * b + 1] = int.from_bytes(lo[2 * b:2 * b + 2], "little")

@@ -1,9 +1,9 @@
 # One end of a backup session, sans I/O: bytes in, checked messages out; messages in,
 # framed bytes out. Drivers (sockets, UARTs, asyncio) only move the bytes.
-from core import cbor
-from core import framing
-from core import messages as m
-from core import states as st
+from anchor_core import cbor
+from anchor_core import framing
+from anchor_core import messages as m
+from anchor_core import states as st
 
 NEED_DATA = None
 

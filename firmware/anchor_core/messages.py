@@ -3,8 +3,8 @@
 # A message is a CBOR array [type, field, ...] (docs/protocol.md §3). Arrays, not maps:
 # field names would cost radio bytes on every message. Receivers ignore trailing fields
 # they do not know, so a later minor revision can append fields without a version bump.
-from core.compat import const
-from core import cbor
+from anchor_core.compat import const
+from anchor_core import cbor
 
 _PROTO_VERSION = const(1)
 

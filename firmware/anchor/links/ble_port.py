@@ -36,9 +36,9 @@ import asyncio
 import logging
 import time
 
-from core import gatt
+from anchor_core import gatt
 
-from anchor.chanlink import end_port_job
+from anchor.links.chanlink import end_port_job
 
 log = logging.getLogger(__name__)
 

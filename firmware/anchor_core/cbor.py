@@ -17,7 +17,7 @@
 
 import struct
 
-from core.compat import const, MICROPYTHON
+from anchor_core.compat import const, MICROPYTHON
 
 MAX_DEPTH = const(16)
 MAX_ITEMS = const(65536)

@@ -15,8 +15,8 @@
 # this module again once its link is up (rover/securelink.py): keep its import cheap.
 import struct
 
-from core.compat import const
-from core.secure import (MAGIC, NONCE, PROOF, MAX_RECORD, ST_OK, ST_NOT_PAIRED, SecureError,
+from anchor_core.compat import const
+from anchor_core.secure import (MAGIC, NONCE, PROOF, MAX_RECORD, ST_OK, ST_NOT_PAIRED, SecureError,
                          Sealer, Opener, equal, proof, session_keys)
 
 # What next_event() returns.

@@ -11,7 +11,7 @@
 # scheme takes is in known_options(). Errors are ValueError naming the address and the form
 # expected. Runs on MicroPython: string methods only, no urllib or re. The rover unloads
 # this module after each parse (rover/link.py): keep it free of state.
-from core.compat import const
+from anchor_core.compat import const
 
 DEFAULT_BAUD = const(115200)
 # The forms an error names. No tables of schemes and options: on the rover a dict of
@@ -86,7 +86,7 @@ def host_port(url, name="tcp", listen=False, what="link"):
         raise _bad(what, url, "expected " + form)
     if "@" in host or "/" in host:
         raise _bad(what, url, "no user name or path here; expected " + form)
-    # An MQTT packet is held whole in RAM on both sides (core/mqtt_profile.py MAX_MTU).
+    # An MQTT packet is held whole in RAM on both sides (anchor_core/mqtt_profile.py MAX_MTU).
     if not 0 < options.get("mtu", 1) <= 65536:
         raise _bad(what, url, "mtu must be 1..65536")
     return host, port_number(port, url, listen, what), options

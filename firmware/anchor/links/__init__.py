@@ -1,10 +1,10 @@
 """The anchor's rover links, started by address (docs/links.md). CPython only.
 
-`await start_link(url, server)` starts the listener for one address (core/linkurl.py has
-the grammar) and returns it (anchor/port.py, Listener): every rover that appears on it is
+`await start_link(url, server)` starts the listener for one address (anchor_core/linkurl.py has
+the grammar) and returns it (anchor/links/port.py, Listener): every rover that appears on it is
 served by `server` (anything with `serve_stream(reader, writer)`: the Anchor, or a test
 server). TCP streams go to it directly; every other kind carries a channel
-(anchor/chanlink.py), whose streams are served like TCP connections. Each opener imports
+(anchor/links/chanlink.py), whose streams are served like TCP connections. Each opener imports
 its port module only when called.
 
 `start_links` turns the daemon's settings (anchor serve --serial, --broker, --ble) into
@@ -13,7 +13,7 @@ addresses and starts them.
 import asyncio
 import logging
 
-from core import linkurl
+from anchor_core import linkurl
 
 log = logging.getLogger("anchor")
 
@@ -26,7 +26,7 @@ async def _tcp(url, on_port, server, **kw):
 
 
 async def _serial(url, on_port, server, **kw):
-    from anchor.serial_port import SerialListener
+    from anchor.links.serial_port import SerialListener
     device, baud, opts = linkurl.serial(url)
     if "mtu" in opts:
         kw["mtu"] = opts["mtu"]
@@ -37,7 +37,7 @@ async def _serial(url, on_port, server, **kw):
 
 
 async def _mqtt(url, on_port, server, **kw):
-    from anchor.mqtt_port import MqttLinks
+    from anchor.links.mqtt_port import MqttLinks
     host, port, opts = linkurl.host_port(url, "mqtt")
     if "mtu" in opts:
         kw["max_payload"] = opts["mtu"]
@@ -48,7 +48,7 @@ async def _mqtt(url, on_port, server, **kw):
 
 async def _ble(url, on_port, server, **kw):
     # kw: allow (addresses or names, or a function giving them), backend (bleak by default)
-    from anchor.ble_port import BleScanner
+    from anchor.links.ble_port import BleScanner
     linkurl.ble(url)
     lst = BleScanner(on_port=on_port, **kw)
     lst.start()
@@ -74,7 +74,7 @@ async def start_link(url, server, on_port=None, **kw):
     if opener is None:
         raise ValueError("link %s: expected %s" % (url, linkurl.LINKS))
     if on_port is None:
-        from anchor.chanlink import serve_port
+        from anchor.links.chanlink import serve_port
 
         def on_port(port):
             return serve_port(server, port)
@@ -95,7 +95,7 @@ async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
         def paired_names():
             # Without an explicit list: the rovers paired with this anchor, by the name they
             # advertise (an open anchor takes any rover advertising the service).
-            from core import gatt
+            from anchor_core import gatt
             out = []
             for d in anchor.catalog.paired():
                 try:

@@ -3,7 +3,7 @@
 # and must never change, or deployed rovers and anchors stop finding each other.
 from binascii import unhexlify
 
-from core.compat import const
+from anchor_core.compat import const
 
 # One primary service with two characteristics.
 SERVICE_UUID = "37da5c1f-6c3e-4595-8b42-3ef64afbe35a"

@@ -24,9 +24,9 @@ import socket
 
 import paho.mqtt.client as mqtt
 
-from core import messages as m
+from anchor_core import messages as m
 # Topics, QoS, sizes: the profile the rover keeps to as well.
-from core.mqtt_profile import (KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, UP_FILTER,  # noqa: F401
+from anchor_core.mqtt_profile import (KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, UP_FILTER,  # noqa: F401
                                device_of, publish_size, topic)
 
 log = logging.getLogger("anchor.mqtt")
@@ -256,7 +256,7 @@ class MqttListener:
 
 
 class MqttLinks:
-    """The MQTT link listener as the daemon runs it (anchor/port.py, Listener): retried in
+    """The MQTT link listener as the daemon runs it (anchor/links/port.py, Listener): retried in
     the background while the broker is away, so the anchor serves its other links meanwhile
     and relayed publishes fail clearly. `started` is set once it takes rovers."""
 

@@ -3,8 +3,8 @@
 # A session is one conversation between one rover and one anchor. Both ends run the same
 # table; each checks what it sends and what it receives against it, so a bug on either
 # side or a hostile peer is caught at the first message out of place.
-from core.compat import const
-from core import messages as m
+from anchor_core.compat import const
+from anchor_core import messages as m
 
 ROVER = const(0)
 ANCHOR = const(1)

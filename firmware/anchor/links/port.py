@@ -1,8 +1,8 @@
 """The anchor's two link interfaces, in code (docs/links.md, "Port interface"). CPython only.
 
 A listener waits for rovers on its medium and hands each one's packet port to `on_port`;
-anchor/chanlink.py runs a channel over the port, and each stream a rover opens is served
-like a TCP connection. The registry in anchor/links.py starts listeners by address. Ports
+anchor/links/chanlink.py runs a channel over the port, and each stream a rover opens is served
+like a TCP connection. The registry in anchor/links/__init__.py starts listeners by address. Ports
 and listeners do not inherit from these classes (they are duck-typed, as the asyncio code
 calling them is); tests/links checks every kind against them (`missing`).
 """
@@ -31,7 +31,7 @@ class Port:
 
 class Listener:
     """Hands out ports as rovers appear, `on_port(port)` each (a coroutine it returns runs
-    as a task; the port is served until it returns). Made and started by anchor/links.py;
+    as a task; the port is served until it returns). Made and started by anchor/links/__init__.py;
     it retries by itself (a device that comes back, a broker restarted, a rover in range
     again) until close()."""
     NAMES = ("start", "close")

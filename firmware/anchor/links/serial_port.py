@@ -2,7 +2,7 @@
 
 pyserial opens and configures the device (raw, baud, exclusive); the event loop then reads
 and writes its file descriptor directly (add_reader / add_writer), so no thread is needed.
-Packets are framed with core.framing; corrupt frames and noise are dropped and counted.
+Packets are framed with anchor_core.framing; corrupt frames and noise are dropped and counted.
 
 A USB adapter comes and goes: `SerialListener` keeps (re)opening the device and hands each
 opening to `on_port` as a new port, one at a time; the caller runs one channel per port.
@@ -15,9 +15,9 @@ import os
 
 import serial
 
-from core import framing
+from anchor_core import framing
 
-from anchor.chanlink import end_port_job
+from anchor.links.chanlink import end_port_job
 
 log = logging.getLogger("anchor.serial")
 

@@ -10,7 +10,7 @@
 # holds N bytes is never sent more than N bytes it has not taken in yet.
 import struct
 
-from core.compat import const
+from anchor_core.compat import const
 
 VERSION = const(1)
 HEADER = const(8)
@@ -23,9 +23,6 @@ SYNACK = const(4)
 RST = const(5)
 FIN = const(6)
 PROBE = const(7)
-
-KIND_NAMES = {DATA: "DATA", ACK: "ACK", SYN: "SYN", SYNACK: "SYNACK", RST: "RST", FIN: "FIN",
-              PROBE: "PROBE"}
 
 # channel states
 LISTEN = const(0)        # responder waiting for a SYN

@@ -22,7 +22,7 @@
 import struct
 from binascii import crc32
 
-from core.compat import const
+from anchor_core.compat import const
 
 SYNC = b"\xa7\x5c"
 MAX_PAYLOAD = const(36 * 1024)

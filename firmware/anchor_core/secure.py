@@ -2,7 +2,7 @@
 # from pairing, fresh keys per session, and every record encrypted (AES-128-CTR) and
 # authenticated (HMAC-SHA-256, 16 bytes) with an implicit sequence number, so a replayed,
 # reordered, dropped or altered record ends the session. Sans-I/O: bytes in, bytes out.
-# The handshake that proves the pairing and derives the keys: core/handshake.py.
+# The handshake that proves the pairing and derives the keys: anchor_core/handshake.py.
 # Construction and threat model: docs/security.md.
 #
 # Only what MicroPython's unix port has: hashlib.sha256 and cryptolib AES in ECB mode. CTR
@@ -11,8 +11,8 @@
 # 128-bit block, incremented from seq || 0).
 import struct
 
-from core.compat import const, MICROPYTHON
-from core.hmac256 import hmac_sha256  # noqa: F401  (part of this module's interface)
+from anchor_core.compat import const, MICROPYTHON
+from anchor_core.hmac256 import hmac_sha256  # noqa: F401  (part of this module's interface)
 
 MAGIC = b"ANC1"
 NONCE = const(16)

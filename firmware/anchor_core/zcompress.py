@@ -14,7 +14,7 @@
 # whether the multiply wraps or not), and Adler-32 reduces every 3800 bytes.
 from array import array
 
-from core.compat import const, MICROPYTHON
+from anchor_core.compat import const, MICROPYTHON
 
 _HASH_BITS = const(11)
 _HASH_SIZE = const(1 << _HASH_BITS)

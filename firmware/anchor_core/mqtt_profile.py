@@ -2,7 +2,7 @@
 # protocol.md §7). Each channel packet is one broker message, QoS 1 both ways, on per-device
 # topics: the rover publishes to anchor/v1/<device>/up, the anchor to anchor/v1/<device>/down.
 # QoS 1 may deliver a message twice; the channel numbers its packets and drops duplicates.
-from core.compat import const
+from anchor_core.compat import const
 
 QOS = const(1)
 # Largest packet by default: 1 KiB is a size cellular links and hosted brokers take without

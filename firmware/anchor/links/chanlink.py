@@ -1,4 +1,4 @@
-"""The anchor's end of a channel (core/channel.py) over a packet port (serial, MQTT, BLE).
+"""The anchor's end of a channel (anchor_core/channel.py) over a packet port (serial, MQTT, BLE).
 
 One task per port drives the sans-I/O channel with the port and the clock; every stream
 the rover opens becomes a session served by `Anchor.serve_stream`, exactly as a TCP
@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 
-from core import channel as chan
+from anchor_core import channel as chan
 
 log = logging.getLogger("anchor.link")
 

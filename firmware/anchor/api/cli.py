@@ -5,13 +5,13 @@ import logging
 import os
 import sys
 
-from core import linkurl
+from anchor_core import linkurl
 
 DEFAULT_DATA = "./var/anchor"
 DEFAULT_LISTEN = "tcp://127.0.0.1:7420"
 
 
-# Addresses follow the one grammar of core/linkurl.py; each takes ValueError for a bad one.
+# Addresses follow the one grammar of anchor_core/linkurl.py; each takes ValueError for a bad one.
 
 def parse_tcp(url):
     """--listen, --proxy: tcp://HOST:PORT; port 0 picks a free one."""

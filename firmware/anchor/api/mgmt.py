@@ -12,7 +12,7 @@ import os
 import struct
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from core import messages as m
+from anchor_core import messages as m
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
 
 log = logging.getLogger("anchor.mgmt")
@@ -247,8 +247,8 @@ class Api:
     def pair(self, device):
         """A fresh pairing code for `device` (replacing any earlier pairing)."""
         import os
-        from core import secure
-        from core.messages import check_device, ProtocolError
+        from anchor_core import secure
+        from anchor_core.messages import check_device, ProtocolError
         try:
             check_device(device)
         except ProtocolError as e:
