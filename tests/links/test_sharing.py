@@ -2,7 +2,6 @@
 links backs up over the cheaper one."""
 import os
 import random
-import statistics
 import threading
 import time
 
@@ -10,15 +9,83 @@ from tests.support.harness import run_rover
 from tests.support.inproc import InprocAnchor
 from tests.support.kinds import SerialKind
 from tests.support.linkemu import CountingRelay
+from anchor_core import channel as chan
 from rover.backup import Backup
 from rover.relay import Relay
 from tests.support.services import Origin
 
 RATE = 20_000        # bytes/s each way: a slow radio
+FETCHES = 5          # fetches during the backup, at least
+MAX_FETCHES = 20     # and at most, until enough of them met queued backup data
+CONTENDED = 3        # relay packets that must have found backup data queued before them
 
 
-def fetch_time(channel, url, out):
-    t0 = time.monotonic()
+class LinkOrder:
+    """What each end of the channel puts on the link, in the link's order (a port sends a
+    packet as soon as the channel hands it out, and the line is a FIFO): every new DATA
+    packet, the streams that had bytes queued and unsent when it was chosen, and the wire
+    bytes of each stream then in flight (sent, not yet acknowledged: at least all of that
+    stream's bytes still ahead of it on the link).
+
+    This is the property itself, in link bytes, and it does not depend on the clock: the
+    backup runs in this process and competes for the CPU with the fetch, so a fetch's wall
+    time mixes the link's order with CPU contention, while what goes onto the link ahead of
+    what does not."""
+
+    def __init__(self, monkeypatch):
+        self.packets = []      # (rover_end, sid, first of its stream, sids waiting, in flight by sid, packet)
+        self.on = False
+        self._streams = []     # every stream seen sending (kept, so no id is reused)
+        pick = chan.Channel.packet_to_send
+        data, header = chan.DATA, chan.HEADER
+
+        def packet_to_send(ch, now):
+            if not self.on:
+                return pick(ch, now)
+            nxt = ch.snd_nxt
+            waiting = [sid for sid, s in ch.streams.items() if s.tx.count > s.tx_sent]
+            fl = ch.fl
+            flight = {}
+            for k in range(fl.count):
+                i = fl.slot(k)
+                flight[fl.sid[i]] = flight.get(fl.sid[i], 0) + header + fl.length[i] + ch.overhead
+            p = pick(ch, now)
+            # New data only: a resent packet was on the link before anything queued now.
+            if p is not None and ch.snd_nxt != nxt and p[0] >> 4 == data:
+                sid = p[0] & 15
+                s = ch.streams.get(sid)
+                first = not any(x is s for x in self._streams)
+                if first:
+                    self._streams.append(s)
+                self.packets.append((ch.initiator, sid, first, waiting, flight, ch.peer_mtu_wire()))
+            return p
+        monkeypatch.setattr(chan.Channel, "packet_to_send", packet_to_send)
+
+    def tally(self, backup_sid, relay_sids):
+        """Per direction ("up": rover to anchor): backup packets that went onto the link while
+        relay data waited; the most backup bytes in flight when a relay packet went, other
+        than the first of its exchange (that one finds whatever the backup had in flight
+        when the exchange began, and nothing can call bytes back from the link); relay
+        packets that went while backup data waited, the contention that makes the first
+        two mean something; and one packet's wire bytes."""
+        t = {d: {"backup_ahead": 0, "backup_in_flight": 0, "contended": 0, "relay": 0, "packet": 0}
+             for d in ("up", "down")}
+        for rover_end, sid, first, waiting, flight, packet in list(self.packets):
+            c = t["up" if rover_end else "down"]
+            c["packet"] = packet
+            if sid == backup_sid:
+                if any(w in relay_sids for w in waiting):
+                    c["backup_ahead"] += 1
+            elif sid in relay_sids:
+                c["relay"] += 1
+                if backup_sid in waiting:
+                    c["contended"] += 1
+                if not first:
+                    c["backup_in_flight"] = max(c["backup_in_flight"], flight.get(backup_sid, 0))
+        return t
+
+
+def fetch(channel, url, out):
     s = channel.stream(urgent=True)
     try:
         r = Relay(s, "rover-s")
@@ -27,23 +94,25 @@ def fetch_time(channel, url, out):
     finally:
         s.close()
     assert status == 200
-    return time.monotonic() - t0, size
+    return s.sid
 
 
-def test_relay_goes_before_backup_on_a_busy_link(tmp_path):
+def test_relay_goes_before_backup_on_a_busy_link(tmp_path, monkeypatch):
+    """While a backup fills the link, no backup byte goes onto it ahead of relay data that
+    is waiting: a relay packet waits only for what was already on the link."""
     ia = InprocAnchor(str(tmp_path / "anchor"))
     origin = Origin()
     page = random.Random(1).randbytes(2000)
     origin.files["/page"] = page
     kind = SerialKind(rate=RATE)
     kind.tmp = tmp_path
+    order = LinkOrder(monkeypatch)
     try:
         kind.start(ia, ia.anchor)
         first = kind.open()                 # the channel; this stream carries the backup
         ch = kind.channel
         url = origin.url("/page")
         out = str(tmp_path / "page")
-        idle = [fetch_time(ch, url, out)[0] for _ in range(5)]
 
         src = str(tmp_path / "src")
         os.makedirs(src)
@@ -60,15 +129,27 @@ def test_relay_goes_before_backup_on_a_busy_link(tmp_path):
         while b.stats["chunks_sent"] < 3 and time.monotonic() < deadline and t.is_alive():
             time.sleep(0.01)
         assert b.stats["chunks_sent"] >= 3, err
-        busy = []
-        for _ in range(5):
-            busy.append(fetch_time(ch, url, out)[0])
+        order.on = True
+        relay_sids = set()
+        for n in range(MAX_FETCHES):
+            relay_sids.add(fetch(ch, url, out))
             assert t.is_alive(), "the backup ended before the fetches did; the test proves nothing"
+            tally = order.tally(first.sid, relay_sids)
+            if n + 1 >= FETCHES and tally["up"]["contended"] >= CONTENDED:
+                break
+        order.on = False
         with open(out, "rb") as f:
             assert f.read() == page
-        ratio = statistics.median(busy) / statistics.median(idle)
-        print("idle %s busy %s ratio %.2f" % (idle, busy, ratio))
-        assert ratio <= 2.0, (idle, busy)
+        print("link order over %d fetches: %s" % (n + 1, tally))
+        # The test means something only if relay data met backup data queued for the link.
+        assert tally["up"]["contended"] >= CONTENDED, tally
+        for d in ("up", "down"):
+            c = tally[d]
+            # No backup packet goes onto the link ahead of relay data that waits for it ...
+            assert c["backup_ahead"] == 0, tally
+            # ... and while a relay exchange is open the backup keeps at most one packet on
+            # the link, so each of its messages waits behind one backup packet at most.
+            assert c["backup_in_flight"] <= c["packet"], tally
         t.join(120)
         assert not err, err
         assert b.stats["snapshot"] == 1

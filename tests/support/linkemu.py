@@ -271,11 +271,37 @@ DIRECTIONS = ("up", "down")        # up: rover -> anchor, down: anchor -> rover
 N_TTY_MAX_UNREAD = 4095            # FIONREAD on a pty never reports more (the N_TTY buffer)
 PTY_PIECE = 4096                   # the most a pty read returns anyway
 TICK = 0.5                         # longest a pump waits without looking at the schedule
+LANDING = 5.0                      # longest the kernel may take to show written bytes unread
 
 
 def _unread(fd):
     """Bytes sitting in a tty's receive buffer that no program has read yet."""
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _land(fd, before, k):
+    """Waits (bounded) until the k bytes just written to a pty master show as unread on its
+    slave, which showed `before` unread bytes when they were written.
+
+    The kernel moves bytes written to a pty master into the slave's receive buffer later,
+    on a worker thread (later still on a loaded machine), so FIONREAD right after a write
+    may still show the old count: a UART buffer sized from it would take more than it
+    holds, and whoever reads the count next would miss bytes the link calls delivered.
+    A program reading meanwhile can keep the count below before + k; it sees the bytes as
+    they land anyway, so the wait also ends when the count drops, or when poll() finds
+    nothing to read (poll moves pending bytes into an empty buffer before it answers)."""
+    deadline = time.monotonic() + LANDING
+    last = before
+    while True:
+        n = _unread(fd)
+        if n >= before + k or n < last:
+            return
+        if not select.select([fd], [], [], 0)[0]:
+            return
+        if time.monotonic() >= deadline:
+            return
+        last = n
+        time.sleep(0.0005)
 
 
 class _End:
@@ -337,7 +363,8 @@ class PtyLink:
     rxbuf: the receiving program's UART buffer in bytes (<= 4095): what does not fit next
       to the bytes it has not read yet is dropped, as an overrun UART drops it. Without
       it a receiver that stops reading fills its tty (~20 KB) and then the line stalls
-      back to the sender, as with hardware flow control.
+      back to the sender, as with hardware flow control. With it, a byte counts as
+      delivered once the receiver's tty shows it unread (see `_land`).
 
     Counters: up, down (bytes entering the link from the rover / anchor) and, per
     direction ("up", "down"): delivered, corrupted_bits, overrun_bytes, garbage_bytes
@@ -630,8 +657,10 @@ class PtyLink:
                 taken += len(data)
                 lost += len(data)
                 continue
+            unread = 0
             if self.rxbuf is not None:
-                room = max(0, self.rxbuf - _unread(d_slave))
+                unread = _unread(d_slave)
+                room = max(0, self.rxbuf - unread)
                 if room < len(data):
                     overrun += len(data) - room
                     taken += len(data) - room
@@ -643,6 +672,10 @@ class PtyLink:
                     k = os.write(d_fd, data)
                 except BlockingIOError:
                     k = 0
+            if k and self.rxbuf is not None:
+                # The next room is computed from the count, and a test reads it once the
+                # link says delivered: both need these bytes to show first.
+                _land(d_slave, unread, k)
             delivered += k
             taken += k
             if k < len(data):
