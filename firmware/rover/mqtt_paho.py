@@ -1,4 +1,4 @@
-# The rover's packet port over MQTT on CPython: paho-mqtt 2.x with its network thread. The
+# The rover's packet port over MQTT, CPython only: paho-mqtt 2.x with its network thread. The
 # design (topics, QoS, persistent sessions) is in rover/mqtt_common.py; the MicroPython
 # implementation is rover/mqtt_port.py, which is what callers import on either runtime.
 import queue
