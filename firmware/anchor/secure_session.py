@@ -1,6 +1,6 @@
 """The anchor's end of the secure channel (anchor_core/secure.py): drives the handshake
 (anchor_core/handshake.py) that tells a paired rover from anything else on the radio, and wraps the
-reader/writer to open and seal records, so `Anchor.serve_stream` runs the same session over
+reader/writer to open and seal records, so `SessionServer.serve_stream` runs the same session over
 them as over a plain stream."""
 import logging
 import os

@@ -2,7 +2,7 @@
 
 `await start_link(url, server)` starts the listener for one address (anchor_core/linkurl.py has
 the grammar) and returns it (anchor/links/port.py, Listener): every rover that appears on it is
-served by `server` (anything with `serve_stream(reader, writer)`: the Anchor, or a test
+served by `server` (anything with `serve_stream(reader, writer)`: the SessionServer, or a test
 server). TCP streams go to it directly; every other kind carries a channel
 (anchor/links/chanlink.py), whose streams are served like TCP connections. Each opener imports
 its port module only when called.

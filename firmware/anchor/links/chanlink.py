@@ -1,7 +1,7 @@
 """The anchor's end of a channel (anchor_core/channel.py) over a packet port (serial, MQTT, BLE).
 
 One task per port drives the sans-I/O channel with the port and the clock; every stream
-the rover opens becomes a session served by `Anchor.serve_stream`, exactly as a TCP
+the rover opens becomes a session served by `SessionServer.serve_stream`, exactly as a TCP
 connection is, through a small reader/writer pair that looks like asyncio's.
 """
 import asyncio
