@@ -8,7 +8,7 @@ from anchor_core import states
 from anchor_core.session import Session
 from anchor.services.relay import RELAY_TYPES
 from anchor.secure_session import Refused
-from anchor.links import start_links     # the listeners for radio links, by address
+from anchor.links import TcpListener, start_links     # the listeners, by address
 
 log = logging.getLogger("anchor")
 
@@ -176,8 +176,11 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     app.retention.enforce()     # a smaller --capacity than last time applies at once
     sessions = app.sessions
     listeners = await start_links(sessions, **(links or {}))
-    server = await asyncio.start_server(sessions.serve_stream, listen_host, listen_port)
-    port = server.sockets[0].getsockname()[1]
+    # The same listener class the link registry opens for tcp:// (and the conformance suite
+    # tests), started here because serve() runs until it stops.
+    tcp = TcpListener(sessions, listen_host, listen_port)
+    await tcp.start_serving()
+    port = tcp.port
     mserver = pserver = None
     proxy_port = None
     if mgmt_path:
@@ -192,9 +195,9 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     if ready:
         ready(port, proxy_port)
     try:
-        await server.serve_forever()
+        await tcp.serve_forever()
     finally:
-        server.close()
+        tcp.close()
         for lst in listeners:
             lst.close()
         for s in (mserver, pserver):

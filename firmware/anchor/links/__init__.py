@@ -127,6 +127,9 @@ class TcpListener:
             self.port = self._srv.sockets[0].getsockname()[1]
             self.name = "tcp://%s:%d" % (self.host, self.port)
 
+    async def serve_forever(self):
+        await self._srv.serve_forever()
+
     def close(self):
         if self._srv is not None:
             self._srv.close()
