@@ -15,7 +15,8 @@ import pyfastcdc
 import pytest
 import zstandard
 
-from anchor.storage import chunks as S
+from anchor.storage import chunks as store_module
+from anchor.storage import segments as S     # the record and segment format
 from anchor.storage.chunks import ChunkStore, StoreError
 from anchor.storage.index_sqlite import SqliteIndex
 
@@ -57,7 +58,7 @@ def write_uncommitted(store):
     """Steps 1-2 of a flush (segment data written and fsynced), then a crash before step 3."""
     store._drain()
     store._settle()
-    groups, _rows = S._plan(store._pending)
+    groups, _rows = store_module._plan(store._pending)
     store._write_groups(groups)
     crash(store)
 

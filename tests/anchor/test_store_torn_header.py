@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from anchor.storage import chunks as S
+from anchor.storage import segments as S     # the record and segment format
 from anchor.storage.chunks import ChunkStore, StoreError
 
 

@@ -36,8 +36,6 @@ from anchor.storage.segments import (
     ENC_RAW, ENC_ZSTD, ENCODINGS, MAX_CHUNK, RECORD_CRC, RECORD_HEAD, RECORD_HEADER_SIZE,
     RECORD_MAGIC, SEGMENT_HEADER_SIZE, SegmentFiles, StoreError, decode_payload, fsync_dir,
     make_head, parse_record, read_header)
-# the format's other names, for callers that know the store's module only
-from anchor.storage.segments import ENC_ZLIB, SEGMENT_MAGIC, make_record, segment_name  # noqa: F401
 
 _pack_head = RECORD_HEAD.pack
 _pack_crc = RECORD_CRC.pack

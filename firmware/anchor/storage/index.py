@@ -28,7 +28,6 @@ Retention is not here: whether a chunk is pinned is the catalog's alone (storage
 live_chunks); the index only orders chunks by last use.
 """
 
-from anchor.storage.segments import RECORD_HEADER_SIZE  # noqa: F401  (backends use it)
 
 ROW_FIELDS = 7
 

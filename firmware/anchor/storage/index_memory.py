@@ -8,7 +8,8 @@ One lock makes insert() from the store's writer thread safe beside the owner's r
 
 import threading
 
-from anchor.storage.index import ChunkIndex, ROW_FIELDS, RECORD_HEADER_SIZE
+from anchor.storage.index import ChunkIndex, ROW_FIELDS
+from anchor.storage.segments import RECORD_HEADER_SIZE
 
 # a row: [seg, off, raw_len, stored_len, enc, last_use]
 _SEG, _OFF, _RAW, _STORED, _ENC, _USE = range(6)
