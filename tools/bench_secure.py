@@ -17,11 +17,11 @@ import shutil
 import subprocess
 import tempfile
 
+from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover
+from tests.support.linkemu import CountingRelay
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-from tests.support.harness import AnchorProc, anchorctl, make_tree, run_rover  # noqa: E402
-from tests.support.linkemu import CountingRelay  # noqa: E402
 
 MPY_SPEED = r'''
 import time

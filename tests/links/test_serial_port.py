@@ -1,5 +1,5 @@
 """Serial packet ports (rover: blocking, both runtimes; anchor: asyncio) over a real pty link
-from tools/linkemu.py, with the line's faults: bit errors, garbage, a small UART buffer, a
+from tests/support/linkemu.py, with the line's faults: bit errors, garbage, a small UART buffer, a
 device that vanishes and comes back. Also the emulator's TCP link cuts."""
 import asyncio
 import os

@@ -2,7 +2,8 @@
 
 This is the measuring point for "bytes on the link": it counts what crosses the socket,
 not what either program believes it sent. Used by tests and benchmarks in-process
-(`CountingRelay`) or from the shell (`python tools/linkemu.py --listen PORT --to HOST:PORT`).
+(`CountingRelay`) or from the shell (`.venv/bin/python -m tests.support.linkemu --listen PORT --to
+HOST:PORT`).
 
 Optionally it is also a slow link: `rate` (bytes/s, each direction on its own, as on a
 full-duplex radio) is enforced by a token bucket in each pump thread, and `latency_ms` delays

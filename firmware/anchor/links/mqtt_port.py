@@ -282,14 +282,13 @@ class MqttLinks:
                 await lst.start()
             except ConnectionError as e:
                 if backoff == 1.0:
-                    logging.getLogger("anchor").warning("MQTT links not available yet: %s; retrying", e)
+                    log.warning("MQTT links not available yet: %s; retrying", e)
                 await asyncio.sleep(backoff)
                 backoff = min(30.0, backoff * 2)
                 continue
             self.listener = lst
             self.started.set()
-            logging.getLogger("anchor").info("MQTT links on mqtt://%s:%d (topics %s)", self.broker[0],
-                                             self.broker[1], UP_FILTER)
+            log.info("MQTT links on mqtt://%s:%d (topics %s)", self.broker[0], self.broker[1], UP_FILTER)
             return
 
     def close(self):
