@@ -72,7 +72,7 @@ class SecureWriter:
         return self.writer.get_extra_info(name, default)
 
 
-async def accept(anchor, reader, writer):
+async def accept(server, reader, writer):
     """(reader, writer, device): the secure wrappers and the authenticated device, or the
     originals and None for a plain rover at an anchor started with --open. Raises Refused
     after telling the rover why, when it cannot be served."""
@@ -83,12 +83,12 @@ async def accept(anchor, reader, writer):
             if ev == handshake.NEED_DATA:
                 hs.receive_data(await reader.read(hs.need()))
             elif ev == handshake.PLAIN:
-                if anchor.open:
+                if server.open:
                     return _Prefixed(reader, hs.trailing_data()), writer, None
                 raise Refused("this anchor serves paired rovers only: pair it (anchorctl pair DEVICE; "
                               "rover ... pair CODE)")
             elif ev == handshake.HELLO:
-                hs.secret(anchor.catalog.pairing_key(hs.device))
+                hs.secret(server.catalog.pairing_key(hs.device))
                 writer.write(hs.data_to_send())
                 await writer.drain()
             else:               # ESTABLISHED

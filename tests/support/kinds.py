@@ -1,7 +1,7 @@
 """Every kind of link behind one small interface, for the conformance suite.
 
 A kind stands up the anchor's end for a `server` (anything with `serve_stream(reader,
-writer)`: the real Anchor, or a test server) and opens rover-side links to it:
+writer)`: the real SessionServer, or a test server) and opens rover-side links to it:
 
     kind.start(inproc_anchor, server)
     link = kind.open()          # a rover link: write, readinto, set_timeout, close, tx, rx

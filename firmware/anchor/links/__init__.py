@@ -81,30 +81,30 @@ async def start_link(url, server, on_port=None, **kw):
     return await opener(url, on_port, server, **kw)
 
 
-async def start_links(anchor, serial=(), mqtt_links=False, ble=None):
+async def start_links(server, serial=(), mqtt_links=False, ble=None):
     """Listeners for the radio links. serial: [(device, baud)]; mqtt_links: take rover links
     on the relay's broker; ble: None, or an allow list (empty: the rovers paired with this
     anchor, or any rover advertising the service if it is open). Returns the listeners
     (each has close())."""
     out = []
     for device, baud in serial:
-        out.append(await start_link("serial:%s:%d" % (device, baud), anchor))
-    if mqtt_links and anchor.broker:
-        out.append(await start_link("mqtt://%s:%d" % tuple(anchor.broker), anchor))
+        out.append(await start_link("serial:%s:%d" % (device, baud), server))
+    if mqtt_links and server.broker:
+        out.append(await start_link("mqtt://%s:%d" % tuple(server.broker), server))
     if ble is not None:
         def paired_names():
             # Without an explicit list: the rovers paired with this anchor, by the name they
             # advertise (an open anchor takes any rover advertising the service).
             from anchor_core import gatt
             out = []
-            for d in anchor.catalog.paired():
+            for d in server.catalog.paired():
                 try:
                     out.append(gatt.adv_name(d))
                 except ValueError:
                     pass
             return out
-        allow = list(ble) or (None if anchor.open else paired_names)
-        out.append(await start_link("ble:", anchor, allow=allow))
+        allow = list(ble) or (None if server.open else paired_names)
+        out.append(await start_link("ble:", server, allow=allow))
     return out
 
 

@@ -102,9 +102,9 @@ class _Writer:
 class ChannelConnection:
     """Serves one port until it is gone."""
 
-    def __init__(self, anchor, port, rx_window=65535, rx_buffer=65536, tx_buffer=16384,
+    def __init__(self, server, port, rx_window=65535, rx_buffer=65536, tx_buffer=16384,
                  tx_window=None, dead_ms=30000):
-        self.anchor = anchor
+        self.server = server              # serves each stream as a session (SessionServer)
         self.port = port
         self.ch = chan.Channel(False, port.mtu, port.overhead, rx_window, rx_buffer, tx_buffer,
                                tx_window or 65535, dead_ms)
@@ -162,7 +162,7 @@ class ChannelConnection:
             self.kick()
 
     async def _serve(self, sid, conn_id):
-        await self.anchor.serve_stream(_Reader(self, sid, conn_id), _Writer(self, sid, conn_id))
+        await self.server.serve_stream(_Reader(self, sid, conn_id), _Writer(self, sid, conn_id))
 
     async def _send(self):
         while True:
@@ -190,10 +190,10 @@ class ChannelConnection:
                 pass
 
 
-async def serve_port(anchor, port, **options):
+async def serve_port(server, port, **options):
     """Serve one port until the link is gone. Used by every non-TCP link listener."""
     log.info("link %s up (mtu %d)", port.name, port.mtu)
-    await ChannelConnection(anchor, port, **options).run()
+    await ChannelConnection(server, port, **options).run()
     log.info("link %s down", port.name)
 
 
