@@ -112,7 +112,9 @@ class Api:
                 args = prune.parse_query(q)
             except ValueError as e:
                 raise ApiError(400, str(e))
-            return await self._json(writer, dict(prune.prune(self.app.catalog, self.app.store, self.app.trees, self.app.retention, dev, **args), device=segs[2]))
+            a = self.app
+            out = prune.prune(a.catalog, a.store, a.trees, a.retention, dev, **args)
+            return await self._json(writer, dict(out, device=segs[2]))
         if segs[1:] == ["devices"]:
             return await self._json(writer, self.catalog.devices())
         if segs[1:] == ["stats"]:
