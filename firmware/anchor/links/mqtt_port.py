@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from anchor_core import messages as m
 # Topics, QoS, sizes: the profile the rover keeps to as well.
 from anchor_core.mqtt_profile import (KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, UP_FILTER,  # noqa: F401
-                               device_of, publish_size, topic)
+                                      device_of, publish_size, topic)
 
 log = logging.getLogger("anchor.mqtt")
 
