@@ -7,7 +7,7 @@ from binascii import hexlify, unhexlify
 
 from anchor_core import chunker
 from anchor_core.chunker import (Chunker, ObjectId, EMPTY_OBJECT_ID, MIN_SIZE, AVG_SIZE, MAX_SIZE,
-                          chunks_of, object_of)
+                                 chunks_of, object_of)
 from chunker_testdata import GenFile, records_digest
 import vectors_chunker as V
 
