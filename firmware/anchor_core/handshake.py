@@ -17,7 +17,7 @@ import struct
 
 from anchor_core.compat import const
 from anchor_core.secure import (MAGIC, NONCE, PROOF, MAX_RECORD, ST_OK, ST_NOT_PAIRED, SecureError,
-                         Sealer, Opener, equal, proof, session_keys)
+                                Sealer, Opener, equal, proof, session_keys)
 
 # What next_event() returns.
 NEED_DATA = const(0)     # feed more bytes: at most need() of them, what follows is records

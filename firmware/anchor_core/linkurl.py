@@ -1,4 +1,4 @@
-# Link addresses: the one grammar both sides parse (docs/links.md, "Addresses").
+# Link addresses: the one grammar both sides parse (docs/links.md, "Using them").
 #
 #   tcp://HOST:PORT            HOST may be [v6]; a listener may take port 0 (a free one)
 #   serial:DEVICE[:BAUD]       DEVICE a tty path (its own ':' allowed) or a board UART (uart1);

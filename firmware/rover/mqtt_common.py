@@ -28,12 +28,6 @@ QUEUE_MPY = const(16)
 QUEUE_CPY = const(1024)
 
 
-def parse_mqtt_url(url):
-    """mqtt://HOST:PORT[?key=value&...] -> (host, port, {key: int}). Raises ValueError."""
-    from anchor_core import linkurl     # not at the top: rover/link.py unloads it after use
-    return linkurl.host_port(url, "mqtt")
-
-
 class MqttPortBase:
     """What both implementations share: checks, topics, byte counts. _open(host, port)
     connects (rover/mqtt_port.py: umqtt.simple; rover/mqtt_paho.py: paho)."""

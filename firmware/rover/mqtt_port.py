@@ -4,7 +4,7 @@
 # the rover's heap.
 from anchor_core.compat import MICROPYTHON
 from rover.mqtt_common import (IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_MPY, MqttPortBase,  # noqa: F401
-                               parse_mqtt_url, publish_size, topic)
+                               publish_size, topic)
 from rover.linkerror import LinkError
 
 if MICROPYTHON:

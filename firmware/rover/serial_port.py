@@ -34,14 +34,6 @@ _EMPTY_READS = const(3)
 
 _POLL_GONE = select.POLLHUP | select.POLLERR
 
-def parse_serial_url(url):
-    """serial:DEVICE[:BAUD][?key=value&...] -> (device, baud, {key: int}); anchor_core/linkurl.py
-    has the grammar. DEVICE is a tty path (/dev/ttyUSB0) or a board UART (uart1). Raises
-    ValueError."""
-    from anchor_core import linkurl     # not at the top: rover/link.py unloads it after use
-    return linkurl.serial(url)
-
-
 def _uart_id(device):
     # "uart1" -> 1; anything else is a path.
     if device.startswith("uart") and len(device) > 4 and device[4:].isdigit():

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 
 from anchor.links.mqtt_port import QUEUE_BYTES, MqttListener  # noqa: E402
 from rover.link import LinkError  # noqa: E402
-from rover.mqtt_port import MqttPort, parse_mqtt_url, publish_size  # noqa: E402
+from rover.mqtt_port import MqttPort, publish_size  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 WAIT = 10          # seconds any single expected event may take
@@ -90,6 +90,12 @@ def raw_publish(broker, items):
 
 
 # --- URLs -------------------------------------------------------------------------------
+
+def parse_mqtt_url(url):
+    """What rover --link mqtt://... parses with."""
+    from anchor_core import linkurl
+    return linkurl.host_port(url, "mqtt")
+
 
 def test_parse_mqtt_url():
     assert parse_mqtt_url("mqtt://127.0.0.1:1883") == ("127.0.0.1", 1883, {})

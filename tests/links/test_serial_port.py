@@ -17,7 +17,8 @@ import serial
 
 from anchor_core import framing
 from rover.link import LinkError
-from rover.serial_port import SerialPort, parse_serial_url
+from anchor_core.linkurl import serial as parse_serial_url     # what rover --link serial:... parses with
+from rover.serial_port import SerialPort
 from anchor.links.serial_port import SerialListener, SerialPacketPort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
