@@ -1,13 +1,12 @@
 """The restore service in-process: a snapshot read back through it is the files backed up,
 and a record damaged in flash is a RestoreError naming the file, never wrong bytes."""
-import glob
 import hashlib
 import io
-import os
 import random
 
 import pytest
 
+from tests.support.harness import damage
 from anchor.app import App
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
 from anchor_core import cbor, chunker
@@ -58,20 +57,6 @@ def read_back(service, snap, prefix=""):
     for r, ids in service.entries(snap, prefix):
         out[r[0]] = (r[1], b"".join(service.content(r, ids)))
     return out
-
-
-def damage(data_dir, data):
-    """Flip a byte of `data` where the store keeps it (random data is stored as it came)."""
-    needle = data[:64]
-    for seg in glob.glob(os.path.join(data_dir, "chunks", "**", "*.seg"), recursive=True):
-        with open(seg, "r+b") as f:
-            buf = f.read()
-            at = buf.find(needle)
-            if at >= 0:
-                f.seek(at + 10)
-                f.write(bytes([buf[at + 10] ^ 0xFF]))
-                return
-    raise AssertionError("the bytes to damage are not in any segment")
 
 
 @pytest.fixture

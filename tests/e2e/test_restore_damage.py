@@ -1,28 +1,13 @@
 """A record damaged in the anchor's flash, met in the middle of a restore: anchorctl fails
 clearly and never writes bytes that are not the file's; the anchor names the file and goes
 on serving."""
-import glob
 import io
 import os
 import random
 
-from tests.support.harness import AnchorProc, anchorctl, run_rover
+from tests.support.harness import AnchorProc, anchorctl, damage, run_rover
 from anchorctl.client import Client
 from anchor_core import chunker
-
-
-def damage(data_dir, data):
-    """Flip a byte of `data` where the store keeps it (random data is stored as it came)."""
-    needle = data[:64]
-    for seg in glob.glob(os.path.join(data_dir, "chunks", "**", "*.seg"), recursive=True):
-        with open(seg, "r+b") as f:
-            buf = f.read()
-            at = buf.find(needle)
-            if at >= 0:
-                f.seek(at + 10)
-                f.write(bytes([buf[at + 10] ^ 0xFF]))
-                return
-    raise AssertionError("the bytes to damage are not in any segment")
 
 
 def test_a_damaged_record_cuts_the_restore_short(tmp_path):

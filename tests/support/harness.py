@@ -1,5 +1,6 @@
 """Shared pieces of the end-to-end tests: a real anchor process, rovers on both runtimes,
 trees to back up, and byte-for-byte comparison."""
+import glob
 import os
 import random
 import re
@@ -180,3 +181,17 @@ def make_src(root, files, size, seed):
     for i in range(20):
         with open(os.path.join(root, "docs", "note%02d.txt" % i), "wb") as f:
             f.write(b"line %d of a field note\n" % i * rnd.randrange(10, 400))
+
+
+def damage(data_dir, data):
+    """Flip a byte of `data` where the store keeps it (random data is stored as it came)."""
+    needle = data[:64]
+    for seg in glob.glob(os.path.join(data_dir, "chunks", "**", "*.seg"), recursive=True):
+        with open(seg, "r+b") as f:
+            buf = f.read()
+            at = buf.find(needle)
+            if at >= 0:
+                f.seek(at + 10)
+                f.write(bytes([buf[at + 10] ^ 0xFF]))
+                return
+    raise AssertionError("the bytes to damage are not in any segment")
