@@ -6,6 +6,7 @@ watch list per anchor, and every service that needs one is given it here.
 """
 import os
 
+from anchor.datalock import DataLock
 from anchor.storage.catalog import Catalog
 from anchor.daemon import SessionServer
 from anchor.storage.retention import Retention
@@ -37,6 +38,18 @@ class App:
         self.open = open
         self.capturing = capture
         os.makedirs(self.data_dir, exist_ok=True)
+        # Before anything in the directory is opened: recovery on a store another anchor
+        # is writing would truncate its segments under it.
+        self.lock = DataLock(self.data_dir)
+        try:
+            self._open(broker, relay_timeout, relay_max, capacity)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, broker, relay_timeout, relay_max, capacity):
+        capture = self.capturing
+        open = self.open
         self._check_version()
         # Sessions flush every 1 MiB themselves (services.backup.FLUSH_BYTES); the store's
         # own threshold is a backstop above that.
@@ -77,5 +90,8 @@ class App:
             os.rename(p + ".tmp", p)
 
     def close(self):
-        self.store.close()
-        self.catalog.close()
+        try:
+            self.store.close()
+            self.catalog.close()
+        finally:
+            self.lock.release()

@@ -175,16 +175,17 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     from anchor.api import mgmt
     app.retention.enforce()     # a smaller --capacity than last time applies at once
     sessions = app.sessions
+    mserver = pserver = None
+    # First, so a management path that is taken stops the anchor before it serves anyone.
+    if mgmt_path:
+        mserver = await mgmt.start(app, mgmt_path)
     listeners = await start_links(sessions, **(links or {}))
     # The same listener class the link registry opens for tcp:// (and the conformance suite
     # tests), started here because serve() runs until it stops.
     tcp = TcpListener(sessions, listen_host, listen_port)
     await tcp.start_serving()
     port = tcp.port
-    mserver = pserver = None
     proxy_port = None
-    if mgmt_path:
-        mserver = await mgmt.start(app, mgmt_path)
     if proxy:
         pserver = await app.http_proxy.start(*proxy)
         proxy_port = pserver.sockets[0].getsockname()[1]

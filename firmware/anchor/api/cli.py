@@ -82,10 +82,19 @@ def main(argv=None):
         capacity = parse_size(args.capacity) if args.capacity else None
     except ValueError as e:
         ap.error(str(e))
-    app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
-              capacity=capacity, open=args.open)
+    from anchor.datalock import DataDirBusy
+    from anchor.api.mgmt import SocketPathBusy, clear_stale_socket
+    try:
+        clear_stale_socket(mgmt)     # before the data is opened: a taken path changes nothing
+        app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
+                  capacity=capacity, open=args.open)
+    except (DataDirBusy, SocketPathBusy) as e:
+        print("anchor: %s" % e, file=sys.stderr, flush=True)
+        return 2
 
     def ready(bound, proxy_bound=None):
+        app.lock.describe("anchor serve, rovers on tcp://%s:%d, management on unix:%s"
+                          % (host, bound, os.path.abspath(mgmt)))
         print("anchor: data in %s" % app.data_dir, flush=True)
         print("anchor: rovers connect to tcp://%s:%d, e.g.\n"
               "    .venv/bin/rover --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT\n"
@@ -116,6 +125,9 @@ def main(argv=None):
         asyncio.run(serve(app, host, port, mgmt, ready, proxy, links))
     except KeyboardInterrupt:
         pass
+    except SocketPathBusy as e:
+        print("anchor: %s" % e, file=sys.stderr, flush=True)
+        return 2
     finally:
         app.close()
     return 0

@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import stat
 import struct
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -31,9 +33,62 @@ class ApiError(Exception):
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
-async def start(app, path):
-    if os.path.exists(path):
+class SocketPathBusy(Exception):
+    """The management socket path holds something that must not be replaced."""
+
+
+def clear_stale_socket(path):
+    """Removes path only if it is a unix socket nobody answers on (left by an anchor that
+    died). Anything else there (a file, a directory, a live socket) is refused, never
+    removed: a typo such as --mgmt unix:DATA/catalog.sqlite must not cost the catalog."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathBusy("management socket path %s exists and is not a socket; "
+                             "not replacing it (choose another --mgmt path)" % path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass                      # stale: nobody listens
+    except OSError as e:
+        raise SocketPathBusy("management socket %s: cannot tell whether it is in use (%s); "
+                             "not replacing it" % (path, e))
+    else:
+        raise SocketPathBusy("management socket %s is in use by another process" % path)
+    finally:
+        probe.close()
+    try:
         os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class MgmtServer:
+    """The listening management socket; close() stops it and removes the socket file if
+    it is still the one this server made."""
+
+    def __init__(self, server, path):
+        self.server = server
+        self.path = path
+        st = os.lstat(path)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def close(self):
+        self.server.close()
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == self._ident:
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+async def start(app, path):
+    clear_stale_socket(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     api = Api(app)
     old = os.umask(0o177)   # the socket is the operator's alone (owner read/write)
@@ -41,7 +96,7 @@ async def start(app, path):
         server = await asyncio.start_unix_server(api.handle, path)
     finally:
         os.umask(old)
-    return server
+    return MgmtServer(server, path)
 
 
 class Api:
