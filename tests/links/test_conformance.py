@@ -19,7 +19,9 @@ from anchor_core import framing
 from tests.support.harness import anchorctl, assert_same_tree, snapshot_of
 from tests.support.inproc import InprocAnchor
 from tests.support.kinds import KINDS
+from tests.support.linkdiag import describe_all
 from rover.backup import Backup
+from rover.chanlink import now_ms
 from rover.link import LinkError
 from anchor.links import port as anchor_api
 from rover import port as rover_api
@@ -84,7 +86,12 @@ def read_frames(link, deframer, n, buf):
             out.append(bytes(p))
         if len(out) == n:
             return out
-        k = link.readinto(buf)
+        try:
+            k = link.readinto(buf)
+        except LinkError as e:
+            # A stall: say what each end held, so a rare one names its cause at once.
+            raise AssertionError("%s after %d of %d frames\n%s"
+                                 % (e, len(out), n, describe_all(now_ms()))) from e
         if not k:
             raise AssertionError("link closed after %d of %d frames" % (len(out), n))
         fed = deframer.receive_data(memoryview(buf)[:k])
@@ -136,12 +143,20 @@ def test_frames_arrive_whole_and_in_order(kind):
         # Read while writing: an echo through finite buffers deadlocks otherwise, on any
         # link, once more is in flight than the buffers on the way hold.
         got = []
-        t = threading.Thread(target=lambda: got.append(read_frames(link, deframer, len(payloads), buf)),
-                             daemon=True)
+        failed = []
+
+        def reader():
+            try:
+                got.append(read_frames(link, deframer, len(payloads), buf))
+            except BaseException as e:
+                failed.append(e)
+
+        t = threading.Thread(target=reader, daemon=True)
         t.start()
         for p in payloads:
             link.write(framing.encode_frame(p))
         t.join(120)
+        assert not failed, failed[0]
         assert got and got[0] == payloads
         assert deframer.bad_frames == 0 and deframer.garbage_bytes == 0
     finally:
