@@ -366,8 +366,10 @@ class Channel:
             self._on_syn(pkt, now)
             return
         if self.state == LISTEN or self.state == DEAD:
-            if kind != RST and self.state == LISTEN and kind != SYNACK:
-                # The peer thinks a channel is open that this end never had (it restarted).
+            if kind != RST and kind != SYNACK and not self.initiator:
+                # The peer thinks a channel is open that this end never had (it restarted)
+                # or has given up on (dead_ms without progress): tell it now, not after its
+                # own dead_ms, so it starts a new one at once.
                 self._ctrl = RST
                 self._ctrl_at = now
                 self.epoch = epoch
@@ -557,7 +559,11 @@ class Channel:
         receive, write, read or timeout. The packet is a view of one buffer, valid until
         the next call: send it (or copy it) at once."""
         if self.state == DEAD:
-            return None
+            if self._ctrl != RST:
+                return None
+            self._ctrl = None
+            struct.pack_into(_HDR, self._out, 0, RST << 4, self.epoch, 0, 0, 0)
+            return self._outmv[:HEADER]
         fl = self.fl
         if self.last_progress is not None and self.state != LISTEN and now - self.last_progress > self.dead_ms:
             if fl.count or self.state == SYN_SENT:

@@ -354,3 +354,24 @@ def test_window_stays_small_on_a_link_without_latency():
     got, _ = pump_bytes(sim, sim.r, sim.a, sid, data)
     assert got == data
     assert sim.r.cwnd <= 5 * 266, sim.r.cwnd    # a few packets: no standing queue
+
+
+def test_a_dead_anchor_end_resets_a_rover_that_still_talks():
+    # The anchor gave up (no progress for dead_ms with data in flight: the rover was away);
+    # the rover comes back and sends on the old channel. It must hear RST at once, not wait
+    # out its own dead_ms on a channel the anchor no longer serves.
+    sim = Sim(c.Channel(True, 256, dead_ms=60000), c.Channel(False, 256, dead_ms=2000))
+    connect(sim)
+    sid = sim.r.open_stream(1)
+    sim.r.write(sid, b"hello")
+    sim.run_until(lambda: sim.a.accept() is not None, 2000)
+    sim.a.write(1, b"answer")
+    sim.r_hold = True                       # the rover hears nothing for a while
+    sim.run_until(lambda: sim.a.state == c.DEAD, 10000)
+    sim.r_hold = False
+    sim.r_uart = []                         # what it missed is gone
+    start = sim.now
+    sim.r.write(sid, b"still there?")
+    sim.run_until(lambda: sim.r.state == c.DEAD, 5000)
+    assert "reset" in sim.r.error
+    assert sim.now - start < 1000

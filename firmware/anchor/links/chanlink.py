@@ -165,8 +165,15 @@ class ChannelConnection:
         await self.server.serve_stream(_Reader(self, sid, conn_id), _Writer(self, sid, conn_id))
 
     async def _send(self):
+        dead = False
         while True:
             ch = self.ch
+            if (ch.state == chan.DEAD) != dead:
+                # Said once per death: the rover's next packet is answered with RST, and
+                # its new SYN revives the channel on the same port.
+                dead = not dead
+                if dead:
+                    log.warning("link %s: channel ended: %s", self.port.name, ch.error)
             t = now_ms()
             sent = False
             for _ in range(256):
