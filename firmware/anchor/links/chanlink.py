@@ -13,6 +13,7 @@ from anchor_core import channel as chan
 log = logging.getLogger("anchor.link")
 
 READ_CHUNK = 65536
+SEND_BURST = 256     # packets per pass of the sender before it looks at the clock again
 
 
 def now_ms():
@@ -167,6 +168,12 @@ class ChannelConnection:
     async def _send(self):
         dead = False
         while True:
+            # Cleared before the pass, never after it: the pass awaits the port, and a kick
+            # that lands meanwhile (an ACK that empties the flight, a session's write) must
+            # make the loop look again. Cleared after the sends, such a kick was lost; with
+            # nothing in flight and no timer due, the channel then sat on unsent data until
+            # the rover gave up (the ble-mtu23 stall: 60 s, about 1 run in 60).
+            self._wake.clear()
             ch = self.ch
             if (ch.state == chan.DEAD) != dead:
                 # Said once per death: the rover's next packet is answered with RST, and
@@ -175,8 +182,8 @@ class ChannelConnection:
                 if dead:
                     log.warning("link %s: channel ended: %s", self.port.name, ch.error)
             t = now_ms()
-            sent = False
-            for _ in range(256):
+            sent = 0
+            for _ in range(SEND_BURST):
                 p = ch.packet_to_send(t)
                 if p is None:
                     break
@@ -185,12 +192,16 @@ class ChannelConnection:
                 except ConnectionError as e:
                     log.info("link %s gone while sending: %s", self.port.name, e)
                     return
-                sent = True
+                sent += 1
             if sent:
                 self._notify()     # window room for writers
+            if sent == SEND_BURST:
+                # Possibly more to send: go round again at once, after letting the sessions
+                # and the receiver have their turn.
+                await asyncio.sleep(0)
+                continue
             due = ch.next_timeout(now_ms())
             wait = None if due is None else max(0.0, (due - now_ms()) / 1000.0)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
