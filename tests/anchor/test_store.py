@@ -457,9 +457,12 @@ def test_unknown_segment_version_refused(tmp_path):
     with pytest.raises(StoreError, match="version 2"):
         ChunkStore(root)
     with open(seg, "r+b") as f:
-        f.write(b"NOTANCHR")
-    with pytest.raises(StoreError, match="not an Anchor segment"):
-        ChunkStore(root)
+        f.write(b"NOTANCHR" + struct.pack("<H", 1))
+    # Bad magic is damage, not a newer format: the store opens, says so, and serves the
+    # records (each checked on its own); docs/storage.md, "Damage".
+    with ChunkStore(root) as s:
+        assert any("not an Anchor segment" in d for d in s.damage), s.damage
+        assert s.get(cid(raw)) == raw
 
 
 def test_unknown_index_version_refused(tmp_path):

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from anchor_core import messages as m
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
+from anchor.storage.integrity import snapshot_problem
 from anchor.storage.trees import TreeError
 
 log = logging.getLogger("anchor.mgmt")
@@ -183,6 +184,10 @@ class Api:
         if segs[1:] == ["stats"]:
             return await self._json(writer, self.stats())
         if segs[1:] == ["verify"]:
+            if method == "POST":
+                if q.get("repair") != "1":
+                    raise ApiError(400, "POST /v1/verify repairs: say repair=1")
+                return await self._json(writer, self.verify(repair=True))
             return await self._json(writer, self.verify())
         if segs[1:] == ["watch"]:
             return await self._json(writer, self.app.watchlist.listing())
@@ -345,16 +350,45 @@ class Api:
             raise ApiError(404, "rover %r is not paired" % device)
         return {"device": device, "unpaired": True}
 
-    def verify(self):
-        """Re-read and re-hash every stored chunk, and check that every chunk a snapshot
-        keeps is in the store. Runs on the event loop: sessions wait while it reads."""
-        r = self.app.store.verify()
+    def verify(self, repair=False):
+        """Check everything a restore depends on: every indexed record (CRC, SHA-256), the
+        segments' headers and the index, the catalog (SQLite's quick_check), every snapshot's
+        tree (read whole and re-hashed against its root) and that every chunk of its files is
+        held. With repair, quarantine what is bad and rebuild what can be (ChunkStore.repair);
+        the answer describes the store as found, and `repair` what was done. Runs on the
+        event loop: sessions wait while it reads."""
+        app = self.app
+        store = app.store
+        found_at_start = list(store.damage)
+        r = store.verify()
+        segments = store.segment_problems()
+        catalog = self.catalog.check()
+        damaged = []
+        seen = {}
+        snapshots = self.catalog.all_snapshots()
+        for device, snap in snapshots:
+            key = (snap["root"], snap["entries"], snap["bytes"])
+            if key not in seen:
+                seen[key] = snapshot_problem(self.catalog, app.trees, store, snap)
+            if seen[key] is not None:
+                damaged.append({"device": device, "snapshot": snap["id"], "error": seen[key]})
         missing = 0
         for cid in self.catalog.live_chunks():
-            if not self.app.store.has(cid):
+            if not store.has(cid):
                 missing += 1
-        return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,
-                "ok": not r["bad"] and not missing}
+        out = {"chunks": r["chunks"], "bad": r["bad"], "missing": missing, "segments": segments,
+               "index": "ok" if not any(p.startswith("index:") for p in segments) else "damaged",
+               "catalog": catalog or "ok", "snapshots": len(snapshots), "trees": len(seen),
+               "damaged_snapshots": damaged, "damage_at_start": found_at_start,
+               "ok": not (r["bad"] or missing or segments or catalog or damaged)}
+        if not out["ok"]:
+            log.warning("verify: %d bad chunks, %d kept chunks missing, %d segment problems, catalog %s, "
+                        "%d damaged snapshots", len(r["bad"]), missing, len(segments), out["catalog"],
+                        len(damaged))
+        if repair:
+            out["repair"] = store.repair(r["bad"])
+            log.warning("verify --repair: %s", out["repair"])
+        return out
 
     def stats(self):
         store = self.app.store.stats()

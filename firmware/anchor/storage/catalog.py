@@ -244,6 +244,27 @@ class Catalog:
         ids = row[0]
         return [ids[i:i + 32] for i in range(0, len(ids), 32)]
 
+    def tree_objects(self, root):
+        """The object ids tree `root` holds (one snapshot or more use it)."""
+        return [r[0] for r in self.db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,))]
+
+    def all_snapshots(self):
+        """(device name, snapshot) of every snapshot, by device then number."""
+        rows = self.db.execute(
+            "SELECT d.name, s.seq, s.parent, s.created, s.root, s.entries, s.bytes FROM snapshots s "
+            "JOIN devices d ON d.id = s.device_id ORDER BY d.name, s.seq")
+        return [(r[0], {"id": r[1], "parent": r[2], "time": r[3], "root": r[4], "entries": r[5], "bytes": r[6]})
+                for r in rows.fetchall()]
+
+    def check(self):
+        """None when SQLite finds the catalog file consistent (PRAGMA quick_check), else what
+        it says."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(20)")]
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        return None if rows == ["ok"] else "; ".join(map(str, rows))
+
     def forget_snapshot(self, dev, seq):
         """Remove a snapshot. Returns (root, tree_freed, chunks no longer pinned): its
         objects stay (in the device's scope, as pass-through data) until evicted."""

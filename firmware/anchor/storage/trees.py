@@ -57,9 +57,10 @@ class TreeStore:
             os.fsync(f.fileno())
         digest = h.digest()
         final = self.path(digest)
-        if os.path.exists(final):
+        if os.path.exists(final) and self.problem(digest) is None:
             os.unlink(tmp)
         else:
+            # new, or the file under this name is damaged: a backup with the same tree heals it
             os.rename(tmp, final)
             dfd = os.open(self.root, os.O_RDONLY)
             try:
@@ -68,6 +69,35 @@ class TreeStore:
                 os.close(dfd)
         return digest, count, total
 
+    def check(self, digest):
+        """Read tree `digest` whole and re-hash it: (entries, file bytes) when it is the tree
+        its name says, else TreeError naming what is wrong."""
+        h = hashlib.sha256()
+        count = 0
+        total = 0
+        try:
+            for enc in self._encodings(digest):
+                h.update(enc)
+                count += 1
+                rec = cbor.decode(enc, 0, len(enc))
+                if rec[m.REC_TYPE] == m.T_FILE:
+                    total += rec[m.REC_SIZE]
+        except TreeError:
+            raise
+        except Exception as e:          # zlib.error, a CBOR decoding error: damage either way
+            raise TreeError("tree %s is damaged: %s" % (digest.hex(), e))
+        if h.digest() != digest:
+            raise TreeError("tree %s is damaged: its records hash to %s" % (digest.hex(), h.hexdigest()[:16]))
+        return count, total
+
+    def problem(self, digest):
+        """None when tree `digest` reads back whole and hashes to its name, else why not."""
+        try:
+            self.check(digest)
+        except TreeError as e:
+            return str(e)
+        return None
+
     def delete(self, digest):
         try:
             os.unlink(self.path(digest))
@@ -75,9 +105,18 @@ class TreeStore:
             pass
 
     def read(self, digest):
-        """Yield the records of a tree, streaming."""
+        """Yield the records of a tree, streaming. Reading does not re-hash: check() does."""
         if digest is None:
             return
+        for enc in self._encodings(digest):
+            try:
+                rec = cbor.decode(enc, 0, len(enc))
+            except Exception as e:      # a flipped byte inside the stream's records
+                raise TreeError("tree %s is damaged: %s" % (digest.hex(), e))
+            yield rec
+
+    def _encodings(self, digest):
+        """Yield the CBOR encoding of each record of a tree, streaming."""
         p = self.path(digest)
         try:
             f = open(p, "rb")
@@ -91,20 +130,20 @@ class TreeStore:
             buf = b""
             while True:
                 block = f.read(65536)
-                if block:
-                    buf += d.decompress(block)
-                else:
-                    buf += d.flush()
+                try:
+                    buf += d.decompress(block) if block else d.flush()
+                except zlib.error as e:
+                    raise TreeError("tree %s is damaged: %s" % (digest.hex(), e))
                 pos = 0
                 while len(buf) - pos >= 4:
                     n = struct.unpack_from(">I", buf, pos)[0]
                     if len(buf) - pos - 4 < n:
                         break
-                    yield cbor.decode(buf, pos + 4, pos + 4 + n)
+                    yield buf[pos + 4:pos + 4 + n]
                     pos += 4 + n
                 buf = buf[pos:]
                 if not block:
-                    if buf:
+                    if buf or not d.eof:
                         raise TreeError("tree %s is truncated" % digest.hex())
                     return
 
