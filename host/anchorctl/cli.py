@@ -163,15 +163,31 @@ def cmd_unpair(c, a):
 
 
 def cmd_verify(c, a):
-    r = c.verify()
-    if a.json:
-        return r
-    print("%d chunks re-read and re-hashed: %d bad; %d chunks kept by snapshots missing"
-          % (r["chunks"], len(r["bad"]), r["missing"]))
-    for cid in r["bad"][:20]:
-        print("bad chunk %s" % cid)
+    r = c.verify(a.repair)
+    if not a.json:
+        print("%d chunks re-read and re-hashed: %d bad; %d chunks kept by snapshots missing"
+              % (r["chunks"], len(r["bad"]), r["missing"]))
+        print("%d snapshots (%d trees) checked: %d cannot be restored whole; catalog %s, index %s"
+              % (r["snapshots"], r["trees"], len(r["damaged_snapshots"]), r["catalog"], r["index"]))
+        for cid in r["bad"][:20]:
+            print("bad chunk %s" % cid)
+        for p in r["segments"]:
+            print("damaged: %s" % p)
+        for p in r["damage_at_start"]:
+            print("found at start: %s" % p)
+        for d in r["damaged_snapshots"][:50]:
+            print("snapshot %d of %s: %s" % (d["snapshot"], shown(d["device"]), d["error"]))
+        rep = r.get("repair")
+        if rep is not None:
+            print("repair: %d chunks quarantined (a backup of a rover that still has them uploads them "
+                  "again), %d segment headers rewritten, %d lost segments forgotten, index %s"
+                  % (rep["quarantined"], rep["headers_rewritten"], rep["segments_lost"],
+                     "rebuilt from the segments" if rep["index_rebuilt"] else "kept"))
     if not r["ok"]:
-        raise AnchorError("the store is damaged")
+        raise Incomplete("the store is damaged" + ("" if a.repair else
+                         " (anchorctl verify --repair quarantines what is bad so backups heal it)"),
+                         1, r if a.json else None)
+    return r
 
 
 def cmd_watch(c, a):
@@ -228,7 +244,11 @@ def main(argv=None):
     p.add_argument("device")
     p = add("unpair", cmd_unpair, "revoke a rover's pairing at once (its live sessions are cut)")
     p.add_argument("device")
-    add("verify", cmd_verify, "re-read and re-hash every stored chunk; exit 1 if any is bad or missing")
+    p = add("verify", cmd_verify, "check everything a restore depends on (chunks, segments, index, catalog, "
+            "every snapshot's tree and files); exit 1 if anything is damaged")
+    p.add_argument("--repair", action="store_true",
+                   help="quarantine bad or lost chunks (the next backup of a rover that still has them "
+                        "uploads them again), rewrite damaged segment headers, rebuild a damaged index")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)
     status = 0

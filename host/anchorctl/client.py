@@ -128,7 +128,11 @@ class Client:
         finally:
             conn.close()
 
-    def verify(self):
+    def verify(self, repair=False):
+        """Check everything a restore depends on; with repair, also quarantine what is bad
+        and rebuild what can be (docs/management.md, "Verify and repair")."""
+        if repair:
+            return self._call("/v1/verify?repair=1", "POST")
         return self._json("/v1/verify")
 
     def watch(self):
