@@ -438,7 +438,7 @@ class BackupHandler:
         # session: files carried over from the parent, or answered HAVE, may have lost chunks
         # to damage since (a truncated segment, a quarantine). Such a snapshot is refused,
         # never committed against data the store does not hold.
-        why = not_held(self.catalog, self.store, tree_oids, self.declared)
+        why = not_held(self.catalog, self.store, tree_oids, self.declared, parent_root)
         if why is not None:
             raise m.ProtocolError(m.E_MISSING, "the new snapshot would refer to data the anchor does not "
                                   "hold (%s); run the backup again" % why)

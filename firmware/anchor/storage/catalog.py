@@ -248,6 +248,17 @@ class Catalog:
         """The object ids tree `root` holds (one snapshot or more use it)."""
         return [r[0] for r in self.db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,))]
 
+    def tree_chunk_lists(self, root):
+        """(oid, chunk ids concatenated) of every object tree `root` holds that the catalog
+        has, in one query."""
+        return self.db.execute("SELECT t.oid, o.chunks FROM tree_objects t JOIN objects o ON o.oid = t.oid "
+                               "WHERE t.root=?", (root,)).fetchall()
+
+    def object_chunk_bytes(self, oid):
+        """The chunk ids of an object concatenated (32 bytes each), or None."""
+        row = self.db.execute("SELECT chunks FROM objects WHERE oid=?", (oid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def all_snapshots(self):
         """(device name, snapshot) of every snapshot, by device then number."""
         rows = self.db.execute(

@@ -7,27 +7,41 @@ from anchor.storage.trees import TreeError
 _BATCH = 4096
 
 
-def not_held(catalog, store, oids, known=None):
-    """None when the store holds every chunk of every object in oids (chunk lists taken from
-    `known` {oid: (size, ids bytes)} first, else the catalog); else what is missing (text)."""
+def not_held(catalog, store, oids, known=None, via=None):
+    """None when the store holds every chunk of every object in oids (an iterable of object
+    ids); else what is missing (text). Chunk lists come from `known` {oid: (size, ids bytes)}
+    first, then from the catalog: those of objects tree `via` holds in one query, the rest
+    one by one (so a check of a tree of 50,000 files costs one query, not 50,000)."""
+    todo = set(oids)
+    todo.discard(EMPTY_OBJECT_ID)       # nothing to hold (never declared, never in the catalog)
     batch = []
-    for oid in oids:
-        if oid == EMPTY_OBJECT_ID:
-            continue                    # nothing to hold (never declared, never in the catalog)
-        if known is not None and oid in known:
-            ids = known[oid][1]
-            ids = [ids[i:i + 32] for i in range(0, len(ids), 32)]
-        else:
-            info = catalog.object_chunks(oid)
-            if info is None:
-                return "object %s is not in the catalog" % oid.hex()[:16]
-            ids = info[catalog.OBJECT_CHUNKS]
-        batch += ids
-        if len(batch) >= _BATCH:
-            gone = store.missing(batch)
-            if gone:
-                return "chunk %s is not in the store" % batch[gone[0]].hex()[:16]
-            batch = []
+
+    def lists():
+        if known:
+            for oid in [o for o in todo if o in known]:
+                todo.discard(oid)
+                yield oid, known[oid][1]
+        if via is not None:
+            for oid, ids in catalog.tree_chunk_lists(via):
+                if oid in todo:
+                    todo.discard(oid)
+                    yield oid, ids
+        for oid in list(todo):
+            ids = catalog.object_chunk_bytes(oid)
+            if ids is None:
+                raise LookupError("object %s is not in the catalog" % oid.hex()[:16])
+            yield oid, ids
+
+    try:
+        for oid, ids in lists():
+            batch += [ids[i:i + 32] for i in range(0, len(ids), 32)]
+            if len(batch) >= _BATCH:
+                gone = store.missing(batch)
+                if gone:
+                    return "chunk %s is not in the store" % batch[gone[0]].hex()[:16]
+                batch = []
+    except LookupError as e:
+        return str(e)
     gone = store.missing(batch) if batch else ()
     if gone:
         return "chunk %s is not in the store" % batch[gone[0]].hex()[:16]
@@ -36,13 +50,12 @@ def not_held(catalog, store, oids, known=None):
 
 def snapshot_problem(catalog, trees, store, snap):
     """None when snapshot `snap` can be restored whole (and built on): its tree reads back
-    and hashes to its root, holds the entries and bytes the catalog says, and every chunk of
-    its files is held; else why not (text)."""
+    and hashes to its root, holds as many entries as the catalog says, and every chunk of its
+    files is held; else why not (text)."""
     try:
-        count, total = trees.check(snap["root"])
+        count = trees.check(snap["root"])
     except TreeError as e:
         return str(e)
-    if (count, total) != (snap["entries"], snap["bytes"]):
-        return "its tree holds %d entries, %d bytes; the catalog says %d, %d" % (
-            count, total, snap["entries"], snap["bytes"])
-    return not_held(catalog, store, catalog.tree_objects(snap["root"]))
+    if count != snap["entries"]:
+        return "its tree holds %d entries; the catalog says %d" % (count, snap["entries"])
+    return not_held(catalog, store, catalog.tree_objects(snap["root"]), via=snap["root"])

@@ -70,25 +70,18 @@ class TreeStore:
         return digest, count, total
 
     def check(self, digest):
-        """Read tree `digest` whole and re-hash it: (entries, file bytes) when it is the tree
-        its name says, else TreeError naming what is wrong."""
+        """Read tree `digest` whole and re-hash it: its number of entries when it is the tree
+        its name says, else TreeError naming what is wrong. Records are not decoded (that
+        costs ten times the hashing): a tree that hashes to its root is the one the rover
+        committed, and its records were checked then."""
         h = hashlib.sha256()
         count = 0
-        total = 0
-        try:
-            for enc in self._encodings(digest):
-                h.update(enc)
-                count += 1
-                rec = cbor.decode(enc, 0, len(enc))
-                if rec[m.REC_TYPE] == m.T_FILE:
-                    total += rec[m.REC_SIZE]
-        except TreeError:
-            raise
-        except Exception as e:          # zlib.error, a CBOR decoding error: damage either way
-            raise TreeError("tree %s is damaged: %s" % (digest.hex(), e))
+        for enc in self._encodings(digest):
+            h.update(enc)
+            count += 1
         if h.digest() != digest:
             raise TreeError("tree %s is damaged: its records hash to %s" % (digest.hex(), h.hexdigest()[:16]))
-        return count, total
+        return count
 
     def problem(self, digest):
         """None when tree `digest` reads back whole and hashes to its name, else why not."""
