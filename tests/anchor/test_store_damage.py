@@ -120,3 +120,32 @@ def test_quarantine_then_a_new_upload_heals(tmp_path):
         s.flush()
         assert s.verify() == {"chunks": len(xs), "bad": []}
         assert s.get(cid(xs[3])) == xs[3]
+
+
+def test_an_index_that_opens_but_fails_its_check_is_rebuilt_by_repair(tmp_path):
+    import sqlite3
+    root = str(tmp_path)
+    r = random.Random(1)
+    xs = [r.randbytes(300) for _ in range(3000)]
+    with ChunkStore(root) as s:
+        for x in xs:
+            s.put(cid(x), x)
+    db = sqlite3.connect(os.path.join(root, "index.sqlite"))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    path = os.path.join(root, "index.sqlite")
+    pages = os.path.getsize(path) // 4096
+    assert pages > 20
+    with open(path, "r+b") as f:                  # garbage inside a page of the chunks table
+        f.seek(4096 * (pages // 2) + 100)
+        f.write(random.Random(2).randbytes(200))
+    with ChunkStore(root) as s:
+        problems = s.segment_problems()
+        assert len(problems) == 1 and problems[0].startswith("index: "), problems
+        assert s.repair([])["index_rebuilt"] is True
+        assert s.segment_problems() == []
+        assert all(s.get(cid(x)) == x for x in xs)
+        y = b"after the rebuild" * 10
+        s.put(cid(y), y)
+    with ChunkStore(root) as s:
+        assert s.damage == [] and s.get(cid(y)) == y and s.segment_problems() == []
