@@ -35,7 +35,8 @@ def _flip(path, at):
         f.write(bytes([b[0] ^ 0x20]))
 
 
-def test_a_flipped_tree_is_found_and_later_backups_go_on(tmp_path):
+@pytest.mark.parametrize("how", ["flipped", "deleted"])
+def test_a_damaged_tree_is_found_and_later_backups_go_on(tmp_path, how):
     src = str(tmp_path / "src")
     _src(src)
     state = str(tmp_path / "state")
@@ -45,7 +46,10 @@ def test_a_flipped_tree_is_found_and_later_backups_go_on(tmp_path):
         assert _verify(a)[0] == 0
         trees = glob.glob(os.path.join(a.data_dir, "trees", "*.tree"))
         assert len(trees) == 1
-        _flip(trees[0], os.path.getsize(trees[0]) // 2)
+        if how == "flipped":
+            _flip(trees[0], os.path.getsize(trees[0]) // 2)
+        else:
+            os.unlink(trees[0])
 
         rc, v = _verify(a)
         assert rc == 1 and not v["ok"], v

@@ -114,7 +114,7 @@ class TreeStore:
         try:
             f = open(p, "rb")
         except FileNotFoundError:
-            raise TreeError("tree %s is missing from the catalog" % digest.hex())
+            raise TreeError("tree %s is missing (no file %s)" % (digest.hex(), p))
         with f:
             if f.read(len(_HDR)) != _HDR:
                 raise TreeError("tree %s has an unknown header (format version %d expected)"
