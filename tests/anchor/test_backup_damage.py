@@ -86,3 +86,28 @@ def test_a_parent_with_a_damaged_tree_is_not_built_on(app):
     # the same tree backed up again heals the file under its name
     back_up(app, "phone", {"a.txt": b"hello\n", "b.txt": b"world\n"})
     assert app.trees.problem(snap["root"]) is None
+
+
+def test_a_damaged_chunk_list_in_the_catalog_is_found_not_restored_as_other_bytes(app):
+    from anchor.storage.integrity import snapshot_problem
+    a, b = random.Random(3).randbytes(100_000), random.Random(4).randbytes(100_000)
+    snap = back_up(app, "phone", {"a.bin": a, "b.bin": b})
+    # a.bin's chunk list now names b.bin's first chunk: every chunk still checks out on its
+    # own, and the file would come back as bytes that are not its own
+    oid_a = _oid(a)
+    size, ids = app.catalog.object_chunks(oid_a)
+    ids[0] = chunks_of(b)[0][2]
+    app.catalog.db.execute("UPDATE objects SET chunks=? WHERE oid=?", (b"".join(ids), oid_a))
+    assert "chunk list of object" in snapshot_problem(app.catalog, app.trees, app.store, snap)
+    got = {r[0]: problem for r, ids, problem in app.restore.entries(snap)}
+    assert got["b.bin"] is None and "chunk list of its object" in got["a.bin"].why
+    h = app.backup.session()
+    assert not h.handle(m.hello("phone", 1, 0))[0][m.WELCOME_PARENT_OK]
+    h.end()
+    # the next backup describes a.bin again and its proven chunk list replaces the damaged one
+    back_up(app, "phone", {"a.bin": a, "b.bin": b})
+    assert snapshot_problem(app.catalog, app.trees, app.store, snap) is None
+    got = {r[0]: (ids, problem) for r, ids, problem in app.restore.entries(snap)}
+    assert got["a.bin"][1] is None
+    assert b"".join(app.restore.content(m.tree_record("a.bin", m.T_FILE, len(a), MTIME, 0o644, oid_a),
+                                        got["a.bin"][0])) == a

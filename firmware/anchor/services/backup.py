@@ -14,7 +14,7 @@ from anchor_core import messages as m
 from anchor_core.hmac256 import hmac_sha256
 from anchor_core.secure import equal
 from anchor.storage.chunks import StoreError
-from anchor.storage.integrity import not_held, snapshot_problem
+from anchor.storage.integrity import not_held, object_id, snapshot_problem
 from anchor.storage.trees import TreeError, apply_delta
 from anchor.storage import retention
 
@@ -189,8 +189,11 @@ class BackupHandler:
             return False
         # In scope is not enough: pass-through chunks may have been evicted since. Then the
         # rover describes the object and NEED names just the chunks that are gone.
+        # A chunk list damaged in the catalog counts as not held too: the rover describes the
+        # object again, and the commit writes the list it proved (hashes to the id) over it.
         info = self.catalog.object_chunks(oid)
-        if info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS]):
+        if (info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS])
+                or object_id(info[self.catalog.OBJECT_SIZE], b"".join(info[self.catalog.OBJECT_CHUNKS])) != oid):
             return False
         self.in_use.update(info[self.catalog.OBJECT_CHUNKS])      # kept from eviction until this session ends
         return True

@@ -13,6 +13,7 @@ not the file's. The caller goes on with the next entry.
 """
 from anchor_core import messages as m
 from anchor.storage.chunks import StoreError
+from anchor.storage.integrity import object_id
 
 
 class PathError(ValueError):
@@ -71,7 +72,11 @@ class RestoreService:
                 else:
                     ids = info[self.catalog.OBJECT_CHUNKS]
                     gone = self.store.missing(ids)
-                    if gone:
+                    if object_id(info[self.catalog.OBJECT_SIZE], b"".join(ids)) != r[m.REC_OID]:
+                        # every chunk would check out, and still be the wrong ones
+                        problem = RestoreError(r[m.REC_PATH], "the catalog's chunk list of its object %s "
+                                               "is damaged" % r[m.REC_OID].hex()[:16])
+                    elif gone:
                         problem = RestoreError(r[m.REC_PATH], "%d of its %d chunks are not in the store "
                                                "(first: %s)" % (len(gone), len(ids), ids[gone[0]].hex()[:16]))
             yield r, ids, problem

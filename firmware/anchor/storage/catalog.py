@@ -205,7 +205,12 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             for oid, size, ids in new_objects:
-                db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
+                # A declared chunk list hashes to its id (the backup checked), so it replaces a
+                # row of the same id that damage changed; an intact row is the same bytes.
+                db.execute("INSERT INTO objects VALUES (?, ?, ?, ?) ON CONFLICT(oid) DO UPDATE SET "
+                           "size=excluded.size, nchunks=excluded.nchunks, chunks=excluded.chunks "
+                           "WHERE chunks != excluded.chunks OR size != excluded.size",
+                           (oid, size, len(ids) // 32, ids))
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
                 db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
@@ -249,15 +254,15 @@ class Catalog:
         return [r[0] for r in self.db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,))]
 
     def tree_chunk_lists(self, root):
-        """(oid, chunk ids concatenated) of every object tree `root` holds that the catalog
-        has, in one query."""
-        return self.db.execute("SELECT t.oid, o.chunks FROM tree_objects t JOIN objects o ON o.oid = t.oid "
-                               "WHERE t.root=?", (root,)).fetchall()
+        """(oid, size, chunk ids concatenated) of every object tree `root` holds that the
+        catalog has, in one query."""
+        return self.db.execute("SELECT t.oid, o.size, o.chunks FROM tree_objects t JOIN objects o "
+                               "ON o.oid = t.oid WHERE t.root=?", (root,)).fetchall()
 
     def object_chunk_bytes(self, oid):
-        """The chunk ids of an object concatenated (32 bytes each), or None."""
-        row = self.db.execute("SELECT chunks FROM objects WHERE oid=?", (oid,)).fetchone()
-        return None if row is None else bytes(row[0])
+        """(size, the chunk ids of an object concatenated, 32 bytes each), or None."""
+        row = self.db.execute("SELECT size, chunks FROM objects WHERE oid=?", (oid,)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
 
     def all_snapshots(self):
         """(device name, snapshot) of every snapshot, by device then number."""

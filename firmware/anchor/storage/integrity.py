@@ -1,10 +1,19 @@
 """What a restore of a snapshot depends on, checked across the catalog, the trees and the
 chunk store (CPython only): the backup service asks it before it builds on a parent and before
 it commits, and verify asks it of every snapshot."""
-from anchor_core.chunker import EMPTY_OBJECT_ID
+import hashlib
+
+from anchor_core.chunker import EMPTY_OBJECT_ID, OBJECT_ID_PREFIX
 from anchor.storage.trees import TreeError
 
 _BATCH = 4096
+
+
+def object_id(size, ids):
+    """The id an object of `size` bytes made of chunks `ids` (concatenated) has
+    (anchor_core.chunker.ObjectId, in one call): a chunk list damaged in the catalog no longer
+    hashes to its object's id."""
+    return hashlib.sha256(OBJECT_ID_PREFIX + bytes(ids) + size.to_bytes(8, "big")).digest()
 
 
 def not_held(catalog, store, oids, known=None, via=None):
@@ -20,20 +29,22 @@ def not_held(catalog, store, oids, known=None, via=None):
         if known:
             for oid in [o for o in todo if o in known]:
                 todo.discard(oid)
-                yield oid, known[oid][1]
+                yield oid, known[oid][0], known[oid][1]
         if via is not None:
-            for oid, ids in catalog.tree_chunk_lists(via):
+            for oid, size, ids in catalog.tree_chunk_lists(via):
                 if oid in todo:
                     todo.discard(oid)
-                    yield oid, ids
+                    yield oid, size, ids
         for oid in list(todo):
-            ids = catalog.object_chunk_bytes(oid)
-            if ids is None:
+            info = catalog.object_chunk_bytes(oid)
+            if info is None:
                 raise LookupError("object %s is not in the catalog" % oid.hex()[:16])
-            yield oid, ids
+            yield oid, info[0], info[1]
 
     try:
-        for oid, ids in lists():
+        for oid, size, ids in lists():
+            if object_id(size, ids) != oid:
+                return "the catalog's chunk list of object %s is damaged" % oid.hex()[:16]
             batch += [ids[i:i + 32] for i in range(0, len(ids), 32)]
             if len(batch) >= _BATCH:
                 gone = store.missing(batch)
