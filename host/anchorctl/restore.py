@@ -54,35 +54,44 @@ class Restorer:
                 break
             dest = safe_join(self.root, e.get("path"))
             kind = e.get("type")
-            if kind != "file":
-                # Entries of a restore of one path (--path a/b/f) come without their folders.
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-            if kind == "dir":
-                if os.path.islink(dest) or (os.path.exists(dest) and not os.path.isdir(dest)):
-                    os.unlink(dest)
-                os.makedirs(dest, exist_ok=True)
-                self.dirs.append((dest, e))
-                self.counts["dirs"] += 1
-            elif kind == "file":
+            if kind == "file":
                 try:
                     self._file(reader, dest, e)
                 except FileFailed as why:
                     self.counts["failed"].append({"path": e["path"], "error": str(why)})
-            elif kind == "symlink":
-                if os.path.lexists(dest):
-                    if os.path.isdir(dest) and not os.path.islink(dest):
-                        raise AnchorError("refusing to replace folder %s with a symlink" % dest)
-                    os.unlink(dest)
-                os.symlink(e["target"], dest)
-                os.utime(dest, ns=(e["mtime_ns"], e["mtime_ns"]), follow_symlinks=False)
-                self.counts["symlinks"] += 1
-            else:
-                raise AnchorError("unknown entry type %r in restore stream" % kind)
+                continue
+            try:
+                self._other(dest, e, kind)
+            except OSError as x:
+                # a folder or symlink the target's filesystem refuses (permissions, a name too
+                # long): named like a file that failed; what is below it fails on its own
+                self.counts["failed"].append({"path": e["path"], "error": "cannot create it: %s" % x})
         # Folders last and deepest first: writing into a folder changes its mtime.
         for dest, e in reversed(self.dirs):
             os.chmod(dest, e["mode"] & self.mode_mask)
             os.utime(dest, ns=(e["mtime_ns"], e["mtime_ns"]))
         return self.counts
+
+    def _other(self, dest, e, kind):
+        """A folder or a symlink."""
+        # Entries of a restore of one path (--path a/b/f) come without their folders.
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if kind == "dir":
+            if os.path.islink(dest) or (os.path.exists(dest) and not os.path.isdir(dest)):
+                os.unlink(dest)
+            os.makedirs(dest, exist_ok=True)
+            self.dirs.append((dest, e))
+            self.counts["dirs"] += 1
+        elif kind == "symlink":
+            if os.path.lexists(dest):
+                if os.path.isdir(dest) and not os.path.islink(dest):
+                    raise AnchorError("refusing to replace folder %s with a symlink" % dest)
+                os.unlink(dest)
+            os.symlink(e["target"], dest)
+            os.utime(dest, ns=(e["mtime_ns"], e["mtime_ns"]), follow_symlinks=False)
+            self.counts["symlinks"] += 1
+        else:
+            raise AnchorError("unknown entry type %r in restore stream" % kind)
 
     def _file(self, reader, dest, e):
         """Write one file's frames to a temporary name, then rename it over dest. FileFailed

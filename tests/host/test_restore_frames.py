@@ -70,3 +70,12 @@ def test_the_rest_unreadable_keeps_what_came(tmp_path):
     to = tmp_path / "to"
     counts = run(to, hdr("a", 2) + frames(b"hi") + failed("tree is damaged"))
     assert counts["incomplete"] == "tree is damaged" and (to / "a").read_bytes() == b"hi"
+
+
+def test_a_folder_the_filesystem_refuses_is_named_and_the_rest_restored(tmp_path):
+    to = tmp_path / "to"
+    long = "d" * 300                                # over the 255-byte name limit
+    counts = run(to, hdr(long, 0, kind="dir", mode=0o755) + hdr(long + "/f", 2) + frames(b"no")
+                 + hdr("ok", 2) + frames(b"ok") + U32.pack(0))
+    assert [f["path"] for f in counts["failed"]] == [long, long + "/f"], counts["failed"]
+    assert (to / "ok").read_bytes() == b"ok"
