@@ -132,13 +132,20 @@ class ChunkStore:
         self._wseq, self._wend = recover(self.seg_dir, self.index, self.recovery, _now_ms(), self.damage)
 
     def _open_index(self):
-        """Open index.sqlite and recover; an index SQLite cannot read is moved aside and rebuilt
-        from the segments, so the store still starts (docs/storage.md, "Damage")."""
+        """Open index.sqlite, check it and recover; an index SQLite cannot read, or finds
+        damaged, is moved aside and rebuilt from the segments, so the store still starts
+        (docs/storage.md, "Damage")."""
         self.index = None
         try:
             self.index = SqliteIndex(self.index_path)
-            self._recover()
-            return
+            # SQLite opens a file with damaged pages and fails only on the query that meets
+            # them, later, in the middle of a session: check every page now (0.14 s for an
+            # index of 500,000 chunks, 30 MB, cached; a cold read of those 30 MB from an SD card
+            # is the rest)
+            why = self.index.check()
+            if why is None:
+                self._recover()
+                return
         except sqlite3.DatabaseError as e:
             why = e
         except BaseException:

@@ -113,10 +113,10 @@ class SqliteIndex(ChunkIndex):
         """None when SQLite finds the index file consistent (PRAGMA quick_check), else what it
         says."""
         try:
-            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(20)")]
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]
         except sqlite3.DatabaseError as e:
             return str(e)
-        return None if rows == ["ok"] else "; ".join(map(str, rows))
+        return None if rows == ["ok"] else "; ".join(str(r).replace("\n", " ") for r in rows)
 
     # --- segments
 
