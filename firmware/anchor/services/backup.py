@@ -110,6 +110,7 @@ class BackupHandler:
         latest = self.catalog.latest(self.dev)
         parent = msg[m.HELLO_PARENT]
         ok = True
+        snap = None
         if parent is not None:
             snap = self.catalog.snapshot(self.dev, parent)
             # The rover's base is unknown here, or damaged (its tree, or chunks of its files,
@@ -125,7 +126,7 @@ class BackupHandler:
                 parent = None
         self.parent = parent
         log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
-                 "ok" if ok else "unknown", latest)
+                 "ok" if ok else ("unknown" if snap is None else "damaged"), latest)
         return m.welcome(latest, ok, m.CAP_ZLIB)
 
     # --- manifest ----------------------------------------------------------------------
