@@ -165,13 +165,14 @@ class ChunkStore:
                 pass
         fsync_dir(self.root)
         self.index = SqliteIndex(self.index_path)
+        before = self.recovery["reindexed"]
         try:
             self._wseq, self._wend = rebuild(self.seg_dir, self.index, self.recovery, _now_ms(), self.damage)
         except BaseException:
             self.index.close()
             raise
         self.damage.append("%s: moved to %s and rebuilt from the segments (%d chunks)"
-                           % (why, os.path.basename(aside), self.recovery["reindexed"]))
+                           % (why, os.path.basename(aside), self.recovery["reindexed"] - before))
 
     # ------------------------------------------------------------------ lookups
 
@@ -663,7 +664,7 @@ class ChunkStore:
             p = header_problem(self.files.path(seq), seq)
             if p is not None:
                 out.append(p)
-        p = self.index.check() if hasattr(self.index, "check") else None
+        p = self.index.check()
         if p is not None:
             out.append("index: %s" % p)
         return out
@@ -696,7 +697,7 @@ class ChunkStore:
             elif header_problem(path, seq) is not None:
                 write_header(path, seq)
                 out["headers_rewritten"] += 1
-        if hasattr(self.index, "check") and self.index.check() is not None:
+        if self.index.check() is not None:
             self._settle()
             self.files.close()
             self.index.close()
