@@ -159,6 +159,9 @@ class Client:
             conn.close()
 
 
+_U32 = struct.Struct(">I").unpack
+
+
 class _Reader:
     """The restore stream, version 2 (docs/management.md, "Restore stream")."""
 
@@ -166,7 +169,10 @@ class _Reader:
         self.resp = resp
 
     def exactly(self, n):
-        out = bytearray()
+        out = self.resp.read(n)
+        if len(out) == n:
+            return out              # the usual case: one read, no copy
+        out = bytearray(out)
         while len(out) < n:
             b = self.resp.read(min(n - len(out), 1 << 20))
             if not b:
@@ -175,7 +181,7 @@ class _Reader:
         return bytes(out)
 
     def _u32(self):
-        return struct.unpack(">I", self.exactly(4))[0]
+        return _U32(self.exactly(4))[0]
 
     def _failed(self):
         n = self._u32()
