@@ -8,7 +8,7 @@ no flush ever promised are deleted, and nothing below a segment's committed_end 
 
 import os
 
-from anchor.storage.segments import (SEGMENT_HEADER_SIZE, HeaderDamaged, fsync_dir, list_segments,
+from anchor.storage.segments import (SEGMENT_HEADER_SIZE, HeaderDamaged, StoreError, fsync_dir, list_segments,
                                      header_problem, read_header, salvage_scan, scan, segment_name,
                                      truncate)
 
@@ -54,9 +54,14 @@ def recover(seg_dir, index, counts, now, damage=None):
             dir_changed = True
             counts["removed_files"] += 1
             continue
+        fresh = seq not in committed and seq > last_committed
         try:
-            state = read_header(path, seq, fresh=seq not in committed and seq > last_committed)
-        except HeaderDamaged as e:
+            state = read_header(path, seq, fresh=fresh)
+        except StoreError as e:
+            # Past every committed segment, another format version is a newer anchor's file:
+            # refused. Where this index (version 1) committed, it is a flipped byte.
+            if fresh and not isinstance(e, HeaderDamaged):
+                raise
             state = "damaged"
             damage.append("%s; its records are still read, each checked" % e)
         if state == "torn" and (seq in committed or seq < last_committed):

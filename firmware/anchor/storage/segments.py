@@ -153,13 +153,14 @@ def read_header(path, seq, fresh=False):
 
 def header_problem(path, seq):
     """None when segment seq's header is whole, else what is wrong with it (a missing file
-    too). A newer format version is still raised: that is not damage."""
+    too). For a segment the index lists: the index (format version 1, checked when it opened)
+    was written by this format, so another version in the header is damage too."""
     try:
         if read_header(path, seq) == "torn":
             return "%s has a damaged header (short or zeros)" % path
     except FileNotFoundError:
         return "segment %s is missing" % segment_name(seq)
-    except HeaderDamaged as e:
+    except StoreError as e:
         return str(e)
     except OSError as e:
         return "%s cannot be read: %s" % (path, e)
