@@ -120,6 +120,9 @@ def test_a_truncated_segment_is_healed_not_built_on(tmp_path):
     try:
         rc, v = _verify(a)
         assert rc == 1 and v["missing"] >= 1, v
+        assert any("shorter than the index says" in d for d in v["damage_at_start"]), v
+        with open(os.path.join(a.data_dir, "anchor.log")) as f:
+            assert "shorter than the index says" in f.read()
         # The next backup (one file changed) must not commit against the lost chunks: the
         # anchor asks for them again, and the new snapshot restores whole.
         with open(os.path.join(src, "a.txt"), "ab") as f:

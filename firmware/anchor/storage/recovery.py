@@ -82,10 +82,14 @@ def recover(seg_dir, index, counts, now, damage=None):
             start = committed[seq]
         size = os.path.getsize(path)
         do_scan = True
+        start_was = start
         if size < start:
             # Committed bytes are gone (the medium lost them): forget the rows that point there.
             lost, start = index.cut(seq, size)
             counts["lost_rows"] += lost
+            damage.append("%s is %d bytes shorter than the index says: %d chunks in what was lost are "
+                          "quarantined (backups of rovers that still have them upload them again)"
+                          % (path, start_was - size, lost))
             start = start or SEGMENT_HEADER_SIZE
             # ...and do not scan what is left past the last intact row: it lies below the old
             # committed_end, where every record without a row was dropped (drop()), so
