@@ -59,3 +59,33 @@ def test_a_damaged_record_costs_that_file_alone(tmp_path, runtime):
         assert n["files"] == 1 and n["failed"] == [] and (tmp_path / "again" / "a.txt").read_bytes() == b"before\n"
     finally:
         a.stop()
+
+
+def test_a_tree_damaged_past_its_start_keeps_what_came_and_fails(tmp_path):
+    import glob
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(5)
+    for i in range(3000):
+        (src / ("f%04d-%s.txt" % (i, rnd.randbytes(8).hex()))).write_bytes(rnd.randbytes(20))
+    a = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        run_rover("cpython", a.link, "phone", str(tmp_path / "state"), "backup", str(src))
+        tree, = glob.glob(os.path.join(a.data_dir, "trees", "*.tree"))
+        size = os.path.getsize(tree)
+        assert size > 2 * 65536, size           # the damage lies past the first blocks read
+        with open(tree, "r+b") as f:
+            f.seek(size - 1000)
+            b = f.read(1)
+            f.seek(size - 1000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        out = tmp_path / "out"
+        p = anchorctl(a.address, "restore", "phone", "--to", str(out), check=False)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert "restore incomplete: the rest of snapshot 1 cannot be read: tree" in p.stderr, p.stderr
+        got = sorted(os.listdir(out))
+        assert 0 < len(got) < 3000
+        for n in got:
+            assert (out / n).read_bytes() == (src / n).read_bytes()
+    finally:
+        a.stop()
