@@ -6,6 +6,10 @@ import time
 
 from anchorctl.client import AnchorError, Client, ENV, DEFAULT
 
+# `anchorctl restore` exit status when it restored everything it could and some files it could
+# not (named on stderr); 1 is for a restore that did not finish (restic uses 3 alike).
+RESTORE_PARTIAL = 3
+
 
 def _when(t):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
@@ -37,14 +41,39 @@ def cmd_snapshots(c, a):
                                                _size(r["bytes"]), r["root"][:16]))
 
 
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def shown(name):
+    """A name as a terminal may show it: control characters (C0, DEL, C1), which could move
+    the cursor, rewrite what is on screen or hide a line, and bytes that were not UTF-8
+    (surrogate escapes) come out as backslash escapes; a backslash is doubled, so what is
+    shown names one path only."""
+    out = []
+    for ch in name:
+        o = ord(ch)
+        if ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append("\\x%02x" % o)
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append("\\x%02x" % (o - 0xDC00))
+        elif 0xD800 <= o <= 0xDFFF or o in (0x2028, 0x2029) or 0x202A <= o <= 0x202E or 0x2066 <= o <= 0x2069:
+            out.append("\\u%04x" % o)     # lone surrogates, line separators, bidi overrides
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def cmd_ls(c, a):
     rows = c.ls(a.device, a.snapshot, a.path, a.recursive)
     if a.json:
         return rows
     for r in rows:
         t = {"file": "-", "dir": "d", "symlink": "l"}[r["type"]]
-        extra = " -> " + r["target"] if "target" in r else ""
-        print("%s%s %10d  %s  %s%s" % (t, _mode(r["mode"]), r["size"], _when(r["mtime_ns"] / 1e9), r["path"], extra))
+        extra = " -> " + shown(r["target"]) if "target" in r else ""
+        print("%s%s %10d  %s  %s%s" % (t, _mode(r["mode"]), r["size"], _when(r["mtime_ns"] / 1e9),
+                                      shown(r["path"]), extra))
 
 
 def _mode(mode):
@@ -55,12 +84,29 @@ def _mode(mode):
     return out
 
 
+class Incomplete(AnchorError):
+    """The command did its work, but not all of it: exit with `status`."""
+
+    def __init__(self, text, status, out=None):
+        AnchorError.__init__(self, text)
+        self.status = status
+        self.out = out
+
+
 def cmd_restore(c, a):
-    counts = c.restore(a.device, a.to, a.snapshot, a.path)
-    if a.json:
-        return counts
-    print("restored %d files (%s), %d folders, %d symlinks to %s"
-          % (counts["files"], _size(counts["bytes"]), counts["dirs"], counts["symlinks"], a.to))
+    counts = c.restore(a.device, a.to, a.snapshot, a.path, a.keep_special_bits)
+    if not a.json:
+        print("restored %d files (%s), %d folders, %d symlinks to %s"
+              % (counts["files"], _size(counts["bytes"]), counts["dirs"], counts["symlinks"], a.to))
+    for f in counts["failed"]:
+        print("anchorctl: not restored: %s: %s" % (shown(f["path"]), f["error"]), file=sys.stderr)
+    if counts["incomplete"]:
+        raise Incomplete("restore incomplete: %s" % counts["incomplete"], 1, counts)
+    if counts["failed"]:
+        raise Incomplete("%d files could not be restored (named above); everything else was, and "
+                         "no file already in %s was replaced by them" % (len(counts["failed"]), a.to),
+                         RESTORE_PARTIAL, counts)
+    return counts
 
 
 def cmd_stats(c, a):
@@ -117,15 +163,31 @@ def cmd_unpair(c, a):
 
 
 def cmd_verify(c, a):
-    r = c.verify()
-    if a.json:
-        return r
-    print("%d chunks re-read and re-hashed: %d bad; %d chunks kept by snapshots missing"
-          % (r["chunks"], len(r["bad"]), r["missing"]))
-    for cid in r["bad"][:20]:
-        print("bad chunk %s" % cid)
+    r = c.verify(a.repair)
+    if not a.json:
+        print("%d chunks re-read and re-hashed: %d bad; %d chunks kept by snapshots missing"
+              % (r["chunks"], len(r["bad"]), r["missing"]))
+        print("%d snapshots (%d trees) checked: %d cannot be restored whole; catalog %s, index %s"
+              % (r["snapshots"], r["trees"], len(r["damaged_snapshots"]), r["catalog"], r["index"]))
+        for cid in r["bad"][:20]:
+            print("bad chunk %s" % cid)
+        for p in r["segments"]:
+            print("damaged: %s" % p)
+        for p in r["damage_at_start"]:
+            print("found at start: %s" % p)
+        for d in r["damaged_snapshots"][:50]:
+            print("snapshot %d of %s: %s" % (d["snapshot"], shown(d["device"]), d["error"]))
+        rep = r.get("repair")
+        if rep is not None:
+            print("repair: %d chunks quarantined (a backup of a rover that still has them uploads them "
+                  "again), %d segment headers rewritten, %d lost segments forgotten, index %s"
+                  % (rep["quarantined"], rep["headers_rewritten"], rep["segments_lost"],
+                     "rebuilt from the segments" if rep["index_rebuilt"] else "kept"))
     if not r["ok"]:
-        raise AnchorError("the store is damaged")
+        raise Incomplete("the store is damaged" + ("" if a.repair else
+                         " (anchorctl verify --repair quarantines what is bad so backups heal it)"),
+                         1, r if a.json else None)
+    return r
 
 
 def cmd_watch(c, a):
@@ -163,6 +225,8 @@ def main(argv=None):
     p.add_argument("snapshot", nargs="?", default="latest")
     p.add_argument("--to", required=True, help="target folder (created if missing)")
     p.add_argument("--path", default="", help="restore only this file or folder")
+    p.add_argument("--keep-special-bits", action="store_true",
+                   help="restore setuid/setgid bits too (dropped by default)")
     p = add("forget", cmd_forget, "remove a snapshot (its content becomes evictable pass-through data)")
     p.add_argument("device")
     p.add_argument("snapshot")
@@ -180,18 +244,28 @@ def main(argv=None):
     p.add_argument("device")
     p = add("unpair", cmd_unpair, "revoke a rover's pairing at once (its live sessions are cut)")
     p.add_argument("device")
-    add("verify", cmd_verify, "re-read and re-hash every stored chunk; exit 1 if any is bad or missing")
+    p = add("verify", cmd_verify, "check everything a restore depends on (chunks, segments, index, catalog, "
+            "every snapshot's tree and files); exit 1 if anything is damaged")
+    p.add_argument("--repair", action="store_true",
+                   help="quarantine bad or lost chunks (the next backup of a rover that still has them "
+                        "uploads them again), rewrite damaged segment headers, rebuild a damaged index")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     a = ap.parse_args(argv)
+    status = 0
     try:
         out = a.fn(Client(a.anchor), a)
+    except Incomplete as e:
+        print("anchorctl: %s" % e, file=sys.stderr)
+        out, status = e.out, e.status
+        if out is None:
+            return status
     except AnchorError as e:
         print("anchorctl: %s" % e, file=sys.stderr)
         return 1
     if a.json:
         json.dump(out, sys.stdout, indent=2)
         print()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ import struct
 from urllib.parse import quote, urlencode
 
 from anchorctl.errors import AnchorError
-from anchorctl.restore import Restorer
+from anchorctl.restore import FileFailed, Restorer
 
 ENV = "ANCHOR"
 DEFAULT = "unix:./var/anchor/mgmt.sock"
+RESTORE_TYPE = "application/x-anchor-restore; version=2"
+FAILED = 0xFFFFFFFF
+MAX_CHUNK = 65536
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -125,32 +128,51 @@ class Client:
         finally:
             conn.close()
 
-    def verify(self):
+    def verify(self, repair=False):
+        """Check everything a restore depends on; with repair, also quarantine what is bad
+        and rebuild what can be (docs/management.md, "Verify and repair")."""
+        if repair:
+            return self._call("/v1/verify?repair=1", "POST")
         return self._json("/v1/verify")
 
     def watch(self):
         return self._json("/v1/watch")
 
-    def restore(self, device, to, snapshot="latest", path=""):
+    def restore(self, device, to, snapshot="latest", path="", keep_special_bits=False):
         """Restore a snapshot (or the subtree at `path`) under directory `to`.
 
-        Every path is checked to stay inside `to` before anything is written; mode and
-        mtime are set after contents, directories last so their mtime survives.
-        Returns {"files", "dirs", "symlinks", "bytes"}.
+        Every path is checked to stay inside `to` before anything is written; each file is
+        written to a temporary name, checked chunk by chunk and renamed into place only
+        when whole; mode and mtime are set after contents, directories last so their mtime
+        survives; setuid/setgid bits only with keep_special_bits.
+        Returns {"files", "dirs", "symlinks", "bytes", "failed": [{"path", "error"}],
+        "incomplete": None or why the rest of the snapshot could not be read}.
         """
         conn, resp = self._get("%s/snapshots/%s/restore" % (self._dev(device), snapshot), {"path": path})
         try:
-            return Restorer(to).run(_Reader(resp))
+            kind = resp.getheader("Content-Type", "")
+            if kind != RESTORE_TYPE:
+                raise AnchorError("the anchor answers a restore with %r; this anchorctl reads %r "
+                                  "(use the anchorctl of the anchor's version)" % (kind, RESTORE_TYPE))
+            return Restorer(to, keep_special_bits).run(_Reader(resp))
         finally:
             conn.close()
 
 
+_U32 = struct.Struct(">I").unpack
+
+
 class _Reader:
+    """The restore stream, version 2 (docs/management.md, "Restore stream")."""
+
     def __init__(self, resp):
         self.resp = resp
 
     def exactly(self, n):
-        out = bytearray()
+        out = self.resp.read(n)
+        if len(out) == n:
+            return out              # the usual case: one read, no copy
+        out = bytearray(out)
         while len(out) < n:
             b = self.resp.read(min(n - len(out), 1 << 20))
             if not b:
@@ -158,19 +180,40 @@ class _Reader:
             out += b
         return bytes(out)
 
+    def _u32(self):
+        return _U32(self.exactly(4))[0]
+
+    def _failed(self):
+        n = self._u32()
+        if n > 1 << 20:
+            raise AnchorError("restore stream is corrupt (reason of %d bytes)" % n)
+        try:
+            why = json.loads(self.exactly(n))["error"]
+        except (ValueError, KeyError, TypeError):
+            raise AnchorError("restore stream is corrupt (unreadable reason)")
+        return FileFailed(why)
+
     def header(self):
-        n = struct.unpack(">I", self.exactly(4))[0]
+        """The next entry's header; None at the end; FileFailed when the anchor cannot read
+        the rest of the snapshot."""
+        n = self._u32()
         if n == 0:
             return None
+        if n == FAILED:
+            raise self._failed()
         if n > 1 << 20:
             raise AnchorError("restore stream is corrupt (header of %d bytes)" % n)
         return json.loads(self.exactly(n))
 
-    def copy(self, f, size):
-        left = size
-        while left:
-            b = self.resp.read(min(left, 1 << 20))
-            if not b:
-                raise AnchorError("restore stream ended inside a file")
-            f.write(b)
-            left -= len(b)
+    def frame(self):
+        """(chunk id, bytes) of a file's next chunk; None when the file is whole; FileFailed
+        when the anchor cannot read the file back."""
+        n = self._u32()
+        if n == 0:
+            return None
+        if n == FAILED:
+            raise self._failed()
+        if n > MAX_CHUNK:
+            raise AnchorError("restore stream is corrupt (chunk of %d bytes)" % n)
+        cid = self.exactly(32)
+        return cid, self.exactly(n)

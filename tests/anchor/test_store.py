@@ -445,7 +445,7 @@ def test_committed_bytes_lost_are_dropped_from_index(tmp_path):
         assert s.verify() == {"chunks": 4, "bad": []}
 
 
-def test_unknown_segment_version_refused(tmp_path):
+def test_a_flipped_version_or_magic_in_a_committed_header_is_damage(tmp_path):
     root = str(tmp_path)
     with ChunkStore(root) as s:
         raw = b"v" * 100
@@ -454,12 +454,19 @@ def test_unknown_segment_version_refused(tmp_path):
     with open(seg, "r+b") as f:
         f.seek(8)
         f.write(struct.pack("<H", 2))
-    with pytest.raises(StoreError, match="version 2"):
-        ChunkStore(root)
+    # A segment this index (version 1) committed: another version there is a flipped byte, not
+    # a newer anchor's file (a fresh one is refused: test_store_torn_header.py)
+    with ChunkStore(root) as s:
+        assert any("version 2" in d for d in s.damage), s.damage
+        assert s.get(cid(raw)) == raw
+        assert s.repair([])["headers_rewritten"] == 1 and s.segment_problems() == []
     with open(seg, "r+b") as f:
-        f.write(b"NOTANCHR")
-    with pytest.raises(StoreError, match="not an Anchor segment"):
-        ChunkStore(root)
+        f.write(b"NOTANCHR" + struct.pack("<H", 1))
+    # Bad magic is damage, not a newer format: the store opens, says so, and serves the
+    # records (each checked on its own); docs/storage.md, "Damage".
+    with ChunkStore(root) as s:
+        assert any("not an Anchor segment" in d for d in s.damage), s.damage
+        assert s.get(cid(raw)) == raw
 
 
 def test_unknown_index_version_refused(tmp_path):

@@ -54,21 +54,28 @@ def test_new_segment_with_a_header_that_never_landed_is_removed(tmp_path, conten
         assert s.info(cid(more))["seg"] == 1
 
 
-def test_bad_magic_is_still_refused_where_a_flush_promised_data(tmp_path):
-    # A committed segment, and an uncommitted one below the last committed, are not fresh: a
-    # header without the magic there is damage or a foreign file, and the store refuses.
+def test_bad_magic_where_a_flush_promised_data_is_damage_not_a_torn_write(tmp_path):
+    # A committed segment is not fresh: a header without the magic there is damage, never
+    # deleted as a torn write; the store keeps it, serves its records and reports it.
     root = str(tmp_path)
+    xs = []
     with ChunkStore(root, segment_size=16 << 10) as s:
         r = random.Random(4)
         for _ in range(12):
             x = r.randbytes(6000)
+            xs.append(x)
             s.put(cid(x), x)
     segs = sorted(os.listdir(os.path.join(root, "segments")))
     assert len(segs) >= 3
     with open(os.path.join(root, "segments", segs[-1]), "r+b") as f:
         f.write(b"NOTANCHR")
-    with pytest.raises(StoreError, match="not an Anchor segment"):
-        ChunkStore(root)
+    with ChunkStore(root) as s:
+        assert sorted(os.listdir(os.path.join(root, "segments"))) == segs
+        assert any("not an Anchor segment" in d for d in s.damage), s.damage
+        assert [s.get(cid(x)) for x in xs] == xs
+        assert len(s.segment_problems()) == 1
+        assert s.repair([])["headers_rewritten"] == 1
+        assert s.segment_problems() == []
 
 
 def test_wrong_version_on_a_fresh_segment_is_still_refused(tmp_path):

@@ -1,4 +1,5 @@
 """anchorctl's restore writes nothing outside --to, whatever the stream says."""
+import hashlib
 import json
 import os
 import struct
@@ -20,14 +21,29 @@ class FakeResp:
         return out
 
 
+def frames(body):
+    """A file's content as the anchor sends it: chunks with their ids, then a zero length."""
+    out = b""
+    for i in range(0, len(body), 65536):
+        c = body[i:i + 65536]
+        out += struct.pack(">I", len(c)) + hashlib.sha256(c).digest() + c
+    return out + struct.pack(">I", 0)
+
+
 def stream(*entries, end=True):
     out = b""
     for e, body in entries:
         h = json.dumps(e).encode()
-        out += struct.pack(">I", len(h)) + h + body
+        out += struct.pack(">I", len(h)) + h
+        if e["type"] == "file":
+            out += body if isinstance(body, Raw) else frames(body)
     if end:
         out += struct.pack(">I", 0)
     return _Reader(FakeResp(out))
+
+
+class Raw(bytes):
+    """Content bytes put in the stream as they are (hand-made frames)."""
 
 
 def f(path, body=b"x", mode=0o644):
@@ -73,7 +89,7 @@ def test_mode_and_mtime_exact(tmp_path):
     assert (to / "d" / "a").read_bytes() == b"hello"
     dst = os.stat(str(to / "d"))
     assert dst.st_mtime_ns == 1_500_000_000_000_000_001 and dst.st_mode & 0o7777 == 0o750
-    assert counts == {"files": 1, "dirs": 1, "symlinks": 0, "bytes": 5}
+    assert counts == {"files": 1, "dirs": 1, "symlinks": 0, "bytes": 5, "failed": [], "incomplete": None}
 
 
 def test_cut_stream_is_an_error(tmp_path):

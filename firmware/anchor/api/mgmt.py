@@ -16,11 +16,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from anchor_core import messages as m
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
+from anchor.storage.integrity import snapshot_problem
+from anchor.storage.trees import TreeError
 
 log = logging.getLogger("anchor.mgmt")
 
 MAX_REQUEST = 16384
-RESTORE_TYPE = "application/x-anchor-restore"
+RESTORE_TYPE = "application/x-anchor-restore; version=2"
+_U32 = struct.Struct(">I")
+FAILED = 0xFFFFFFFF     # in a length's place: what follows is a JSON reason, not content
+
+
+def _failed(why):
+    body = json.dumps({"error": why}).encode()
+    return _U32.pack(FAILED) + _U32.pack(len(body)) + body
 
 
 class ApiError(Exception):
@@ -175,6 +184,10 @@ class Api:
         if segs[1:] == ["stats"]:
             return await self._json(writer, self.stats())
         if segs[1:] == ["verify"]:
+            if method == "POST":
+                if q.get("repair") != "1":
+                    raise ApiError(400, "POST /v1/verify repairs: say repair=1")
+                return await self._json(writer, self.verify(repair=True))
             return await self._json(writer, self.verify())
         if segs[1:] == ["watch"]:
             return await self._json(writer, self.app.watchlist.listing())
@@ -251,13 +264,12 @@ class Api:
         return out
 
     async def restore(self, writer, snap, prefix):
-        """Stream entries: u32 header length, JSON header, then `size` bytes for files; a
-        zero length ends the stream, so a cut connection is never taken for a whole restore.
-
-        The stream has no way to say "failed" once it started, so a record that cannot be
-        read back (services.restore.RestoreError) ends it without that zero length: the
-        client sees a stream cut short, and no bytes that are not the file's. Before the
-        first entry, a failure is still an HTTP error."""
+        """Stream entries (docs/management.md, "Restore stream", version 2): u32 header length
+        and JSON header per entry; a file's content follows as frames (u32 length, chunk id,
+        bytes) ended by a zero length when whole, or by FAILED and the reason when it cannot
+        be read back. A damaged file costs that file alone: the next entry follows. A zero
+        header length ends the stream, so a cut connection is never taken for a whole
+        restore; FAILED in a header's place says the rest of the snapshot cannot be read."""
         service = self.app.restore
         entries = service.entries(snap, prefix)
         try:
@@ -266,32 +278,47 @@ class Api:
             raise ApiError(400, "bad path: %s" % e)
         except NotInSnapshot as e:
             raise ApiError(404, str(e))
-        except RestoreError as e:
+        except TreeError as e:
             log.error("restore of snapshot %d refused: %s", snap["id"], e)
-            raise ApiError(500, "cannot restore %s" % e)
-        writer.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n" % RESTORE_TYPE).encode())
+            raise ApiError(500, "cannot restore snapshot %d: %s" % (snap["id"], e))
+        writer.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n"
+                      % RESTORE_TYPE).encode())
+        in_file = False
         try:
             item = first
             while item is not None:
-                r, ids = item
+                r, ids, problem = item
                 hdr = json.dumps(self._entry_json(r)).encode()
-                writer.write(struct.pack(">I", len(hdr)) + hdr)
-                for b in service.content(r, ids):
-                    writer.write(b)
-                    await writer.drain()
+                writer.write(_U32.pack(len(hdr)) + hdr)
+                if r[m.REC_TYPE] == m.T_FILE:
+                    in_file = True
+                    if problem is None:
+                        try:
+                            for cid, b in zip(ids, service.content(r, ids)):
+                                writer.write(_U32.pack(len(b)) + cid)
+                                writer.write(b)
+                                await writer.drain()
+                        except RestoreError as e:
+                            problem = e
+                    if problem is None:
+                        writer.write(_U32.pack(0))
+                    else:
+                        log.error("restore of snapshot %d: %s", snap["id"], problem)
+                        writer.write(_failed(problem.why))
+                    in_file = False
+                await writer.drain()
                 item = next(entries, None)
-        except RestoreError as e:
-            log.error("restore of snapshot %d cut short: %s", snap["id"], e)
-            return
+            writer.write(_U32.pack(0))
         except ConnectionError as e:
             log.info("restore of snapshot %d: the client went away (%s)", snap["id"], e)
             return
-        except Exception:
-            # Whatever broke, nothing may follow in the stream: a reply here would be read
-            # as the content of a file.
+        except Exception as e:
+            # Whatever broke, the client must be told in the stream's own terms: text here
+            # that is not a frame would be read as the content of a file.
             log.exception("restore of snapshot %d cut short", snap["id"])
-            return
-        writer.write(struct.pack(">I", 0))
+            if in_file:
+                writer.write(_failed("the anchor failed while reading it: %s" % e))
+            writer.write(_failed("the rest of snapshot %d cannot be read: %s" % (snap["id"], e)))
         await writer.drain()
 
     def forget(self, dev, snap):
@@ -323,16 +350,45 @@ class Api:
             raise ApiError(404, "rover %r is not paired" % device)
         return {"device": device, "unpaired": True}
 
-    def verify(self):
-        """Re-read and re-hash every stored chunk, and check that every chunk a snapshot
-        keeps is in the store. Runs on the event loop: sessions wait while it reads."""
-        r = self.app.store.verify()
+    def verify(self, repair=False):
+        """Check everything a restore depends on: every indexed record (CRC, SHA-256), the
+        segments' headers and the index, the catalog (SQLite's quick_check), every snapshot's
+        tree (read whole and re-hashed against its root) and that every chunk of its files is
+        held. With repair, quarantine what is bad and rebuild what can be (ChunkStore.repair);
+        the answer describes the store as found, and `repair` what was done. Runs on the
+        event loop: sessions wait while it reads."""
+        app = self.app
+        store = app.store
+        found_at_start = list(store.damage)
+        r = store.verify()
+        segments = store.segment_problems()
+        catalog = self.catalog.check()
+        damaged = []
+        seen = {}
+        snapshots = self.catalog.all_snapshots()
+        for device, snap in snapshots:
+            key = (snap["root"], snap["entries"], snap["bytes"])
+            if key not in seen:
+                seen[key] = snapshot_problem(self.catalog, app.trees, store, snap)
+            if seen[key] is not None:
+                damaged.append({"device": device, "snapshot": snap["id"], "error": seen[key]})
         missing = 0
         for cid in self.catalog.live_chunks():
-            if not self.app.store.has(cid):
+            if not store.has(cid):
                 missing += 1
-        return {"chunks": r["chunks"], "bad": r["bad"], "missing": missing,
-                "ok": not r["bad"] and not missing}
+        out = {"chunks": r["chunks"], "bad": r["bad"], "missing": missing, "segments": segments,
+               "index": "ok" if not any(p.startswith("index:") for p in segments) else "damaged",
+               "catalog": catalog or "ok", "snapshots": len(snapshots), "trees": len(seen),
+               "damaged_snapshots": damaged, "damage_at_start": found_at_start,
+               "ok": not (r["bad"] or missing or segments or catalog or damaged)}
+        if not out["ok"]:
+            log.warning("verify: %d bad chunks, %d kept chunks missing, %d segment problems, catalog %s, "
+                        "%d damaged snapshots", len(r["bad"]), missing, len(segments), out["catalog"],
+                        len(damaged))
+        if repair:
+            out["repair"] = store.repair(r["bad"])
+            log.warning("verify --repair: %s", out["repair"])
+        return out
 
     def stats(self):
         store = self.app.store.stats()

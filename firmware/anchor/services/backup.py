@@ -14,7 +14,8 @@ from anchor_core import messages as m
 from anchor_core.hmac256 import hmac_sha256
 from anchor_core.secure import equal
 from anchor.storage.chunks import StoreError
-from anchor.storage.trees import apply_delta
+from anchor.storage.integrity import not_held, object_id, snapshot_problem
+from anchor.storage.trees import TreeError, apply_delta
 from anchor.storage import retention
 
 FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or so
@@ -109,13 +110,23 @@ class BackupHandler:
         latest = self.catalog.latest(self.dev)
         parent = msg[m.HELLO_PARENT]
         ok = True
-        if parent is not None and self.catalog.snapshot(self.dev, parent) is None:
-            # The rover's base is unknown here: it must describe its whole tree.
-            ok = False
-            parent = None
+        snap = None
+        if parent is not None:
+            snap = self.catalog.snapshot(self.dev, parent)
+            # The rover's base is unknown here, or damaged (its tree, or chunks of its files,
+            # gone or unreadable): it must describe its whole tree, so the anchor asks again
+            # for what it lost (NEED) and the store heals, instead of every later backup
+            # failing on a base it cannot build on.
+            why = "unknown" if snap is None else snapshot_problem(self.catalog, self.trees, self.store, snap)
+            if why is not None:
+                if snap is not None:
+                    log.warning("rover %s: parent snapshot %d cannot be built on (%s); the rover "
+                                "describes its whole tree", self.device, parent, why)
+                ok = False
+                parent = None
         self.parent = parent
         log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
-                 "ok" if ok else "unknown", latest)
+                 "ok" if ok else ("unknown" if snap is None else "damaged"), latest)
         return m.welcome(latest, ok, m.CAP_ZLIB)
 
     # --- manifest ----------------------------------------------------------------------
@@ -179,8 +190,11 @@ class BackupHandler:
             return False
         # In scope is not enough: pass-through chunks may have been evicted since. Then the
         # rover describes the object and NEED names just the chunks that are gone.
+        # A chunk list damaged in the catalog counts as not held too: the rover describes the
+        # object again, and the commit writes the list it proved (hashes to the id) over it.
         info = self.catalog.object_chunks(oid)
-        if info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS]):
+        if (info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS])
+                or object_id(info[self.catalog.OBJECT_SIZE], b"".join(info[self.catalog.OBJECT_CHUNKS])) != oid):
             return False
         self.in_use.update(info[self.catalog.OBJECT_CHUNKS])      # kept from eviction until this session ends
         return True
@@ -401,10 +415,6 @@ class BackupHandler:
             raise m.ProtocolError(m.E_MISSING, "%d objects were named but never described" % len(missing))
         # Chunks first, so the catalog never points at bytes that are not durable.
         self.flush()
-        for oid, (size, ids) in self.declared.items():
-            for i in range(0, len(ids), 32):
-                if not self.store.has(ids[i:i + 32]):
-                    raise m.ProtocolError(m.E_MISSING, "object %s lacks chunk %s" % (oid.hex()[:16], ids[i:i + 32].hex()[:16]))
         parent_root = None
         if self.parent is not None:
             snap = self.catalog.snapshot(self.dev, self.parent)
@@ -419,10 +429,23 @@ class BackupHandler:
                 if r[m.REC_TYPE] == m.T_FILE and r[m.REC_OID] is not None:
                     tree_oids.add(r[m.REC_OID])
                 yield r
-        digest, count, nbytes = self.trees.write(noting_objects(apply_delta(self.trees.read(parent_root), self.delta)))
+        try:
+            digest, count, nbytes = self.trees.write(noting_objects(apply_delta(self.trees.read(parent_root),
+                                                                                self.delta)))
+        except TreeError as e:
+            raise m.ProtocolError(m.E_TREE, "the parent snapshot's tree went bad during the backup (%s); "
+                                  "run it again" % e)
         if digest != root or count != n_entries or nbytes != total:
             raise m.ProtocolError(m.E_TREE, "tree mismatch: anchor built %d entries/%d bytes (%s), rover has %d/%d (%s)"
                                   % (count, nbytes, digest.hex()[:16], n_entries, total, root.hex()[:16]))
+        # Every chunk the new snapshot needs must be held now, not only those uploaded in this
+        # session: files carried over from the parent, or answered HAVE, may have lost chunks
+        # to damage since (a truncated segment, a quarantine). Such a snapshot is refused,
+        # never committed against data the store does not hold.
+        why = not_held(self.catalog, self.store, tree_oids, self.declared, parent_root)
+        if why is not None:
+            raise m.ProtocolError(m.E_MISSING, "the new snapshot would refer to data the anchor does not "
+                                  "hold (%s); run the backup again" % why)
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
         seq, _pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
                                                    tree_oids)

@@ -6,12 +6,14 @@ frames them onto HTTP for `anchorctl restore`; a restore over a rover's link can
 same entries, skip the chunks the rover still holds, and send the rest.
 
 A record that cannot be read back whole (an object the catalog lost, a chunk gone from the
-store or damaged in flash) raises RestoreError naming the file, never bytes that are not
-the file's: a file's entry comes only once its object and every chunk of it are indexed,
-and a chunk that then fails its check (CRC, SHA-256) stops the restore where it is.
+store or damaged in flash) costs that file and nothing else: entries() names what is known
+to be missing before any byte of the file is read, and content() raises RestoreError naming
+the file when a chunk then fails its check (CRC, SHA-256), never handing out bytes that are
+not the file's. The caller goes on with the next entry.
 """
 from anchor_core import messages as m
 from anchor.storage.chunks import StoreError
+from anchor.storage.integrity import object_id
 
 
 class PathError(ValueError):
@@ -56,21 +58,28 @@ class RestoreService:
             raise NotInSnapshot("no path %r in snapshot %d" % (prefix, snap["id"]))
 
     def entries(self, snap, prefix=""):
-        """(record, chunk ids) of each entry records() yields; ids are empty but for files
-        with content. Raises RestoreError before the entry of a file whose object or chunks
-        are not held."""
+        """(record, chunk ids, problem) of each entry records() yields; ids are empty but for
+        files with content. problem is None, or a RestoreError when the file's object or some
+        of its chunks are not held: that file cannot be restored, the entries after it can."""
         for r in self.records(snap, prefix):
             ids = ()
+            problem = None
             if r[m.REC_TYPE] == m.T_FILE and r[m.REC_SIZE]:
                 info = self.catalog.object_chunks(r[m.REC_OID])
                 if info is None:
-                    raise RestoreError(r[m.REC_PATH], "its object %s is not in the catalog" % r[m.REC_OID].hex()[:16])
-                ids = info[self.catalog.OBJECT_CHUNKS]
-                gone = self.store.missing(ids)
-                if gone:
-                    raise RestoreError(r[m.REC_PATH], "%d of its %d chunks are not in the store (first: %s)"
-                                       % (len(gone), len(ids), ids[gone[0]].hex()[:16]))
-            yield r, ids
+                    problem = RestoreError(r[m.REC_PATH], "its object %s is not in the catalog"
+                                           % r[m.REC_OID].hex()[:16])
+                else:
+                    ids = info[self.catalog.OBJECT_CHUNKS]
+                    gone = self.store.missing(ids)
+                    if object_id(info[self.catalog.OBJECT_SIZE], b"".join(ids)) != r[m.REC_OID]:
+                        # every chunk would check out, and still be the wrong ones
+                        problem = RestoreError(r[m.REC_PATH], "the catalog's chunk list of its object %s "
+                                               "is damaged" % r[m.REC_OID].hex()[:16])
+                    elif gone:
+                        problem = RestoreError(r[m.REC_PATH], "%d of its %d chunks are not in the store "
+                                               "(first: %s)" % (len(gone), len(ids), ids[gone[0]].hex()[:16]))
+            yield r, ids, problem
 
     def chunk(self, path, cid):
         """The bytes of chunk `cid` of file `path`, checked against its id as they are read."""

@@ -9,6 +9,7 @@
     chunks.py        ChunkStore: segments + index; write order, writer thread, eviction, compaction
     catalog.py       catalog.sqlite: devices, snapshots, objects, scope; what is pinned
     trees.py         snapshot tree files
+    integrity.py     whether a snapshot can be restored (and built on): tree, chunk lists, chunks
     retention.py     the capacity budget: what to evict, when a backup is refused
     prune.py         snapshot keep rules (anchorctl prune)
 

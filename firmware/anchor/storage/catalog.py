@@ -205,7 +205,12 @@ class Catalog:
         db.execute("BEGIN IMMEDIATE")
         try:
             for oid, size, ids in new_objects:
-                db.execute("INSERT OR IGNORE INTO objects VALUES (?, ?, ?, ?)", (oid, size, len(ids) // 32, ids))
+                # A declared chunk list hashes to its id (the backup checked), so it replaces a
+                # row of the same id that damage changed; an intact row is the same bytes.
+                db.execute("INSERT INTO objects VALUES (?, ?, ?, ?) ON CONFLICT(oid) DO UPDATE SET "
+                           "size=excluded.size, nchunks=excluded.nchunks, chunks=excluded.chunks "
+                           "WHERE chunks != excluded.chunks OR size != excluded.size",
+                           (oid, size, len(ids) // 32, ids))
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
                 db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
@@ -243,6 +248,38 @@ class Catalog:
             return []
         ids = row[0]
         return [ids[i:i + 32] for i in range(0, len(ids), 32)]
+
+    def tree_objects(self, root):
+        """The object ids tree `root` holds (one snapshot or more use it)."""
+        return [r[0] for r in self.db.execute("SELECT oid FROM tree_objects WHERE root=?", (root,))]
+
+    def tree_chunk_lists(self, root):
+        """(oid, size, chunk ids concatenated) of every object tree `root` holds that the
+        catalog has, in one query."""
+        return self.db.execute("SELECT t.oid, o.size, o.chunks FROM tree_objects t JOIN objects o "
+                               "ON o.oid = t.oid WHERE t.root=?", (root,)).fetchall()
+
+    def object_chunk_bytes(self, oid):
+        """(size, the chunk ids of an object concatenated, 32 bytes each), or None."""
+        row = self.db.execute("SELECT size, chunks FROM objects WHERE oid=?", (oid,)).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def all_snapshots(self):
+        """(device name, snapshot) of every snapshot, by device then number."""
+        rows = self.db.execute(
+            "SELECT d.name, s.seq, s.parent, s.created, s.root, s.entries, s.bytes FROM snapshots s "
+            "JOIN devices d ON d.id = s.device_id ORDER BY d.name, s.seq")
+        return [(r[0], {"id": r[1], "parent": r[2], "time": r[3], "root": r[4], "entries": r[5], "bytes": r[6]})
+                for r in rows.fetchall()]
+
+    def check(self):
+        """None when SQLite finds the catalog file consistent (PRAGMA quick_check), else what
+        it says."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        return None if rows == ["ok"] else "; ".join(str(r).replace("\n", " ") for r in rows)
 
     def forget_snapshot(self, dev, seq):
         """Remove a snapshot. Returns (root, tree_freed, chunks no longer pinned): its

@@ -40,6 +40,11 @@ class ChunkIndex:
     def close(self):
         raise NotImplementedError
 
+    def check(self):
+        """None when the index's own storage is consistent, else what is wrong (text). The
+        store runs it on open and in verify; an index kept in memory has nothing to check."""
+        return None
+
     # --- segments
 
     def segments(self):

@@ -109,6 +109,15 @@ class SqliteIndex(ChunkIndex):
             self._wdb = None
         self.db.close()
 
+    def check(self):
+        """None when SQLite finds the index file consistent (PRAGMA quick_check), else what it
+        says."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        return None if rows == ["ok"] else "; ".join(str(r).replace("\n", " ") for r in rows)
+
     # --- segments
 
     def segments(self):

@@ -8,19 +8,37 @@ no flush ever promised are deleted, and nothing below a segment's committed_end 
 
 import os
 
-from anchor.storage.segments import (SEGMENT_HEADER_SIZE, StoreError, fsync_dir, list_segments,
-                                     read_header, scan, segment_name, truncate)
+from anchor.storage.segments import (SEGMENT_HEADER_SIZE, HeaderDamaged, StoreError, fsync_dir, list_segments,
+                                     header_problem, read_header, salvage_scan, scan, segment_name,
+                                     truncate)
 
 
-def recover(seg_dir, index, counts, now):
+def quarantine_segment(index, seq):
+    """Segment seq is gone: remove its rows and deregister it, in durable transactions (so
+    appends never recreate it under its old offsets). Returns the ids removed."""
+    ids = [r[0] for r in index.rows_in(seq)]
+    index.delete(ids)
+    index.relocate([], {}, [seq])
+    return ids
+
+
+def recover(seg_dir, index, counts, now, damage=None):
     """Bring the index (a ChunkIndex) and the segment files in seg_dir back in line. counts
     (reindexed, truncated_bytes, removed_files, lost_rows) is added to; re-indexed chunks get
-    last use `now`. Returns (seq, end) where appends continue."""
+    last use `now`; what is damaged is appended to the list `damage` as text. Returns (seq,
+    end) where appends continue."""
+    if damage is None:
+        damage = []
     committed = index.segments()
     on_disk = list_segments(seg_dir)
-    for seq in committed:
+    for seq in sorted(committed):
         if seq not in on_disk:
-            raise StoreError("segment %s is in the index but missing on flash" % segment_name(seq))
+            lost = quarantine_segment(index, seq)
+            counts["lost_rows"] += len(lost)
+            damage.append("segment %s is missing: %d chunks it held are quarantined (backups of rovers "
+                          "that still have them upload them again)" % (segment_name(seq), len(lost)))
+    if len(committed) != len(index.segments()):
+        committed = index.segments()
     last_committed = max(committed) if committed else 0
     rows = []
     ends = {}
@@ -36,11 +54,24 @@ def recover(seg_dir, index, counts, now):
             dir_changed = True
             counts["removed_files"] += 1
             continue
-        state = read_header(path, seq, fresh=seq not in committed and seq > last_committed)
+        fresh = seq not in committed and seq > last_committed
+        try:
+            state = read_header(path, seq, fresh=fresh)
+        except StoreError as e:
+            # Past every committed segment, another format version is a newer anchor's file:
+            # refused. Where this index (version 1) committed, it is a flipped byte.
+            if fresh and not isinstance(e, HeaderDamaged):
+                raise
+            state = "damaged"
+            damage.append("%s; its records are still read, each checked" % e)
+        if state == "torn" and (seq in committed or seq < last_committed):
+            state = "damaged"
+            damage.append("%s has a damaged header (short or zeros); its records are still read, "
+                          "each checked" % path)
         if seq not in committed:
+            if state == "damaged":
+                continue        # rows point into it, yet the index never committed it: leave it
             if state == "torn":
-                if seq < last_committed:
-                    raise StoreError("%s has a damaged header" % path)
                 # A segment created by a flush that never completed: nothing in it was promised.
                 os.unlink(path)
                 dir_changed = True
@@ -48,15 +79,17 @@ def recover(seg_dir, index, counts, now):
                 continue
             start = SEGMENT_HEADER_SIZE
         else:
-            if state == "torn":
-                raise StoreError("%s has a damaged header" % path)
             start = committed[seq]
         size = os.path.getsize(path)
         do_scan = True
+        start_was = start
         if size < start:
             # Committed bytes are gone (the medium lost them): forget the rows that point there.
             lost, start = index.cut(seq, size)
             counts["lost_rows"] += lost
+            damage.append("%s is %d bytes shorter than the index says: %d chunks in what was lost are "
+                          "quarantined (backups of rovers that still have them upload them again)"
+                          % (path, start_was - size, lost))
             start = start or SEGMENT_HEADER_SIZE
             # ...and do not scan what is left past the last intact row: it lies below the old
             # committed_end, where every record without a row was dropped (drop()), so
@@ -79,3 +112,23 @@ def recover(seg_dir, index, counts, now):
     last = index.last_segment()
     return (1, SEGMENT_HEADER_SIZE) if last is None else tuple(last)
 
+
+
+def rebuild(seg_dir, index, counts, now, damage):
+    """Fill an empty index from every segment on flash (the old index was unreadable): each
+    intact record is indexed, stepping over damaged ones, and nothing is deleted or cut,
+    whatever a header says. Chunks drop() had evicted come back as pass-through data (the
+    next eviction takes them again). Returns (seq, end) where appends continue."""
+    rows = []
+    ends = {}
+    for seq, path in sorted(list_segments(seg_dir).items()):
+        problem = header_problem(path, seq)
+        if problem is not None:
+            damage.append("%s; its records are still read, each checked" % problem)
+        found, end = salvage_scan(path)
+        for cid, off, raw_len, stored_len, enc in found:
+            rows += (cid, seq, off, raw_len, stored_len, enc, now)
+        ends[seq] = max(end, SEGMENT_HEADER_SIZE)
+    counts["reindexed"] += index.insert(rows, ends)
+    last = index.last_segment()
+    return (1, SEGMENT_HEADER_SIZE) if last is None else tuple(last)

@@ -45,6 +45,12 @@ class StoreError(Exception):
     """Raised for anything the store refuses or cannot do: bad input, missing or corrupt data."""
 
 
+class HeaderDamaged(StoreError):
+    """A segment's header is not what the store wrote (bad magic, wrong number, zeros): damage,
+    not a newer format. Its records are still each checked (CRC, SHA-256) when read, so the
+    store serves them and reports the header (verify); repair writes it again."""
+
+
 def segment_name(seq):
     return "%08d.seg" % seq
 
@@ -135,14 +141,40 @@ def read_header(path, seq, fresh=False):
     if magic != SEGMENT_MAGIC:
         if fresh:
             return "torn"
-        raise StoreError("%s is not an Anchor segment (bad magic)" % path)
+        raise HeaderDamaged("%s is not an Anchor segment (bad magic)" % path)
     if version != FORMAT_VERSION:
         raise StoreError("%s has segment format version %d; this anchor reads version %d "
                          "(upgrade the anchor software, or restore a matching backup)"
                          % (path, version, FORMAT_VERSION))
     if number != seq:
-        raise StoreError("%s says it is segment %d" % (path, number))
+        raise HeaderDamaged("%s says it is segment %d" % (path, number))
     return "ok"
+
+
+def header_problem(path, seq):
+    """None when segment seq's header is whole, else what is wrong with it (a missing file
+    too). For a segment the index lists: the index (format version 1, checked when it opened)
+    was written by this format, so another version in the header is damage too."""
+    try:
+        if read_header(path, seq) == "torn":
+            return "%s has a damaged header (short or zeros)" % path
+    except FileNotFoundError:
+        return "segment %s is missing" % segment_name(seq)
+    except StoreError as e:
+        return str(e)
+    except OSError as e:
+        return "%s cannot be read: %s" % (path, e)
+    return None
+
+
+def write_header(path, seq):
+    """Write segment seq's header again (repair) and make it durable."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, segment_header(seq), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def scan(path, start):
@@ -161,6 +193,29 @@ def scan(path, start):
         found.append((cid, start + pos, raw_len, stored_len, enc))
         pos = nxt
     return found, start + pos
+
+
+def salvage_scan(path):
+    """Every intact record of a whole segment, stepping over damage: after bytes that do not
+    form a record, the next record marker is looked for (a false marker inside a payload is
+    refused by the CRC). For rebuilding an index; nothing is cut. ([(id, off, raw_len,
+    stored_len, enc)], end of the last intact record)."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    found = []
+    pos = SEGMENT_HEADER_SIZE
+    end = pos
+    while pos < len(buf):
+        r = parse_record(buf, pos)
+        if r is None:
+            pos = buf.find(RECORD_MAGIC, pos + 1)
+            if pos < 0:
+                break
+            continue
+        cid, enc, raw_len, stored_len, nxt = r
+        found.append((cid, pos, raw_len, stored_len, enc))
+        pos = end = nxt
+    return found, end
 
 
 def truncate(path, end):
