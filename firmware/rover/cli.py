@@ -70,6 +70,11 @@ def main(argv=None):
     from rover.conversation import RoverError
     from anchor_core.messages import ProtocolError
 
+    if not MICROPYTHON:
+        # The state holds the pairing secret and the rover's view of its tree: its owner's
+        # only (a board's filesystem has no modes; the MicroPython unix port has no chmod).
+        from rover.private import make_private
+        make_private(opts["state"], umask=rest[0] in ("backup", "pair"))
     cmd = rest[0]
     if cmd == "pair":
         from rover.securelink import pair_command
@@ -131,7 +136,7 @@ def connect(url, opts, urgent=False):
 
 
 def _backup(opts, root, log, t0):
-    from rover.link import cost, LinkError
+    from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
     from rover.backup import Backup
@@ -158,6 +163,9 @@ def _backup(opts, root, log, t0):
             s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait)).run()
             break
         except LinkError as e:
+            if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
+                print("rover: backup failed: %s" % e)
+                return 2
             # A radio comes and goes: reopen and resume; what the anchor has is not sent again.
             if attempt >= int(retries):
                 print("rover: backup failed: %s (after %d attempts)" % (e, attempt + 1))

@@ -28,7 +28,12 @@ def save_key(state_dir, key):
     from rover import fsys
     fsys.makedirs(state_dir)
     tmp = state_dir + KEY_FILE + ".new"
-    with open(tmp, "wb") as f:
+    if MICROPYTHON:
+        f = open(tmp, "wb")
+    else:
+        # the owner's only from the start, whatever the umask
+        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    with f:
         f.write(key)
     fsys.rename(tmp, state_dir + KEY_FILE)
 
