@@ -7,7 +7,7 @@ file limit (RLIMIT_NOFILE), in three pools sized from it:
 - pending: links that have not finished the secure handshake (or, on an --open anchor,
   not yet sent their first bytes). Each has HANDSHAKE_SECONDS to finish; a full pool drops
   its oldest member for a newcomer (a real rover finishes in milliseconds, a silent
-  connection only ages), and one address holds at most PENDING_PER_ADDRESS of them.
+  connection only ages), and so does one address past PENDING_PER_ADDRESS of them.
 - sessions: links past the handshake. A paired device holds at most SESSIONS_PER_DEVICE (a
   newer one replaces its oldest: a rover that lost its link comes back before the anchor
   notices); an unauthenticated session of an --open anchor counts against its address.
@@ -23,9 +23,9 @@ import time
 log = logging.getLogger("anchor")
 
 HANDSHAKE_SECONDS = 10.0      # to finish the secure handshake (81 bytes each way at most)
-PENDING_PER_ADDRESS = 8
-SESSIONS_PER_DEVICE = 4
-SESSIONS_PER_ADDRESS = 16     # unauthenticated (--open) sessions
+PENDING_PER_ADDRESS = 32      # a host starting many rovers at once (a test bench) fits
+SESSIONS_PER_DEVICE = 8       # a backup and relay commands side by side
+SESSIONS_PER_ADDRESS = 64     # unauthenticated (--open) sessions: a lab bench on one host
 PROXY_PER_ADDRESS = 16
 RESERVED_FDS = 128            # the store, the catalog, logs, management clients, relays
 LOG_INTERVAL = 10.0           # seconds between two reports of the same refusal kind
@@ -134,7 +134,8 @@ def _evict(slot):
 
 class Admission:
     """The three pools of one anchor. Each take_* returns a slot (release() it when the
-    connection ends) or None: then close the connection without a word."""
+    connection ends) or None: then close the connection without a word. take_pending
+    always finds room (by closing an older unfinished handshake)."""
 
     def __init__(self, limits=None):
         self.limits = limits or Limits.for_fd_limit()
@@ -148,10 +149,11 @@ class Admission:
     def take_pending(self, address, closer):
         p = self.pending
         if address is not None and p.count(address) >= p.per_key:
-            self._refuse("pending", "link from %s refused: %d unfinished handshakes from that "
-                         "address already", address, p.per_key)
-            return None
-        if len(p) >= p.limit:
+            self.refused["evicted"] += 1
+            self.rate.warning("evict-address", "link handshakes: %d unfinished from %s, the oldest "
+                              "closed for a newcomer", p.per_key, address)
+            _evict(p.oldest(address))
+        elif len(p) >= p.limit:
             self.refused["evicted"] += 1
             self.rate.warning("evict", "link handshakes: %d unfinished, the oldest (from %s) "
                               "closed for a newcomer", p.limit, p.oldest().key)
