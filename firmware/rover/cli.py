@@ -123,11 +123,11 @@ def connect(url, opts, urgent=False):
         paired = True
     except OSError:
         paired = False
-    link = open_link(url, opts["device"], urgent)
     if not paired:
-        return link       # an --open anchor: the secure channel's code stays unloaded
+        return open_link(url, opts["device"], urgent)   # an --open anchor: the secure channel's code stays unloaded
     from rover.securelink import load_key, SecureLink
-    key = load_key(opts["state"])
+    key = load_key(opts["state"])     # before the link: a damaged key is not a link to retry
+    link = open_link(url, opts["device"], urgent)
     try:
         return SecureLink(link, opts["device"], key)
     except BaseException:

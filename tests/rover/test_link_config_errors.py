@@ -23,3 +23,17 @@ def test_a_wrong_address_is_not_retried(tmp_path, runtime, url):
     assert "resuming" not in p.stdout and "attempts" not in p.stdout, p.stdout
     assert "backup failed" in p.stdout, p.stdout
     assert took < 5, took
+
+
+@pytest.mark.parametrize("runtime", ["cpython", "micropython"])
+def test_a_damaged_pairing_key_is_not_retried(tmp_path, runtime):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pairing.key").write_bytes(b"short")
+    p = subprocess.run(rover_cmd(runtime, "tcp://127.0.0.1:9", "rover-c", str(state), "backup", str(src),
+                                 "--retries", "3"), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "pair again" in p.stdout, (p.returncode, p.stdout, p.stderr)
+    assert "resuming" not in p.stdout, p.stdout
