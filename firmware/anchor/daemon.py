@@ -175,7 +175,12 @@ class SessionServer:
             # more is read from this link; nothing of it is committed.
             log.warning("session %s (%s) cut: %s", peer, handler.device, e)
         except m.ProtocolError as e:
-            log.warning("session %s (%s): %s", peer, handler.device, e.text)
+            if handler.device is None:
+                # Garbage before any HELLO (only an --open anchor gets here unauthenticated):
+                # one line per interval, or a flood of bad links writes the log full.
+                self.admission.rate.warning("garbage", "session %s: %s", peer, e.text)
+            else:
+                log.warning("session %s (%s): %s", peer, handler.device, e.text)
             await self._send_error(sess, writer, e.code, e.text)
         except Exception as e:  # one broken session must not take the anchor down
             log.exception("session %s (%s) failed", peer, handler.device)

@@ -288,3 +288,28 @@ def proxy_port(anchor):
         if mo:
             return int(mo.group(1))
     raise AssertionError("the anchor did not say where its proxy listens")
+
+
+@pytest.mark.parametrize("secure", [True, False])
+def test_a_flood_of_bad_links_does_not_fill_the_log(tmp_path, secure):
+    """Links that send garbage and go, one after another: each is refused (or, on an --open
+    anchor, ends its session), and the log gets a line per interval, not one per link."""
+    a = AnchorProc(str(tmp_path / "anchor"), secure=secure).start()
+    try:
+        for i in range(1500):
+            s = socket.create_connection(("127.0.0.1", a.port), timeout=10)
+            s.sendall(b"GET / HTTP/1.1\r\n\r\n" * 3)
+            s.close()
+        # the anchor still answers (and so has taken every link above)
+        c = Raw(a.port)
+        if secure:
+            c.s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        else:
+            c.send(m.hello("after-flood", None, 0))
+        r = c.reply()
+        assert r is not None and r[0] == (m.ERROR if secure else m.WELCOME), r
+        c.s.close()
+    finally:
+        a.stop()
+    size = os.path.getsize(os.path.join(a.data_dir, "anchor.log"))
+    assert size < 50_000, size
