@@ -5,7 +5,9 @@ Nothing else creates these: there is one store, one catalog, one retention polic
 watch list per anchor, and every service that needs one is given it here.
 """
 import os
+import stat
 
+from anchor.admission import Admission
 from anchor.datalock import DataLock
 from anchor.storage.catalog import Catalog
 from anchor.daemon import SessionServer
@@ -23,6 +25,23 @@ from anchor.storage.trees import TreeStore
 DATA_VERSION = 1
 
 
+def make_private(top):
+    """Directories 0700 and files 0600 under `top` (itself included); symbolic links are
+    not followed. Returns how many modes it changed."""
+    changed = 0
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name, mode in [(dirpath, 0o700)] + [(os.path.join(dirpath, f), 0o600) for f in filenames]:
+            try:
+                st = os.lstat(name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o077 == 0:
+                continue
+            os.chmod(name, stat.S_IMODE(st.st_mode) & mode)
+            changed += 1
+    return changed
+
+
 class App:
     """Everything the anchor holds and does, opened from one data directory.
 
@@ -37,11 +56,16 @@ class App:
         self.data_dir = os.path.abspath(data_dir)
         self.open = open
         self.capturing = capture
-        os.makedirs(self.data_dir, exist_ok=True)
+        # The store holds every rover's files and pairing secret: nothing the anchor creates
+        # may be readable by another account (the catalog, segments, trees, spool, SQLite's
+        # WAL and SHM, which copy the catalog's mode, and anything added later).
+        os.umask(0o077)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         # Before anything in the directory is opened: recovery on a store another anchor
         # is writing would truncate its segments under it.
         self.lock = DataLock(self.data_dir)
         try:
+            make_private(self.data_dir)     # a store from before this rule, or copied in
             self._open(broker, relay_timeout, relay_max, capacity)
         except BaseException:
             self.lock.release()
@@ -71,9 +95,11 @@ class App:
         self.restore = RestoreService(self.catalog, self.trees, self.store)
         self.relay = RelayService(self.capture if capture else None, self.spool_dir, relay_timeout,
                                   relay_max, broker)
+        self.admission = Admission()      # the links and proxy clients it holds at once
         self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_dir, relay_timeout, relay_max,
-                                    keep_bodies=capture)
-        self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker)
+                                    keep_bodies=capture, open=open, admission=self.admission)
+        self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
+                                      admission=self.admission)
 
     def _check_version(self):
         p = os.path.join(self.data_dir, "ANCHOR-DATA")
@@ -83,7 +109,7 @@ class App:
             if v != "anchor-data %d" % DATA_VERSION:
                 raise SystemExit("%s: data format %r, this anchor reads 'anchor-data %d'" % (p, v, DATA_VERSION))
         else:
-            with open(p + ".tmp", "w") as f:
+            with os.fdopen(os.open(p + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write("anchor-data %d\n" % DATA_VERSION)
                 f.flush()
                 os.fsync(f.fileno())

@@ -9,6 +9,7 @@ from anchor_core.session import Session
 from anchor.services.relay import RELAY_TYPES
 from anchor.secure_session import Refused
 from anchor.links import TcpListener, start_links     # the listeners, by address
+from anchor.admission import Admission, HANDSHAKE_SECONDS
 
 log = logging.getLogger("anchor")
 
@@ -18,12 +19,21 @@ ENDS_A_REQUEST = (m.COMMITTED, m.END, m.RESULT, m.FAIL, m.WATCHED, m.ERROR)
 IDLE_TIMEOUT = 300
 
 
+def _abort(writer):
+    """Close a link at once (its descriptor is what a flood is after)."""
+    t = getattr(writer, "transport", None)
+    if t is not None:
+        t.abort()
+    else:
+        writer.close()
+
+
 class SessionServer:
     """Serves rover links: one session per byte stream, each with its own backup and relay
     handler from the services. Keeps who is connected (to cut an unpaired rover off) and
     the bytes links moved."""
 
-    def __init__(self, backup, relay, catalog, open=False, broker=None):
+    def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None):
         self.backup = backup              # services.backup.BackupService
         self.relay = relay                # services.relay.RelayService
         self.catalog = catalog            # pairings (the handshake), per-device counters
@@ -33,34 +43,61 @@ class SessionServer:
         self.broker = broker              # (host, port): MQTT links ride the relay's broker
         self.secure_writers = {}          # device -> writers of its live secure sessions
         self.link_bytes = {"rx": 0, "tx": 0}
+        self.admission = admission or Admission()   # connections this anchor holds at most
 
     # --- one rover link ----------------------------------------------------------------
 
     async def serve_stream(self, reader, writer):
         """Run one session over a byte stream (a TCP connection, a channel stream): the
         secure handshake first (unless a plain rover meets an --open anchor), then the
-        session. Errors end this session only."""
+        session. Errors end this session only. A link holds a place in the anchor's pools
+        (anchor/admission.py) while it lasts, and has HANDSHAKE_SECONDS to prove itself."""
         from anchor import secure_session
         peer = writer.get_extra_info("peername")
+        # TCP: the peer's address (its port changes per connection); a channel: the port.
+        address = peer[0] if isinstance(peer, tuple) else peer
+        adm = self.admission
+        pending = adm.take_pending(address, lambda: _abort(writer))
+        if pending is None:
+            _abort(writer)
+            return
         try:
-            reader, swriter, device = await secure_session.accept(self, reader, writer)
+            reader, swriter, device = await asyncio.wait_for(secure_session.accept(self, reader, writer),
+                                                             HANDSHAKE_SECONDS)
+        except asyncio.TimeoutError:
+            adm.rate.warning("slow", "link %s: no secure handshake within %g s; closed", peer, HANDSHAKE_SECONDS)
+            _abort(writer)
+            return
         except secure_session.Refused as e:
-            log.warning("link %s refused: %s", peer, e)
-            await self._send_error(Session(states.ANCHOR), writer, m.E_PROTOCOL, str(e))
+            adm.rate.warning("refused", "link %s refused: %s", peer, e)
+            # The same words for every refusal: a stranger learns nothing from them (not
+            # even whether the device name it tried is paired here).
+            await self._send_error(Session(states.ANCHOR), writer, m.E_PROTOCOL, secure_session.REFUSED)
             writer.close()
             return
         except (ConnectionError, OSError) as e:
-            log.info("link %s lost during the handshake: %s", peer, e)
+            adm.rate.warning("lost", "link %s lost during the handshake: %s", peer, e)
             writer.close()
             return
-        if device is None:
-            return await self._serve_session(reader, writer, None)
-        live = self.secure_writers.setdefault(device, set())
-        live.add(writer)
-        try:
-            await self._serve_session(reader, swriter, device)
         finally:
-            live.discard(writer)
+            pending.release()
+        slot = adm.take_session(device, address, lambda: _abort(writer))
+        if slot is None:
+            await self._send_error(Session(states.ANCHOR), swriter, m.E_INTERNAL,
+                                   "the anchor serves as many sessions as it can; try again later")
+            writer.close()
+            return
+        try:
+            if device is None:
+                return await self._serve_session(reader, writer, None)
+            live = self.secure_writers.setdefault(device, set())
+            live.add(writer)
+            try:
+                await self._serve_session(reader, swriter, device)
+            finally:
+                live.discard(writer)
+        finally:
+            slot.release()
 
     def revoke(self, device):
         """Unpair a rover now: its pairing goes, and its live sessions are cut."""
@@ -138,7 +175,12 @@ class SessionServer:
             # more is read from this link; nothing of it is committed.
             log.warning("session %s (%s) cut: %s", peer, handler.device, e)
         except m.ProtocolError as e:
-            log.warning("session %s (%s): %s", peer, handler.device, e.text)
+            if handler.device is None:
+                # Garbage before any HELLO (only an --open anchor gets here unauthenticated):
+                # one line per interval, or a flood of bad links writes the log full.
+                self.admission.rate.warning("garbage", "session %s: %s", peer, e.text)
+            else:
+                log.warning("session %s (%s): %s", peer, handler.device, e.text)
             await self._send_error(sess, writer, e.code, e.text)
         except Exception as e:  # one broken session must not take the anchor down
             log.exception("session %s (%s) failed", peer, handler.device)
@@ -188,7 +230,7 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     proxy_port = None
     if proxy:
         pserver = await app.http_proxy.start(*proxy)
-        proxy_port = pserver.sockets[0].getsockname()[1]
+        proxy_port = pserver.port
         log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
     if not app.capturing:
         log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")

@@ -10,6 +10,12 @@ from anchor_core import handshake, secure
 log = logging.getLogger("anchor.secure")
 
 
+# What a refused link is told, whatever the reason (not paired, unpaired, a wrong key, a
+# failed proof, a plain link): one answer, so that it tells a stranger nothing.
+REFUSED = ("refused: this anchor serves paired rovers only: pair it (anchorctl pair DEVICE; "
+           "rover ... pair CODE)")
+
+
 class Refused(Exception):
     pass
 
@@ -77,6 +83,7 @@ async def accept(server, reader, writer):
     originals and None for a plain rover at an anchor started with --open. Raises Refused
     after telling the rover why, when it cannot be served."""
     hs = handshake.Responder(os.urandom(secure.NONCE))
+    unknown = False
     try:
         while True:
             ev = hs.next_event()
@@ -85,16 +92,24 @@ async def accept(server, reader, writer):
             elif ev == handshake.PLAIN:
                 if server.open:
                     return _Prefixed(reader, hs.trailing_data()), writer, None
-                raise Refused("this anchor serves paired rovers only: pair it (anchorctl pair DEVICE; "
-                              "rover ... pair CODE)")
+                raise Refused("a plain link (no secure handshake)")
             elif ev == handshake.HELLO:
-                hs.secret(server.catalog.pairing_key(hs.device))
+                key = server.catalog.pairing_key(hs.device)
+                if key is None:
+                    # Answered as if paired, under a key nobody holds: the proof we send
+                    # is random to the peer either way, and the handshake fails at its
+                    # proof just as a wrong key's does. A status byte "not paired" told
+                    # anyone on the radio which device names are paired here.
+                    unknown = True
+                    key = os.urandom(secure.KEY_BYTES)
+                hs.secret(key)
                 writer.write(hs.data_to_send())
                 await writer.drain()
             else:               # ESTABLISHED
                 break
     except secure.SecureError as e:
-        raise Refused(str(e))
+        # The operator's log keeps the real reason; the peer gets REFUSED whatever it was.
+        raise Refused("device %r is not paired" % hs.device if unknown else str(e))
     sealer, opener = hs.records()
     r = SecureReader(_Prefixed(reader, hs.trailing_data()), opener)
     return r, SecureWriter(writer, sealer), hs.device

@@ -70,6 +70,11 @@ def main(argv=None):
     from rover.conversation import RoverError
     from anchor_core.messages import ProtocolError
 
+    if not MICROPYTHON:
+        # The state holds the pairing secret and the rover's view of its tree: its owner's
+        # only (a board's filesystem has no modes; the MicroPython unix port has no chmod).
+        from rover.private import make_private
+        make_private(opts["state"], umask=rest[0] in ("backup", "pair"))
     cmd = rest[0]
     if cmd == "pair":
         from rover.securelink import pair_command
@@ -118,11 +123,11 @@ def connect(url, opts, urgent=False):
         paired = True
     except OSError:
         paired = False
-    link = open_link(url, opts["device"], urgent)
     if not paired:
-        return link       # an --open anchor: the secure channel's code stays unloaded
+        return open_link(url, opts["device"], urgent)   # an --open anchor: the secure channel's code stays unloaded
     from rover.securelink import load_key, SecureLink
-    key = load_key(opts["state"])
+    key = load_key(opts["state"])     # before the link: a damaged key is not a link to retry
+    link = open_link(url, opts["device"], urgent)
     try:
         return SecureLink(link, opts["device"], key)
     except BaseException:
@@ -131,7 +136,7 @@ def connect(url, opts, urgent=False):
 
 
 def _backup(opts, root, log, t0):
-    from rover.link import cost, LinkError
+    from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
     from rover.backup import Backup
@@ -158,6 +163,9 @@ def _backup(opts, root, log, t0):
             s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait)).run()
             break
         except LinkError as e:
+            if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
+                print("rover: backup failed: %s" % e)
+                return 2
             # A radio comes and goes: reopen and resume; what the anchor has is not sent again.
             if attempt >= int(retries):
                 print("rover: backup failed: %s (after %d attempts)" % (e, attempt + 1))

@@ -7,16 +7,16 @@
 # would otherwise sit in the 256 KB heap through the whole backup.
 from anchor_core.compat import MICROPYTHON
 # Raised by every port; defined in a leaf module so that ports need not import this one.
-from rover.linkerror import LinkError, NotPaired  # noqa: F401
+from rover.linkerror import LinkError, BadAddress, NotPaired  # noqa: F401
 
 
 def _url(name, url, *args):
-    """anchor_core.linkurl's `name`(url, *args), its ValueError as LinkError."""
+    """anchor_core.linkurl's `name`(url, *args), its ValueError as BadAddress."""
     from anchor_core import linkurl
     try:
         return getattr(linkurl, name)(url, *args)
     except ValueError as e:
-        raise LinkError(str(e))
+        raise BadAddress(str(e))
     finally:
         if MICROPYTHON:
             drop_grammar()
@@ -65,7 +65,7 @@ def _serial(url, device, urgent):
 def _mqtt(url, device, urgent):
     from rover.mqtt_port import MqttPort
     if device is None:
-        raise LinkError("an MQTT link needs the device id")
+        raise BadAddress("an MQTT link needs the device id")
     host, port_no, opts = _url("host_port", url, "mqtt")
     return over_channel(MqttPort(host, port_no, device, opts.get("mtu")), urgent)
 
@@ -78,7 +78,7 @@ def _ble(url, device, urgent, adapter=None, **kw):
         from rover.ble_port import AiobleAdapter, GattPeripheralLink
         port = GattPeripheralLink(adapter or AiobleAdapter(name or device or "rover"), **kw)
     except ImportError:
-        raise LinkError("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
+        raise BadAddress("link %s: BLE needs aioble (a MicroPython board with Bluetooth)" % url)
     return over_channel(port, urgent)
 
 

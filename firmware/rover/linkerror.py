@@ -6,5 +6,10 @@ class LinkError(Exception):
     pass
 
 
+class BadAddress(LinkError):
+    """The link's address or settings are wrong (an unknown scheme, a malformed URL): no
+    retry can fix that, unlike a link that was lost."""
+
+
 class NotPaired(Exception):
     """The anchor does not know this rover's pairing, or could not prove its own."""

@@ -6,7 +6,7 @@ import os
 
 from anchor_core import secure
 from anchor_core.compat import MICROPYTHON
-from rover.linkerror import LinkError, NotPaired  # noqa: F401  (NotPaired: raised here)
+from rover.linkerror import LinkError, BadAddress, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
 RX_RECORD = 1024       # records the rover takes: the anchor seals no more per record
@@ -20,7 +20,8 @@ def load_key(state_dir):
     except OSError:
         return None
     if len(k) != secure.KEY_BYTES:
-        raise LinkError("%s%s is damaged: pair again (rover pair CODE)" % (state_dir, KEY_FILE))
+        # a setting to fix, not a link to retry
+        raise BadAddress("%s%s is damaged: pair again (rover pair CODE)" % (state_dir, KEY_FILE))
     return k
 
 
@@ -28,7 +29,12 @@ def save_key(state_dir, key):
     from rover import fsys
     fsys.makedirs(state_dir)
     tmp = state_dir + KEY_FILE + ".new"
-    with open(tmp, "wb") as f:
+    if MICROPYTHON:
+        f = open(tmp, "wb")
+    else:
+        # the owner's only from the start, whatever the umask
+        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    with f:
         f.write(key)
     fsys.rename(tmp, state_dir + KEY_FILE)
 

@@ -229,7 +229,7 @@ def test_no_device_is_407_with_a_clear_message(world):
         resp, body = via(port, "GET", origin.url("/x"), headers=headers)
         assert resp.status == 407, headers
         assert resp.getheader("Proxy-Authenticate", "").startswith("Basic ")
-        assert b"Proxy-Authorization: Basic base64(DEVICE:)" in body, body
+        assert b"Proxy-Authorization: Basic base64(DEVICE:SECRET)" in body, body
     assert origin.requests == []
 
 

@@ -18,8 +18,9 @@ ROVER_MPY = os.path.join(ROOT, "tools", "rover-mpy")
 class AnchorProc:
     """`anchor serve` in a child process on a free loopback port."""
 
-    def __init__(self, data_dir, *extra, secure=False):
+    def __init__(self, data_dir, *extra, secure=False, preexec_fn=None):
         self.data_dir = data_dir
+        self.preexec_fn = preexec_fn      # run in the child before exec (e.g. a lower RLIMIT_NOFILE)
         # Tests and benchmarks of everything but pairing run an --open anchor (plain rovers
         # served); secure=True runs it as shipped: paired rovers only.
         self.extra = list(extra) + ([] if secure else ["--open"])
@@ -33,7 +34,8 @@ class AnchorProc:
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "anchor"), "serve", "--data", self.data_dir,
              "--listen", "tcp://127.0.0.1:0", "--mgmt", "unix:" + self.mgmt] + self.extra,
-            stdout=subprocess.PIPE, stderr=self.log, bufsize=0)  # unbuffered: select must see every line
+            stdout=subprocess.PIPE, stderr=self.log, bufsize=0,  # unbuffered: select must see every line
+            preexec_fn=self.preexec_fn)
         # The daemon prints its port once it listens; read that line, bounded in time.
         deadline = time.monotonic() + timeout
         buf = b""

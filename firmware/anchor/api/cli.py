@@ -102,8 +102,8 @@ def main(argv=None):
               % (host, bound, host, bound, host, bound), flush=True)
         print("anchor: operators use  ANCHOR=unix:%s .venv/bin/anchorctl devices" % os.path.abspath(mgmt), flush=True)
         if proxy_bound is not None:
-            print("anchor: HTTP proxy on tcp://%s:%d; the proxy user names the device, e.g.\n"
-                  "    curl -x http://my-rover:@%s:%d http://example.org/"
+            print("anchor: HTTP proxy on tcp://%s:%d; a device authenticates with its pairing secret, e.g.\n"
+                  "    curl -x http://my-rover:$(xxd -p -c32 STATE/pairing.key)@%s:%d http://example.org/"
                   % (proxy[0], proxy_bound, proxy[0], proxy_bound), flush=True)
         if app.open:
             print("anchor: OPEN: rovers that are not paired are served too, unauthenticated and "

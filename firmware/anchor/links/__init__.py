@@ -11,11 +11,16 @@ its port module only when called.
 addresses and starts them.
 """
 import asyncio
+import errno
 import logging
+import socket
 
 from anchor_core import linkurl
 
 log = logging.getLogger("anchor")
+
+ACCEPT_RETRY = 1.0          # seconds before accepting again once out of descriptors
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 async def _tcp(url, on_port, server, **kw):
@@ -109,27 +114,68 @@ async def start_links(server, serial=(), mqtt_links=False, ble=None):
 
 
 class TcpListener:
-    """Rover links over TCP: each connection is a session stream, served directly."""
+    """Rover links over TCP: each connection is a session stream, served directly.
 
-    def __init__(self, server, host, port):
+    The accept loop is our own, not asyncio.start_server's: when the process is out of file
+    descriptors, asyncio's logs a traceback for every further accept attempt of the same
+    tick and schedules a retry for each (hundreds of thousands of tracebacks in a minute).
+    Here an accept error is logged once per interval and the next attempt waits a second."""
+
+    def __init__(self, server, host, port, limit=None):
         self.server = server
         self.host = host
         self.port = port           # the bound one once started (0 asks for a free one)
         self.name = "tcp://%s:%d" % (host, port)
-        self._srv = None
+        self.limit = limit         # asyncio's stream buffer, None: its default
+        self.sock = None
+        self._task = None
+        self._conns = set()        # tasks of the connections being served (kept referenced)
 
     def start(self):
         asyncio.ensure_future(self.start_serving())
 
     async def start_serving(self):
-        if self._srv is None:
-            self._srv = await asyncio.start_server(self.server.serve_stream, self.host, self.port)
-            self.port = self._srv.sockets[0].getsockname()[1]
+        if self.sock is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            self.sock = socket.create_server((self.host, self.port), family=family, backlog=128)
+            self.sock.setblocking(False)
+            self.port = self.sock.getsockname()[1]
             self.name = "tcp://%s:%d" % (self.host, self.port)
+            self._task = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self):
+        from anchor.admission import RateLog
+        loop = asyncio.get_running_loop()
+        rate = getattr(getattr(self.server, "admission", None), "rate", None) or RateLog()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except OSError as e:
+                if self.sock is None or self.sock.fileno() < 0:
+                    return
+                rate.warning("accept", "%s: cannot accept a connection (%s); trying again in %g s",
+                             self.name, e, ACCEPT_RETRY)
+                if e.errno in _OUT_OF_RESOURCES:
+                    await asyncio.sleep(ACCEPT_RETRY)     # a backoff: nothing to wait on instead
+                continue
+            t = loop.create_task(self._serve(conn))
+            self._conns.add(t)
+            t.add_done_callback(self._conns.discard)
+
+    async def _serve(self, conn):
+        try:
+            kw = {} if self.limit is None else {"limit": self.limit}
+            reader, writer = await asyncio.open_connection(sock=conn, **kw)
+        except OSError:
+            conn.close()
+            return
+        await self.server.serve_stream(reader, writer)
 
     async def serve_forever(self):
-        await self._srv.serve_forever()
+        await asyncio.shield(self._task)
 
     def close(self):
-        if self._srv is not None:
-            self._srv.close()
+        if self._task is not None:
+            self._task.cancel()
+        if self.sock is not None:
+            self.sock.close()

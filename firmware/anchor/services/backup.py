@@ -23,6 +23,14 @@ WATCH_SECONDS = 600     # how long queued data may take to pass through (docs/pr
 
 log = logging.getLogger("anchor.backup")
 
+# What a session may hold in the anchor's memory until COMMIT (docs/protocol.md section 4,
+# "Session limits"): the manifest delta, the objects it names, their chunk lists and the
+# sets of chunk ids in flight, charged as they grow at about what CPython spends on each.
+SESSION_STATE_MAX = 96 << 20      # per session
+TOTAL_STATE_MAX = 256 << 20       # all sessions together
+ENTRY_COST = 400                  # plus its path and symlink target
+CHUNK_COST = 160                  # a chunk id listed, needed, proven, uploaded or in use
+
 
 class BackupService:
     """What every backup session shares. One BackupHandler per link session (session())."""
@@ -34,14 +42,17 @@ class BackupService:
         self.retention = retention
         self.watchlist = watchlist
         self.regenerator = regenerator
+        self.state_bytes = 0              # charged by all live sessions (TOTAL_STATE_MAX)
 
     def session(self):
         return BackupHandler(self.catalog, self.store, self.trees, self.retention, self.watchlist,
-                             self.regenerator)
+                             self.regenerator, self)
 
 
 class BackupHandler:
-    def __init__(self, catalog, store, trees, retention, watchlist, regenerator):
+    def __init__(self, catalog, store, trees, retention, watchlist, regenerator, budget=None):
+        self.budget = budget              # BackupService: what all sessions hold together
+        self.state_bytes = 0              # what this one holds (charged by _charge)
         self.catalog = catalog
         self.store = store
         self.trees = trees
@@ -74,6 +85,27 @@ class BackupHandler:
         self.refused_more = 0         # bytes of the chunks dropped after the refusal
         self.rx_sent = 0              # payload bytes and raw bytes of the chunks received: how
         self.rx_raw = 0               # well this session's data compresses, for estimates
+
+    def _charge(self, n):
+        """Count n more bytes of session state; past a limit the session ends (E_TOO_LARGE)
+        before it holds them."""
+        total = self.budget.state_bytes if self.budget is not None else 0
+        if self.state_bytes + n > SESSION_STATE_MAX:
+            raise m.ProtocolError(m.E_TOO_LARGE, "this backup session holds %d entries and needs more than "
+                                  "the %d MiB of anchor memory a session may use before COMMIT; back up "
+                                  "the tree in parts (fewer changed files per snapshot)"
+                                  % (len(self.delta), SESSION_STATE_MAX >> 20))
+        if total + n > TOTAL_STATE_MAX:
+            raise m.ProtocolError(m.E_TOO_LARGE, "the anchor's sessions hold the %d MiB of memory they may "
+                                  "use together; try again later" % (TOTAL_STATE_MAX >> 20))
+        self.state_bytes += n
+        if self.budget is not None:
+            self.budget.state_bytes += n
+
+    def _uncharge(self):
+        if self.budget is not None:
+            self.budget.state_bytes -= self.state_bytes
+        self.state_bytes = 0
 
     def handle(self, msg):
         t = msg[m.MSG_TYPE]
@@ -135,7 +167,10 @@ class BackupHandler:
         wanted = []
         watched = []
         self.wanted = {}                  # entry index in this batch -> object id
-        for i, e in enumerate(msg[m.ENTRIES_ITEMS]):
+        items = msg[m.ENTRIES_ITEMS]
+        self._charge(sum(ENTRY_COST + len(e[m.ENTRY_PATH])
+                         + len(e[m.ENTRY_TARGET] or "" if len(e) > m.ENTRY_TARGET else "") for e in items))
+        for i, e in enumerate(items):
             key = m.path_key(e[m.ENTRY_PATH])
             if self.last_key is not None and key <= self.last_key:
                 raise m.ProtocolError(m.E_PROTOCOL, "entries out of order at %r" % e[m.ENTRY_PATH])
@@ -196,6 +231,8 @@ class BackupHandler:
         if (info is None or self.store.missing(info[self.catalog.OBJECT_CHUNKS])
                 or object_id(info[self.catalog.OBJECT_SIZE], b"".join(info[self.catalog.OBJECT_CHUNKS])) != oid):
             return False
+        in_use = self.in_use
+        self._charge(CHUNK_COST * sum(1 for c in info[self.catalog.OBJECT_CHUNKS] if c not in in_use))
         self.in_use.update(info[self.catalog.OBJECT_CHUNKS])      # kept from eviction until this session ends
         return True
 
@@ -236,6 +273,7 @@ class BackupHandler:
         return int(n * (mean * ratio + retention.RECORD))
 
     def _list_part(self, oid, start, ids, last):
+        self._charge(CHUNK_COST * len(ids))
         got = self.declaring.setdefault(oid, bytearray())
         if start != len(got) // 32:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk list resumes at %d, expected %d" % (start, len(got) // 32))
@@ -345,6 +383,7 @@ class BackupHandler:
         self.retention.release(self.in_use)
         for oid in self.watching:
             self.watchlist.remove(self.dev, oid)
+        self._uncharge()
 
     def flush(self):
         """Make received chunks durable, then record that this device holds them.

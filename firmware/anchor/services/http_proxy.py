@@ -6,7 +6,10 @@ HEAD, PUT and POST over its own uplink and streams the answer back, and keeps ev
 body exactly as the relay does: a 200 answer to a GET, and the body of a PUT or POST. A body
 that breaks off is never kept, and the client sees the break (the connection closes short).
 
-The device is the user name of `Proxy-Authorization: Basic base64(DEVICE:)`. CONNECT is
+The device is the user name of `Proxy-Authorization: Basic base64(DEVICE:SECRET)`, SECRET
+its pairing secret in hex (the 32 bytes of the rover's pairing.key): a paired device is
+served only with it. An --open anchor also serves devices that are not paired, on their
+word. Every other client gets 407, the same answer whatever was wrong. CONNECT is
 refused: the bytes of a TLS tunnel cannot be seen into, so HTTPS goes through the rover's
 `fetch` relay, which terminates TLS at the anchor.
 
@@ -23,6 +26,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 from anchor_core import messages as m
+from anchor_core.secure import equal
 
 log = logging.getLogger("anchor.proxy")
 
@@ -33,6 +37,7 @@ MAX_INTERIM = 8               # 1xx answers skipped before the real one
 MAX_TRAILERS = 32
 MAX_REQUESTS = 10000          # per client connection
 IDLE_TIMEOUT = 60.0           # between requests on a kept-alive client connection
+FIRST_HEAD = 10.0             # from connecting to the end of the first request head
 READ_BLOCK = 65536
 METHODS = ("GET", "HEAD", "PUT", "POST")
 # Not passed on; Expect too, because the proxy answers 100-continue itself.
@@ -46,9 +51,10 @@ _REASONS = {400: "Bad Request", 407: "Proxy Authentication Required", 411: "Leng
 TLS_REFUSED = ("CONNECT refused: this anchor does not tunnel TLS, because it cannot capture what it "
                "cannot read. Fetch https:// URLs with the rover's relay instead "
                "(rover ... fetch https://HOST/PATH --out FILE); the anchor terminates TLS itself there.\n")
-AUTH_NEEDED = ("Name your device: this proxy files what passes under the device that sent it. Send "
-               "Proxy-Authorization: Basic base64(DEVICE:), e.g. proxy URL http://DEVICE:@ANCHOR:PORT "
-               "(DEVICE: 1-64 letters, digits, '.', '_', '-').\n")
+AUTH_NEEDED = ("Authenticate as your device: this proxy serves paired devices and files what "
+               "passes under the device that sent it. Send Proxy-Authorization: Basic "
+               "base64(DEVICE:SECRET), SECRET the pairing secret in hex (the rover's pairing.key), "
+               "e.g. proxy URL http://DEVICE:SECRET@ANCHOR:PORT.\n")
 
 
 class HttpError(Exception):
@@ -178,28 +184,49 @@ def _chunk(data):
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def _device(headers):
-    """The device named in Proxy-Authorization, or HttpError 407."""
-    need = [("Proxy-Authenticate", 'Basic realm="anchor: proxy user = device id"')]
+def _refuse():
+    """407, the same for every reason (no credentials, an unknown device, a wrong secret):
+    a stranger must not learn which device names are paired."""
+    return HttpError(407, AUTH_NEEDED, headers=[("Proxy-Authenticate", 'Basic realm="anchor: device:pairing-secret"')])
+
+
+def _device(headers, catalog, open_anchor):
+    """The device Proxy-Authorization proves (or, at an --open anchor, names when it is not
+    paired), or HttpError 407."""
     creds = [v for k, v in headers if k.lower() == "proxy-authorization"]
-    if not creds:
-        raise HttpError(407, "No Proxy-Authorization. " + AUTH_NEEDED, headers=need)
+    if len(creds) != 1:
+        raise _refuse()
     scheme, _, token = creds[0].partition(" ")
     try:
         if scheme.lower() != "basic":
             raise ValueError("scheme %r" % scheme)
-        user = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[0]
-        return m.check_device(user)
-    except (ValueError, binascii.Error, UnicodeDecodeError, m.ProtocolError) as e:
-        raise HttpError(407, "Proxy-Authorization not understood (%s). %s"
-                        % (getattr(e, "text", e), AUTH_NEEDED), headers=need)
+        user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+        device = m.check_device(user)
+    except (ValueError, binascii.Error, UnicodeDecodeError, m.ProtocolError):
+        raise _refuse()
+    key = catalog.pairing_key(device)
+    if key is None:
+        if open_anchor:
+            return device
+        # compared anyway, so that an unknown name costs what a known one does
+        key = os.urandom(32)
+    try:
+        given = bytes.fromhex(password)
+    except ValueError:
+        given = b""
+    if not equal(given, key):
+        raise _refuse()
+    return device
 
 
 # --- the proxy -----------------------------------------------------------------------------
 
 class HttpProxy:
-    def __init__(self, catalog, capture, spool_dir, timeout, max_body, keep_bodies=True):
-        self.catalog = catalog            # devices by proxy user name, and their counters
+    def __init__(self, catalog, capture, spool_dir, timeout, max_body, keep_bodies=True, open=False,
+                 admission=None):
+        self.catalog = catalog            # pairings (proxy passwords), device counters
+        self.open = open                  # --open: devices that are not paired are served too
+        self.admission = admission        # anchor/admission.py: how many clients at most
         self.capture = capture
         self.spool_dir = spool_dir
         self.timeout = timeout
@@ -207,15 +234,36 @@ class HttpProxy:
         self.keep_bodies = keep_bodies    # False only to measure capture (anchor serve --no-capture)
 
     async def start(self, host, port):
-        return await asyncio.start_server(self.client, host, port, limit=STREAM_LIMIT)
+        """A started listener (anchor.links.TcpListener: .port, .close())."""
+        from anchor.links import TcpListener
+        lst = TcpListener(self, host, port, limit=STREAM_LIMIT)
+        await lst.start_serving()
+        return lst
+
+    async def serve_stream(self, reader, writer):
+        """One client connection, while it holds a place among the proxy's clients."""
+        peer = writer.get_extra_info("peername")
+        slot = None
+        if self.admission is not None:
+            slot = self.admission.take_proxy(peer[0] if isinstance(peer, tuple) else peer, writer.transport.abort)
+            if slot is None:
+                writer.transport.abort()
+                return
+        try:
+            await self.client(reader, writer)
+        finally:
+            if slot is not None:
+                slot.release()
 
     async def client(self, reader, writer):
-        """One client connection: requests one after another while both sides keep it."""
+        """One client connection: requests one after another while both sides keep it. The
+        first request head must come within FIRST_HEAD seconds (a silent connection holds a
+        descriptor for nothing)."""
         peer = writer.get_extra_info("peername")
         try:
-            for _ in range(MAX_REQUESTS):
+            for n in range(MAX_REQUESTS):
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT if n else FIRST_HEAD)
                     if len(head) > MAX_HEAD:
                         raise asyncio.LimitOverrunError("head", len(head))
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
@@ -277,7 +325,7 @@ class HttpProxy:
                 raise ValueError("no host")
         except ValueError as e:
             raise HttpError(400, "bad URL %r: %s\n" % (target[:200], e))
-        device = _device(headers)
+        device = _device(headers, self.catalog, self.open)
         if req_framing is None:
             if method in ("PUT", "POST"):
                 raise HttpError(411, "%s needs Content-Length or Transfer-Encoding: chunked\n" % method)
