@@ -29,8 +29,23 @@ BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUF
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
 LIST_IDS = const(64)           # chunk ids per CHUNKLIST message, all parts (2.3 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
-STATE_VERSION = const(1)
+STATE_VERSION = const(2)
 _PROBE = const(4096)           # bytes tried first to see whether compressing a chunk pays
+_ENOENT = const(2)
+
+# Names and times (docs/protocol.md §3, "Entries"). An anchor without CAP_NAMES takes paths
+# of 1024 bytes and 64 components, text names only and 64-bit signed mtimes.
+_WELCOME_CAPS = const(4)       # messages._WELCOME_CAPS, copied (test_message_copies)
+_MAX_PATH = const(4096)
+_OLD_PATH = const(1024)
+_OLD_DEPTH = const(64)
+_ENTRY_ROOM = const(7680)      # path + link target of one entry: one message in TX_SIZE
+_READS = const(3)              # reads of a file that changes under them, then it is skipped
+# An entry whose mtime is not older than the backup's start (less this margin) is re-read
+# by the next backup whatever its size and mtime say: an edit within the file system's
+# timestamp granularity (whole seconds on MicroPython, 2 s on FAT) keeps both. The margin
+# covers that granularity and a state folder on another file system than the tree.
+_RACY_MARGIN = 2000000000
 
 
 WINDOW = const(64)             # names of one folder held at a time
@@ -44,111 +59,174 @@ _PART_IDS = const(2)
 _PART_WANTED = const(2)
 
 
-def _next_names(path, after, log):
-    """The WINDOW smallest names in folder `path` greater than `after`, sorted.
+class Changed(RoverError):
+    """A file's bytes changed after they were hashed, before the anchor had them all: this
+    session cannot commit it. The run starts a new session (what was sent is kept)."""
+
+    def __init__(self, rel):
+        RoverError.__init__(self, "%s changed during the backup" % show(rel))
+        self.rel = rel
+
+
+class _Skip(Exception):
+    pass
+
+
+def show(p):
+    """A path for people: raw bytes that are not UTF-8 are shown escaped."""
+    if type(p) is str:
+        return p
+    try:
+        return p.decode()
+    except UnicodeError:
+        return repr(p)[2:-1]
+
+
+def _next_names(path, after, skip, rel):
+    """The WINDOW smallest (name, kind, inode) in folder `path` with a name greater than
+    `after`, sorted.
 
     Streams the listing and keeps only the window, so a folder of any size fits the heap;
     a folder of n names costs n / WINDOW listings (a 2,000-photo camera folder: 32).
     """
     best = []
     try:
-        for name in fsys.iterdir(path):
+        for e in fsys.entries(path):
+            name = e[0]
             if after is not None and name <= after:
                 continue
             if len(best) >= WINDOW:
-                if name >= best[-1]:
+                if name >= best[-1][0]:
                     continue
                 best.pop()
             lo = 0
             hi = len(best)
             while lo < hi:
                 mid = (lo + hi) // 2
-                if best[mid] < name:
+                if best[mid][0] < name:
                     lo = mid + 1
                 else:
                     hi = mid
-            best.insert(lo, name)
+            best.insert(lo, e)
     except OSError as e:
-        log("cannot list %s (%s): backed up as empty" % (path, e))
+        if not rel:
+            raise             # the root itself: never commit a snapshot of nothing
+        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot" % e)
         return []
     return best
 
 
-def walk(root, log=None):
-    """Yield (relative path, stat) in canonical order: depth first, names sorted.
+def walk(root, skip=None):
+    """Yield (relative path as bytes, entry) in canonical order: depth first, names sorted.
+    Symlinks are entries, never followed. What cannot be read is reported to skip(path, why).
 
-    Memory holds one window of one folder's names plus the chain of folders above it;
-    nothing grows with the number of files in a folder or in the tree.
+    Memory holds one window of one folder's names and the current folder's path: nothing
+    grows with the number of files in a folder, the tree, or its depth.
     """
-    log = log or (lambda s: None)
-    fsys.stat(root)                # a missing root is an error, never an empty backup
-    chain = [["", None]]           # [relative folder, last name handled in it]
-    names = _next_names(root, None, log)
+    skip = skip or (lambda p, why: None)
+    if type(root) is str:
+        root = fsys.fsencode(root)
+    fsys.entry(root, 0, 0)         # a missing root is an error, never an empty backup
+    folder = b""                   # the folder being listed, relative to root
+    last = None                    # the last name handled in it
+    names = _next_names(root, None, skip, b"")
     i = 0
     while True:
         if i >= len(names):
-            if len(names) == WINDOW:       # more names may follow the last one
-                top = chain[-1]
-                names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
-                i = 0
-                continue
-            if len(chain) == 1:
-                return
-            chain.pop()
-            top = chain[-1]
-            names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
+            if len(names) < WINDOW:
+                if not folder:
+                    return
+                # Back up one level: the folder just finished is the last name handled there.
+                j = folder.rfind(b"/")
+                last = folder[j + 1:]
+                folder = folder[:j] if j >= 0 else b""
+            names = None
+            names = _next_names(root + b"/" + folder if folder else root, last, skip, folder)
             i = 0
             continue
-        top = chain[-1]
-        top[1] = names[i]
-        rel = fsys.join(top[0], names[i])
+        e = names[i]
         i += 1
-        full = root + "/" + rel
+        last = e[0]
+        rel = folder + b"/" + last if folder else last
+        full = root + b"/" + rel
         try:
-            s = fsys.stat(full)
-        except OSError:
-            continue          # vanished between listing and stat
+            s = fsys.entry(full, e[1], e[2])
+        except OSError as x:
+            if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
+                skip(rel, "cannot read it (%s)" % x)
+            continue
         if s is None:
             continue          # sockets, devices, fifos: nothing to back up
         yield rel, s
         if s[0] == m.T_DIR:
-            chain.append([rel, None])
+            folder = rel
+            last = None
             names = None
             gc.collect()
-            names = _next_names(full, None, log)
+            names = _next_names(full, None, skip, rel)
             i = 0
 
 
-def load_state(state_dir, device):
+def load_state(state_dir, device, log=None):
+    """The rover's state [version, device, parent, root digest, racy-from (ns), check], or
+    None when there is none or it is damaged (then the whole tree is described again, and
+    the anchor still answers "have" for everything it holds)."""
+    path = state_dir + "/state.cbor"
     try:
-        f = open(state_dir + "/state.cbor", "rb")
-    except OSError:
+        f = open(path, "rb")
+    except OSError as e:
+        if e.args and e.args[0] != _ENOENT and log:
+            log("cannot read %s (%s): describing the whole tree" % (path, e))
         return None
-    with f:
-        st = cbor.decode(f.read())
-    if type(st) is not list or len(st) < 4 or st[0] != STATE_VERSION:
-        raise RoverError("state in %s has an unknown format" % state_dir)
+    try:
+        with f:
+            data = f.read(1024)
+        st = cbor.decode(data)
+        if type(st) is not list or len(st) < 4 or st[0] not in (1, STATE_VERSION):
+            raise ValueError("unknown format")
+        if st[0] == STATE_VERSION:
+            if len(st) < 6 or hashlib.sha256(cbor.encode(st[:5])).digest()[:8] != st[5]:
+                raise ValueError("check value does not match")
+        else:
+            st.append(None)          # version 1: no racy-from; every file is re-read once
+        if (st[2] is not None and type(st[2]) is not int) or type(st[3]) is not bytes:
+            raise ValueError("unknown format")
+    except (ValueError, OSError, IndexError, TypeError) as e:
+        if log:
+            log("state %s is damaged (%s): describing the whole tree" % (path, e))
+        return None
     if st[1] != device:
         raise RoverError("state in %s belongs to device %r, not %r" % (state_dir, st[1], device))
     return st
 
 
-def save_state(state_dir, device, parent, root):
+def save_state(state_dir, device, parent, root, racy=None):
     tmp = state_dir + "/state.cbor.new"
+    st = [STATE_VERSION, device, parent, root, racy]
+    st.append(hashlib.sha256(cbor.encode(st)).digest()[:8])
     with open(tmp, "wb") as f:
-        f.write(cbor.encode([STATE_VERSION, device, parent, root]))
+        f.write(cbor.encode(st))
+        fsys.fsync(f)             # the bytes on flash before the name points at them
     fsys.rename(tmp, state_dir + "/state.cbor")
 
 
 class Backup(Conversation):
-    def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600):
+    def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600,
+                 warn=None, volatile=None, full=False):
         Conversation.__init__(self, link, device, log)
         self.state_dir = state_dir
-        self.root = root.rstrip("/") or "/"
+        self.root = fsys.fsencode(root.rstrip("/") or "/")
         # Files under `outbox` (relative to root) are queued to go out through the relay:
         # the anchor may wait up to watch_wait seconds to see them pass instead.
-        self.outbox = outbox.strip("/") if outbox else None
+        self.outbox = fsys.fsencode(outbox.strip("/")) + b"/" if outbox else None
         self.watch_wait = watch_wait
+        # What could not be stored goes to warn (printed even with --quiet).
+        self.warn = warn or self.log
+        # rel -> times it changed while uploaded, over the sessions of one run (Changed).
+        self.volatile = volatile if volatile is not None else {}
+        self.full = full             # describe the whole tree, whatever the state says
+        self.names = False           # the anchor takes raw names, long paths, wide mtimes
+        self.racy = None
         self.watches = []        # (path, oid, first record in the watch file, count)
         self.wpath = state_dir + "/watch.chunks"
         self.wfile = None
@@ -160,19 +238,45 @@ class Backup(Conversation):
         self.files = {}          # batch index -> (full path, oid, first record, count)
         self.nrec = 0
         self.batch_bytes = 0
+        self.next_bytes = 0
         self.cfile = None
         self.cpath = state_dir + "/batch.chunks"
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
-                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None}
+                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0}
+
+    def skip(self, rel, why):
+        self.stats["skipped"] += 1
+        self.warn("not stored: %s: %s" % (show(rel), why))
 
     # --- the backup --------------------------------------------------------------------
 
     def run(self):
+        from rover.statelock import StateLock
         fsys.makedirs(self.state_dir)
-        st = load_state(self.state_dir, self.device)
-        parent = st[2] if st else None
-        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
+        lock = StateLock(self.state_dir, self.log)
+        lock.take()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self):
+        # The file system's own clock at the start, from a file it just wrote: what
+        # changes from here on has an mtime at least this (less the margin).
+        scan = self.state_dir + "/scan"
+        with open(scan, "wb") as f:
+            f.write(b"x")
+        racy_from = fsys.mtime_ns(scan) - _RACY_MARGIN
         tree_path = self.state_dir + "/tree"
+        st = None if self.full else load_state(self.state_dir, self.device, self.log)
+        parent = st[2] if st else None
+        if parent is not None and not treefile.verify(tree_path, st[3]):
+            self.log("the local copy of snapshot %d is damaged: describing the whole tree" % parent)
+            parent = None
+        if parent is not None:
+            self.racy = st[4]
+        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
+        self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & m.CAP_NAMES)
         if parent is not None and not w[m.WELCOME_PARENT_OK]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
             parent = None
@@ -184,19 +288,23 @@ class Backup(Conversation):
         self._open_batch()
         old = next(old_iter, None)
         try:
-            for rel, s in walk(self.root, self.log):
+            for rel, s in walk(self.root, self.skip):
                 key = m.path_key(rel)
                 while old is not None and m.path_key(old[m.REC_PATH]) < key:
                     self._delete(old[m.REC_PATH])
                     old = next(old_iter, None)
                 prev = None
-                if old is not None and old[m.REC_PATH] == rel:
+                if old is not None and m.path_key(old[m.REC_PATH]) == key:
                     prev = old
                     old = next(old_iter, None)
-                rec = self._record(rel, s, prev)
-                if rec is None:          # vanished or unreadable: not in this snapshot
+                try:
+                    rec = self._record(rel, s, prev)
+                except _Skip as e:
+                    self.skip(rel, e.args[0])
+                    rec = None
+                if rec is None:          # vanished or not stored: not in this snapshot
                     if prev is not None:
-                        self._delete(rel)
+                        self._delete(prev[m.REC_PATH])
                     continue
                 enc = cbor.encode(rec)
                 digest.update(enc)
@@ -222,52 +330,126 @@ class Backup(Conversation):
                 self.wfile = None
             fsys.remove(self.wpath)
         fsys.rename(new_path, tree_path)
-        save_state(self.state_dir, self.device, snap, root)
+        save_state(self.state_dir, self.device, snap, root, racy_from)
         self.stats["entries"] = writer.count
         self.stats["bytes"] = total
         self.stats["snapshot"] = snap
         return self.stats
 
+    def _name(self, raw, what):
+        """The wire form of a raw name: text if it is UTF-8, else the bytes themselves."""
+        try:
+            return raw.decode()
+        except UnicodeError:
+            if not self.names:
+                raise _Skip("its %s is not UTF-8, and the anchor is too old to store raw names" % what)
+            return raw
+
+    def _mtime(self, t):
+        lo, hi = (-(1 << 64), (1 << 64) - 1) if self.names else (-(1 << 63), (1 << 63) - 1)
+        return lo if t < lo else (hi if t > hi else t)
+
     def _record(self, rel, s, prev):
         t, size, mtime, mode, target = s
-        if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == mtime
-                and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target):
+        if t == m.T_LINK and target is None:
+            raise _Skip("a symbolic link, not followed; this runtime cannot read its target")
+        if len(rel) > (_MAX_PATH if self.names else _OLD_PATH):
+            raise _Skip("its path is %d bytes long, longer than the anchor stores (%d)"
+                        % (len(rel), _MAX_PATH if self.names else _OLD_PATH))
+        if not self.names and rel.count(b"/") >= _OLD_DEPTH:
+            raise _Skip("its path is deeper than the anchor stores (%d)" % _OLD_DEPTH)
+        if target is not None:
+            if len(rel) + len(target) > _ENTRY_ROOM or len(target) > (_MAX_PATH if self.names else _OLD_PATH):
+                raise _Skip("its link target is too long to store (%d bytes)" % len(target))
+            target = self._name(target, "link target")
+        path = self._name(rel, "name")
+        if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == self._mtime(mtime)
+                and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target
+                and (t != m.T_FILE or (self.racy is not None and mtime < self.racy))):
             return prev       # unchanged: the anchor already has it, say nothing
+        # Room in this batch's message first: a flush after hashing would lose the file's
+        # chunk records with the batch scratch file.
+        self._room(len(rel) + (len(s[4]) if s[4] is not None else 0))
         oid = None
         idx = len(self.batch)
         if t == m.T_FILE:
+            if self.volatile.get(rel, 0) >= 2:
+                raise _Skip("it changed while it was being uploaded, in two sessions")
+            first = self.nrec
             try:
-                oid, size, first, n = self._hash_file(self.root + "/" + rel)
+                oid, size, mtime = self._hash_file(rel, size, mtime)
             except OSError as e:
-                self.log("skipping %s: %s" % (rel, e))
-                return None
-            self.files[idx] = (self.root + "/" + rel, oid, first, n)
+                if e.args and e.args[0] == _ENOENT:
+                    return None
+                raise _Skip("cannot read it (%s)" % e)
+            if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_OID] == oid and prev[m.REC_SIZE] == size
+                    and prev[m.REC_MTIME] == self._mtime(mtime) and prev[m.REC_MODE] == mode):
+                # Re-read because its mtime was racy, and the same after all: nothing to send.
+                self.nrec = first
+                self.cfile.seek(first * _REC)
+                return prev
+            self.files[idx] = (self.root + b"/" + rel, oid, first, self.nrec - first)
+        if self._mtime(mtime) != mtime:
+            self.skip(rel, "its modification time (%d ns) is beyond what the anchor stores: its "
+                           "content is stored, with the time %d ns" % (mtime, self._mtime(mtime)))
+            mtime = self._mtime(mtime)
         flags = 0
-        if self.outbox and t == m.T_FILE and rel.startswith(self.outbox + "/"):
+        if self.outbox and t == m.T_FILE and rel.startswith(self.outbox):
             flags = m.FLAG_QUEUED
-        self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target, flags))
+        self.batch.append(m.put_entry(path, t, size, mtime, mode, oid, target, flags))
         self.stats["changed"] += 1
         self._maybe_flush()
-        return m.tree_record(rel, t, size, mtime, mode, oid, target)
+        return m.tree_record(path, t, size, mtime, mode, oid, target)
 
     def _delete(self, path):
+        self._room(len(m.path_key(path)))
         self.batch.append(m.del_entry(path))
         self.stats["deleted"] += 1
         self._maybe_flush()
 
-    def _hash_file(self, path):
+    def _hash_file(self, rel, size, mtime):
+        """(object id, size, mtime) of a consistent read of file `rel`: its size and mtime
+        the same before and after, and as many bytes read. A file that changes while it is
+        read is read again, up to _READS times; then it is skipped."""
+        path = self.root + b"/" + rel
         first = self.nrec
-        oid = chunker.ObjectId()
-        size = 0
-        with open(path, "rb") as f:
-            for off, ln, cid in chunker.chunks_of(f, self.cbuf):
-                oid.add(cid)
-                self.cfile.write(struct.pack(">QI", off, ln))
-                self.cfile.write(cid)
-                self.nrec += 1
-                size = off + ln
-        self.stats["hashed_bytes"] += size
-        return oid.finish(size), size, first, self.nrec - first
+        for _ in range(_READS):
+            self.nrec = first
+            self.cfile.seek(first * _REC)
+            oid = chunker.ObjectId()
+            got = 0
+            with open(path, "rb") as f:
+                for off, ln, cid in chunker.chunks_of(f, self.cbuf):
+                    oid.add(cid)
+                    self.cfile.write(struct.pack(">QI", off, ln))
+                    self.cfile.write(cid)
+                    self.nrec += 1
+                    got = off + ln
+            self.stats["hashed_bytes"] += got
+            after = fsys.entry(path, fsys.S_IFREG, 0)
+            if after is None or after[0] != m.T_FILE:
+                raise _Skip("it was replaced while it was read")
+            if got == size and after[1] == size and after[2] == mtime:
+                return oid.finish(size), size, mtime
+            size, mtime = after[1], after[2]
+        self.nrec = first
+        self.cfile.seek(first * _REC)
+        raise _Skip("it kept changing while it was read (%d reads)" % _READS)
+
+    def _changed(self, path):
+        """The bytes of `path` are no longer those hashed: end this session (the anchor
+        keeps what arrived) and let the run start another one."""
+        try:
+            self.send(m.error(m.E_BAD_DATA, "a file changed during the backup"))
+        except Exception:
+            pass
+        raise Changed(path[len(self.root) + 1:])
+
+    def _open(self, path):
+        try:
+            return open(path, "rb")
+        except OSError:
+            self._changed(path)       # deleted or replaced since it was hashed
 
     # --- batches -----------------------------------------------------------------------
 
@@ -278,10 +460,15 @@ class Backup(Conversation):
         self.batch = []
         self.files = {}
 
+    def _room(self, nbytes):
+        # Long paths and link targets (4 KiB each) must still fit one message in TX_SIZE.
+        if self.batch and self.batch_bytes + nbytes + 64 > _ENTRY_ROOM:
+            self._flush_batch()
+            self._open_batch()
+        self.next_bytes = nbytes       # the raw bytes of the entry's names, for _maybe_flush
+
     def _maybe_flush(self):
-        e = self.batch[-1]
-        self.batch_bytes += len(e[m.ENTRY_PATH]) + 64 + (
-            len(e[m.ENTRY_TARGET]) if len(e) > m.ENTRY_TARGET and e[m.ENTRY_TARGET] else 0)
+        self.batch_bytes += self.next_bytes + 64
         if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS or self.batch_bytes >= BATCH_BYTES:
             self._flush_batch()
             self._open_batch()
@@ -324,7 +511,7 @@ class Backup(Conversation):
                 self.wfile.write(self.recbuf)
             self.watches.append((path, oid, start, n))
             self.log("the anchor watches for %s (up to %d s): it is to pass through, or the anchor "
-                     "fetches it again from its origin" % (path[len(self.root) + 1:], w[m.WATCH_SECONDS]))
+                     "fetches it again from its origin" % (show(path[len(self.root) + 1:]), w[m.WATCH_SECONDS]))
 
     def _wait_for_watched(self):
         if not self.watches:
@@ -398,7 +585,7 @@ class Backup(Conversation):
                 continue
             idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
-            f = open(path, "rb")
+            f = self._open(path)
             try:
                 for i in wanted:
                     if i >= len(ids):
@@ -417,7 +604,7 @@ class Backup(Conversation):
                 continue
             idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
-            f = open(path, "rb")
+            f = self._open(path)
             try:
                 for i in positions[k]:
                     if i >= len(ids):
@@ -426,7 +613,7 @@ class Backup(Conversation):
                     f.seek(off)
                     mv = memoryview(self.cbuf)[:ln]
                     if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
-                        raise RoverError("%s changed during the backup; run it again" % path)
+                        self._changed(path)
                     self.send(m.proof(cid, hmac_sha256(nonce, mv)[:m.PROOF_TAG]))
                     self.stats["chunks_proven"] = self.stats.get("chunks_proven", 0) + 1
             finally:
@@ -436,7 +623,7 @@ class Backup(Conversation):
         f.seek(off)
         mv = memoryview(self.cbuf)[:ln]
         if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
-            raise RoverError("%s changed during the backup; run it again" % path)
+            self._changed(path)
         enc = m.ENC_RAW
         if zlib is not None:
             comp = zlib.compress(mv, 6)

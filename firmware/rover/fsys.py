@@ -1,5 +1,8 @@
 # File system access for the rover on both runtimes: MicroPython's os has ilistdir and a
 # tuple stat with whole seconds; CPython has lstat with nanoseconds and symlinks.
+#
+# The tree walk works on raw bytes paths (entries(), entry()): a name that is not UTF-8 is
+# still a name (MicroPython's ilistdir of a text path raises UnicodeError on one).
 import os
 
 from anchor_core.compat import MICROPYTHON
@@ -17,7 +20,72 @@ def join(a, b):
     return a + "/" + b
 
 
+def _signed(t):
+    # MicroPython's stat gives time_t as an unsigned machine word: a time before 1970
+    # comes back as 2**64 - seconds.
+    if t >= 1 << 63:
+        return t - (1 << 64)
+    return t
+
+
 if MICROPYTHON:
+    def fsencode(p):
+        return p.encode() if type(p) is str else p
+
+    def entries(path):
+        """(name, kind, inode) of folder `path` (bytes): kind is the S_IFMT bits of the
+        entry itself (a symlink is S_IFLNK), 0 where the file system does not say."""
+        for e in os.ilistdir(path):
+            yield e[0], e[1] & S_IFMT, e[2]
+
+    def entry(path, kind, ino):
+        """(type, size, mtime_ns, mode, target) of the entry `path` (bytes) itself, never
+        what a symlink points at; None for things a backup skips. A symlink comes back with
+        target None: MicroPython cannot read link targets."""
+        if kind == S_IFLNK:
+            return (m.T_LINK, 0, 0, 0, None)
+        s = os.stat(path)         # follows symlinks: the listing's kind says what it is
+        fmt = s[0] & S_IFMT
+        if kind == 0 and ino and s[1] != ino:
+            # No kind in the listing and stat reached another inode: a symlink.
+            return (m.T_LINK, 0, 0, 0, None)
+        if kind and fmt != kind:
+            # Replaced between listing and stat (now a link, or another type): not followed.
+            if kind == S_IFDIR or fmt == S_IFDIR:
+                return (m.T_LINK, 0, 0, 0, None)
+        if fmt == S_IFDIR:
+            t = m.T_DIR
+        elif fmt == S_IFREG:
+            t = m.T_FILE
+        else:
+            return None
+        return (t, s[6] if t == m.T_FILE else 0, _signed(s[8]) * 1000000000, s[0] & 0o7777, None)
+
+    def mtime_ns(path):
+        return _signed(os.stat(path)[8]) * 1000000000
+
+    def fsync(f):
+        # No fsync here: flush hands the bytes to the VFS (FAT and LittleFS commit a file on
+        # close, and on the Unix port the kernel has them).
+        f.flush()
+
+    def my_pid():
+        try:
+            with open("/proc/self/stat", "rb") as f:
+                return int(f.read(32).split(b" ")[0])
+        except (OSError, ValueError):
+            return 0
+
+    def pid_alive(pid):
+        """True/False where processes can be checked (/proc), None where they cannot."""
+        if not exists("/proc/self"):
+            return None
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                return b"rover" in f.read(4096)
+        except OSError:
+            return False
+
     def listdir(path):
         return [e[0] for e in os.ilistdir(path)]
 
@@ -60,6 +128,54 @@ if MICROPYTHON:
         except OSError:
             pass
 else:
+    fsencode = os.fsencode
+
+    def entries(path):
+        with os.scandir(path) as it:
+            for e in it:
+                yield e.name, 0, 0
+
+    def entry(path, kind, ino):
+        s = os.lstat(path)
+        fmt = s.st_mode & S_IFMT
+        target = None
+        if fmt == S_IFDIR:
+            t = m.T_DIR
+        elif fmt == S_IFREG:
+            t = m.T_FILE
+        elif fmt == S_IFLNK:
+            t = m.T_LINK
+            target = os.readlink(path)
+        else:
+            return None
+        return (t, s.st_size if t == m.T_FILE else 0, s.st_mtime_ns, s.st_mode & 0o7777, target)
+
+    def mtime_ns(path):
+        return os.stat(path).st_mtime_ns
+
+    def fsync(f):
+        f.flush()
+        os.fsync(f.fileno())
+
+    def my_pid():
+        return os.getpid()
+
+    def pid_alive(pid):
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                return b"rover" in f.read(4096)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+
     def listdir(path):
         return os.listdir(path)
 
