@@ -1,0 +1,265 @@
+"""End to end, both rover runtimes against a real anchor: odd trees (raw names, deep and long
+paths, times before 1970 and far ahead, symlinks and loops), edits within the timestamp
+granularity, and a rover's state on bad days (a second rover, damaged state files)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover, snapshot_of
+
+RUNTIMES = ["cpython", "micropython"]
+EXIT_INCOMPLETE = 3
+
+
+@pytest.fixture
+def anchor(tmp_path):
+    a = AnchorProc(str(tmp_path / "anchor")).start()
+    yield a
+    a.stop()
+
+
+def _mkchain(top, names):
+    """Folders top/names[0]/names[1]/... made relative to each other, so the chain may be
+    longer than PATH_MAX (only a path through it is limited, not the tree)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for n in names:
+            os.mkdir(n, dir_fd=fd)
+            nfd = os.open(n, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(f, b"at the bottom\n")
+        os.close(f)
+    finally:
+        os.close(fd)
+
+
+def _ls(anchor, device, snap="latest"):
+    return json.loads(anchorctl(anchor.address, "ls", device, snap, "-r", "--json").stdout)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_odd_names_paths_and_times_are_stored_exactly(anchor, tmp_path, runtime):
+    src = make_tree(str(tmp_path / "src"), n_files=20, total_bytes=40_000, seed=31)
+    raw = os.fsencode(src)
+    os.mkdir(raw + b"/dossier-\xe9t\xe9")                          # Latin-1, not UTF-8
+    with open(raw + b"/dossier-\xe9t\xe9/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1 name\n")
+    with open(raw + b"/\xff\xfe-binary-name", "wb") as f:
+        f.write(b"x" * 5000)
+    deep = os.path.join(src, *["level-%02d-abcdefghij" % i for i in range(70)])   # 71 deep, 1.4 KB
+    os.makedirs(deep)
+    with open(os.path.join(deep, "leaf.txt"), "wb") as f:
+        f.write(b"deep\n")
+    for name, t in (("1938.txt", -1_000_000_000), ("2400.txt", 13_569_465_600)):
+        p = os.path.join(src, name)
+        with open(p, "wb") as f:
+            f.write(name.encode())
+        os.utime(p, (t, t))
+    want = snapshot_of(src)
+    # A chain longer than PATH_MAX: what lies beyond it cannot be opened by any path.
+    _mkchain(src, ["chain-%02d-" % i + "n" * 240 for i in range(20)])
+    p = run_rover(runtime, anchor.link, "odd", str(tmp_path / "state"), "backup", src, check=False)
+    assert p.returncode == EXIT_INCOMPLETE, (p.returncode, p.stdout, p.stderr)
+    assert "snapshot 1 committed" in p.stdout, p.stdout
+    skipped = [l for l in p.stdout.splitlines() if l.startswith("rover: not stored:")]
+    assert skipped and all("chain-" in l for l in skipped), p.stdout
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "odd", "--to", out)
+    chain = [k for k in snapshot_of(out) if k.startswith("chain-")]
+    assert len(chain) > 5               # the part of the chain a path reaches is kept
+    res = 10 ** 9 if runtime == "micropython" else 1
+    assert_same_tree(want, _without(out, [min(chain, key=len)]), res)
+    # The times came back signed and whole, not as 2**64 - t or an error.
+    assert os.stat(os.path.join(out, "1938.txt")).st_mtime == -1_000_000_000
+    assert os.stat(os.path.join(out, "2400.txt")).st_mtime == 13_569_465_600
+    # Nothing changed: the next run sends nothing and lists only the same chain.
+    p = run_rover(runtime, anchor.link, "odd", str(tmp_path / "state"), "backup", src, check=False)
+    assert p.returncode == EXIT_INCOMPLETE and " 0 chunks (0 bytes) uploaded" in p.stdout, p.stdout
+
+
+def _without(root, rels):
+    """root with the given relative paths removed (deepest first), for comparison."""
+    import shutil
+    for r in sorted(rels, key=len, reverse=True):
+        p = os.path.join(root, r)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.unlink(p)
+    return root
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_symlinks_are_never_followed(anchor, tmp_path, runtime):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"not part of the rover's tree\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "real.txt").write_bytes(b"real\n")
+    (src / "sub").mkdir()
+    (src / "sub" / "inner.txt").write_bytes(b"inner\n")
+    os.symlink(str(outside), str(src / "to-outside"))
+    os.symlink(".", str(src / "self-a"))          # two self-links: 2^depth paths if followed
+    os.symlink(".", str(src / "self-b"))
+    os.symlink("..", str(src / "sub" / "up"))
+    os.symlink("real.txt", str(src / "link-to-file"))
+    os.symlink("nowhere", str(src / "dangling"))
+    os.symlink(b"caf\xe9", os.fsencode(str(src / "raw-target")))
+    links = ["to-outside", "self-a", "self-b", "sub/up", "link-to-file", "dangling", "raw-target"]
+    p = run_rover(runtime, anchor.link, "links", str(tmp_path / "state"), "backup", str(src),
+                  check=False, timeout=120)
+    listed = _ls(anchor, "links")
+    paths = set(e["path"] for e in listed)
+    assert not [x for x in paths if "secret" in x or "inner.txt" in x and x != "sub/inner.txt"], paths
+    assert {"real.txt", "sub", "sub/inner.txt"} <= paths
+    if runtime == "cpython":
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        kinds = dict((e["path"], (e["type"], e.get("target"))) for e in listed)
+        assert kinds["to-outside"] == ("symlink", str(outside))
+        assert kinds["self-a"] == ("symlink", ".") and kinds["sub/up"] == ("symlink", "..")
+        out = str(tmp_path / "restore")
+        anchorctl(anchor.address, "restore", "links", "--to", out)
+        assert os.readlink(os.fsencode(os.path.join(out, "raw-target"))) == b"caf\xe9"
+        assert os.readlink(os.path.join(out, "to-outside")) == str(outside)
+    else:
+        # MicroPython cannot read a link's target: each link is listed, none followed.
+        assert p.returncode == EXIT_INCOMPLETE, (p.returncode, p.stdout, p.stderr)
+        for name in links:
+            assert "not stored: %s: a symbolic link" % name in p.stdout, (name, p.stdout)
+        assert paths == {"real.txt", "sub", "sub/inner.txt"}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_same_size_edit_within_the_timestamp_granularity_is_backed_up(anchor, tmp_path, runtime):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "config.txt"
+    f.write_bytes(b"speed=1\n")
+    st = os.stat(str(f))
+    state = str(tmp_path / "state")
+    run_rover(runtime, anchor.link, "racy", state, "backup", str(src))
+    # Rewritten at once with as many bytes: an mtime in the same granule (whole seconds on
+    # MicroPython) is exactly the one the first backup saw.
+    f.write_bytes(b"speed=9\n")
+    os.utime(str(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+    p = run_rover(runtime, anchor.link, "racy", state, "backup", str(src))
+    assert "snapshot 2 committed" in p.stdout, p.stdout
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "racy", "--to", out)
+    with open(os.path.join(out, "config.txt"), "rb") as g:
+        assert g.read() == b"speed=9\n"
+    # Once the backup started after the edit, the file is no longer racy: nothing re-read.
+    p = run_rover(runtime, anchor.link, "racy", state, "backup", str(src))
+    assert " 0 changed" in p.stdout, p.stdout
+
+
+class _SilentAnchor:
+    """A TCP listener that takes one connection and never answers: a rover on it holds its
+    state lock, waiting for WELCOME."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(1)
+        self.port = self.srv.getsockname()[1]
+        self.conn = None
+
+    def wait_for_hello(self, timeout=60):
+        self.srv.settimeout(timeout)
+        self.conn, _ = self.srv.accept()
+        self.conn.settimeout(timeout)
+        assert self.conn.recv(64)            # HELLO: sent after the lock was taken
+
+    def close(self):
+        if self.conn:
+            self.conn.close()
+        self.srv.close()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_second_rover_on_one_state_refuses_and_a_dead_ones_lock_is_taken_over(anchor, tmp_path, runtime):
+    from tests.support.harness import rover_cmd
+    src = make_tree(str(tmp_path / "src"), n_files=10, total_bytes=10_000, seed=5)
+    state = str(tmp_path / "state")
+    silent = _SilentAnchor()
+    first = subprocess.Popen(rover_cmd(runtime, "tcp://127.0.0.1:%d" % silent.port, "twice", state,
+                                       "backup", src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        silent.wait_for_hello()
+        p = run_rover(runtime, anchor.link, "twice", state, "backup", src, check=False)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert "another rover (pid %d)" % first.pid in p.stdout, p.stdout
+    finally:
+        first.kill()
+        first.wait(30)
+        silent.close()
+    # The holder died without releasing: its lock is stale, the next run takes it over.
+    p = run_rover(runtime, anchor.link, "twice", state, "backup", src)
+    assert "snapshot 1 committed" in p.stdout and "stale lock of pid %d" % first.pid in p.stdout, p.stdout
+
+
+def _damage_truncate(state):
+    with open(os.path.join(state, "state.cbor"), "r+b") as f:
+        f.truncate(os.path.getsize(os.path.join(state, "state.cbor")) // 2)
+
+
+def _damage_empty(state):
+    open(os.path.join(state, "state.cbor"), "wb").close()
+
+
+def _damage_flip_state(state):
+    p = os.path.join(state, "state.cbor")
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        data[-12] ^= 0x01            # inside the parent number or digest: still decodes
+        f.seek(0)
+        f.write(data)
+
+
+def _damage_garbage(state):
+    with open(os.path.join(state, "state.cbor"), "wb") as f:
+        f.write(bytes(range(256)) * 64)        # no CBOR, and more than a state can be
+
+
+def _damage_tree(state):
+    p = os.path.join(state, "tree")
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0x20
+        f.seek(0)
+        f.write(data)
+
+
+def _damage_tree_truncated(state):
+    p = os.path.join(state, "tree")
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 7)
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_flip_state, _damage_garbage,
+                                    _damage_tree, _damage_tree_truncated],
+                         ids=["truncated", "empty", "flipped", "garbage", "tree-flipped", "tree-truncated"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_damaged_state_falls_back_to_the_whole_tree_and_uploads_nothing_held(anchor, tmp_path, runtime, damage):
+    src = make_tree(str(tmp_path / "src"), n_files=40, total_bytes=200_000, seed=8)
+    state = str(tmp_path / "state")
+    run_rover(runtime, anchor.link, "dmg", state, "backup", src)
+    run_rover("cpython", anchor.link, "dmg", state, "backup", src)   # a second snapshot: a real parent
+    damage(state)
+    p = run_rover(runtime, anchor.link, "dmg", state, "backup", src, check=False)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "describing the whole tree" in p.stdout, p.stdout
+    assert " 0 chunks (0 bytes) uploaded" in p.stdout, p.stdout
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "dmg", "--to", out)
+    assert_same_tree(snapshot_of(src), out, 10 ** 9 if runtime == "micropython" else 1)
+    # ...and the state it wrote is whole again: the next run is a delta with nothing to send.
+    p = run_rover(runtime, anchor.link, "dmg", state, "backup", src)
+    assert "describing the whole tree" not in p.stdout and " 0 changed" in p.stdout, p.stdout
