@@ -108,10 +108,13 @@ def _next_names(path, after, skip, rel):
                 else:
                     hi = mid
             best.insert(lo, e)
-    except OSError as e:
+    except (OSError, MemoryError) as e:
         if not rel:
             raise             # the root itself: never commit a snapshot of nothing
-        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot" % e)
+        best = None
+        gc.collect()
+        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot"
+             % (e if type(e) is OSError else "its path is too long for this rover's memory"))
         return []
     return best
 
@@ -154,6 +157,11 @@ def walk(root, skip=None):
         except OSError as x:
             if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
                 skip(rel, "cannot read it (%s)" % x)
+            continue
+        except MemoryError:
+            full = None
+            gc.collect()
+            skip(rel, "its path is too long for this rover's memory")
             continue
         if s is None:
             continue          # sockets, devices, fifos: nothing to back up
@@ -287,20 +295,33 @@ class Backup(Conversation):
         total = 0
         self._open_batch()
         old = next(old_iter, None)
+        okey = m.path_key(old[m.REC_PATH]) if old is not None else None
         try:
             for rel, s in walk(self.root, self.skip):
+                if len(rel) > 512:
+                    # Paths of kilobytes: free their copies before the next ones, or a
+                    # fragmented 256 KB heap has no block left that holds one.
+                    gc.collect()
                 key = m.path_key(rel)
-                while old is not None and m.path_key(old[m.REC_PATH]) < key:
+                while old is not None and okey < key:
                     self._delete(old[m.REC_PATH])
                     old = next(old_iter, None)
+                    okey = m.path_key(old[m.REC_PATH]) if old is not None else None
                 prev = None
-                if old is not None and m.path_key(old[m.REC_PATH]) == key:
+                if old is not None and okey == key:
                     prev = old
                     old = next(old_iter, None)
+                    okey = m.path_key(old[m.REC_PATH]) if old is not None else None
+                key = None
                 try:
                     rec = self._record(rel, s, prev)
                 except _Skip as e:
                     self.skip(rel, e.args[0])
+                    rec = None
+                except MemoryError:
+                    # A path of kilobytes in a fragmented heap: this entry only.
+                    gc.collect()
+                    self.skip(rel, "its path is too long for this rover's memory")
                     rec = None
                 if rec is None:          # vanished or not stored: not in this snapshot
                     if prev is not None:
