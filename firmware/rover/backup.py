@@ -64,7 +64,7 @@ class Changed(RoverError):
     session cannot commit it. The run starts a new session (what was sent is kept)."""
 
     def __init__(self, rel):
-        RoverError.__init__(self, "%s changed during the backup" % show(rel))
+        super().__init__("%s changed during the backup" % show(rel))
         self.rel = rel
 
 

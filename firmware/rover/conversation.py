@@ -12,7 +12,7 @@ RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <
 
 class RoverError(Exception):
     def __init__(self, text, code=0):
-        Exception.__init__(self, text)
+        super().__init__(text)
         self.code = code          # the anchor's ERROR code, when it refused
 
 
