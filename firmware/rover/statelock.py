@@ -1,4 +1,4 @@
-# One rover process per state folder, on both runtimes (docs/rover.md, "State and lock").
+# One rover process per state folder, on both runtimes (README.md, "The state folder").
 #
 # Two backups on one state folder (an overlapping scheduled run) overwrite each other's
 # scratch files, and every later backup fails. MicroPython has neither flock nor O_EXCL, so

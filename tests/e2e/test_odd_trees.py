@@ -64,7 +64,7 @@ def test_odd_names_paths_and_times_are_stored_exactly(anchor, tmp_path, runtime)
     want = snapshot_of(src)
     # A chain longer than PATH_MAX: what lies beyond it cannot be opened by any path. (Not
     # on MicroPython: paths of nearly 4 KiB in a delta run exhaust its 256 KB heap; it lists
-    # such an entry where it can, see docs/rover.md.)
+    # such an entry where it can, see docs/decisions.md.)
     long_chain = runtime == "cpython"
     if long_chain:
         _mkchain(src, ["chain-%02d-" % i + "n" * 240 for i in range(20)])
