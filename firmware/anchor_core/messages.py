@@ -280,37 +280,44 @@ def check_device(name):
 
 
 def _raw(name, what):
-    """The bytes of a path or link target: text (UTF-8) or, for a name that is not UTF-8,
-    a byte string. One name has one form, so a tree has one root digest."""
+    """A path or link target: text (UTF-8) or, for a name that is not UTF-8, a byte string.
+    One name has one form, so a tree has one root digest. Returns its length in bytes; text
+    of at most 1024 characters is not encoded to count (at most 4096 bytes either way): the
+    rover checks every entry it sends, and a copy of a long path is a block its heap may
+    not have."""
     if type(name) is str:
-        return name.encode()
+        return len(name) if len(name) <= _MAX_PATH_BYTES // 4 else len(name.encode())
     if type(name) is not bytes:
         _fail("%s must be text or bytes" % what)
     try:
         name.decode()
     except UnicodeError:
-        return name
+        return len(name)
     _fail("%s is UTF-8 and must be sent as text" % what)
 
 
 def check_path(path):
     """A relative path inside the backed-up tree: '/'-separated, no '', '.', '..', no NUL."""
-    raw = _raw(path, "path")
-    n = len(raw)
+    n = _raw(path, "path")
     if not n:
         _fail("path must not be empty")
     if n > _MAX_PATH_BYTES:
         _fail("path longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
-    if raw.find(b"\x00") >= 0:
+    if type(path) is str:
+        sep, dot, nul = "/", ".", "\x00"
+    else:
+        sep, dot, nul = b"/", b".", b"\x00"
+    if path.find(nul) >= 0:
         _fail("path holds NUL")
     # Component by component without split(): a 4 KiB path may have 2048 of them.
+    n = len(path)
     start = 0
     while True:
-        j = raw.find(b"/", start)
+        j = path.find(sep, start)
         end = n if j < 0 else j
         ln = end - start
-        if ln == 0 or (ln <= 2 and raw[start] == 46 and (ln == 1 or raw[start + 1] == 46)):
-            _fail("path component %r not allowed" % raw[start:end])
+        if ln == 0 or (ln <= 2 and path[start:end] in (dot, dot + dot)):
+            _fail("path component %r not allowed" % path[start:end])
         if j < 0:
             return path
         start = j + 1
@@ -460,7 +467,7 @@ def check_entry(e):
     if etype == T_LINK:
         if len(e) <= ENTRY_TARGET:
             _fail("symlink entry needs a target")
-        if len(_raw(e[ENTRY_TARGET], "symlink target")) > _MAX_PATH_BYTES:
+        if _raw(e[ENTRY_TARGET], "symlink target") > _MAX_PATH_BYTES:
             _fail("symlink target longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
     if len(e) > ENTRY_FLAGS:
         _int(e[ENTRY_FLAGS], 0, 0xFFFF, "entry flags")

@@ -82,6 +82,46 @@ def show(p):
         return repr(p)[2:-1]
 
 
+def _why(e):
+    # The errno, not str(e): CPython's text repeats the path, which may be kilobytes long.
+    if type(e) is MemoryError:
+        return "its path is too long for this rover's memory"
+    if isinstance(e, OSError) and e.args and type(e.args[0]) is int:
+        return "error %d%s" % (e.args[0], (", " + e.strerror) if getattr(e, "strerror", None) else "")
+    return str(e)
+
+
+def _order(a, b):
+    """-1, 0 or 1: paths a and b (text or raw bytes) in canonical order, their bytes compared
+    component by component. m.path_key says the same with two copies of each path; this
+    compares 64 bytes at a time, so a path of kilobytes costs no block of its size (a
+    256 KB heap that is in pieces has none). Text compares by code point, which is UTF-8's
+    byte order."""
+    if type(a) is not type(b):       # only around a name that is not UTF-8: rare
+        a = m.path_key(a)
+        b = m.path_key(b)
+    if a == b:
+        return 0
+    n = len(a) if len(a) < len(b) else len(b)
+    i = 0
+    while i < n:
+        j = i + 64 if i + 64 < n else n
+        if a[i:j] != b[i:j]:
+            break
+        i = j
+    else:
+        return -1 if len(a) < len(b) else 1
+    while a[i] == b[i]:
+        i += 1
+    x = a[i]
+    y = b[i]
+    if x == "/" or x == 47:          # '/' sorts lowest (text, bytes)
+        return -1
+    if y == "/" or y == 47:
+        return 1
+    return -1 if x < y else 1
+
+
 def _next_names(path, after, skip, rel):
     """The WINDOW smallest (name, kind, inode) in folder `path` with a name greater than
     `after`, sorted.
@@ -113,8 +153,7 @@ def _next_names(path, after, skip, rel):
             raise             # the root itself: never commit a snapshot of nothing
         best = None
         gc.collect()
-        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot"
-             % (e if type(e) is OSError else "its path is too long for this rover's memory"))
+        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot" % _why(e))
         return []
     return best
 
@@ -156,7 +195,7 @@ def walk(root, skip=None):
             s = fsys.entry(full, e[1], e[2])
         except OSError as x:
             if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
-                skip(rel, "cannot read it (%s)" % x)
+                skip(rel, "cannot read it (%s)" % _why(x))
             continue
         except MemoryError:
             full = None
@@ -254,6 +293,8 @@ class Backup(Conversation):
 
     def skip(self, rel, why):
         self.stats["skipped"] += 1
+        if len(rel) > 512:
+            gc.collect()
         self.warn("not stored: %s: %s" % (show(rel), why))
 
     # --- the backup --------------------------------------------------------------------
@@ -295,26 +336,28 @@ class Backup(Conversation):
         total = 0
         self._open_batch()
         old = next(old_iter, None)
-        okey = m.path_key(old[m.REC_PATH]) if old is not None else None
         try:
             for rel, s in walk(self.root, self.skip):
                 if len(rel) > 512:
                     # Paths of kilobytes: free their copies before the next ones, or a
                     # fragmented 256 KB heap has no block left that holds one.
                     gc.collect()
-                key = m.path_key(rel)
-                while old is not None and okey < key:
+                try:
+                    path = self._name(rel, "name")
+                except _Skip as e:
+                    self.skip(rel, e.args[0])
+                    continue          # an old record of it, if any, is deleted below
+                c = _order(old[m.REC_PATH], path) if old is not None else 1
+                while c < 0:
                     self._delete(old[m.REC_PATH])
                     old = next(old_iter, None)
-                    okey = m.path_key(old[m.REC_PATH]) if old is not None else None
+                    c = _order(old[m.REC_PATH], path) if old is not None else 1
                 prev = None
-                if old is not None and okey == key:
+                if c == 0:
                     prev = old
                     old = next(old_iter, None)
-                    okey = m.path_key(old[m.REC_PATH]) if old is not None else None
-                key = None
                 try:
-                    rec = self._record(rel, s, prev)
+                    rec = self._record(rel, path, s, prev)
                 except _Skip as e:
                     self.skip(rel, e.args[0])
                     rec = None
@@ -327,9 +370,12 @@ class Backup(Conversation):
                     if prev is not None:
                         self._delete(prev[m.REC_PATH])
                     continue
-                enc = cbor.encode(rec)
+                # Encoded in the send buffer, free between messages: a record with a path of
+                # kilobytes needs no fresh block (cbor.encode would take three of its size).
+                enc = memoryview(buffers.tx)[:cbor.encode_into(rec, buffers.tx, 0)]
                 digest.update(enc)
                 writer.add_encoded(enc)
+                enc = None
                 if rec[m.REC_TYPE] == m.T_FILE:
                     total += rec[m.REC_SIZE]
             while old is not None:
@@ -370,7 +416,7 @@ class Backup(Conversation):
         lo, hi = (-(1 << 64), (1 << 64) - 1) if self.names else (-(1 << 63), (1 << 63) - 1)
         return lo if t < lo else (hi if t > hi else t)
 
-    def _record(self, rel, s, prev):
+    def _record(self, rel, path, s, prev):
         t, size, mtime, mode, target = s
         if t == m.T_LINK and target is None:
             raise _Skip("a symbolic link, not followed; this runtime cannot read its target")
@@ -383,7 +429,6 @@ class Backup(Conversation):
             if len(rel) + len(target) > _ENTRY_ROOM or len(target) > (_MAX_PATH if self.names else _OLD_PATH):
                 raise _Skip("its link target is too long to store (%d bytes)" % len(target))
             target = self._name(target, "link target")
-        path = self._name(rel, "name")
         if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == self._mtime(mtime)
                 and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target
                 and (t != m.T_FILE or (self.racy is not None and mtime < self.racy))):
@@ -402,7 +447,7 @@ class Backup(Conversation):
             except OSError as e:
                 if e.args and e.args[0] == _ENOENT:
                     return None
-                raise _Skip("cannot read it (%s)" % e)
+                raise _Skip("cannot read it (%s)" % _why(e))
             if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_OID] == oid and prev[m.REC_SIZE] == size
                     and prev[m.REC_MTIME] == self._mtime(mtime) and prev[m.REC_MODE] == mode):
                 # Re-read because its mtime was racy, and the same after all: nothing to send.

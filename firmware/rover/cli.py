@@ -157,7 +157,7 @@ def _backup(opts, root, log, t0):
     volatile = {}        # files that changed while uploaded, over this run's sessions
     again = 0            # sessions started over for such a file or a tree mismatch
     full = False
-    warn = lambda s: print("rover: " + s)      # what was not stored shows even with --quiet
+    warn = lambda s: print("rover:", s)      # what was not stored shows even with --quiet
     while True:
         link = None
         try:
