@@ -264,3 +264,146 @@ def test_damaged_state_falls_back_to_the_whole_tree_and_uploads_nothing_held(anc
     # ...and the state it wrote is whole again: the next run is a delta with nothing to send.
     p = run_rover(runtime, anchor.link, "dmg", state, "backup", src)
     assert "describing the whole tree" not in p.stdout and " 0 changed" in p.stdout, p.stdout
+
+
+class _EditOnNeed:
+    """A loopback proxy to the anchor that runs edit() when the anchor's first NEED of a
+    connection reaches it, before passing it on: the file changes after the rover hashed
+    it and before it reads the chunks the anchor asked for. edits: how many connections
+    get the edit (later ones pass untouched)."""
+
+    def __init__(self, port, edit, edits):
+        import threading
+        self.target = ("127.0.0.1", port)
+        self.edit = edit
+        self.edits = edits
+        self.connections = 0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(4)
+        self.port = self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import select
+        from anchor_core import cbor, framing
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            edit = self.connections <= self.edits
+            u = socket.create_connection(self.target)
+            de = framing.Deframer()
+            with c, u:
+                for _ in range(100000):           # bounded: a backup is a few hundred reads
+                    r, _, _ = select.select([c, u], [], [], 60)
+                    if not r:
+                        break
+                    src = r[0]
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    if src is u and edit:
+                        de.receive_data(data)
+                        while True:
+                            payload = de.next_frame()
+                            if payload is None:
+                                break
+                            if cbor.decode(bytes(payload))[0] == 6 and edit:    # NEED
+                                self.edit()
+                                edit = False
+                    (c if src is u else u).sendall(data)
+
+    def close(self):
+        self.srv.close()
+
+
+def _photo(path, fill):
+    with open(path, "wb") as f:
+        f.write(bytes([fill]) * 50_000 + os.urandom(50_000))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_file_changed_after_hashing_is_read_again_in_a_new_session(anchor, tmp_path, runtime):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "steady.txt").write_bytes(b"steady\n" * 100)
+    photo = str(src / "photo.jpg")
+    _photo(photo, 1)
+    final = []
+
+    def edit():
+        _photo(photo, 2)                      # same size, new bytes
+        with open(photo, "rb") as f:
+            final.append(f.read())
+
+    proxy = _EditOnNeed(anchor.port, edit, edits=1)
+    try:
+        p = run_rover(runtime, "tcp://127.0.0.1:%d" % proxy.port, "chg", str(tmp_path / "state"),
+                      "backup", str(src), check=False)
+    finally:
+        proxy.close()
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert "photo.jpg changed during the backup; starting the session again" in p.stdout, p.stdout
+    assert "snapshot 1 committed" in p.stdout and proxy.connections == 2, p.stdout
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "chg", "--to", out)
+    with open(os.path.join(out, "photo.jpg"), "rb") as f:
+        assert f.read() == final[0]           # the copy taken after the change, whole
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_file_that_keeps_changing_is_skipped_and_the_rest_committed(anchor, tmp_path, runtime):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "steady.txt").write_bytes(b"steady\n" * 100)
+    photo = str(src / "photo.jpg")
+    _photo(photo, 1)
+    fills = iter(range(2, 50))
+    proxy = _EditOnNeed(anchor.port, lambda: _photo(photo, next(fills)), edits=10)
+    try:
+        p = run_rover(runtime, "tcp://127.0.0.1:%d" % proxy.port, "chg", str(tmp_path / "state"),
+                      "backup", str(src), check=False)
+    finally:
+        proxy.close()
+    assert p.returncode == EXIT_INCOMPLETE, (p.returncode, p.stdout, p.stderr)
+    assert "not stored: photo.jpg: it changed while it was being uploaded" in p.stdout, p.stdout
+    paths = set(e["path"] for e in _ls(anchor, "chg"))
+    assert paths == {"steady.txt"}
+
+
+def test_file_that_changes_while_hashed_is_read_again(anchor, tmp_path, monkeypatch):
+    """In-process (CPython): the file grows under the first read; the second read is whole."""
+    from anchor_core import chunker
+    from rover import backup
+    from rover.link import open_link
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / "log.txt"
+    path.write_bytes(b"line\n" * 20_000)
+    real = chunker.chunks_of
+    grown = []
+
+    def chunks_of(f, buf):
+        for c in real(f, buf):
+            if not grown:
+                with open(str(path), "ab") as g:
+                    g.write(b"appended\n")
+                grown.append(1)
+            yield c
+
+    monkeypatch.setattr(chunker, "chunks_of", chunks_of)
+    link = open_link(anchor.link)
+    logs = []
+    try:
+        stats = backup.Backup(link, "grow", str(tmp_path / "state"), str(src), logs.append).run()
+    finally:
+        link.close()
+    assert stats["skipped"] == 0 and grown, logs
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "grow", "--to", out)
+    with open(os.path.join(out, "log.txt"), "rb") as f:
+        assert f.read() == path.read_bytes()
