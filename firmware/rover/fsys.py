@@ -28,6 +28,16 @@ def _signed(t):
     return t
 
 
+def _runs_rover(cmdline):
+    # One of its arguments is the rover: the `rover` script, MicroPython's rover/main.py,
+    # or `-m rover.cli`. A pid reused by any other program does not hold a lock.
+    for a in cmdline.split(b"\x00"):
+        if (a == b"rover" or a.endswith(b"/rover") or a.endswith(b"rover/main.py")
+                or a == b"rover.cli" or a.endswith(b"rover/cli.py")):
+            return True
+    return False
+
+
 if MICROPYTHON:
     def fsencode(p):
         return p.encode() if type(p) is str else p
@@ -82,7 +92,7 @@ if MICROPYTHON:
             return None
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                return b"rover" in f.read(4096)
+                return _runs_rover(f.read(4096))
         except OSError:
             return False
 
@@ -163,7 +173,7 @@ else:
     def pid_alive(pid):
         try:
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                return b"rover" in f.read(4096)
+                return _runs_rover(f.read(4096))
         except FileNotFoundError:
             return False
         except OSError:

@@ -407,3 +407,62 @@ def test_file_that_changes_while_hashed_is_read_again(anchor, tmp_path, monkeypa
     anchorctl(anchor.address, "restore", "grow", "--to", out)
     with open(os.path.join(out, "log.txt"), "rb") as f:
         assert f.read() == path.read_bytes()
+
+
+def test_rover_facing_an_anchor_without_raw_names_lists_what_it_cannot_send(anchor, tmp_path, monkeypatch):
+    """In-process (CPython), the rover reading WELCOME as an older anchor sends it: no
+    CAP_NAMES. What that anchor would refuse is listed; everything else commits."""
+    from anchor_core import messages as m
+    from rover import backup
+    from rover.link import open_link
+    monkeypatch.setattr(m, "CAP_NAMES", 1 << 12)         # a bit this anchor does not set
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "plain.txt").write_bytes(b"plain\n")
+    with open(os.fsencode(str(src)) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1\n")
+    deep = os.path.join(str(src), *["d%02d" % i for i in range(70)])
+    os.makedirs(deep)
+    future = src / "2400.txt"
+    future.write_bytes(b"future\n")
+    os.utime(str(future), (13_569_465_600, 13_569_465_600))
+    logs = []
+    link = open_link(anchor.link)
+    try:
+        stats = backup.Backup(link, "old", str(tmp_path / "state"), str(src), logs.append).run()
+    finally:
+        link.close()
+    text = "\n".join(logs)
+    assert "not stored: caf\\xe9.txt: its name is not UTF-8, and the anchor is too old" in text, text
+    assert "deeper than the anchor stores (64)" in text, text
+    assert "not stored: 2400.txt: its modification time" in text, text
+    paths = set(e["path"] for e in _ls(anchor, "old"))
+    assert "plain.txt" in paths and "2400.txt" in paths and os.path.relpath(deep, str(src)) not in paths
+    listed = dict((e["path"], e) for e in _ls(anchor, "old"))
+    assert listed["2400.txt"]["mtime_ns"] == (1 << 63) - 1      # clamped to what it takes
+    assert stats["skipped"] >= 3
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_parent_that_differs_on_the_anchor_falls_back_to_the_whole_tree(tmp_path, runtime):
+    """The rover's snapshot 1 came from another anchor (a data folder replaced, a rover
+    moved): this anchor's snapshot 1 of the same device holds another tree. The delta would
+    build a tree that is not the rover's (error 6); the rover describes its whole tree."""
+    src = make_tree(str(tmp_path / "src"), n_files=20, total_bytes=30_000, seed=4)
+    other = make_tree(str(tmp_path / "other"), n_files=10, total_bytes=10_000, seed=9)
+    first = AnchorProc(str(tmp_path / "first")).start()
+    try:
+        run_rover(runtime, first.link, "moved", str(tmp_path / "state"), "backup", src)
+    finally:
+        first.stop()
+    second = AnchorProc(str(tmp_path / "second")).start()
+    try:
+        run_rover("cpython", second.link, "moved", str(tmp_path / "state-other"), "backup", other)
+        p = run_rover(runtime, second.link, "moved", str(tmp_path / "state"), "backup", src, check=False)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        assert "error 6" in p.stdout and "snapshot 2 committed" in p.stdout, p.stdout
+        out = str(tmp_path / "restore")
+        anchorctl(second.address, "restore", "moved", "--to", out)
+        assert_same_tree(snapshot_of(src), out, 10 ** 9 if runtime == "micropython" else 1)
+    finally:
+        second.stop()
