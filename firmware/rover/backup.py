@@ -5,9 +5,10 @@
 # scratch file, and chunk bytes are re-read from the file when the anchor asks for them.
 import gc
 import hashlib
+import os
 import struct
 
-from anchor_core.compat import const
+from anchor_core.compat import const, unload
 from anchor_core import cbor
 from anchor_core import chunker
 from anchor_core import messages as m
@@ -29,7 +30,6 @@ BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUF
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
 LIST_IDS = const(64)           # chunk ids per CHUNKLIST message, all parts (2.3 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
-STATE_VERSION = const(2)
 _PROBE = const(4096)           # bytes tried first to see whether compressing a chunk pays
 _ENOENT = const(2)
 
@@ -41,6 +41,19 @@ _OLD_PATH = const(1024)
 _OLD_DEPTH = const(64)
 _ENTRY_ROOM = const(7680)      # path + link target of one entry: one message in TX_SIZE
 _READS = const(3)              # reads of a file that changes under them, then it is skipped
+# Why an item is not stored: rover/notstored.py's texts, in its order.
+_S_LIST = const(0)
+_S_READ = const(1)
+_S_MEMORY = const(2)
+_S_RAW = const(3)
+_S_LINK = const(4)
+_S_LONG = const(5)
+_S_DEEP = const(6)
+_S_TARGET = const(7)
+_S_UPLOAD = const(8)
+_S_MTIME = const(9)
+_S_REPLACED = const(10)
+_S_CHANGING = const(11)
 # An entry whose mtime is not older than the backup's start (less this margin) is re-read
 # by the next backup whatever its size and mtime say: an edit within the file system's
 # timestamp granularity (whole seconds on MicroPython, 2 s on FAT) keeps both. The margin
@@ -80,15 +93,6 @@ def show(p):
         return p.decode()
     except UnicodeError:
         return repr(p)[2:-1]
-
-
-def _why(e):
-    # The errno, not str(e): CPython's text repeats the path, which may be kilobytes long.
-    if type(e) is MemoryError:
-        return "its path is too long for this rover's memory"
-    if isinstance(e, OSError) and e.args and type(e.args[0]) is int:
-        return "error %d%s" % (e.args[0], (", " + e.strerror) if getattr(e, "strerror", None) else "")
-    return str(e)
 
 
 def _order(a, b):
@@ -153,19 +157,19 @@ def _next_names(path, after, skip, rel):
             raise             # the root itself: never commit a snapshot of nothing
         best = None
         gc.collect()
-        skip(rel, "cannot list this folder (%s): what it holds is not in this snapshot" % _why(e))
+        skip(rel, _S_LIST, e)
         return []
     return best
 
 
 def walk(root, skip=None):
     """Yield (relative path as bytes, entry) in canonical order: depth first, names sorted.
-    Symlinks are entries, never followed. What cannot be read is reported to skip(path, why).
+    Symlinks are entries, never followed. What cannot be read goes to skip(path, reason, detail).
 
     Memory holds one window of one folder's names and the current folder's path: nothing
     grows with the number of files in a folder, the tree, or its depth.
     """
-    skip = skip or (lambda p, why: None)
+    skip = skip or (lambda p, code, arg: None)
     if type(root) is str:
         root = fsys.fsencode(root)
     fsys.entry(root, 0, 0)         # a missing root is an error, never an empty backup
@@ -195,12 +199,12 @@ def walk(root, skip=None):
             s = fsys.entry(full, e[1], e[2])
         except OSError as x:
             if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
-                skip(rel, "cannot read it (%s)" % _why(x))
+                skip(rel, _S_READ, x)
             continue
         except MemoryError:
             full = None
             gc.collect()
-            skip(rel, "its path is too long for this rover's memory")
+            skip(rel, _S_MEMORY, None)
             continue
         if s is None:
             continue          # sockets, devices, fifos: nothing to back up
@@ -212,49 +216,6 @@ def walk(root, skip=None):
             gc.collect()
             names = _next_names(full, None, skip, rel)
             i = 0
-
-
-def load_state(state_dir, device, log=None):
-    """The rover's state [version, device, parent, root digest, racy-from (ns), check], or
-    None when there is none or it is damaged (then the whole tree is described again, and
-    the anchor still answers "have" for everything it holds)."""
-    path = state_dir + "/state.cbor"
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        if e.args and e.args[0] != _ENOENT and log:
-            log("cannot read %s (%s): describing the whole tree" % (path, e))
-        return None
-    try:
-        with f:
-            data = f.read(1024)
-        st = cbor.decode(data)
-        if type(st) is not list or len(st) < 4 or st[0] not in (1, STATE_VERSION):
-            raise ValueError("unknown format")
-        if st[0] == STATE_VERSION:
-            if len(st) < 6 or hashlib.sha256(cbor.encode(st[:5])).digest()[:8] != st[5]:
-                raise ValueError("check value does not match")
-        else:
-            st.append(None)          # version 1: no racy-from; every file is re-read once
-        if (st[2] is not None and type(st[2]) is not int) or type(st[3]) is not bytes:
-            raise ValueError("unknown format")
-    except (ValueError, OSError, IndexError, TypeError) as e:
-        if log:
-            log("state %s is damaged (%s): describing the whole tree" % (path, e))
-        return None
-    if st[1] != device:
-        raise RoverError("state in %s belongs to device %r, not %r" % (state_dir, st[1], device))
-    return st
-
-
-def save_state(state_dir, device, parent, root, racy=None):
-    tmp = state_dir + "/state.cbor.new"
-    st = [STATE_VERSION, device, parent, root, racy]
-    st.append(hashlib.sha256(cbor.encode(st)).digest()[:8])
-    with open(tmp, "wb") as f:
-        f.write(cbor.encode(st))
-        fsys.fsync(f)             # the bytes on flash before the name points at them
-    fsys.rename(tmp, state_dir + "/state.cbor")
 
 
 class Backup(Conversation):
@@ -291,39 +252,42 @@ class Backup(Conversation):
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
                       "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0}
 
-    def skip(self, rel, why):
+    def skip(self, rel, code, arg):
+        from rover import notstored
         self.stats["skipped"] += 1
         if len(rel) > 512:
             gc.collect()
-        self.warn("not stored: %s: %s" % (show(rel), why))
+        self.warn("not stored: %s: %s" % (show(rel), notstored.why(code, arg)))
 
     # --- the backup --------------------------------------------------------------------
 
     def run(self):
-        from rover.statelock import StateLock
         fsys.makedirs(self.state_dir)
-        lock = StateLock(self.state_dir, self.log)
-        lock.take()
+        from rover import state
+        state.StateLock(self.state_dir, self.log).take()
         try:
-            return self._run()
+            return self._run(state)
         finally:
-            lock.release()
+            fsys.remove(self.state_dir + "/lock/owner")
+            try:
+                os.rmdir(self.state_dir + "/lock")
+            except OSError:
+                pass
 
-    def _run(self):
+    def _run(self, state):
         # The file system's own clock at the start, from a file it just wrote: what
         # changes from here on has an mtime at least this (less the margin).
-        scan = self.state_dir + "/scan"
-        with open(scan, "wb") as f:
-            f.write(b"x")
-        racy_from = fsys.mtime_ns(scan) - _RACY_MARGIN
+        racy_from = state.scan_start(self.state_dir) - _RACY_MARGIN
         tree_path = self.state_dir + "/tree"
-        st = None if self.full else load_state(self.state_dir, self.device, self.log)
+        st = None if self.full else state.load_state(self.state_dir, self.device, self.log)
         parent = st[2] if st else None
-        if parent is not None and not treefile.verify(tree_path, st[3]):
+        if parent is not None and not state.verify_tree(tree_path, st[3]):
             self.log("the local copy of snapshot %d is damaged: describing the whole tree" % parent)
             parent = None
         if parent is not None:
             self.racy = st[4]
+        unload(state)
+        state = st = None
         w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
         self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & m.CAP_NAMES)
         if parent is not None and not w[m.WELCOME_PARENT_OK]:
@@ -345,7 +309,7 @@ class Backup(Conversation):
                 try:
                     path = self._name(rel, "name")
                 except _Skip as e:
-                    self.skip(rel, e.args[0])
+                    self.skip(rel, e.args[0], e.args[1])
                     continue          # an old record of it, if any, is deleted below
                 c = _order(old[m.REC_PATH], path) if old is not None else 1
                 while c < 0:
@@ -359,12 +323,12 @@ class Backup(Conversation):
                 try:
                     rec = self._record(rel, path, s, prev)
                 except _Skip as e:
-                    self.skip(rel, e.args[0])
+                    self.skip(rel, e.args[0], e.args[1])
                     rec = None
                 except MemoryError:
                     # A path of kilobytes in a fragmented heap: this entry only.
                     gc.collect()
-                    self.skip(rel, "its path is too long for this rover's memory")
+                    self.skip(rel, _S_MEMORY, None)
                     rec = None
                 if rec is None:          # vanished or not stored: not in this snapshot
                     if prev is not None:
@@ -397,7 +361,9 @@ class Backup(Conversation):
                 self.wfile = None
             fsys.remove(self.wpath)
         fsys.rename(new_path, tree_path)
-        save_state(self.state_dir, self.device, snap, root, racy_from)
+        from rover import state
+        state.save_state(self.state_dir, self.device, snap, root, racy_from)
+        unload(state)
         self.stats["entries"] = writer.count
         self.stats["bytes"] = total
         self.stats["snapshot"] = snap
@@ -409,7 +375,7 @@ class Backup(Conversation):
             return raw.decode()
         except UnicodeError:
             if not self.names:
-                raise _Skip("its %s is not UTF-8, and the anchor is too old to store raw names" % what)
+                raise _Skip(_S_RAW, what)
             return raw
 
     def _mtime(self, t):
@@ -419,15 +385,14 @@ class Backup(Conversation):
     def _record(self, rel, path, s, prev):
         t, size, mtime, mode, target = s
         if t == m.T_LINK and target is None:
-            raise _Skip("a symbolic link, not followed; this runtime cannot read its target")
+            raise _Skip(_S_LINK, None)
         if len(rel) > (_MAX_PATH if self.names else _OLD_PATH):
-            raise _Skip("its path is %d bytes long, longer than the anchor stores (%d)"
-                        % (len(rel), _MAX_PATH if self.names else _OLD_PATH))
+            raise _Skip(_S_LONG, len(rel))
         if not self.names and rel.count(b"/") >= _OLD_DEPTH:
-            raise _Skip("its path is deeper than the anchor stores (%d)" % _OLD_DEPTH)
+            raise _Skip(_S_DEEP, None)
         if target is not None:
             if len(rel) + len(target) > _ENTRY_ROOM or len(target) > (_MAX_PATH if self.names else _OLD_PATH):
-                raise _Skip("its link target is too long to store (%d bytes)" % len(target))
+                raise _Skip(_S_TARGET, len(target))
             target = self._name(target, "link target")
         if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == self._mtime(mtime)
                 and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target
@@ -440,14 +405,14 @@ class Backup(Conversation):
         idx = len(self.batch)
         if t == m.T_FILE:
             if self.volatile.get(rel, 0) >= 2:
-                raise _Skip("it changed while it was being uploaded, in two sessions")
+                raise _Skip(_S_UPLOAD, None)
             first = self.nrec
             try:
                 oid, size, mtime = self._hash_file(rel, size, mtime)
             except OSError as e:
                 if e.args and e.args[0] == _ENOENT:
                     return None
-                raise _Skip("cannot read it (%s)" % _why(e))
+                raise _Skip(_S_READ, e)
             if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_OID] == oid and prev[m.REC_SIZE] == size
                     and prev[m.REC_MTIME] == self._mtime(mtime) and prev[m.REC_MODE] == mode):
                 # Re-read because its mtime was racy, and the same after all: nothing to send.
@@ -456,8 +421,7 @@ class Backup(Conversation):
                 return prev
             self.files[idx] = (self.root + b"/" + rel, oid, first, self.nrec - first)
         if self._mtime(mtime) != mtime:
-            self.skip(rel, "its modification time (%d ns) is beyond what the anchor stores: its "
-                           "content is stored, with the time %d ns" % (mtime, self._mtime(mtime)))
+            self.skip(rel, _S_MTIME, mtime)
             mtime = self._mtime(mtime)
         flags = 0
         if self.outbox and t == m.T_FILE and rel.startswith(self.outbox):
@@ -494,13 +458,13 @@ class Backup(Conversation):
             self.stats["hashed_bytes"] += got
             after = fsys.entry(path, fsys.S_IFREG, 0)
             if after is None or after[0] != m.T_FILE:
-                raise _Skip("it was replaced while it was read")
+                raise _Skip(_S_REPLACED, None)
             if got == size and after[1] == size and after[2] == mtime:
                 return oid.finish(size), size, mtime
             size, mtime = after[1], after[2]
         self.nrec = first
         self.cfile.seek(first * _REC)
-        raise _Skip("it kept changing while it was read (%d reads)" % _READS)
+        raise _Skip(_S_CHANGING, None)
 
     def _changed(self, path):
         """The bytes of `path` are no longer those hashed: end this session (the anchor

@@ -28,16 +28,6 @@ def _signed(t):
     return t
 
 
-def _runs_rover(cmdline):
-    # One of its arguments is the rover: the `rover` script, MicroPython's rover/main.py,
-    # or `-m rover.cli`. A pid reused by any other program does not hold a lock.
-    for a in cmdline.split(b"\x00"):
-        if (a == b"rover" or a.endswith(b"/rover") or a.endswith(b"rover/main.py")
-                or a == b"rover.cli" or a.endswith(b"rover/cli.py")):
-            return True
-    return False
-
-
 if MICROPYTHON:
     def fsencode(p):
         return p.encode() if type(p) is str else p
@@ -78,23 +68,6 @@ if MICROPYTHON:
         # No fsync here: flush hands the bytes to the VFS (FAT and LittleFS commit a file on
         # close, and on the Unix port the kernel has them).
         f.flush()
-
-    def my_pid():
-        try:
-            with open("/proc/self/stat", "rb") as f:
-                return int(f.read(32).split(b" ")[0])
-        except (OSError, ValueError):
-            return 0
-
-    def pid_alive(pid):
-        """True/False where processes can be checked (/proc), None where they cannot."""
-        if not exists("/proc/self"):
-            return None
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                return _runs_rover(f.read(4096))
-        except OSError:
-            return False
 
     def listdir(path):
         return [e[0] for e in os.ilistdir(path)]
@@ -166,25 +139,6 @@ else:
     def fsync(f):
         f.flush()
         os.fsync(f.fileno())
-
-    def my_pid():
-        return os.getpid()
-
-    def pid_alive(pid):
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                return _runs_rover(f.read(4096))
-        except FileNotFoundError:
-            return False
-        except OSError:
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pass
-        return True
 
     def listdir(path):
         return os.listdir(path)

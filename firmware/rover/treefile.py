@@ -1,6 +1,5 @@
 # The rover's copy of the tree the anchor last acknowledged: records in canonical order,
 # each a u16 length and its CBOR encoding, read and written streaming.
-import hashlib
 import struct
 
 from anchor_core import cbor
@@ -20,35 +19,6 @@ class TreeWriter:
     def close(self):
         fsys.fsync(self.f)         # on flash before the rename that makes it the parent
         self.f.close()
-
-
-def verify(path, root):
-    """True if the tree file holds exactly the records of root digest `root`. A copy that
-    flash or a crash damaged would make every delta against it wrong (the anchor refuses
-    the commit, error 6), so it is checked before the rover names its snapshot as parent."""
-    h = hashlib.sha256()
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return False
-    try:
-        hdr = bytearray(2)
-        while True:
-            n = f.readinto(hdr)
-            if not n:
-                break
-            if n != 2:
-                return False
-            ln = (hdr[0] << 8) | hdr[1]
-            enc = f.read(ln)
-            if len(enc) != ln:
-                return False
-            h.update(enc)
-    except OSError:
-        return False
-    finally:
-        f.close()
-    return h.digest() == root
 
 
 def read_records(path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from anchor_core import messages as m
-from rover import backup, fsys, statelock
+from rover import backup, state
 
 
 def test_order_agrees_with_path_key():
@@ -33,13 +33,13 @@ def test_order_agrees_with_path_key():
 
 def _save(tmp_path):
     d = str(tmp_path)
-    backup.save_state(d, "dev", 7, b"r" * 32, 123)
+    state.save_state(d, "dev", 7, b"r" * 32, 123)
     return d
 
 
 def test_state_round_trip_and_every_damage_falls_back(tmp_path):
     d = _save(tmp_path)
-    st = backup.load_state(d, "dev")
+    st = state.load_state(d, "dev")
     assert st[2] == 7 and st[3] == b"r" * 32 and st[4] == 123
     with open(d + "/state.cbor", "rb") as f:
         good = f.read()
@@ -48,14 +48,14 @@ def test_state_round_trip_and_every_damage_falls_back(tmp_path):
         with open(d + "/state.cbor", "wb") as f:
             f.write(bad)
         logs = []
-        assert backup.load_state(d, "dev", logs.append) is None, bad
+        assert state.load_state(d, "dev", logs.append) is None, bad
         assert logs and "describing the whole tree" in logs[0]
 
 
 def test_state_of_another_device_is_refused_not_overwritten(tmp_path):
     d = _save(tmp_path)
     with pytest.raises(backup.RoverError):
-        backup.load_state(d, "other")
+        state.load_state(d, "other")
 
 
 def test_lock_refuses_a_live_rover_and_takes_over_a_dead_ones(tmp_path):
@@ -66,14 +66,14 @@ def test_lock_refuses_a_live_rover_and_takes_over_a_dead_ones(tmp_path):
         os.mkdir(d + "/lock")
         with open(d + "/lock/owner", "w") as f:
             f.write("%d\n" % holder.pid)
-        with pytest.raises(statelock.StateLocked) as e:
-            statelock.StateLock(d, lambda s: None).take()
+        with pytest.raises(state.StateLocked) as e:
+            state.StateLock(d, lambda s: None).take()
         assert "pid %d" % holder.pid in str(e.value)
     finally:
         holder.stdin.close()
         holder.wait(30)
     logs = []
-    lock = statelock.StateLock(d, logs.append)
+    lock = state.StateLock(d, logs.append)
     lock.take()                                   # the holder is gone: stale
     assert "stale lock of pid %d" % holder.pid in logs[0]
     with open(d + "/lock/owner") as f:
@@ -89,7 +89,7 @@ def test_lock_of_a_pid_that_runs_something_else_is_stale(tmp_path):
         os.mkdir(d + "/lock")
         with open(d + "/lock/owner", "w") as f:
             f.write("%d\n" % other.pid)          # pid reused by a program that is no rover
-        lock = statelock.StateLock(d, lambda s: None)
+        lock = state.StateLock(d, lambda s: None)
         lock.take()
         lock.release()
     finally:
@@ -109,11 +109,11 @@ def test_tree_copy_is_checked_against_its_digest(tmp_path):
         h.update(enc)
         w.add_encoded(enc)
     w.close()
-    assert treefile.verify(p, h.digest())
+    assert state.verify_tree(p, h.digest())
     with open(p, "r+b") as f:
         f.seek(100)
         b = f.read(1)
         f.seek(100)
         f.write(bytes([b[0] ^ 4]))
-    assert not treefile.verify(p, h.digest())
-    assert not treefile.verify(str(tmp_path / "missing"), h.digest())
+    assert not state.verify_tree(p, h.digest())
+    assert not state.verify_tree(str(tmp_path / "missing"), h.digest())
