@@ -170,7 +170,7 @@ CAP_PROVE = const(2)  # rover answers NEED's proof challenges (PROOF) for chunks
 # The anchor takes raw names (byte-string paths and link targets that are not UTF-8), paths
 # and targets of up to 4096 bytes, and mtimes anywhere in CBOR's integer range (§3,
 # "Entries"). A rover talking to an anchor without it skips, and lists, what needs it.
-CAP_NAMES = const(4)
+_CAP_NAMES = const(4)      # private: a public name costs the rover heap; it copies it
 PROOF_TAG = const(16)
 
 # Error codes (ERROR message). Numbers are part of the protocol; text is for people.
@@ -195,10 +195,8 @@ F_BROKEN = const(6)       # the origin stopped in the middle of a body
 # Limits on anything that arrives from the wire.
 MAX_DEVICE_LEN = const(64)
 # A path or link target: Linux's PATH_MAX; depth is bounded by the length alone (at most
-# 2048 components of "a/"). Anchors before CAP_NAMES took 1024 bytes and 64 components.
+# 2048 components of "a/"). Anchors before _CAP_NAMES took 1024 bytes and 64 components.
 _MAX_PATH_BYTES = const(4096)
-_MTIME_MIN = -(1 << 64)         # the CBOR integer range: years 1385 to 2554 in nanoseconds
-_MTIME_MAX = (1 << 64) - 1
 MAX_ENTRIES = const(256)       # entries per ENTRIES message
 MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts together (16 KiB)
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
@@ -458,7 +456,8 @@ def check_entry(e):
         _fail("entry op must be PUT with 7 fields or DEL")
     etype = _int(e[ENTRY_TYPE], 0, 2, "entry type")
     _int(e[ENTRY_SIZE], 0, MAX_SIZE, "size")
-    _int(e[ENTRY_MTIME], _MTIME_MIN, _MTIME_MAX, "mtime")
+    # the CBOR integer range: years 1385 to 2554 in nanoseconds (folded, not a global)
+    _int(e[ENTRY_MTIME], -(1 << 64), (1 << 64) - 1, "mtime")
     _int(e[ENTRY_MODE], 0, 0o7777, "mode")
     if etype == T_FILE:
         _bytes(e[ENTRY_OID], 32, "object id")

@@ -36,6 +36,7 @@ _ENOENT = const(2)
 # Names and times (docs/protocol.md §3, "Entries"). An anchor without CAP_NAMES takes paths
 # of 1024 bytes and 64 components, text names only and 64-bit signed mtimes.
 _WELCOME_CAPS = const(4)       # messages._WELCOME_CAPS, copied (test_message_copies)
+_CAP_NAMES = const(4)          # messages._CAP_NAMES, copied
 _MAX_PATH = const(4096)
 _OLD_PATH = const(1024)
 _OLD_DEPTH = const(64)
@@ -54,6 +55,7 @@ _S_UPLOAD = const(8)
 _S_MTIME = const(9)
 _S_REPLACED = const(10)
 _S_CHANGING = const(11)
+CHANGED = const(-1)            # RoverError code: a file changed under upload; run again
 # An entry whose mtime is not older than the backup's start (less this margin) is re-read
 # by the next backup whatever its size and mtime say: an edit within the file system's
 # timestamp granularity (whole seconds on MicroPython, 2 s on FAT) keeps both. The margin
@@ -72,27 +74,8 @@ _PART_IDS = const(2)
 _PART_WANTED = const(2)
 
 
-class Changed(RoverError):
-    """A file's bytes changed after they were hashed, before the anchor had them all: this
-    session cannot commit it. The run starts a new session (what was sent is kept)."""
-
-    def __init__(self, rel):
-        super().__init__("%s changed during the backup" % show(rel))
-        self.rel = rel
-
-
 class _Skip(Exception):
     pass
-
-
-def show(p):
-    """A path for people: raw bytes that are not UTF-8 are shown escaped."""
-    if type(p) is str:
-        return p
-    try:
-        return p.decode()
-    except UnicodeError:
-        return repr(p)[2:-1]
 
 
 def _order(a, b):
@@ -126,32 +109,36 @@ def _order(a, b):
     return -1 if x < y else 1
 
 
-def _next_names(path, after, skip, rel):
-    """The WINDOW smallest (name, kind, inode) in folder `path` with a name greater than
-    `after`, sorted.
+def _next_names(path, after, skip, rel, kinds):
+    """The WINDOW smallest names in folder `path` greater than `after`, sorted; kinds[i]
+    gets the listing's kind of names[i] (fsys.entries).
 
     Streams the listing and keeps only the window, so a folder of any size fits the heap;
     a folder of n names costs n / WINDOW listings (a 2,000-photo camera folder: 32).
     """
     best = []
     try:
-        for e in fsys.entries(path):
-            name = e[0]
+        for name, kind in fsys.entries(path):
             if after is not None and name <= after:
                 continue
-            if len(best) >= WINDOW:
-                if name >= best[-1][0]:
+            n = len(best)
+            if n >= WINDOW:
+                if name >= best[-1]:
                     continue
                 best.pop()
+                n -= 1
             lo = 0
-            hi = len(best)
+            hi = n
             while lo < hi:
                 mid = (lo + hi) // 2
-                if best[mid][0] < name:
+                if best[mid] < name:
                     lo = mid + 1
                 else:
                     hi = mid
-            best.insert(lo, e)
+            best.insert(lo, name)
+            for k in range(n, lo, -1):
+                kinds[k] = kinds[k - 1]
+            kinds[lo] = kind
     except (OSError, MemoryError) as e:
         if not rel:
             raise             # the root itself: never commit a snapshot of nothing
@@ -172,10 +159,11 @@ def walk(root, skip=None):
     skip = skip or (lambda p, code, arg: None)
     if type(root) is str:
         root = fsys.fsencode(root)
-    fsys.entry(root, 0, 0)         # a missing root is an error, never an empty backup
+    fsys.entry(root, 0)            # a missing root is an error, never an empty backup
     folder = b""                   # the folder being listed, relative to root
     last = None                    # the last name handled in it
-    names = _next_names(root, None, skip, b"")
+    kinds = bytearray(WINDOW)
+    names = _next_names(root, None, skip, b"", kinds)
     i = 0
     while True:
         if i >= len(names):
@@ -187,21 +175,23 @@ def walk(root, skip=None):
                 last = folder[j + 1:]
                 folder = folder[:j] if j >= 0 else b""
             names = None
-            names = _next_names(root + b"/" + folder if folder else root, last, skip, folder)
+            names = _next_names(root + b"/" + folder if folder else root, last, skip, folder, kinds)
             i = 0
             continue
-        e = names[i]
+        last = names[i]
+        kind = kinds[i]
         i += 1
-        last = e[0]
         rel = folder + b"/" + last if folder else last
         full = root + b"/" + rel
         try:
-            s = fsys.entry(full, e[1], e[2])
+            s = fsys.entry(full, kind)
         except OSError as x:
             if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
                 skip(rel, _S_READ, x)
             continue
         except MemoryError:
+            if len(rel) <= 512:
+                raise
             full = None
             gc.collect()
             skip(rel, _S_MEMORY, None)
@@ -214,7 +204,7 @@ def walk(root, skip=None):
             last = None
             names = None
             gc.collect()
-            names = _next_names(full, None, skip, rel)
+            names = _next_names(full, None, skip, rel, kinds)
             i = 0
 
 
@@ -230,7 +220,7 @@ class Backup(Conversation):
         self.watch_wait = watch_wait
         # What could not be stored goes to warn (printed even with --quiet).
         self.warn = warn or self.log
-        # rel -> times it changed while uploaded, over the sessions of one run (Changed).
+        # rel -> times it changed while uploaded, over the sessions of one run (CHANGED).
         self.volatile = volatile if volatile is not None else {}
         self.full = full             # describe the whole tree, whatever the state says
         self.names = False           # the anchor takes raw names, long paths, wide mtimes
@@ -257,7 +247,7 @@ class Backup(Conversation):
         self.stats["skipped"] += 1
         if len(rel) > 512:
             gc.collect()
-        self.warn("not stored: %s: %s" % (show(rel), notstored.why(code, arg)))
+        self.warn("not stored: %s: %s" % (notstored.show(rel), notstored.why(code, arg)))
 
     # --- the backup --------------------------------------------------------------------
 
@@ -265,8 +255,9 @@ class Backup(Conversation):
         fsys.makedirs(self.state_dir)
         from rover import state
         state.StateLock(self.state_dir, self.log).take()
+        state = None                  # _run drops the module once it read the state
         try:
-            return self._run(state)
+            return self._run()
         finally:
             fsys.remove(self.state_dir + "/lock/owner")
             try:
@@ -274,7 +265,8 @@ class Backup(Conversation):
             except OSError:
                 pass
 
-    def _run(self, state):
+    def _run(self):
+        from rover import state
         # The file system's own clock at the start, from a file it just wrote: what
         # changes from here on has an mtime at least this (less the margin).
         racy_from = state.scan_start(self.state_dir) - _RACY_MARGIN
@@ -289,7 +281,7 @@ class Backup(Conversation):
         unload(state)
         state = st = None
         w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
-        self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & m.CAP_NAMES)
+        self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & _CAP_NAMES)
         if parent is not None and not w[m.WELCOME_PARENT_OK]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
             parent = None
@@ -326,7 +318,10 @@ class Backup(Conversation):
                     self.skip(rel, e.args[0], e.args[1])
                     rec = None
                 except MemoryError:
-                    # A path of kilobytes in a fragmented heap: this entry only.
+                    # A path of kilobytes in a fragmented heap: this entry only. Any other
+                    # entry's MemoryError is the backup's (a batch may be half sent).
+                    if len(rel) <= 512:
+                        raise
                     gc.collect()
                     self.skip(rel, _S_MEMORY, None)
                     rec = None
@@ -456,7 +451,7 @@ class Backup(Conversation):
                     self.nrec += 1
                     got = off + ln
             self.stats["hashed_bytes"] += got
-            after = fsys.entry(path, fsys.S_IFREG, 0)
+            after = fsys.entry(path, fsys.S_IFREG >> 12)
             if after is None or after[0] != m.T_FILE:
                 raise _Skip(_S_REPLACED, None)
             if got == size and after[1] == size and after[2] == mtime:
@@ -468,12 +463,17 @@ class Backup(Conversation):
 
     def _changed(self, path):
         """The bytes of `path` are no longer those hashed: end this session (the anchor
-        keeps what arrived) and let the run start another one."""
+        keeps what arrived) and let the run start another one (RoverError of code CHANGED,
+        its .rel the file)."""
+        from rover.notstored import show
         try:
             self.send(m.error(m.E_BAD_DATA, "a file changed during the backup"))
         except Exception:
             pass
-        raise Changed(path[len(self.root) + 1:])
+        rel = path[len(self.root) + 1:]
+        e = RoverError("%s changed during the backup" % show(rel), CHANGED)
+        e.rel = rel
+        raise e
 
     def _open(self, path):
         try:
@@ -527,6 +527,7 @@ class Backup(Conversation):
     def _keep_watched(self, recs, watched):
         """Copy the chunk records of entries the anchor watches for: the batch scratch file
         is reused, and they may still have to be uploaded before COMMIT."""
+        from rover.notstored import show
         if self.wfile is None:
             self.wfile = open(self.wpath, "wb")
         for w in watched:

@@ -3,15 +3,15 @@
 import sys
 import time
 
-from anchor_core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON, const
 
 def usage():
     # Its text lives in its own module: the rover's heap holds it only when it is printed.
     from rover.usage import USAGE
     return USAGE
 
-EXIT_INCOMPLETE = 3    # snapshot committed, some items not stored (README, "Exit status")
-_AGAIN = 4             # sessions started over in one run (files changing while uploaded)
+_EXIT_INCOMPLETE = const(3)  # snapshot committed, some items not stored (README, "Exit status")
+_AGAIN = const(4)      # sessions started over in one run (files changing while uploaded)
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
            "--retries")
@@ -137,7 +137,7 @@ def _backup(opts, root, log, t0):
     from rover.link import cost, LinkError
     from rover.conversation import RoverError
     from rover.link import NotPaired
-    from rover.backup import Backup, Changed
+    from rover.backup import Backup, CHANGED
     from anchor_core.messages import ProtocolError, E_TREE
     wait = opts.get("watch-wait", "600")
     retries = opts.get("retries", "3")
@@ -173,16 +173,17 @@ def _backup(opts, root, log, t0):
             attempt += 1
             log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
             time.sleep(min(5, attempt))
-        except Changed as e:
-            # Another session, which reads the file again; a file that changes under two
-            # uploads is skipped and listed. Bounded: each restart names one more file.
-            again += 1
-            volatile[e.rel] = volatile.get(e.rel, 0) + 1
-            if again > _AGAIN:
-                print("rover: backup failed: files keep changing during the backup (%d sessions)" % again)
-                return 1
-            log("%s; starting the session again" % e)
         except (RoverError, ProtocolError, OSError, ValueError, NotPaired) as e:
+            if getattr(e, "code", 0) == CHANGED:
+                # Another session, which reads the file again; a file that changes under two
+                # uploads is skipped and listed. Bounded: each restart names one more file.
+                again += 1
+                volatile[e.rel] = volatile.get(e.rel, 0) + 1
+                if again > _AGAIN:
+                    print("rover: backup failed: files keep changing during the backup (%d sessions)" % again)
+                    return 1
+                log("%s; starting the session again" % e)
+                continue
             if getattr(e, "code", 0) == E_TREE and not full:
                 # The anchor built another tree from our delta than we did: our copy of the
                 # parent is not its. Once more, describing the whole tree (uploads nothing
@@ -221,7 +222,7 @@ def _backup(opts, root, log, t0):
     if s["skipped"]:
         # restic's convention: the snapshot holds everything else, but not all of the tree
         print("rover: %d items were not stored exactly (listed above \"not stored:\")" % s["skipped"])
-        return EXIT_INCOMPLETE
+        return _EXIT_INCOMPLETE
     return 0
 
 

@@ -33,26 +33,25 @@ if MICROPYTHON:
         return p.encode() if type(p) is str else p
 
     def entries(path):
-        """(name, kind, inode) of folder `path` (bytes): kind is the S_IFMT bits of the
-        entry itself (a symlink is S_IFLNK), 0 where the file system does not say."""
+        """(name, kind) of folder `path` (bytes): kind is the entry's own S_IFMT bits >> 12
+        (a symlink is S_IFLNK), 0 where the file system does not say."""
         for e in os.ilistdir(path):
-            yield e[0], e[1] & S_IFMT, e[2]
+            yield e[0], (e[1] & S_IFMT) >> 12
 
-    def entry(path, kind, ino):
+    def entry(path, kind):
         """(type, size, mtime_ns, mode, target) of the entry `path` (bytes) itself, never
         what a symlink points at; None for things a backup skips. A symlink comes back with
-        target None: MicroPython cannot read link targets."""
+        target None: MicroPython cannot read link targets. Only the listing's kind tells a
+        symlink here (stat follows them): a file system that gives no kinds (0) has none
+        (FAT, LittleFS) or is not one a rover backs up."""
+        kind <<= 12
         if kind == S_IFLNK:
             return (m.T_LINK, 0, 0, 0, None)
         s = os.stat(path)         # follows symlinks: the listing's kind says what it is
         fmt = s[0] & S_IFMT
-        if kind == 0 and ino and s[1] != ino:
-            # No kind in the listing and stat reached another inode: a symlink.
+        if kind and fmt != kind and (kind == S_IFDIR or fmt == S_IFDIR):
+            # Replaced between listing and stat (a link now, or another type): not followed.
             return (m.T_LINK, 0, 0, 0, None)
-        if kind and fmt != kind:
-            # Replaced between listing and stat (now a link, or another type): not followed.
-            if kind == S_IFDIR or fmt == S_IFDIR:
-                return (m.T_LINK, 0, 0, 0, None)
         if fmt == S_IFDIR:
             t = m.T_DIR
         elif fmt == S_IFREG:
@@ -61,20 +60,10 @@ if MICROPYTHON:
             return None
         return (t, s[6] if t == m.T_FILE else 0, _signed(s[8]) * 1000000000, s[0] & 0o7777, None)
 
-    def mtime_ns(path):
-        return _signed(os.stat(path)[8]) * 1000000000
-
     def fsync(f):
         # No fsync here: flush hands the bytes to the VFS (FAT and LittleFS commit a file on
         # close, and on the Unix port the kernel has them).
         f.flush()
-
-    def listdir(path):
-        return [e[0] for e in os.ilistdir(path)]
-
-    def iterdir(path):
-        for e in os.ilistdir(path):
-            yield e[0]
 
     def stat(path):
         """(type, size, mtime_ns, mode) or None for things a backup skips."""
@@ -116,9 +105,9 @@ else:
     def entries(path):
         with os.scandir(path) as it:
             for e in it:
-                yield e.name, 0, 0
+                yield e.name, 0
 
-    def entry(path, kind, ino):
+    def entry(path, kind):
         s = os.lstat(path)
         fmt = s.st_mode & S_IFMT
         target = None
@@ -133,20 +122,9 @@ else:
             return None
         return (t, s.st_size if t == m.T_FILE else 0, s.st_mtime_ns, s.st_mode & 0o7777, target)
 
-    def mtime_ns(path):
-        return os.stat(path).st_mtime_ns
-
     def fsync(f):
         f.flush()
         os.fsync(f.fileno())
-
-    def listdir(path):
-        return os.listdir(path)
-
-    def iterdir(path):
-        with os.scandir(path) as it:
-            for e in it:
-                yield e.name
 
     def stat(path):
         s = os.lstat(path)

@@ -30,3 +30,13 @@ def why(code, arg):
     elif isinstance(arg, MemoryError):
         arg = "out of memory"
     return text % (arg,)
+
+
+def show(p):
+    """A path for people: raw bytes that are not UTF-8 are shown escaped."""
+    if type(p) is str:
+        return p
+    try:
+        return p.decode()
+    except UnicodeError:
+        return repr(p)[2:-1]

@@ -38,6 +38,9 @@ def _runs_rover(cmdline):
 
 
 if MICROPYTHON:
+    def mtime_ns(path):
+        return fsys._signed(os.stat(path)[8]) * 1000000000
+
     def my_pid():
         try:
             with open("/proc/self/stat", "rb") as f:
@@ -56,6 +59,9 @@ if MICROPYTHON:
             return False
 
 else:
+    def mtime_ns(path):
+        return os.stat(path).st_mtime_ns
+
     def my_pid():
         return os.getpid()
 
@@ -137,7 +143,7 @@ class StateLock:
         # one that died right there. Young (within a minute) means the former.
         import time
         try:
-            t = fsys.mtime_ns(self.dir) // 1000000000
+            t = mtime_ns(self.dir) // 1000000000
         except OSError:
             return False
         return -5 <= time.time() - t < 60
@@ -220,4 +226,4 @@ def scan_start(state_dir):
     scan = state_dir + "/scan"
     with open(scan, "wb") as f:
         f.write(b"x")
-    return fsys.mtime_ns(scan)
+    return mtime_ns(scan)

@@ -412,10 +412,9 @@ def test_file_that_changes_while_hashed_is_read_again(anchor, tmp_path, monkeypa
 def test_rover_facing_an_anchor_without_raw_names_lists_what_it_cannot_send(anchor, tmp_path, monkeypatch):
     """In-process (CPython), the rover reading WELCOME as an older anchor sends it: no
     CAP_NAMES. What that anchor would refuse is listed; everything else commits."""
-    from anchor_core import messages as m
     from rover import backup
     from rover.link import open_link
-    monkeypatch.setattr(m, "CAP_NAMES", 1 << 12)         # a bit this anchor does not set
+    monkeypatch.setattr(backup, "_CAP_NAMES", 1 << 12)   # a bit this anchor does not set
     src = tmp_path / "src"
     src.mkdir()
     (src / "plain.txt").write_bytes(b"plain\n")
