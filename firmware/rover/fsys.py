@@ -14,12 +14,6 @@ S_IFREG = 0o100000
 S_IFLNK = 0o120000
 
 
-def join(a, b):
-    if not a:
-        return b
-    return a + "/" + b
-
-
 def _signed(t):
     # MicroPython's stat gives time_t as an unsigned machine word: a time before 1970
     # comes back as 2**64 - seconds.
@@ -42,8 +36,9 @@ if MICROPYTHON:
         """(type, size, mtime_ns, mode, target) of the entry `path` (bytes) itself, never
         what a symlink points at; None for things a backup skips. A symlink comes back with
         target None: MicroPython cannot read link targets. Only the listing's kind tells a
-        symlink here (stat follows them): a file system that gives no kinds (0) has none
-        (FAT, LittleFS) or is not one a rover backs up."""
+        symlink here (stat follows them). FAT and LittleFS have no symlinks; a Unix file
+        system whose listing gives no kinds (0, DT_UNKNOWN: some network file systems)
+        cannot be told apart, and a link to a folder there is walked into (README.md)."""
         kind <<= 12
         if kind == S_IFLNK:
             return (m.T_LINK, 0, 0, 0, None)
