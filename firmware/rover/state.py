@@ -29,7 +29,10 @@ _ENOENT = const(2)
 
 def _runs_rover(cmdline):
     # One of its arguments is the rover: the `rover` script, MicroPython's rover/main.py,
-    # or `-m rover.cli`. A pid reused by any other program does not hold a lock.
+    # or `-m rover.cli`. A pid reused by any other program does not hold a lock. An empty
+    # command line (a process in the middle of exec, or a zombie) cannot be told: held.
+    if not cmdline:
+        return True
     for a in cmdline.split(b"\x00"):
         if (a == b"rover" or a.endswith(b"/rover") or a.endswith(b"rover/main.py")
                 or a == b"rover.cli" or a.endswith(b"rover/cli.py")):

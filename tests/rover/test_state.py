@@ -58,11 +58,25 @@ def test_state_of_another_device_is_refused_not_overwritten(tmp_path):
         state.load_state(d, "other")
 
 
+def _exec_done(pid):
+    """Wait until the child's command line is there: Popen may return while it is still
+    in exec, and an empty command line counts as a holder."""
+    import time
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if f.read():
+                return
+        time.sleep(0.005)
+    raise AssertionError("process %d never showed its command line" % pid)
+
+
 def test_lock_refuses_a_live_rover_and_takes_over_a_dead_ones(tmp_path):
     d = str(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "rover"],
                               stdin=subprocess.PIPE)
     try:
+        _exec_done(holder.pid)
         os.mkdir(d + "/lock")
         with open(d + "/lock/owner", "w") as f:
             f.write("%d\n" % holder.pid)
@@ -86,6 +100,7 @@ def test_lock_of_a_pid_that_runs_something_else_is_stale(tmp_path):
     d = str(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
+        _exec_done(other.pid)
         os.mkdir(d + "/lock")
         with open(d + "/lock/owner", "w") as f:
             f.write("%d\n" % other.pid)          # pid reused by a program that is no rover
