@@ -167,6 +167,10 @@ ENC_ZLIB = const(1)
 # Capability bits in HELLO/WELCOME.
 CAP_ZLIB = const(1)   # sender can produce zlib DATA (every anchor accepts it)
 CAP_PROVE = const(2)  # rover answers NEED's proof challenges (PROOF) for chunks it holds
+# The anchor takes raw names (byte-string paths and link targets that are not UTF-8), paths
+# and targets of up to 4096 bytes, and mtimes anywhere in CBOR's integer range (§3,
+# "Entries"). A rover talking to an anchor without it skips, and lists, what needs it.
+_CAP_NAMES = const(4)      # private: a public name costs the rover heap; it copies it
 PROOF_TAG = const(16)
 
 # Error codes (ERROR message). Numbers are part of the protocol; text is for people.
@@ -190,8 +194,9 @@ F_BROKEN = const(6)       # the origin stopped in the middle of a body
 
 # Limits on anything that arrives from the wire.
 MAX_DEVICE_LEN = const(64)
-_MAX_PATH_BYTES = const(1024)
-_MAX_PATH_DEPTH = const(64)
+# A path or link target: Linux's PATH_MAX; depth is bounded by the length alone (at most
+# 2048 components of "a/"). Anchors before _CAP_NAMES took 1024 bytes and 64 components.
+_MAX_PATH_BYTES = const(4096)
 MAX_ENTRIES = const(256)       # entries per ENTRIES message
 MAX_IDS = const(512)           # chunk ids per CHUNKLIST message, all parts together (16 KiB)
 MAX_CHUNK = const(65536)       # largest raw chunk the anchor accepts
@@ -272,27 +277,57 @@ def check_device(name):
     return name
 
 
+def _raw(name, what):
+    """A path or link target: text (UTF-8) or, for a name that is not UTF-8, a byte string.
+    One name has one form, so a tree has one root digest. Returns its length in bytes; text
+    of at most 1024 characters is not encoded to count (at most 4096 bytes either way): the
+    rover checks every entry it sends, and a copy of a long path is a block its heap may
+    not have."""
+    if type(name) is str:
+        return len(name) if len(name) <= _MAX_PATH_BYTES // 4 else len(name.encode())
+    if type(name) is not bytes:
+        _fail("%s must be text or bytes" % what)
+    try:
+        name.decode()
+    except UnicodeError:
+        return len(name)
+    _fail("%s is UTF-8 and must be sent as text" % what)
+
+
 def check_path(path):
     """A relative path inside the backed-up tree: '/'-separated, no '', '.', '..', no NUL."""
-    if type(path) is not str or not path:
-        _fail("path must be non-empty text")
-    if len(path.encode()) > _MAX_PATH_BYTES:
+    n = _raw(path, "path")
+    if not n:
+        _fail("path must not be empty")
+    if n > _MAX_PATH_BYTES:
         _fail("path longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
-    if "\x00" in path:
+    if type(path) is str:
+        sep, dot, nul = "/", ".", "\x00"
+    else:
+        sep, dot, nul = b"/", b".", b"\x00"
+    if path.find(nul) >= 0:
         _fail("path holds NUL")
-    parts = path.split("/")
-    if len(parts) > _MAX_PATH_DEPTH:
-        _fail("path deeper than %d" % _MAX_PATH_DEPTH, E_TOO_LARGE)
-    for p in parts:
-        if p == "" or p == "." or p == "..":
-            _fail("path component '%s' not allowed" % p)
-    return path
+    # Component by component without split(): a 4 KiB path may have 2048 of them.
+    n = len(path)
+    start = 0
+    while True:
+        j = path.find(sep, start)
+        end = n if j < 0 else j
+        ln = end - start
+        if ln == 0 or (ln <= 2 and path[start:end] in (dot, dot + dot)):
+            _fail("path component %r not allowed" % path[start:end])
+        if j < 0:
+            return path
+        start = j + 1
 
 
 def path_key(path):
-    # Canonical tree order compares paths component by component; mapping '/' to the
-    # lowest character makes plain string comparison do exactly that.
-    return path.replace("/", "\x00")
+    # Canonical tree order compares the paths' bytes component by component; mapping '/'
+    # to the lowest byte makes plain comparison do exactly that. UTF-8 keeps code point
+    # order, so trees of text paths sort as they always did.
+    if type(path) is str:
+        path = path.encode()
+    return path.replace(b"/", b"\x00")
 
 
 # --- builders -------------------------------------------------------------------------
@@ -421,7 +456,8 @@ def check_entry(e):
         _fail("entry op must be PUT with 7 fields or DEL")
     etype = _int(e[ENTRY_TYPE], 0, 2, "entry type")
     _int(e[ENTRY_SIZE], 0, MAX_SIZE, "size")
-    _int(e[ENTRY_MTIME], -(1 << 63), (1 << 63) - 1, "mtime")
+    # the CBOR integer range: years 1385 to 2554 in nanoseconds (folded, not a global)
+    _int(e[ENTRY_MTIME], -(1 << 64), (1 << 64) - 1, "mtime")
     _int(e[ENTRY_MODE], 0, 0o7777, "mode")
     if etype == T_FILE:
         _bytes(e[ENTRY_OID], 32, "object id")
@@ -430,7 +466,8 @@ def check_entry(e):
     if etype == T_LINK:
         if len(e) <= ENTRY_TARGET:
             _fail("symlink entry needs a target")
-        _text(e[ENTRY_TARGET], _MAX_PATH_BYTES, "symlink target")
+        if _raw(e[ENTRY_TARGET], "symlink target") > _MAX_PATH_BYTES:
+            _fail("symlink target longer than %d bytes" % _MAX_PATH_BYTES, E_TOO_LARGE)
     if len(e) > ENTRY_FLAGS:
         _int(e[ENTRY_FLAGS], 0, 0xFFFF, "entry flags")
     return e

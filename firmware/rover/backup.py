@@ -5,9 +5,10 @@
 # scratch file, and chunk bytes are re-read from the file when the anchor asks for them.
 import gc
 import hashlib
+import os
 import struct
 
-from anchor_core.compat import const
+from anchor_core.compat import const, unload
 from anchor_core import cbor
 from anchor_core import chunker
 from anchor_core import messages as m
@@ -29,8 +30,37 @@ BATCH_BYTES = const(4096)      # ...and about this many bytes, so it fits TX_BUF
 BATCH_CHUNKS = const(4096)     # chunk records per batch scratch file
 LIST_IDS = const(64)           # chunk ids per CHUNKLIST message, all parts (2.3 KB)
 _REC = const(44)               # scratch record: offset u64, length u32, chunk id
-STATE_VERSION = const(1)
 _PROBE = const(4096)           # bytes tried first to see whether compressing a chunk pays
+_ENOENT = const(2)
+
+# Names and times (docs/protocol.md §3, "Entries"). An anchor without CAP_NAMES takes paths
+# of 1024 bytes and 64 components, text names only and 64-bit signed mtimes.
+_WELCOME_CAPS = const(4)       # messages._WELCOME_CAPS, copied (test_message_copies)
+_CAP_NAMES = const(4)          # messages._CAP_NAMES, copied
+_MAX_PATH = const(4096)
+_OLD_PATH = const(1024)
+_OLD_DEPTH = const(64)
+_ENTRY_ROOM = const(7680)      # path + link target of one entry: one message in TX_SIZE
+_READS = const(3)              # reads of a file that changes under them, then it is skipped
+# Why an item is not stored: rover/notstored.py's texts, in its order.
+_S_LIST = const(0)
+_S_READ = const(1)
+_S_MEMORY = const(2)
+_S_RAW = const(3)
+_S_LINK = const(4)
+_S_LONG = const(5)
+_S_DEEP = const(6)
+_S_TARGET = const(7)
+_S_UPLOAD = const(8)
+_S_MTIME = const(9)
+_S_REPLACED = const(10)
+_S_CHANGING = const(11)
+CHANGED = const(-1)            # RoverError code: a file changed under upload; run again
+# An entry whose mtime is not older than the backup's start (less this margin) is re-read
+# by the next backup whatever its size and mtime say: an edit within the file system's
+# timestamp granularity (whole seconds on MicroPython, 2 s on FAT) keeps both. The margin
+# covers that granularity and a state folder on another file system than the tree.
+_RACY_MARGIN = 2000000000
 
 
 WINDOW = const(64)             # names of one folder held at a time
@@ -44,23 +74,61 @@ _PART_IDS = const(2)
 _PART_WANTED = const(2)
 
 
-def _next_names(path, after, log):
-    """The WINDOW smallest names in folder `path` greater than `after`, sorted.
+class _Skip(Exception):
+    pass
+
+
+def _order(a, b):
+    """-1, 0 or 1: paths a and b (text or raw bytes) in canonical order, their bytes compared
+    component by component. m.path_key says the same with two copies of each path; this
+    compares 64 bytes at a time, so a path of kilobytes costs no block of its size (a
+    256 KB heap that is in pieces has none). Text compares by code point, which is UTF-8's
+    byte order."""
+    if type(a) is not type(b):       # only around a name that is not UTF-8: rare
+        a = m.path_key(a)
+        b = m.path_key(b)
+    if a == b:
+        return 0
+    n = len(a) if len(a) < len(b) else len(b)
+    i = 0
+    while i < n:
+        j = i + 64 if i + 64 < n else n
+        if a[i:j] != b[i:j]:
+            break
+        i = j
+    else:
+        return -1 if len(a) < len(b) else 1
+    while a[i] == b[i]:
+        i += 1
+    x = a[i]
+    y = b[i]
+    if x == "/" or x == 47:          # '/' sorts lowest (text, bytes)
+        return -1
+    if y == "/" or y == 47:
+        return 1
+    return -1 if x < y else 1
+
+
+def _next_names(path, after, skip, rel, kinds):
+    """The WINDOW smallest names in folder `path` greater than `after`, sorted; kinds[i]
+    gets the listing's kind of names[i] (fsys.entries).
 
     Streams the listing and keeps only the window, so a folder of any size fits the heap;
     a folder of n names costs n / WINDOW listings (a 2,000-photo camera folder: 32).
     """
     best = []
     try:
-        for name in fsys.iterdir(path):
+        for name, kind in fsys.entries(path):
             if after is not None and name <= after:
                 continue
-            if len(best) >= WINDOW:
+            n = len(best)
+            if n >= WINDOW:
                 if name >= best[-1]:
                     continue
                 best.pop()
+                n -= 1
             lo = 0
-            hi = len(best)
+            hi = n
             while lo < hi:
                 mid = (lo + hi) // 2
                 if best[mid] < name:
@@ -68,87 +136,95 @@ def _next_names(path, after, log):
                 else:
                     hi = mid
             best.insert(lo, name)
-    except OSError as e:
-        log("cannot list %s (%s): backed up as empty" % (path, e))
+            for k in range(n, lo, -1):
+                kinds[k] = kinds[k - 1]
+            kinds[lo] = kind
+    except (OSError, MemoryError) as e:
+        if not rel:
+            raise             # the root itself: never commit a snapshot of nothing
+        best = None
+        gc.collect()
+        skip(rel, _S_LIST, e)
         return []
     return best
 
 
-def walk(root, log=None):
-    """Yield (relative path, stat) in canonical order: depth first, names sorted.
+def walk(root, skip=None):
+    """Yield (relative path as bytes, entry) in canonical order: depth first, names sorted.
+    Symlinks are entries, never followed. What cannot be read goes to skip(path, reason, detail).
 
-    Memory holds one window of one folder's names plus the chain of folders above it;
-    nothing grows with the number of files in a folder or in the tree.
+    Memory holds one window of one folder's names and the current folder's path: nothing
+    grows with the number of files in a folder, the tree, or its depth.
     """
-    log = log or (lambda s: None)
-    fsys.stat(root)                # a missing root is an error, never an empty backup
-    chain = [["", None]]           # [relative folder, last name handled in it]
-    names = _next_names(root, None, log)
+    skip = skip or (lambda p, code, arg: None)
+    if type(root) is str:
+        root = fsys.fsencode(root)
+    fsys.entry(root, 0)            # a missing root is an error, never an empty backup
+    folder = b""                   # the folder being listed, relative to root
+    last = None                    # the last name handled in it
+    kinds = bytearray(WINDOW)
+    names = _next_names(root, None, skip, b"", kinds)
     i = 0
     while True:
         if i >= len(names):
-            if len(names) == WINDOW:       # more names may follow the last one
-                top = chain[-1]
-                names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
-                i = 0
-                continue
-            if len(chain) == 1:
-                return
-            chain.pop()
-            top = chain[-1]
-            names = _next_names(root + "/" + top[0] if top[0] else root, top[1], log)
+            if len(names) < WINDOW:
+                if not folder:
+                    return
+                # Back up one level: the folder just finished is the last name handled there.
+                j = folder.rfind(b"/")
+                last = folder[j + 1:]
+                folder = folder[:j] if j >= 0 else b""
+            names = None
+            names = _next_names(root + b"/" + folder if folder else root, last, skip, folder, kinds)
             i = 0
             continue
-        top = chain[-1]
-        top[1] = names[i]
-        rel = fsys.join(top[0], names[i])
+        last = names[i]
+        kind = kinds[i]
         i += 1
-        full = root + "/" + rel
+        rel = folder + b"/" + last if folder else last
+        full = root + b"/" + rel
         try:
-            s = fsys.stat(full)
-        except OSError:
-            continue          # vanished between listing and stat
+            s = fsys.entry(full, kind)
+        except OSError as x:
+            if x.args and x.args[0] != _ENOENT:    # gone between listing and stat: not an error
+                skip(rel, _S_READ, x)
+            continue
+        except MemoryError:
+            if len(rel) <= 512:
+                raise
+            full = None
+            gc.collect()
+            skip(rel, _S_MEMORY, None)
+            continue
         if s is None:
             continue          # sockets, devices, fifos: nothing to back up
         yield rel, s
         if s[0] == m.T_DIR:
-            chain.append([rel, None])
+            folder = rel
+            last = None
             names = None
             gc.collect()
-            names = _next_names(full, None, log)
+            names = _next_names(full, None, skip, rel, kinds)
             i = 0
 
 
-def load_state(state_dir, device):
-    try:
-        f = open(state_dir + "/state.cbor", "rb")
-    except OSError:
-        return None
-    with f:
-        st = cbor.decode(f.read())
-    if type(st) is not list or len(st) < 4 or st[0] != STATE_VERSION:
-        raise RoverError("state in %s has an unknown format" % state_dir)
-    if st[1] != device:
-        raise RoverError("state in %s belongs to device %r, not %r" % (state_dir, st[1], device))
-    return st
-
-
-def save_state(state_dir, device, parent, root):
-    tmp = state_dir + "/state.cbor.new"
-    with open(tmp, "wb") as f:
-        f.write(cbor.encode([STATE_VERSION, device, parent, root]))
-    fsys.rename(tmp, state_dir + "/state.cbor")
-
-
 class Backup(Conversation):
-    def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600):
+    def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600,
+                 warn=None, volatile=None, full=False):
         Conversation.__init__(self, link, device, log)
         self.state_dir = state_dir
-        self.root = root.rstrip("/") or "/"
+        self.root = fsys.fsencode(root.rstrip("/") or "/")
         # Files under `outbox` (relative to root) are queued to go out through the relay:
         # the anchor may wait up to watch_wait seconds to see them pass instead.
-        self.outbox = outbox.strip("/") if outbox else None
+        self.outbox = fsys.fsencode(outbox.strip("/")) + b"/" if outbox else None
         self.watch_wait = watch_wait
+        # What could not be stored goes to warn (printed even with --quiet).
+        self.warn = warn or self.log
+        # rel -> times it changed while uploaded, over the sessions of one run (CHANGED).
+        self.volatile = volatile if volatile is not None else {}
+        self.full = full             # describe the whole tree, whatever the state says
+        self.names = False           # the anchor takes raw names, long paths, wide mtimes
+        self.racy = None
         self.watches = []        # (path, oid, first record in the watch file, count)
         self.wpath = state_dir + "/watch.chunks"
         self.wfile = None
@@ -160,19 +236,52 @@ class Backup(Conversation):
         self.files = {}          # batch index -> (full path, oid, first record, count)
         self.nrec = 0
         self.batch_bytes = 0
+        self.next_bytes = 0
         self.cfile = None
         self.cpath = state_dir + "/batch.chunks"
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
-                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None}
+                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0}
+
+    def skip(self, rel, code, arg):
+        from rover import notstored
+        self.stats["skipped"] += 1
+        if len(rel) > 512:
+            gc.collect()
+        self.warn("not stored: %s: %s" % (notstored.show(rel), notstored.why(code, arg)))
 
     # --- the backup --------------------------------------------------------------------
 
     def run(self):
         fsys.makedirs(self.state_dir)
-        st = load_state(self.state_dir, self.device)
-        parent = st[2] if st else None
-        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
+        from rover import state
+        state.StateLock(self.state_dir, self.log).take()
+        state = None                  # _run drops the module once it read the state
+        try:
+            return self._run()
+        finally:
+            fsys.remove(self.state_dir + "/lock/owner")
+            try:
+                os.rmdir(self.state_dir + "/lock")
+            except OSError:
+                pass
+
+    def _run(self):
+        from rover import state
+        # The file system's own clock at the start, from a file it just wrote: what
+        # changes from here on has an mtime at least this (less the margin).
+        racy_from = state.scan_start(self.state_dir) - _RACY_MARGIN
         tree_path = self.state_dir + "/tree"
+        st = None if self.full else state.load_state(self.state_dir, self.device, self.log)
+        parent = st[2] if st else None
+        if parent is not None and not state.verify_tree(tree_path, st[3]):
+            self.log("the local copy of snapshot %d is damaged: describing the whole tree" % parent)
+            parent = None
+        if parent is not None:
+            self.racy = st[4]
+        unload(state)
+        state = st = None
+        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
+        self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & _CAP_NAMES)
         if parent is not None and not w[m.WELCOME_PARENT_OK]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
             parent = None
@@ -184,23 +293,48 @@ class Backup(Conversation):
         self._open_batch()
         old = next(old_iter, None)
         try:
-            for rel, s in walk(self.root, self.log):
-                key = m.path_key(rel)
-                while old is not None and m.path_key(old[m.REC_PATH]) < key:
+            for rel, s in walk(self.root, self.skip):
+                if len(rel) > 512:
+                    # Paths of kilobytes: free their copies before the next ones, or a
+                    # fragmented 256 KB heap has no block left that holds one.
+                    gc.collect()
+                try:
+                    path = self._name(rel, "name")
+                except _Skip as e:
+                    self.skip(rel, e.args[0], e.args[1])
+                    continue          # an old record of it, if any, is deleted below
+                c = _order(old[m.REC_PATH], path) if old is not None else 1
+                while c < 0:
                     self._delete(old[m.REC_PATH])
                     old = next(old_iter, None)
+                    c = _order(old[m.REC_PATH], path) if old is not None else 1
                 prev = None
-                if old is not None and old[m.REC_PATH] == rel:
+                if c == 0:
                     prev = old
                     old = next(old_iter, None)
-                rec = self._record(rel, s, prev)
-                if rec is None:          # vanished or unreadable: not in this snapshot
+                try:
+                    rec = self._record(rel, path, s, prev)
+                except _Skip as e:
+                    self.skip(rel, e.args[0], e.args[1])
+                    rec = None
+                except MemoryError:
+                    # A path of kilobytes in a fragmented heap: this entry only. Any other
+                    # entry's MemoryError is the backup's (a batch may be half sent).
+                    if len(rel) <= 512:
+                        raise
+                    gc.collect()
+                    self.skip(rel, _S_MEMORY, None)
+                    rec = None
+                if rec is None:          # vanished or not stored: not in this snapshot
                     if prev is not None:
-                        self._delete(rel)
+                        self._delete(prev[m.REC_PATH])
                     continue
-                enc = cbor.encode(rec)
+                # Encoded in the send buffer, free between messages: a record with a path of
+                # kilobytes needs no fresh block (cbor.encode would take three of its size).
+                enc = memoryview(buffers.tx)[:cbor.encode_into(rec, buffers.tx, 0)]
                 digest.update(enc)
                 writer.add_encoded(enc)
+                enc = None
                 if rec[m.REC_TYPE] == m.T_FILE:
                     total += rec[m.REC_SIZE]
             while old is not None:
@@ -222,52 +356,130 @@ class Backup(Conversation):
                 self.wfile = None
             fsys.remove(self.wpath)
         fsys.rename(new_path, tree_path)
-        save_state(self.state_dir, self.device, snap, root)
+        from rover import state
+        state.save_state(self.state_dir, self.device, snap, root, racy_from)
+        unload(state)
         self.stats["entries"] = writer.count
         self.stats["bytes"] = total
         self.stats["snapshot"] = snap
         return self.stats
 
-    def _record(self, rel, s, prev):
+    def _name(self, raw, what):
+        """The wire form of a raw name: text if it is UTF-8, else the bytes themselves."""
+        try:
+            return raw.decode()
+        except UnicodeError:
+            if not self.names:
+                raise _Skip(_S_RAW, what)
+            return raw
+
+    def _mtime(self, t):
+        lo, hi = (-(1 << 64), (1 << 64) - 1) if self.names else (-(1 << 63), (1 << 63) - 1)
+        return lo if t < lo else (hi if t > hi else t)
+
+    def _record(self, rel, path, s, prev):
         t, size, mtime, mode, target = s
-        if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == mtime
-                and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target):
+        if t == m.T_LINK and target is None:
+            raise _Skip(_S_LINK, None)
+        if len(rel) > (_MAX_PATH if self.names else _OLD_PATH):
+            raise _Skip(_S_LONG, len(rel))
+        if not self.names and rel.count(b"/") >= _OLD_DEPTH:
+            raise _Skip(_S_DEEP, None)
+        if target is not None:
+            if len(rel) + len(target) > _ENTRY_ROOM or len(target) > (_MAX_PATH if self.names else _OLD_PATH):
+                raise _Skip(_S_TARGET, len(target))
+            target = self._name(target, "link target")
+        if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_SIZE] == size and prev[m.REC_MTIME] == self._mtime(mtime)
+                and prev[m.REC_MODE] == mode and prev[m.REC_TARGET] == target
+                and (t != m.T_FILE or (self.racy is not None and mtime < self.racy))):
             return prev       # unchanged: the anchor already has it, say nothing
+        # Room in this batch's message first: a flush after hashing would lose the file's
+        # chunk records with the batch scratch file.
+        self._room(len(rel) + (len(s[4]) if s[4] is not None else 0))
         oid = None
         idx = len(self.batch)
         if t == m.T_FILE:
+            if self.volatile.get(rel, 0) >= 2:
+                raise _Skip(_S_UPLOAD, None)
+            first = self.nrec
             try:
-                oid, size, first, n = self._hash_file(self.root + "/" + rel)
+                oid, size, mtime = self._hash_file(rel, size, mtime)
             except OSError as e:
-                self.log("skipping %s: %s" % (rel, e))
-                return None
-            self.files[idx] = (self.root + "/" + rel, oid, first, n)
+                if e.args and e.args[0] == _ENOENT:
+                    return None
+                raise _Skip(_S_READ, e)
+            if (prev is not None and prev[m.REC_TYPE] == t and prev[m.REC_OID] == oid and prev[m.REC_SIZE] == size
+                    and prev[m.REC_MTIME] == self._mtime(mtime) and prev[m.REC_MODE] == mode):
+                # Re-read because its mtime was racy, and the same after all: nothing to send.
+                self.nrec = first
+                self.cfile.seek(first * _REC)
+                return prev
+            self.files[idx] = (self.root + b"/" + rel, oid, first, self.nrec - first)
+        if self._mtime(mtime) != mtime:
+            self.skip(rel, _S_MTIME, mtime)
+            mtime = self._mtime(mtime)
         flags = 0
-        if self.outbox and t == m.T_FILE and rel.startswith(self.outbox + "/"):
+        if self.outbox and t == m.T_FILE and rel.startswith(self.outbox):
             flags = m.FLAG_QUEUED
-        self.batch.append(m.put_entry(rel, t, size, mtime, mode, oid, target, flags))
+        self.batch.append(m.put_entry(path, t, size, mtime, mode, oid, target, flags))
         self.stats["changed"] += 1
         self._maybe_flush()
-        return m.tree_record(rel, t, size, mtime, mode, oid, target)
+        return m.tree_record(path, t, size, mtime, mode, oid, target)
 
     def _delete(self, path):
+        self._room(len(m.path_key(path)))
         self.batch.append(m.del_entry(path))
         self.stats["deleted"] += 1
         self._maybe_flush()
 
-    def _hash_file(self, path):
+    def _hash_file(self, rel, size, mtime):
+        """(object id, size, mtime) of a consistent read of file `rel`: its size and mtime
+        the same before and after, and as many bytes read. A file that changes while it is
+        read is read again, up to _READS times; then it is skipped."""
+        path = self.root + b"/" + rel
         first = self.nrec
-        oid = chunker.ObjectId()
-        size = 0
-        with open(path, "rb") as f:
-            for off, ln, cid in chunker.chunks_of(f, self.cbuf):
-                oid.add(cid)
-                self.cfile.write(struct.pack(">QI", off, ln))
-                self.cfile.write(cid)
-                self.nrec += 1
-                size = off + ln
-        self.stats["hashed_bytes"] += size
-        return oid.finish(size), size, first, self.nrec - first
+        for _ in range(_READS):
+            self.nrec = first
+            self.cfile.seek(first * _REC)
+            oid = chunker.ObjectId()
+            got = 0
+            with open(path, "rb") as f:
+                for off, ln, cid in chunker.chunks_of(f, self.cbuf):
+                    oid.add(cid)
+                    self.cfile.write(struct.pack(">QI", off, ln))
+                    self.cfile.write(cid)
+                    self.nrec += 1
+                    got = off + ln
+            self.stats["hashed_bytes"] += got
+            after = fsys.entry(path, fsys.S_IFREG >> 12)
+            if after is None or after[0] != m.T_FILE:
+                raise _Skip(_S_REPLACED, None)
+            if got == size and after[1] == size and after[2] == mtime:
+                return oid.finish(size), size, mtime
+            size, mtime = after[1], after[2]
+        self.nrec = first
+        self.cfile.seek(first * _REC)
+        raise _Skip(_S_CHANGING, None)
+
+    def _changed(self, path):
+        """The bytes of `path` are no longer those hashed: end this session (the anchor
+        keeps what arrived) and let the run start another one (RoverError of code CHANGED,
+        its .rel the file)."""
+        from rover.notstored import show
+        try:
+            self.send(m.error(m.E_BAD_DATA, "a file changed during the backup"))
+        except Exception:
+            pass
+        rel = path[len(self.root) + 1:]
+        e = RoverError("%s changed during the backup" % show(rel), CHANGED)
+        e.rel = rel
+        raise e
+
+    def _open(self, path):
+        try:
+            return open(path, "rb")
+        except OSError:
+            self._changed(path)       # deleted or replaced since it was hashed
 
     # --- batches -----------------------------------------------------------------------
 
@@ -278,10 +490,15 @@ class Backup(Conversation):
         self.batch = []
         self.files = {}
 
+    def _room(self, nbytes):
+        # Long paths and link targets (4 KiB each) must still fit one message in TX_SIZE.
+        if self.batch and self.batch_bytes + nbytes + 64 > _ENTRY_ROOM:
+            self._flush_batch()
+            self._open_batch()
+        self.next_bytes = nbytes       # the raw bytes of the entry's names, for _maybe_flush
+
     def _maybe_flush(self):
-        e = self.batch[-1]
-        self.batch_bytes += len(e[m.ENTRY_PATH]) + 64 + (
-            len(e[m.ENTRY_TARGET]) if len(e) > m.ENTRY_TARGET and e[m.ENTRY_TARGET] else 0)
+        self.batch_bytes += self.next_bytes + 64
         if len(self.batch) >= BATCH_ENTRIES or self.nrec >= BATCH_CHUNKS or self.batch_bytes >= BATCH_BYTES:
             self._flush_batch()
             self._open_batch()
@@ -310,6 +527,7 @@ class Backup(Conversation):
     def _keep_watched(self, recs, watched):
         """Copy the chunk records of entries the anchor watches for: the batch scratch file
         is reused, and they may still have to be uploaded before COMMIT."""
+        from rover.notstored import show
         if self.wfile is None:
             self.wfile = open(self.wpath, "wb")
         for w in watched:
@@ -324,7 +542,7 @@ class Backup(Conversation):
                 self.wfile.write(self.recbuf)
             self.watches.append((path, oid, start, n))
             self.log("the anchor watches for %s (up to %d s): it is to pass through, or the anchor "
-                     "fetches it again from its origin" % (path[len(self.root) + 1:], w[m.WATCH_SECONDS]))
+                     "fetches it again from its origin" % (show(path[len(self.root) + 1:]), w[m.WATCH_SECONDS]))
 
     def _wait_for_watched(self):
         if not self.watches:
@@ -398,7 +616,7 @@ class Backup(Conversation):
                 continue
             idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
-            f = open(path, "rb")
+            f = self._open(path)
             try:
                 for i in wanted:
                     if i >= len(ids):
@@ -417,7 +635,7 @@ class Backup(Conversation):
                 continue
             idx, start, ids = parts[k][_PART_INDEX], parts[k][_PART_START], parts[k][_PART_IDS]
             path, first = self.files[idx][0], self.files[idx][2]
-            f = open(path, "rb")
+            f = self._open(path)
             try:
                 for i in positions[k]:
                     if i >= len(ids):
@@ -426,7 +644,7 @@ class Backup(Conversation):
                     f.seek(off)
                     mv = memoryview(self.cbuf)[:ln]
                     if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
-                        raise RoverError("%s changed during the backup; run it again" % path)
+                        self._changed(path)
                     self.send(m.proof(cid, hmac_sha256(nonce, mv)[:m.PROOF_TAG]))
                     self.stats["chunks_proven"] = self.stats.get("chunks_proven", 0) + 1
             finally:
@@ -436,7 +654,7 @@ class Backup(Conversation):
         f.seek(off)
         mv = memoryview(self.cbuf)[:ln]
         if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
-            raise RoverError("%s changed during the backup; run it again" % path)
+            self._changed(path)
         enc = m.ENC_RAW
         if zlib is not None:
             comp = zlib.compress(mv, 6)

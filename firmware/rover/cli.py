@@ -3,12 +3,15 @@
 import sys
 import time
 
-from anchor_core.compat import MICROPYTHON
+from anchor_core.compat import MICROPYTHON, const
 
 def usage():
     # Its text lives in its own module: the rover's heap holds it only when it is printed.
     from rover.usage import USAGE
     return USAGE
+
+_EXIT_INCOMPLETE = const(3)  # snapshot committed, some items not stored (README, "Exit status")
+_AGAIN = const(4)      # sessions started over in one run (files changing while uploaded)
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
            "--retries")
@@ -139,8 +142,8 @@ def _backup(opts, root, log, t0):
     from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
-    from rover.backup import Backup
-    from anchor_core.messages import ProtocolError
+    from rover.backup import Backup, CHANGED
+    from anchor_core.messages import ProtocolError, E_TREE
     wait = opts.get("watch-wait", "600")
     retries = opts.get("retries", "3")
     if not wait.isdigit() or not retries.isdigit():
@@ -156,11 +159,16 @@ def _backup(opts, root, log, t0):
         return 2
     tx = rx = 0
     attempt = 0
+    volatile = {}        # files that changed while uploaded, over this run's sessions
+    again = 0            # sessions started over for such a file or a tree mismatch
+    full = False
+    warn = lambda s: print("rover:", s)      # what was not stored shows even with --quiet
     while True:
         link = None
         try:
             link = connect(url, opts)
-            s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait)).run()
+            s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait),
+                       warn, volatile, full).run()
             break
         except LinkError as e:
             if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
@@ -174,6 +182,23 @@ def _backup(opts, root, log, t0):
             log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
             time.sleep(min(5, attempt))
         except (RoverError, ProtocolError, OSError, ValueError, NotPaired) as e:
+            if getattr(e, "code", 0) == CHANGED:
+                # Another session, which reads the file again; a file that changes under two
+                # uploads is skipped and listed. Bounded: each restart names one more file.
+                again += 1
+                volatile[e.rel] = volatile.get(e.rel, 0) + 1
+                if again > _AGAIN:
+                    print("rover: backup failed: files keep changing during the backup (%d sessions)" % again)
+                    return 1
+                log("%s; starting the session again" % e)
+                continue
+            if getattr(e, "code", 0) == E_TREE and not full:
+                # The anchor built another tree from our delta than we did: our copy of the
+                # parent is not its. Once more, describing the whole tree (uploads nothing
+                # the anchor holds).
+                log("%s; describing the whole tree" % e)
+                full = True
+                continue
             print("rover: backup failed: %s" % e)
             return 1
         finally:
@@ -202,6 +227,10 @@ def _backup(opts, root, log, t0):
     if s.get("chunks_proven"):
         print("rover: %d chunks another rover brought in were matched on proof that we hold "
               "them, not uploaded" % s["chunks_proven"])
+    if s["skipped"]:
+        # restic's convention: the snapshot holds everything else, but not all of the tree
+        print("rover: %d items were not stored exactly (listed above \"not stored:\")" % s["skipped"])
+        return _EXIT_INCOMPLETE
     return 0
 
 

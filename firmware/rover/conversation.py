@@ -11,7 +11,9 @@ RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <
 
 
 class RoverError(Exception):
-    pass
+    def __init__(self, text, code=0):
+        super().__init__(text)
+        self.code = code          # the anchor's ERROR code, when it refused
 
 
 class Conversation:
@@ -41,7 +43,8 @@ class Conversation:
             msg = self.sess.next_event()
             if msg is not None:
                 if msg[m.MSG_TYPE] == m.ERROR:
-                    raise RoverError("anchor refused: %s (error %d)" % (msg[m.ERROR_TEXT], msg[m.ERROR_CODE]))
+                    raise RoverError("anchor refused: %s (error %d)" % (msg[m.ERROR_TEXT], msg[m.ERROR_CODE]),
+                                     msg[m.ERROR_CODE])
                 if msg[m.MSG_TYPE] not in expected:
                     raise RoverError("anchor sent %s, expected %s" % (
                         m.NAMES[msg[m.MSG_TYPE]], " or ".join(m.NAMES[t] for t in expected)))

@@ -3,6 +3,7 @@
 import struct
 
 from anchor_core import cbor
+from rover import fsys
 
 
 class TreeWriter:
@@ -16,7 +17,7 @@ class TreeWriter:
         self.count += 1
 
     def close(self):
-        self.f.flush()
+        fsys.fsync(self.f)         # on flash before the rename that makes it the parent
         self.f.close()
 
 

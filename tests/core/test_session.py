@@ -103,7 +103,13 @@ def test_hostile_fields_rejected():
         [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, 1, 0, 0o10000, OID]]],
         [m.ENTRIES, 0, [[m.OP_PUT, "a", 1, 0, 0, 0o755, OID]]],   # dir with an object id
         [m.ENTRIES, 0, [[m.OP_PUT, "a", 2, 0, 0, 0o777, None]]],  # symlink without target
-        [m.ENTRIES, 0, [[m.OP_PUT, "a" * 1025, 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a" * 4097, 0, 1, 0, 0o644, OID]]],       # above PATH_MAX
+        [m.ENTRIES, 0, [[m.OP_PUT, b"a\xff/" * 1366 + b"a", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, b"plain", 0, 1, 0, 0o644, OID]]],    # UTF-8 must be text
+        [m.ENTRIES, 0, [[m.OP_PUT, b"a\xff/../b", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, b"a\xff\x00", 0, 1, 0, 0o644, OID]]],
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 0, 1, 1 << 64, 0o644, OID]]],     # mtime beyond CBOR
+        [m.ENTRIES, 0, [[m.OP_PUT, "a", 2, 0, 0, 0o777, None, b"t"]]],  # UTF-8 target as bytes
         [m.ENTRIES, 0, [m.del_entry("x")] * (m.MAX_ENTRIES + 1)],
         [m.CHUNKLIST, [[0, 0, [CID] * (m.MAX_IDS + 1), True]]],
         [m.CHUNKLIST, [[0, 0, [CID] * 300, False], [1, 0, [CID] * 300, True]]],   # 600 ids in all

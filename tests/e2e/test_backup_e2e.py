@@ -122,19 +122,19 @@ def test_unreadable_folder_and_file_are_skipped(anchor, tmp_path, monkeypatch):
         f.write(b"x")
     with open(os.path.join(src, "gone.txt"), "wb") as f:
         f.write(b"y")
-    real_iterdir, real_open = fsys.iterdir, open
+    real_entries, real_open = fsys.entries, open
 
-    def iterdir(path):
-        if path.endswith("/locked"):
+    def entries(path):
+        if path.endswith(b"/locked"):
             raise PermissionError(13, "Permission denied")
-        return real_iterdir(path)
+        return real_entries(path)
 
     def fake_open(path, *a, **k):
-        if str(path).endswith("/gone.txt"):
-            raise FileNotFoundError(2, "No such file")
+        if isinstance(path, bytes) and path.endswith(b"/gone.txt"):
+            raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(fsys, "iterdir", iterdir)
+    monkeypatch.setattr(fsys, "entries", entries)
     monkeypatch.setattr(backup, "open", fake_open, raising=False)
     logs = []
     link = open_link(anchor.link)
@@ -143,7 +143,9 @@ def test_unreadable_folder_and_file_are_skipped(anchor, tmp_path, monkeypatch):
     finally:
         link.close()
     assert stats["snapshot"] == 1
-    assert any("cannot list" in l for l in logs) and any("skipping gone.txt" in l for l in logs)
+    assert any("not stored: locked: cannot list" in l for l in logs), logs
+    assert any("not stored: gone.txt: cannot read" in l for l in logs), logs
+    assert stats["skipped"] == 2
     listed = json.loads(anchorctl(anchor.address, "ls", "rover-d", "1", "-r", "--json").stdout)
     paths = set(e["path"] for e in listed)
     assert "locked" in paths and "locked/secret" not in paths and "gone.txt" not in paths

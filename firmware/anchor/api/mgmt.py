@@ -32,6 +32,12 @@ def _failed(why):
     return _U32.pack(FAILED) + _U32.pack(len(body)) + body
 
 
+
+def _text(name):
+    # A name that is not UTF-8 is a byte string in the tree; JSON carries it as the text
+    # Python's os functions map back to those bytes (surrogateescape, docs/management.md).
+    return name.decode("utf-8", "surrogateescape") if type(name) is bytes else name
+
 class ApiError(Exception):
     def __init__(self, status, text):
         Exception.__init__(self, text)
@@ -232,12 +238,12 @@ class Api:
 
     @staticmethod
     def _entry_json(r):
-        e = {"path": r[m.REC_PATH], "type": ("file", "dir", "symlink")[r[m.REC_TYPE]], "size": r[m.REC_SIZE],
+        e = {"path": _text(r[m.REC_PATH]), "type": ("file", "dir", "symlink")[r[m.REC_TYPE]], "size": r[m.REC_SIZE],
              "mtime_ns": r[m.REC_MTIME], "mode": r[m.REC_MODE]}
         if r[m.REC_OID] is not None:
             e["object"] = r[m.REC_OID].hex()
         if r[m.REC_TARGET] is not None:
-            e["target"] = r[m.REC_TARGET]
+            e["target"] = _text(r[m.REC_TARGET])
         return e
 
     def _records(self, snap, prefix):
@@ -258,8 +264,9 @@ class Api:
         depth = prefix.count("/") + 1 if prefix else 0
         out = []
         for r in self._records(snap, prefix):
-            d = r[m.REC_PATH].count("/")
-            if recursive or r[m.REC_PATH] == prefix or d == depth:
+            path = _text(r[m.REC_PATH])
+            d = path.count("/")
+            if recursive or path == prefix or d == depth:
                 out.append(self._entry_json(r))
         return out
 

@@ -159,7 +159,7 @@ class BackupHandler:
         self.parent = parent
         log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
                  "ok" if ok else ("unknown" if snap is None else "damaged"), latest)
-        return m.welcome(latest, ok, m.CAP_ZLIB)
+        return m.welcome(latest, ok, m.CAP_ZLIB | m._CAP_NAMES)
 
     # --- manifest ----------------------------------------------------------------------
 

@@ -51,7 +51,10 @@ class RestoreService:
                 raise PathError(e.text)
         found = False
         for r in self.trees.read(snap["root"]):
-            if not prefix or r[m.REC_PATH] == prefix or r[m.REC_PATH].startswith(prefix + "/"):
+            path = r[m.REC_PATH]
+            if type(path) is bytes:           # a name that is not UTF-8
+                path = path.decode("utf-8", "surrogateescape")
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
                 found = True
                 yield r
         if prefix and not found:

@@ -13,8 +13,13 @@ from anchor_core import cbor
 from anchor_core import messages as m
 
 TREE_MAGIC = b"ANTR"
-TREE_VERSION = 1
+# 2: records may hold byte-string paths and link targets (names that are not UTF-8), paths
+# up to 4096 bytes and mtimes beyond 64 bits signed (protocol CAP_NAMES). Version 1 files
+# hold a subset and are read as they are; an older anchor refuses a version 2 file by name
+# instead of misreading it.
+TREE_VERSION = 2
 _HDR = TREE_MAGIC + bytes([TREE_VERSION])
+_READABLE = (TREE_MAGIC + b"\x01", _HDR)
 
 
 class TreeError(Exception):
@@ -116,8 +121,8 @@ class TreeStore:
         except FileNotFoundError:
             raise TreeError("tree %s is missing (no file %s)" % (digest.hex(), p))
         with f:
-            if f.read(len(_HDR)) != _HDR:
-                raise TreeError("tree %s has an unknown header (format version %d expected)"
+            if f.read(len(_HDR)) not in _READABLE:
+                raise TreeError("tree %s has an unknown header (format version 1 or %d expected)"
                                 % (digest.hex(), TREE_VERSION))
             d = zlib.decompressobj()
             buf = b""
