@@ -117,22 +117,31 @@ def main(argv=None):
     return 0
 
 
+# anchor_core.secure.KEY_BYTES, repeated so that checking the key's size does not load the
+# secure channel's code before the link's (see connect); load_key checks it again.
+_KEY_BYTES = 32
+
+
 def connect(url, opts, urgent=False):
     """A link to the anchor; secured when this rover is paired (its state holds the key)."""
     import os
     from rover.link import open_link
     try:
-        os.stat(opts["state"] + "/pairing.key")
-        paired = True
+        size = os.stat(opts["state"] + "/pairing.key")[6]
     except OSError:
-        paired = False
-    if not paired:
+        size = None
+    if size is None:
         return open_link(url, opts["device"], urgent)   # an --open anchor: the secure channel's code stays unloaded
-    from rover.securelink import load_key, SecureLink
-    key = load_key(opts["state"])     # before the link: a damaged key is not a link to retry
+    if size != _KEY_BYTES:
+        # Before the link: a damaged key is a setting to fix, not a lost link to retry.
+        from rover.link import BadAddress
+        raise BadAddress("%s/pairing.key is damaged: pair again (rover pair CODE)" % opts["state"])
+    # The link first, then the secure channel's code: loaded in this order the paired MQTT
+    # rover needs 260,096 B of heap; key and channel code first, 268,544 B (over 256 KiB).
     link = open_link(url, opts["device"], urgent)
     try:
-        return SecureLink(link, opts["device"], key)
+        from rover.securelink import load_key, SecureLink
+        return SecureLink(link, opts["device"], load_key(opts["state"]))
     except BaseException:
         link.close()
         raise
