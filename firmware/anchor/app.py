@@ -18,6 +18,7 @@ from anchor.services.http_proxy import HttpProxy
 from anchor.services.regenerate import Regenerator
 from anchor.services.relay import DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, RelayService
 from anchor.services.restore import RestoreService
+from anchor.services.spool import SpoolRoom
 from anchor.services.watchlist import WatchList
 from anchor.storage.chunks import ChunkStore
 from anchor.storage.trees import TreeStore
@@ -52,10 +53,11 @@ class App:
     relayed bodies then pass without being kept, and later backups must upload them."""
 
     def __init__(self, data_dir, broker=None, relay_timeout=DEFAULT_TIMEOUT, relay_max=DEFAULT_MAX_BODY,
-                 capture=True, capacity=None, open=False):
+                 capture=True, capacity=None, open=False, spool_max=None):
         self.data_dir = os.path.abspath(data_dir)
         self.open = open
         self.capturing = capture
+        self.spool_max = spool_max
         # The store holds every rover's files and pairing secret: nothing the anchor creates
         # may be readable by another account (the catalog, segments, trees, spool, SQLite's
         # WAL and SHM, which copy the catalog's mode, and anything added later).
@@ -89,14 +91,17 @@ class App:
         self.retention = Retention(self.store, self.catalog, capacity)
         self.watchlist = WatchList()
         self.capture = Capture(self.store, self.catalog, self.watchlist, self.retention)
-        self.regenerator = Regenerator(self.capture, self.watchlist, self.spool_dir, relay_timeout)
+        # Every body on its way draws on one budget (--spool-max, 1 GiB by default; never the
+        # last 256 MiB of the filesystem); what is kept afterwards falls under --capacity.
+        self.spool_room = SpoolRoom(self.spool_dir, self.spool_max)
+        self.regenerator = Regenerator(self.capture, self.watchlist, self.spool_room, relay_timeout)
         self.backup = BackupService(self.catalog, self.store, self.trees, self.retention, self.watchlist,
                                     self.regenerator)
         self.restore = RestoreService(self.catalog, self.trees, self.store)
-        self.relay = RelayService(self.capture if capture else None, self.spool_dir, relay_timeout,
+        self.relay = RelayService(self.capture if capture else None, self.spool_room, relay_timeout,
                                   relay_max, broker)
         self.admission = Admission()      # the links and proxy clients it holds at once
-        self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_dir, relay_timeout, relay_max,
+        self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_room, relay_timeout, relay_max,
                                     keep_bodies=capture, open=open, admission=self.admission)
         self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
                                       admission=self.admission)

@@ -58,6 +58,9 @@ def main(argv=None):
     sp.add_argument("--capacity", default=None,
                     help="flash budget for the store, e.g. 20G or 500M: pass-through data is evicted "
                          "least recently used first beyond it (default: no limit)")
+    sp.add_argument("--spool-max", default="1G",
+                    help="bytes of relayed bodies held at once while they pass (default %(default)s); past it, "
+                         "or within 256 MiB of a full disk, a body passes without being kept")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
     sp.add_argument("-v", "--verbose", action="store_true")
@@ -82,12 +85,16 @@ def main(argv=None):
         capacity = parse_size(args.capacity) if args.capacity else None
     except ValueError as e:
         ap.error(str(e))
+    try:
+        spool_max = parse_size(args.spool_max)
+    except ValueError:
+        ap.error("--spool-max %r: expected a size like 256M, 1G or a number of bytes" % args.spool_max)
     from anchor.datalock import DataDirBusy
     from anchor.api.mgmt import SocketPathBusy, clear_stale_socket
     try:
         clear_stale_socket(mgmt)     # before the data is opened: a taken path changes nothing
         app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
-                  capacity=capacity, open=args.open)
+                  capacity=capacity, open=args.open, spool_max=spool_max)
     except (DataDirBusy, SocketPathBusy) as e:
         print("anchor: %s" % e, file=sys.stderr, flush=True)
         return 2

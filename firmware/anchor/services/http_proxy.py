@@ -22,7 +22,6 @@ import base64
 import binascii
 import logging
 import os
-import tempfile
 from urllib.parse import urlsplit
 
 from anchor_core import messages as m
@@ -222,13 +221,13 @@ def _device(headers, catalog, open_anchor):
 # --- the proxy -----------------------------------------------------------------------------
 
 class HttpProxy:
-    def __init__(self, catalog, capture, spool_dir, timeout, max_body, keep_bodies=True, open=False,
+    def __init__(self, catalog, capture, spool_room, timeout, max_body, keep_bodies=True, open=False,
                  admission=None):
         self.catalog = catalog            # pairings (proxy passwords), device counters
         self.open = open                  # --open: devices that are not paired are served too
         self.admission = admission        # anchor/admission.py: how many clients at most
         self.capture = capture
-        self.spool_dir = spool_dir
+        self.spool_room = spool_room      # services.spool.SpoolRoom: every body draws on it
         self.timeout = timeout
         self.max_body = max_body
         self.keep_bodies = keep_bodies    # False only to measure capture (anchor serve --no-capture)
@@ -295,7 +294,7 @@ class HttpProxy:
             pass
 
     def _spool(self):
-        return tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="proxy-", delete=False)
+        return self.spool_room.open("proxy-")
 
     async def _request(self, head, reader, writer):
         """Forward one request; returns whether the client connection may carry another."""
@@ -376,8 +375,7 @@ class _Exchange:
         if self.origin_w is not None:
             self.origin_w.close()
         for f in self.spools:
-            f.close()
-            os.unlink(f.name)
+            f.discard()
         self._record_counts()
 
     def _keep(self, path, prov):
@@ -480,7 +478,7 @@ class _Exchange:
             err = HttpError(502, "origin %s sent an answer head above %d bytes\n" % (netloc, MAX_HEAD))
         except ValueError as e:
             err = HttpError(502, "origin %s: %s\n" % (netloc, e))
-        if spool is not None:
+        if spool is not None and spool.kept:
             spool.close()
             self._keep(spool.name, {"direction": "up", "protocol": "http", "method": self.method,
                                     "target": self.target, "status": status,
@@ -537,7 +535,7 @@ class _Exchange:
         # The last piece is held back until the body is kept and counted, so a client
         # that has the whole body can rely on the anchor having it too.
         self.counts["relay_down_bytes"] = got
-        if spool is not None:
+        if spool is not None and spool.kept:
             spool.close()
             self._keep(spool.name, {"direction": "down", "protocol": "http", "method": "GET",
                                     "target": self.target, "status": status, "etag": _one(rheaders, "etag"),

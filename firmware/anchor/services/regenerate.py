@@ -11,8 +11,6 @@ the scarce link. CPython only.
 """
 import asyncio
 import logging
-import os
-import tempfile
 import threading
 
 from anchor.services.relay import _Feed, _http_worker
@@ -42,10 +40,10 @@ async def _fetch(url, headers, spool, timeout):
 
 
 class Regenerator:
-    def __init__(self, capture, watchlist, spool_dir, timeout):
+    def __init__(self, capture, watchlist, spool_room, timeout):
         self.capture = capture            # a regenerated body is captured like a relayed one
         self.watchlist = watchlist        # its watch ends at once when regeneration fails
-        self.spool_dir = spool_dir
+        self.spool_room = spool_room      # services.spool.SpoolRoom
         self.timeout = timeout            # per request to the origin, as for the relay
 
     @property
@@ -60,7 +58,7 @@ class Regenerator:
         wl = self.watchlist
         url = recipe["url"]
         ok = False
-        spool = tempfile.NamedTemporaryFile(dir=self.spool_dir, prefix="regen-", delete=False)
+        spool = self.spool_room.open("regen-")
         try:
             # Conditional first: with the ETag of the version captured, a 200 is that version.
             cond = [("If-Match", recipe["etag"])] if recipe.get("etag") else []
@@ -68,11 +66,13 @@ class Regenerator:
             if got[0] == "head" and got[1] == 412:
                 # The origin changed. Its new version still shares most chunks with the rover's
                 # copy, so keep it anyway: the rover then uploads only the chunks that differ.
-                spool.seek(0)
-                spool.truncate()
+                spool.restart()
                 got = await _fetch(url, [], spool, self.timeout)
             spool.close()
-            if got[0] == "head" and got[1] == 200:
+            if got[0] == "head" and got[1] == 200 and not spool.kept:
+                log.info("regenerating %s from %s: no spool room; the rover uploads it",
+                         oid.hex()[:16], url)
+            elif got[0] == "head" and got[1] == 200:
                 _, status, _, etag, lastmod, ctype = got
                 new, size = self.capture.record(dev, spool.name, {
                     "direction": "regen", "protocol": "http", "method": "GET", "target": url,
@@ -85,8 +85,7 @@ class Regenerator:
         except Exception:
             log.exception("regenerating %s from %s failed", oid.hex()[:16], url)
         finally:
-            spool.close()
-            os.unlink(spool.name)
+            spool.discard()
             if not ok:
                 wl.expire(dev, oid)
         return ok

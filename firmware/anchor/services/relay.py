@@ -11,7 +11,6 @@ import http.client
 import logging
 import os
 import socket
-import tempfile
 import threading
 from urllib.parse import urlsplit
 
@@ -143,11 +142,11 @@ class RelayService:
     """What every relay session shares: where bodies are spooled and kept, the limits, and
     the broker publishes go to. One RelayHandler per link session (session())."""
 
-    def __init__(self, capture, spool_dir, timeout=DEFAULT_TIMEOUT, max_body=DEFAULT_MAX_BODY, broker=None):
+    def __init__(self, capture, spool_room, timeout=DEFAULT_TIMEOUT, max_body=DEFAULT_MAX_BODY, broker=None):
         # None only to measure what capture costs (anchor serve --no-capture): bodies are
         # still spooled as they pass, but never chunked, stored or registered.
         self.capture = capture
-        self.spool_dir = spool_dir
+        self.spool_room = spool_room      # services.spool.SpoolRoom: every body draws on it
         self.timeout = timeout            # seconds to wait on an origin or the broker
         self.max_body = max_body
         self.broker = broker              # (host, port), or None: publishes fail clearly
@@ -171,7 +170,7 @@ class RelayHandler:
             self.counts[k] = self.counts.get(k, 0) + v
 
     def _spool(self):
-        return tempfile.NamedTemporaryFile(dir=self.service.spool_dir, prefix="relay-", delete=False)
+        return self.service.spool_room.open("relay-")
 
     async def handle(self, msg, send):
         t = msg[m.MSG_TYPE]
@@ -235,7 +234,7 @@ class RelayHandler:
                     return
             self._count(relay_down_bytes=total, relay_requests=1)
             spool.close()
-            if status == 200:
+            if status == 200 and spool.kept:
                 # Kept before END goes out: when the rover has its whole file, so does the
                 # anchor (and its counters say so). On a radio link this costs a few ms/MB.
                 self._capture(spool.name, {"direction": "down", "protocol": "http", "method": "GET",
@@ -245,8 +244,7 @@ class RelayHandler:
             await send(m.end(total))
         finally:
             feed.cancel.set()
-            spool.close()
-            os.unlink(spool.name)
+            spool.discard()
             if not complete:
                 self._count(relay_failures=1)
 
@@ -266,12 +264,17 @@ class RelayHandler:
         declared = req[m.PUBLISH_SIZE] if kind == m.PUBLISH else req[m.SEND_SIZE]
         if msg[m.END_SIZE] != got or got != declared:
             if spool is not None:
-                spool.close()
-                os.unlink(spool.name)
+                spool.discard()
             raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d"
                                   % (declared, got, msg[m.END_SIZE]))
         if spool is None:
             await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
+            return
+        if not spool.kept:
+            # The relay sends an upload on only once it holds it whole, and it had no room.
+            spool.discard()
+            await send(m.fail(m.F_TOO_LARGE, "the anchor has no room to hold this body now "
+                              "(its spool is full); try again later"))
             return
         spool.close()
         try:
@@ -288,7 +291,7 @@ class RelayHandler:
             else:
                 await self._send_http(req, spool.name, send)
         finally:
-            os.unlink(spool.name)
+            spool.discard()
 
     async def _publish(self, req, path, send):
         if self.service.broker is None:

@@ -1,0 +1,75 @@
+"""Relayed bodies wait in the spool until whole, and the spool has a budget: past it a body
+still passes whole but is not kept (so a flood of large bodies cannot fill the card the store
+lives on), and an upload the relay must hold whole is refused with the reason."""
+import json
+import os
+import random
+
+import pytest
+
+from anchor.services.spool import SpoolRoom
+from tests.support.harness import AnchorProc, anchorctl, run_rover
+from tests.support.services import Origin
+
+
+def test_spools_draw_on_one_budget_and_give_it_back(tmp_path):
+    room = SpoolRoom(str(tmp_path), budget=100_000, free_floor=0)
+    a, b = room.open("t-"), room.open("t-")
+    a.write(b"x" * 60_000)
+    b.write(b"y" * 60_000)                 # 120 kB at once: past the budget
+    assert a.kept and not b.kept
+    assert os.path.getsize(b.name) == 0      # what it held is gone at once
+    b.write(b"z")                            # and it writes nothing more
+    assert os.path.getsize(b.name) == 0
+    a.discard()
+    b.discard()
+    assert not os.listdir(str(tmp_path)) and room.in_use == 0
+    c = room.open("t-")
+    c.write(b"w" * 90_000)                   # the budget is free again
+    assert c.kept
+    c.discard()
+
+
+def test_a_spool_never_writes_into_the_last_free_bytes(tmp_path):
+    st = os.statvfs(str(tmp_path))
+    room = SpoolRoom(str(tmp_path), budget=1 << 40, free_floor=st.f_bavail * st.f_frsize + (1 << 30))
+    s = room.open("t-")
+    s.write(b"x" * 1000)
+    assert not s.kept and os.path.getsize(s.name) == 0 and room.dropped == 1
+    s.discard()
+
+
+@pytest.fixture
+def small_spool(tmp_path):
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor"), "--spool-max", "200K").start()
+    yield origin, anchor
+    anchor.stop()
+    origin.close()
+
+
+def captured(anchor, device):
+    d = json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
+    return d.get("captured_objects", 0)
+
+
+def test_a_body_past_the_spool_budget_passes_whole_and_is_not_kept(small_spool, tmp_path):
+    origin, anchor = small_spool
+    rnd = random.Random(5)
+    big, small = rnd.randbytes(600_000), rnd.randbytes(50_000)
+    origin.files["/big.bin"] = big
+    origin.files["/small.bin"] = small
+    state = str(tmp_path / "state")
+    run_rover("cpython", anchor.link, "sp", state, "fetch", origin.url("/big.bin"), "--out", str(tmp_path / "big"))
+    assert (tmp_path / "big").read_bytes() == big
+    assert captured(anchor, "sp") == 0
+    run_rover("cpython", anchor.link, "sp", state, "fetch", origin.url("/small.bin"), "--out", str(tmp_path / "small"))
+    assert (tmp_path / "small").read_bytes() == small
+    assert captured(anchor, "sp") == 1       # within the budget: kept as always
+    # An upload must be held whole before it goes on: refused, with the reason, and nothing sent.
+    (tmp_path / "up.bin").write_bytes(big)
+    p = run_rover("cpython", anchor.link, "sp", state, "send", str(tmp_path / "up.bin"),
+                  "--to", origin.url("/upload/up.bin"), check=False)
+    assert p.returncode != 0 and "no room" in (p.stdout + p.stderr), (p.stdout, p.stderr)
+    assert "/upload/up.bin" not in origin.received
+    assert not os.listdir(str(tmp_path / "anchor" / "spool"))
