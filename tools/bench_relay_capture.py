@@ -28,8 +28,6 @@ import http.client
 import json
 import os
 import random
-import re
-import select
 import shutil
 import subprocess
 import tempfile
@@ -42,18 +40,6 @@ from anchorctl.client import Client
 DEVICE = "bench-rover"
 
 
-def proxy_port(anchor, timeout=30):
-    """The proxy's port, from the line after the one AnchorProc waited for."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([anchor.proc.stdout], [], [], deadline - time.monotonic())
-        line = anchor.proc.stdout.readline() if r else b""
-        if not line:
-            break
-        mo = re.search(rb"HTTP proxy on tcp://127\.0\.0\.1:(\d+)", line)
-        if mo:
-            return int(mo.group(1))
-    raise RuntimeError("anchor printed no proxy port")
 
 
 def wait_counted(client, n, timeout):
@@ -113,7 +99,7 @@ def main():
         ports = {}
         for mode, extra in (("on", ()), ("off", ("--no-capture",))):
             anchors[mode] = AnchorProc(os.path.join(tmp, mode), "--proxy", "tcp://127.0.0.1:0", *extra).start()
-            ports[mode] = proxy_port(anchors[mode])
+            ports[mode] = anchors[mode].proxy_port()
         clients = {k: Client(a.address) for k, a in anchors.items()}
         # Fixed costs (rover start-up, HELLO, one tiny request), for reading the numbers.
         origin.files["/tiny"] = b"x"

@@ -70,7 +70,7 @@ if MICROPYTHON:
             t = m.T_FILE
         else:
             return None
-        return (t, s[6] if t == m.T_FILE else 0, s[8] * 1000000000, s[0] & 0o7777, None)
+        return (t, s[6] if t == m.T_FILE else 0, _signed(s[8]) * 1000000000, s[0] & 0o7777, None)
 
     def rename(a, b):
         os.rename(a, b)
@@ -122,19 +122,7 @@ else:
         os.fsync(f.fileno())
 
     def stat(path):
-        s = os.lstat(path)
-        fmt = s.st_mode & S_IFMT
-        target = None
-        if fmt == S_IFDIR:
-            t = m.T_DIR
-        elif fmt == S_IFREG:
-            t = m.T_FILE
-        elif fmt == S_IFLNK:
-            t = m.T_LINK
-            target = os.readlink(path)
-        else:
-            return None
-        return (t, s.st_size if t == m.T_FILE else 0, s.st_mtime_ns, s.st_mode & 0o7777, target)
+        return entry(path, 0)
 
     def rename(a, b):
         os.replace(a, b)

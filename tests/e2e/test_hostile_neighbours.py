@@ -9,14 +9,13 @@ import json
 import os
 import resource
 import socket
-import struct
 import subprocess
 import time
 
 import pytest
 
 from tests.support.harness import AnchorProc, anchorctl, make_tree, rover_cmd, run_rover
-from anchor_core import cbor, framing, handshake
+from anchor_core import handshake
 from anchor_core import messages as m
 from anchor_core import states
 from anchor_core.session import Session
@@ -260,7 +259,7 @@ def test_the_proxy_serves_paired_devices_by_their_secret(tmp_path, open_anchor):
     origin = Origin()
     a = AnchorProc(str(tmp_path / "anchor"), "--proxy", "tcp://127.0.0.1:0", secure=not open_anchor).start()
     try:
-        port = proxy_port(a)
+        port = a.proxy_port()
         origin.files["/x"] = b"hello"
         state = str(tmp_path / "state")
         pair(a, "rover-px", state)
@@ -282,20 +281,6 @@ def test_the_proxy_serves_paired_devices_by_their_secret(tmp_path, open_anchor):
         origin.close()
 
 
-def proxy_port(anchor):
-    """The proxy's port, from the line after the one AnchorProc waited for (bounded)."""
-    import re
-    import select
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([anchor.proc.stdout], [], [], deadline - time.monotonic())
-        line = anchor.proc.stdout.readline() if r else b""
-        if not line:
-            break
-        mo = re.search(rb"HTTP proxy on tcp://127\.0\.0\.1:(\d+)", line)
-        if mo:
-            return int(mo.group(1))
-    raise AssertionError("the anchor did not say where its proxy listens")
 
 
 @pytest.mark.parametrize("secure", [True, False])

@@ -6,11 +6,8 @@ import http.client
 import json
 import os
 import random
-import re
-import select
 import socket
 import threading
-import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,22 +21,11 @@ from anchor.storage.catalog import Catalog
 def start_anchor(data_dir, *extra):
     """An anchor with its proxy on a free port; returns (anchor, proxy port)."""
     anchor = AnchorProc(data_dir, "--proxy", "tcp://127.0.0.1:0", *extra).start()
-    # The proxy's line follows the one AnchorProc waited for; read it, bounded in time.
-    deadline = time.monotonic() + 30
-    seen = b""
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([anchor.proc.stdout], [], [], deadline - time.monotonic())
-        if not r:
-            break
-        line = anchor.proc.stdout.readline()
-        if not line:
-            break
-        seen += line
-        mo = re.search(rb"HTTP proxy on tcp://127\.0\.0\.1:(\d+)", line)
-        if mo:
-            return anchor, int(mo.group(1))
-    anchor.stop()
-    raise RuntimeError("anchor printed no proxy port: %r" % seen)
+    try:
+        return anchor, anchor.proxy_port()
+    except RuntimeError:
+        anchor.stop()
+        raise
 
 
 class ChunkedOrigin:

@@ -54,6 +54,22 @@ class AnchorProc:
         self.stop()
         raise RuntimeError("anchor did not start: %r" % buf)
 
+    def proxy_port(self, timeout=30):
+        """The HTTP proxy's port (anchor started with --proxy tcp://127.0.0.1:0): the daemon
+        prints it on a line after the one start() waited for; read it, bounded in time."""
+        deadline = time.monotonic() + timeout
+        seen = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            line = self.proc.stdout.readline() if r else b""
+            if not line:
+                break
+            seen += line
+            mo = re.search(rb"HTTP proxy on tcp://127\.0\.0\.1:(\d+)", line)
+            if mo:
+                return int(mo.group(1))
+        raise RuntimeError("anchor printed no proxy port: %r" % seen)
+
     @property
     def link(self):
         return "tcp://127.0.0.1:%d" % self.port
