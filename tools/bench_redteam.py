@@ -305,9 +305,9 @@ def case_damage(work):
     """One damage of each kind (flipped payload byte, flipped tree byte, deleted segment, cut
     catalog WAL) on a real store, one per restart: verify detects it, restores lose only what
     they name, repair and backups heal (tests/support/powerloss.py with damage at every point)."""
-    # a first tree of 5 MiB: more than one segment from the start, so a segment can go
+    # a first tree of 12 MiB: more than one segment from the start, so a segment can go
     pl = PowerLoss(work, points=4, seed=11, torn_share=0.0, damage_share=1.0, capture_share=0.2,
-                   log=LOG[0] and (lambda s: say("  " + s)), **dict(SMALL, tree_bytes=5 << 20, tree_cap=8 << 20))
+                   log=LOG[0] and (lambda s: say("  " + s)), **dict(SMALL, tree_bytes=12 << 20, tree_cap=16 << 20))
     c = _powerloss_counts(pl, pl.run())
     for kind, n in c["damage_injected"].items():
         if kind != "wal":

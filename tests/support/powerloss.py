@@ -470,14 +470,14 @@ class PowerLoss:
             self.fail("damage", "point %d: verify gave no answer: %s" % (i, p.stderr[-2000:]))
             return
         if kind == "payload":
-            detected = info["chunk"] in v["bad"]
+            detected = info["chunk"] in v.get("bad", [])
         elif kind == "tree":
-            named = set((d["device"], d["snapshot"]) for d in v["damaged_snapshots"])
+            named = set((d["device"], d["snapshot"]) for d in v.get("damaged_snapshots", []))
             detected = all(tuple(s) in named for s in info["snapshots"])
         elif kind == "segment":
-            detected = any(info["segment"] in t for t in v["damage_at_start"] + v["segments"])
+            detected = any(info["segment"] in t for t in v.get("damage_at_start", []) + v.get("segments", []))
         else:
-            detected = not v["ok"]
+            detected = not v.get("ok", False)
         if detected:
             det = self.stats["damage_detected"]
             det[kind] = det.get(kind, 0) + 1
@@ -486,17 +486,17 @@ class PowerLoss:
             self.stats["damage_failures"] += 1
             self.fail("damage", "point %d: verify does not report %s: %s" % (i, info["text"], p.stdout[-2000:]))
         self.log("  verify: %s, %d bad, %d missing, %d damaged snapshots" % (
-            "ok" if v["ok"] else "damage found", len(v["bad"]), v["missing"], len(v["damaged_snapshots"])))
+            "ok" if v.get("ok", False) else "damage found", len(v.get("bad", [])), v.get("missing", 0), len(v.get("damaged_snapshots", []))))
 
         # Restores: the snapshots verify names (and the tree's), the newest of each rover, one
         # other; at most 5 (every snapshot is restored at the end).
-        todo = [(d["device"], d["snapshot"]) for d in v["damaged_snapshots"]]
+        todo = [(d["device"], d["snapshot"]) for d in v.get("damaged_snapshots", [])]
         todo += [tuple(s) for s in info.get("snapshots", [])]
         todo += [(dev, max(self.expected[dev])) for dev in (CPY, MPY) if self.expected[dev]]
         every = [(d, s) for d in (CPY, MPY) for s in sorted(self.expected[d])]
         if every:
             todo.append(self.drnd.choice(every))
-        reported = set((d["device"], d["snapshot"]) for d in v["damaged_snapshots"])
+        reported = set((d["device"], d["snapshot"]) for d in v.get("damaged_snapshots", []))
         seen = []
         for dev, sid in todo:
             if (dev, sid) not in seen and sid in self.expected.get(dev, {}) and len(seen) < 5:
@@ -519,11 +519,16 @@ class PowerLoss:
                 continue
             heal[dev] = self._done(("backup", dev), p.stdout, want)
         p = anchorctl(self.anchor.address, "verify", "--json", check=False)
-        v = json.loads(p.stdout)
-        if v["bad"]:
+        try:
+            v = json.loads(p.stdout)
+        except ValueError:
             self.stats["damage_failures"] += 1
-            self.fail("heal", "point %d: bad chunks after repair and backups: %s" % (i, v["bad"][:5]))
-        for d in v["damaged_snapshots"]:
+            self.fail("heal", "point %d: verify gave no answer: %s" % (i, p.stderr[-2000:]))
+            return
+        if v.get("bad", []):
+            self.stats["damage_failures"] += 1
+            self.fail("heal", "point %d: bad chunks after repair and backups: %s" % (i, v.get("bad", [])[:5]))
+        for d in v.get("damaged_snapshots", []):
             dev, sid = d["device"], d["snapshot"]
             if heal.get(dev) == sid or sid not in self.expected.get(dev, {}):
                 self.stats["damage_failures"] += 1
