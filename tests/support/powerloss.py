@@ -112,6 +112,7 @@ class PowerLoss:
         # damage draws their places from their own generator: how many draws they take
         # depends on the store, and the kill and torn-tail draws should not move with it
         self.drnd = random.Random(seed * 7919 + 1)
+        self.dpick = random.Random(seed * 7919 + 2)     # which points: fixed by the seed alone
         self.damage_turn = 0
         self.tree_files, self.tree_bytes, self.tree_cap = tree_files, tree_bytes, tree_cap
         self.mpy_files, self.mpy_bytes = mpy_files, mpy_bytes
@@ -762,7 +763,7 @@ class PowerLoss:
             self._done(work, out, want)
 
         torn = self._tear() if rnd.random() < self.torn_share else None
-        dmg = self._damage() if rnd.random() < self.damage_share else None
+        dmg = self._damage() if self.dpick.random() < self.damage_share else None
         self._start_anchor()
         if torn is not None:
             path, before = torn
