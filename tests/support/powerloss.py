@@ -47,7 +47,9 @@ snapshots committed in the lost frames are gone (counted in wal_snapshots_rolled
 silent losses: nothing the anchor holds tells such a cut from a catalog that was never
 further), every snapshot still listed restores bit-exact, and the rovers' next backups (whose
 last snapshot is then unknown to the anchor) commit. Their bytes stay in the store as
-pass-through data, and the rovers still hold their current trees.
+pass-through data, and the rovers still hold their current trees. (verify reports something
+after a cut only when the cut undid a forget whose tree file was already deleted: the snapshot
+is back, damaged, and is forgotten again; damage_detected counts those for "wal".)
 
 Waits are time-bounded (process waits with timeouts). The random kill delay is the experiment
 itself, not synchronisation.
