@@ -40,7 +40,7 @@ import time
 
 from tests.e2e import test_hostile_neighbours as hn
 from tests.e2e import test_one_anchor as oa
-from tests.support.harness import (ROOT, AnchorProc, anchorctl, assert_same_tree, make_tree,
+from tests.support.harness import (ROOT, AnchorProc, anchorctl, make_tree,
     run_rover, snapshot_of)
 from tests.support.powerloss import PowerLoss
 from anchor_core import messages as m
