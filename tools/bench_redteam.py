@@ -271,7 +271,7 @@ def case_proxy_unauthenticated(work):
     try:
         a, src, state, want = backed_up(work, secure=True, extra=("--proxy", "tcp://127.0.0.1:0"))
         c = counts(tried=5)
-        port = hn.proxy_port(a)
+        port = a.proxy_port()
         origin.files["/x"] = b"hello"
         with open(os.path.join(state, "pairing.key"), "rb") as f:
             secret = f.read().hex()
@@ -335,6 +335,176 @@ def case_fuzz(work, scale=0.05):
     return c
 
 
+# --- the rover's bad days (issue 11 items 3-6), both runtimes ------------------------------
+
+RUNTIMES = ("cpython", "micropython")
+
+
+def _odd_tree(root, rnd):
+    """A tree a careless user has: names that are not UTF-8, control characters, long names,
+    a chain of folders past 1 KiB of path, times before 1970 and past 2038, and symlinks that
+    loop or point out of the tree. Returns {relative path (bytes): (content, mtime_ns)} of its
+    regular files."""
+    files = {}
+    os.makedirs(root)
+    pieces = [b"caf\xe9", b"\xff\xfe", b"bell\x07", b"esc\x1b[31m", b"new\nline", b"tab\t",
+              "\u00e9t\u00e9 \U0001F600".encode(), b"-rf", b" lead", b"x" * 200, b"\xc3\x28"]
+    for i in range(24):
+        name = rnd.choice(pieces) + b"-%d" % i
+        data = rnd.randbytes(rnd.randrange(0, 20_000))
+        mtime = rnd.randrange(-2_000_000_000, 4_000_000_000) * 10 ** 9
+        files[name] = (data, mtime)
+    chain = b"/".join(b"d%02d-" % k + b"y" * 20 for k in range(60))      # ~1.5 KiB of path
+    files[chain + b"/bottom.bin"] = (rnd.randbytes(3000), rnd.randrange(0, 2_000_000_000) * 10 ** 9)
+    broot = os.fsencode(root)
+    for rel, (data, mtime) in files.items():
+        p = os.path.join(broot, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+        try:
+            os.utime(p, ns=(mtime, mtime))
+        except OSError:          # a filesystem without that range: keep what it took
+            files[rel] = (data, os.lstat(p).st_mtime_ns)
+    os.symlink(b"loop", os.path.join(broot, b"loop"))
+    os.symlink(b"..", os.path.join(broot, b"d00-" + b"y" * 20, b"up"))
+    os.symlink(b"/etc", os.path.join(broot, b"outside"))
+    return files
+
+
+def _restored(out, files, mpy):
+    """(exact, wrong, extra): files restored bit-exact with their time, files restored
+    different, and regular files in `out` that the tree never had (a followed link)."""
+    exact = wrong = 0
+    bout = os.fsencode(out)
+    for rel, (data, mtime) in files.items():
+        p = os.path.join(bout, rel)
+        try:
+            with open(p, "rb") as f:
+                got = f.read()
+            st = os.lstat(p)
+        except OSError:
+            continue
+        same_time = (st.st_mtime_ns // 10 ** 9 == mtime // 10 ** 9) if mpy else st.st_mtime_ns == mtime
+        if got == data and same_time:
+            exact += 1
+        else:
+            wrong += 1
+    extra = 0
+    for dirpath, _, names in os.walk(bout):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            if not os.path.islink(p) and os.path.relpath(p, bout) not in files:
+                extra += 1
+    return exact, wrong, extra
+
+
+def case_odd_trees(work, seed=11):
+    """Odd trees on both runtimes: the backup commits (exit 0, or 3 with each item it could
+    not store listed), every file it did not list restores bit-exact, nothing outside the
+    tree is taken, no loop hangs the walk."""
+    import random
+    c = counts(tried=0)
+    a = AnchorProc(os.path.join(work, "anchor")).start()
+    try:
+        for k, runtime in enumerate(RUNTIMES):
+            rnd = random.Random(seed + k)
+            src = os.path.join(work, "src-" + runtime)
+            files = _odd_tree(src, rnd)
+            c["tried"] += len(files) + 3
+            try:
+                p = run_rover(runtime, a.link, "odd-" + runtime, os.path.join(work, "state-" + runtime),
+                              "backup", src, check=False, timeout=300)
+            except subprocess.TimeoutExpired:
+                c["hangs"] += 1
+                check(c, False, "%s: the backup of an odd tree did not end in 300 s" % runtime)
+                continue
+            listed = [ln for ln in p.stdout.splitlines() if ln.startswith("rover: not stored:")]
+            if not check(c, p.returncode in (0, 3), "%s: backup exit %d: %s" % (runtime, p.returncode, p.stdout[-800:])):
+                continue
+            out = os.path.join(work, "out-" + runtime)
+            r = anchorctl(a.address, "restore", "odd-" + runtime, "--to", out, check=False)
+            exact, wrong, extra = _restored(out, files, runtime == "micropython")
+            symlinks_listed = sum(1 for ln in listed if "not followed" in ln or "symlink" in ln)
+            c["lost"] += max(0, len(files) - exact - (len(listed) - symlinks_listed))
+            check(c, wrong == 0, "%s: %d files restored different from the tree" % (runtime, wrong))
+            check(c, extra == 0, "%s: %d files restored that the tree never had (a link followed)" % (runtime, extra))
+            check(c, r.returncode == 0, "%s: restore exit %d: %s" % (runtime, r.returncode, r.stderr[-500:]))
+            c.setdefault("detail", {})[runtime] = {"files": len(files), "exact": exact, "listed": len(listed),
+                                                   "exit": p.returncode}
+        if a.proc.poll() is not None:
+            c["crashes"] += 1
+    finally:
+        a.stop()
+    return c
+
+
+def case_two_rovers_one_state(work):
+    """A scheduled run overlapping a running one (both runtimes): the second refuses, naming
+    the first; once the first is gone, its lock is taken over and the backup commits."""
+    from tests.e2e import test_odd_trees as ot
+    from tests.support.harness import rover_cmd
+    c = counts(tried=0)
+    a = AnchorProc(os.path.join(work, "anchor")).start()
+    try:
+        for runtime in RUNTIMES:
+            c["tried"] += 1
+            src = make_tree(os.path.join(work, "src-" + runtime), 10, 20_000, seed=7)
+            state = os.path.join(work, "state-" + runtime)
+            silent = ot._SilentAnchor()
+            first = subprocess.Popen(rover_cmd(runtime, "tcp://127.0.0.1:%d" % silent.port, "two", state,
+                                               "backup", src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                silent.wait_for_hello(60)
+                p = run_rover(runtime, a.link, "two-" + runtime, state, "backup", src, check=False, timeout=120)
+                check(c, p.returncode == 1 and str(first.pid) in p.stdout,
+                      "%s: a second rover on a held state: exit %d %s" % (runtime, p.returncode, p.stdout[-300:]))
+            except (socket.timeout, subprocess.TimeoutExpired):
+                c["hangs"] += 1
+            finally:
+                first.kill()
+                first.wait(30)
+                silent.close()
+            p = run_rover(runtime, a.link, "two-" + runtime, state, "backup", src, check=False, timeout=120)
+            if check(c, p.returncode == 0, "%s: after the holder died: exit %d %s" % (runtime, p.returncode, p.stdout[-300:])):
+                lost, rc = lost_files(a, "two-" + runtime, snapshot_of(src), os.path.join(work, "r-" + runtime))
+                c["lost"] += lost
+                check(c, rc == 0, "%s: restore exited %d" % (runtime, rc))
+    finally:
+        a.stop()
+    return c
+
+
+def case_damaged_rover_state(work):
+    """Every way the rover's state can be damaged (truncated, empty, flipped, garbage, tree copy
+    flipped or truncated), both runtimes: the next backup describes the whole tree, uploads
+    nothing the anchor holds, and restores exactly."""
+    from tests.e2e import test_odd_trees as ot
+    damages = [ot._damage_truncate, ot._damage_empty, ot._damage_flip_state, ot._damage_garbage,
+               ot._damage_tree, ot._damage_tree_truncated]
+    c = counts(tried=0)
+    a = AnchorProc(os.path.join(work, "anchor")).start()
+    try:
+        for runtime in RUNTIMES:
+            for d in damages:
+                c["tried"] += 1
+                dev = "ds-%s-%s" % (runtime, d.__name__.strip("_"))
+                src = make_tree(os.path.join(work, "src-" + dev), 20, 100_000, seed=c["tried"])
+                state = os.path.join(work, "state-" + dev)
+                run_rover(runtime, a.link, dev, state, "backup", src)
+                run_rover("cpython", a.link, dev, state, "backup", src)
+                d(state)
+                p = run_rover(runtime, a.link, dev, state, "backup", src, check=False, timeout=120)
+                if check(c, p.returncode == 0 and " 0 chunks (0 bytes) uploaded" in p.stdout,
+                         "%s %s: %s" % (runtime, d.__name__, p.stdout[-300:])):
+                    lost, rc = lost_files(a, dev, snapshot_of(src), os.path.join(work, "r-" + dev))
+                    c["lost"] += lost
+                    check(c, rc == 0, "%s: restore exited %d" % (dev, rc))
+    finally:
+        a.stop()
+    return c
+
+
 CASES = [
     ("second_anchor", case_second_anchor),
     ("mgmt_on_catalog", case_mgmt_on_catalog),
@@ -345,6 +515,9 @@ CASES = [
     ("damage", case_damage),
     ("powerloss", case_powerloss),
     ("fuzz", case_fuzz),
+    ("odd_trees", case_odd_trees),
+    ("two_rovers_one_state", case_two_rovers_one_state),
+    ("damaged_rover_state", case_damaged_rover_state),
 ]
 FLOODS = ("silent_flood", "endless_manifest", "unfinished_handshakes")
 
