@@ -4,6 +4,7 @@ services and the link sessions, handing each only what it uses.
 Nothing else creates these: there is one store, one catalog, one retention policy and one
 watch list per anchor, and every service that needs one is given it here.
 """
+import logging
 import os
 import stat
 
@@ -24,6 +25,8 @@ from anchor.storage.chunks import ChunkStore
 from anchor.storage.trees import TreeStore
 
 DATA_VERSION = 1
+
+log = logging.getLogger("anchor")
 
 
 def make_private(top):
@@ -81,6 +84,8 @@ class App:
         # own threshold is a backstop above that.
         self.store = ChunkStore(os.path.join(self.data_dir, "chunks"), flush_bytes=4 << 20)
         self.catalog = Catalog(os.path.join(self.data_dir, "catalog.sqlite"))
+        for d in self.catalog.damage:
+            log.warning("%s", d)
         self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
         # Relayed bodies wait here until whole; anything left is from a crash mid-transfer.
         self.spool_dir = os.path.join(self.data_dir, "spool")

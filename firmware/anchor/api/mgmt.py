@@ -366,7 +366,7 @@ class Api:
         event loop: sessions wait while it reads."""
         app = self.app
         store = app.store
-        found_at_start = list(store.damage)
+        found_at_start = list(store.damage) + list(self.catalog.damage)
         r = store.verify()
         segments = store.segment_problems()
         catalog = self.catalog.check()
@@ -387,13 +387,16 @@ class Api:
                "index": "ok" if not any(p.startswith("index:") for p in segments) else "damaged",
                "catalog": catalog or "ok", "snapshots": len(snapshots), "trees": len(seen),
                "damaged_snapshots": damaged, "damage_at_start": found_at_start,
-               "ok": not (r["bad"] or missing or segments or catalog or damaged)}
+               "ok": not (r["bad"] or missing or segments or catalog or damaged or self.catalog.damage)}
         if not out["ok"]:
             log.warning("verify: %d bad chunks, %d kept chunks missing, %d segment problems, catalog %s, "
                         "%d damaged snapshots", len(r["bad"]), missing, len(segments), out["catalog"],
                         len(damaged))
         if repair:
             out["repair"] = store.repair(r["bad"])
+            lost = self.catalog.acknowledge_loss()
+            if lost:
+                out["repair"]["catalog"] = "loss acknowledged: " + "; ".join(lost)
             log.warning("verify --repair: %s", out["repair"])
         return out
 

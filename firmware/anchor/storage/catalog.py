@@ -11,6 +11,7 @@ import sqlite3
 import time
 
 CATALOG_VERSION = 1
+MARK = ".mark"        # beside the catalog: how many snapshot changes it has made (see __init__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -123,6 +124,59 @@ class Catalog:
         elif int(row[0]) != CATALOG_VERSION:
             raise CatalogError("catalog %s is format version %s; this anchor reads version %d"
                                % (path, row[0], CATALOG_VERSION))
+        # SQLite reads a WAL up to its first bad frame and takes the rest as never written:
+        # a cut or damaged WAL silently undoes the last commits, and the catalog still checks
+        # clean. So every snapshot commit and forget counts itself inside its transaction,
+        # and the count is also written beside the catalog after the commit (MARK). A catalog
+        # whose count is below its mark lost changes, which is reported (verify's
+        # damage_at_start) until `verify --repair` acknowledges it.
+        self.mark_path = path + MARK
+        self.damage = []
+        if not readonly:
+            mark = self._read_mark()
+            have = self._changes()
+            if mark is not None and have < mark:
+                self.damage.append(
+                    "catalog: the last %d snapshot changes (commits or forgets) are gone (the catalog "
+                    "holds %d, its mark says %d): its WAL was cut or damaged. Snapshots committed "
+                    "then are missing; each rover's next backup commits its files again"
+                    % (mark - have, have, mark))
+
+    def _changes(self):
+        row = self.db.execute("SELECT value FROM meta WHERE key='changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _count_change(self):
+        """Inside a snapshot commit's or forget's transaction."""
+        self.db.execute("INSERT INTO meta VALUES ('changes', '1') ON CONFLICT(key) DO UPDATE "
+                        "SET value = CAST(value AS INTEGER) + 1")
+
+    def _read_mark(self):
+        try:
+            with open(self.mark_path, "rb") as f:
+                return int(f.read(32).decode("ascii").strip())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None            # a damaged mark is no evidence either way
+
+    def _write_mark(self):
+        """After the commit: a crash before this leaves the mark behind the catalog, which is
+        never reported (only a catalog behind its mark lost something)."""
+        tmp = self.mark_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"%d\n" % self._changes())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.mark_path)
+
+    def acknowledge_loss(self):
+        """verify --repair: the loss is known; the mark follows the catalog again."""
+        self._write_mark()
+        done, self.damage = self.damage, []
+        return done
 
     def close(self):
         self.db.close()
@@ -218,10 +272,12 @@ class Catalog:
             seq = (self.latest(dev) or 0) + 1
             db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (dev, seq, parent, time.time(), root, entries, total))
+            self._count_change()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._write_mark()
         return seq, pinned
 
     def _tree_ref(self, root, tree_oids):
@@ -308,10 +364,12 @@ class Catalog:
                             db.execute("UPDATE live_chunks SET objects = objects - 1 WHERE chunk=?", (c,))
                             if db.execute("DELETE FROM live_chunks WHERE chunk=? AND objects <= 0", (c,)).rowcount:
                                 released.append(c)
+            self._count_change()
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._write_mark()
         return root, freed, released
 
     def live_chunks(self):
