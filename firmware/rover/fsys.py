@@ -61,16 +61,8 @@ if MICROPYTHON:
         f.flush()
 
     def stat(path):
-        """(type, size, mtime_ns, mode) or None for things a backup skips."""
-        s = os.stat(path)
-        fmt = s[0] & S_IFMT
-        if fmt == S_IFDIR:
-            t = m.T_DIR
-        elif fmt == S_IFREG:
-            t = m.T_FILE
-        else:
-            return None
-        return (t, s[6] if t == m.T_FILE else 0, _signed(s[8]) * 1000000000, s[0] & 0o7777, None)
+        """(type, size, mtime_ns, mode, None) or None for things a backup skips."""
+        return entry(path, 0)
 
     def rename(a, b):
         os.rename(a, b)
