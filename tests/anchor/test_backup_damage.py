@@ -7,16 +7,8 @@ import random
 import pytest
 
 from tests.anchor.test_restore_service import MTIME, back_up, chunks_of
-from anchor.app import App
 from anchor_core import cbor, chunker
 from anchor_core import messages as m
-
-
-@pytest.fixture
-def app(tmp_path):
-    a = App(str(tmp_path / "data"))
-    yield a
-    a.close()
 
 
 def _oid(data):

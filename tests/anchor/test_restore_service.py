@@ -7,7 +7,6 @@ import random
 import pytest
 
 from tests.support.harness import damage
-from anchor.app import App
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
 from anchor_core import cbor, chunker
 from anchor_core import messages as m
@@ -58,13 +57,6 @@ def read_back(service, snap, prefix=""):
         assert problem is None
         out[r[0]] = (r[1], b"".join(service.content(r, ids)))
     return out
-
-
-@pytest.fixture
-def app(tmp_path):
-    a = App(str(tmp_path / "data"))
-    yield a
-    a.close()
 
 
 def test_a_snapshot_read_back_is_the_files(app):

@@ -128,12 +128,17 @@ def test_a_truncated_segment_is_healed_not_built_on(tmp_path):
         with open(os.path.join(src, "a.txt"), "ab") as f:
             f.write(b"more\n")
         run_rover("cpython", a.link, "phone", state, "backup", src)
-        rc, v = _verify(a)
-        assert rc == 0, v
-        anchorctl(a.address, "restore", "phone", "--to", str(tmp_path / "out"))
-        assert_same_tree(snapshot_of(src), str(tmp_path / "out"))
+        _clean_and_restores(a, src, str(tmp_path / "out"))
     finally:
         a.stop()
+
+
+def _clean_and_restores(a, src, out):
+    """Healed: verify finds nothing, and the newest snapshot restores as `src`."""
+    rc, v = _verify(a)
+    assert rc == 0, v
+    anchorctl(a.address, "restore", "phone", "--to", out)
+    assert_same_tree(snapshot_of(src), out)
 
 
 def _two_segments(tmp_path):
@@ -174,10 +179,7 @@ def test_a_missing_segment_the_anchor_starts_serves_the_rest_and_heals(tmp_path)
         assert len(restored) + len(lost) == 5
 
         run_rover("cpython", a.link, "phone", str(tmp_path / "state"), "backup", src)
-        rc, v = _verify(a)
-        assert rc == 0, v
-        anchorctl(a.address, "restore", "phone", "--to", str(tmp_path / "again"))
-        assert_same_tree(snapshot_of(src), str(tmp_path / "again"))
+        _clean_and_restores(a, src, str(tmp_path / "again"))
     finally:
         a.stop()
 
