@@ -109,7 +109,7 @@ class App:
         self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_room, relay_timeout, relay_max,
                                     keep_bodies=capture, open=open, admission=self.admission)
         self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
-                                      admission=self.admission)
+                                      admission=self.admission, restore=self.restore)
 
     def _check_version(self):
         p = os.path.join(self.data_dir, "ANCHOR-DATA")

@@ -7,6 +7,8 @@ from anchor_core import messages as m
 from anchor_core import states
 from anchor_core.session import Session
 from anchor.services.relay import RELAY_TYPES
+from anchor.services.restore_link import LinkRestore, RESTORE_TYPES
+from anchor_core import restoremsg
 from anchor.secure_session import Refused
 from anchor.links import TcpListener, start_links     # the listeners, by address
 from anchor.admission import Admission, HANDSHAKE_SECONDS
@@ -15,7 +17,7 @@ log = logging.getLogger("anchor")
 
 READ_SIZE = 65536
 # Replies after which the rover may hang up: counters are written before they go out.
-ENDS_A_REQUEST = (m.COMMITTED, m.END, m.RESULT, m.FAIL, m.WATCHED, m.ERROR)
+ENDS_A_REQUEST = (m.COMMITTED, m.END, m.RESULT, m.FAIL, m.WATCHED, m.ERROR, restoremsg.RDONE)
 IDLE_TIMEOUT = 300
 
 
@@ -33,9 +35,10 @@ class SessionServer:
     handler from the services. Keeps who is connected (to cut an unpaired rover off) and
     the bytes links moved."""
 
-    def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None):
+    def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None, restore=None):
         self.backup = backup              # services.backup.BackupService
         self.relay = relay                # services.relay.RelayService
+        self.restore = restore            # services.restore.RestoreService (restores over the link)
         self.catalog = catalog            # pairings (the handshake), per-device counters
         # open: also serve rovers that are not paired, without the secure channel (a lab or
         # test bench; `anchor serve --open`). Otherwise only paired rovers get anything.
@@ -111,6 +114,8 @@ class SessionServer:
         sess = Session(states.ANCHOR)
         handler = self.backup.session()
         relay = self.relay.session(handler)
+        restore = (LinkRestore(self.restore, handler, auth_device is not None, self.catalog)
+                   if self.restore is not None else None)
 
         recorded = {}
 
@@ -124,6 +129,8 @@ class SessionServer:
             counts = dict(handler.counts)
             for k, v in relay.counts.items():
                 counts[k] = counts.get(k, 0) + v
+            if restore is not None:
+                counts.update(restore.counts)
             counts["link_rx"] = sess.bytes_in
             counts["link_tx"] = sess.bytes_out
             for name, n in zip(("link_control", "link_backup", "link_relay"), sess.purpose_bytes):
@@ -161,6 +168,9 @@ class SessionServer:
                         break
                     if msg[m.MSG_TYPE] in RELAY_TYPES:
                         await relay.handle(msg, send)
+                        continue
+                    if msg[m.MSG_TYPE] in RESTORE_TYPES and restore is not None:
+                        await restore.handle(msg, send)
                         continue
                     if msg[m.MSG_TYPE] == m.HELLO and auth_device is not None and msg[m.HELLO_DEVICE] != auth_device:
                         raise m.ProtocolError(m.E_PROTOCOL, "this link is paired as %r, not %r"

@@ -225,7 +225,7 @@ _P_RELAY = const(2)
 
 def purpose(t):
     """What a message type's bytes on the link are for: control, backup or relay."""
-    if ENTRIES <= t <= DATA or t == WATCHWAIT or t == WATCHED or t == PROOF:
+    if ENTRIES <= t <= DATA or t >= WATCHWAIT:     # from 21 on: a restore (restoremsg.py)
         return _P_BACKUP
     if FETCH <= t <= FAIL:
         return _P_RELAY
@@ -485,6 +485,10 @@ _MIN_FIELDS = bytes((
 ))
 
 
+# The restore's checks, once anchor_core/restoremsg.py is installed (a backup never loads it).
+_ext = None
+
+
 def check(msg):
     """Validate a decoded message; returns it or raises ProtocolError."""
     if type(msg) is not list or not msg or type(msg[MSG_TYPE]) is not int:
@@ -493,6 +497,8 @@ def check(msg):
     n = len(msg)
     need = _MIN_FIELDS[t] if 0 <= t < len(_MIN_FIELDS) else 0
     if not need:
+        if _ext is not None and t > PROOF:
+            return _ext(msg)
         _fail("unknown message type %d" % t)
     if n < need:
         _fail("%s too short" % NAMES[t])

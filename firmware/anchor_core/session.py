@@ -127,6 +127,10 @@ class Session:
             self._expect(t, msg[1])
         elif t == m.NEED:
             self._expect(t, m.parts_key(msg[1]))
+        elif t == 23:                  # restoremsg.SEEDS, answered by SEEDASK of its batch
+            self._request = (24, msg[1])
+        elif t == 24:
+            self._expect(t, msg[1])
         self.state = nxt
 
     def _expect(self, t, key):

@@ -14,11 +14,11 @@ _EXIT_INCOMPLETE = const(3)  # snapshot committed, some items not stored (README
 _AGAIN = const(4)      # sessions started over in one run (files changing while uploaded)
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
-           "--retries")
+           "--retries", "--path", "--seed")
 
 
 def parse(argv):
-    opts = {"quiet": False, "links": []}
+    opts = {"quiet": False, "links": [], "seeds": []}
     rest = []
     i = 0
     while i < len(argv):
@@ -36,13 +36,15 @@ def parse(argv):
         if k == "link":
             opts["links"].append(v)
             opts["link"] = opts["links"][0]
+        elif k == "seed":
+            opts["seeds"].append(v)
         elif k is not None:
             opts[k] = v
         elif a in ("-q", "--quiet"):
             opts["quiet"] = True
             i += 1
-        elif a == "--post":
-            opts["post"] = True
+        elif a in ("--post", "--delete", "--dry-run"):
+            opts[a[2:]] = True
             i += 1
         elif a in ("-h", "--help"):
             raise ValueError("")
@@ -82,6 +84,9 @@ def main(argv=None):
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)
+    if cmd == "restore":
+        from rover.restore_cmd import restore_command
+        return restore_command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
@@ -91,6 +96,7 @@ def main(argv=None):
     t0 = time.time()
     if cmd == "backup":
         return _backup(opts, rest[1], log, t0)
+
     from rover.link import NotPaired
     try:
         link = connect(opts["link"], opts, True)

@@ -4,7 +4,7 @@ import sys
 
 from rover import buffers
 
-buffers.allocate()
+buffers.allocate("restore" in sys.argv)
 
 from rover.cli import main  # noqa: E402  (after the buffers, on purpose)
 

@@ -3,7 +3,7 @@ import os
 import random
 
 from anchor_core import messages as m
-from rover import backup, fsys
+from rover import backup, fsys, walk
 
 
 def make(root, rnd, depth=0):
@@ -47,7 +47,7 @@ def test_walk_resumes_after_a_folder_even_if_the_parent_changed(tmp_path, monkey
 
 
 def test_folder_larger_than_the_window(tmp_path):
-    names = ["f%04d" % i for i in range(backup.WINDOW * 3 + 5)]
+    names = ["f%04d" % i for i in range(walk.WINDOW * 3 + 5)]
     for n in names:
         open(str(tmp_path / n), "wb").close()
     os.mkdir(str(tmp_path / "f0100-dir"))
