@@ -91,8 +91,8 @@ def check(msg):
     if n < need:
         m._fail("%s too short" % m.NAMES[t])
     if t == RESTORE:
-        if msg[1] is not None:
-            _n(msg[1], 1 << 62, "snapshot")
+        if msg[1] is not None and _n(msg[1], 1 << 62, "snapshot") < 1:
+            m._fail("snapshot numbers start at 1")
         _path(msg[2], True)
         _n(msg[3], 15, "restore flags")
         if type(msg[4]) is not int or msg[4] < 9 or msg[4] > 15:

@@ -62,22 +62,74 @@ else:
     _StreamBase = object
 
 
-class _Stream(_StreamBase):
-    # deflate.DeflateIO reads the compressed chunk from here (a user stream is read through
-    # readinto; io.BytesIO would copy the buffer).
-    def __init__(self, buf, n):
-        self.b = buf
-        self.n = n
+class _Pieces(_StreamBase):
+    # The restore's compressed bytes as they come down: each RDATA's piece, then BODY messages
+    # up to its encoded length. The anchor sends the compressed chunks of a session as one
+    # zlib stream, flushed (Z_SYNC_FLUSH) at the end of each, so one inflater with one window
+    # serves the whole restore: the heap takes its block once, not once per chunk (a 256 KB
+    # heap in pieces has no 8 KiB block for the tenth). deflate.DeflateIO reads through
+    # readinto, a byte at a time; what it leaves of a chunk (the flush's marker) is carried to
+    # the next. The pieces are views into the session's receive buffer: used before the next.
+    def __init__(self, conv):
+        self.conv = conv
+        self.piece = b""
         self.p = 0
+        self.left = 0
+        self.carry = b""
+        self.cp = 0
+
+    def start(self, first, n):
+        self.piece = first
+        self.p = 0
+        self.left = n - len(first)
+
+    def _next(self):
+        self.piece = self.conv.recv(m.BODY)[m.BODY_DATA]
+        self.p = 0
+        if len(self.piece) > self.left:
+            raise RoverError("anchor sent more bytes of a chunk than it announced")
+        self.left -= len(self.piece)
 
     def readinto(self, out):
-        k = self.n - self.p
-        if k > len(out):
-            k = len(out)
-        out[:k] = self.b[self.p:self.p + k]
-        self.p += k
-        return k
+        if self.cp < len(self.carry):
+            out[0] = self.carry[self.cp]
+            self.cp += 1
+            return 1
+        while self.p >= len(self.piece):
+            if self.left <= 0:
+                return 0
+            self._next()
+        out[0] = self.piece[self.p]
+        self.p += 1
+        return 1
 
+    def next(self):
+        """The rest of the current piece, or the next one; None at the chunk's end."""
+        if self.p < len(self.piece):
+            v = self.piece[self.p:]
+            self.p = len(self.piece)
+            return v
+        if self.left <= 0:
+            return None
+        self._next()
+        self.p = len(self.piece)
+        return self.piece
+
+    def finish(self):
+        """What the inflater did not read of this chunk, kept for the next (a few bytes)."""
+        rest = bytes(self.carry[self.cp:]) + bytes(self.piece[self.p:])
+        while self.left > 0:
+            self._next()
+            rest += bytes(self.piece)
+            self.p = len(self.piece)
+            if len(rest) > 64:
+                break
+        if len(rest) > 64:
+            raise RoverError("a compressed chunk holds more than its content")
+        self.carry = rest
+        self.cp = 0
+        self.piece = b""
+        self.p = 0
 
 
 class Restore(Conversation):
@@ -91,15 +143,13 @@ class Restore(Conversation):
         self.snapshot = snapshot
         self.warn = warn or self.log
         self.dry = bool(flags & rm.F_DRY_RUN)
-        if buffers.zin is None:
-            buffers.zin = bytearray(buffers.CHUNK_SIZE + 1024)
-        self.zin = buffers.zin
         self.real = [None] * len(self.roots)      # CPython: the roots' real paths
         self.checked = None                        # the last folder found free of symlinks
         self.renamed = None                        # a leftover renamed to _SEED during the walk
         self.cur = None                            # [file, temp path, final path, record, written, copied]
+        self.src = _Pieces(self)                   # the chunk bytes coming down
+        self.inflater = None                       # the session's zlib stream, once it starts
         self.oid = None                            # object id of the RDATA chunks of cur, in order
-        self.chunk = None                          # [id, encoding, raw length, encoded length, got, hash]
         self.stats = {"snapshot": None, "entries": 0, "bytes": 0, "files": 0, "written": 0, "copied": 0,
                       "chunks": 0, "data_bytes": 0, "deleted": 0, "kept": 0, "failed": 0, "seeds": 0,
                       "listed": 0, "verify_failed": 0, "would_send": 0}
@@ -139,10 +189,14 @@ class Restore(Conversation):
                     rel = self._leftover(root, rel)
                     if rel is None:
                         continue
-                e = m.put_entry(_text(rel), s[0], s[1], s[2], s[3], None, s[4])
+                target = None
+                if s[0] == m.T_LINK:
+                    # MicroPython cannot read a link's target: "" matches no snapshot's
+                    target = _text(s[4]) if s[4] is not None else ""
+                e = m.put_entry(_text(rel), s[0], s[1], s[2], s[3], None, target)
                 batch.append(e)
                 names.append(rel)
-                size += len(rel) + (len(s[4]) if s[4] else 0) + 32
+                size += len(rel) + (len(target) if target else 0) + 32
                 count += 1
                 if len(batch) >= _BATCH or size >= _BATCH_BYTES:
                     self._seed_batch(seq, i, batch, names)
@@ -207,9 +261,9 @@ class Restore(Conversation):
 
     def _apply(self):
         while True:
-            msg = self.recv(rm.RPUT, rm.RCOPY, rm.RDATA, m.BODY, rm.RDEL, rm.RDONE, m.FAIL)
+            msg = self.recv(rm.RPUT, rm.RCOPY, rm.RDATA, rm.RDEL, rm.RDONE, m.FAIL)
             t = msg[0]
-            if t == rm.RDATA or t == m.BODY:
+            if t == rm.RDATA:
                 self._data(msg)
             elif t == rm.RCOPY:
                 self._copy(msg)
@@ -347,7 +401,7 @@ class Restore(Conversation):
 
     def _copy(self, msg):
         cur = self.cur
-        if cur is None or self.chunk is not None:
+        if cur is None:
             raise RoverError("anchor sent RCOPY outside a file")
         src = self._local(msg[2], msg[1])
         off, n = msg[3], msg[4]
@@ -380,66 +434,70 @@ class Restore(Conversation):
         cur = self.cur
         if cur is None:
             raise RoverError("anchor sent chunk bytes outside a file")
-        if msg[0] == rm.RDATA:
-            if self.chunk is not None:
-                raise RoverError("anchor started a chunk before the last one ended")
-            if cur[4] + msg[3] > cur[3][3]:
-                raise RoverError("anchor's chunks for %s run past its size" % self._show(cur[3][1]))
-            self.chunk = [msg[1], msg[2], msg[3], msg[4], 0, hashlib.sha256()]
-            piece = msg[5]
+        cid, enc, raw_len, enc_len = msg[1], msg[2], msg[3], msg[4]
+        if cur[4] + raw_len > cur[3][3]:
+            raise RoverError("anchor's chunks for %s run past its size" % self._show(cur[3][1]))
+        if enc == m.ENC_RAW and enc_len != raw_len:
+            raise RoverError("anchor sent a raw chunk of %d bytes as %d" % (raw_len, enc_len))
+        src = self.src
+        src.start(msg[5], enc_len)
+        h = hashlib.sha256()
+        f = cur[0]
+        got = 0
+        if enc == m.ENC_RAW:
+            while True:
+                v = src.next()
+                if v is None:
+                    break
+                h.update(v)
+                f.write(v)
+                got += len(v)
+        elif zlib is not None:
+            if self.inflater is None:
+                self.inflater = zlib.decompressobj(WBITS)
+            d = self.inflater
+            while True:
+                v = src.next()
+                if v is None:
+                    break
+                out = d.decompress(v, raw_len + 1 - got)
+                if d.unconsumed_tail:
+                    got = -1                   # more than the chunk: refused below
+                    break
+                h.update(out)
+                f.write(out)
+                got += len(out)
         else:
-            if self.chunk is None:
-                raise RoverError("anchor sent BODY outside a chunk")
-            piece = msg[m.BODY_DATA]
-        c = self.chunk
-        n = len(piece)
-        if c[4] + n > c[3]:
-            raise RoverError("anchor sent more bytes of a chunk than it announced")
-        if c[1] == m.ENC_RAW:
-            c[5].update(piece)
-            cur[0].write(piece)
-        else:
-            self.zin[c[4]:c[4] + n] = piece
-        c[4] += n
-        if c[4] < c[3]:
-            return
-        self.chunk = None
-        if c[1] != m.ENC_RAW:
-            raw = self._inflate(c[3], c[2])
-            c[5].update(raw)
-            cur[0].write(raw)
-        elif c[3] != c[2]:
-            raise RoverError("anchor sent a raw chunk of %d bytes as %d" % (c[3], c[2]))
-        if c[5].digest() != c[0]:
-            raise RoverError("a chunk of %s does not match its id: the link or the anchor damaged it"
-                             % self._show(cur[3][1]))
-        self.oid.add(c[0])
-        cur[4] += c[2]
-        self.stats["chunks"] += 1
-        self.stats["data_bytes"] += c[3]
-        if cur[4] >= cur[3][3]:
-            self._finish()
-
-    def _inflate(self, n, raw_len):
-        out = memoryview(self.cbuf)
-        if zlib is not None:
-            b = zlib.decompress(bytes(self.zin[:n]), WBITS)
-            got = len(b)
-            if got == raw_len:
-                out[:got] = b
-        else:
-            import deflate
-            d = deflate.DeflateIO(_Stream(self.zin, n), deflate.ZLIB, WBITS)
-            got = 0
+            if self.inflater is None:
+                import deflate
+                # Its window goes where the block reserved at start-up was (rover/buffers.py):
+                # by now the heap has 70 KB free in pieces of at most 3.5 KB (measured).
+                buffers.inflate_room = None
+                gc.collect()
+                self.inflater = deflate.DeflateIO(src, deflate.ZLIB, WBITS)
+            d = self.inflater
+            out = memoryview(self.cbuf)
             while got < raw_len:
-                k = d.readinto(out[got:raw_len])
+                n = raw_len - got
+                k = d.readinto(out if n >= len(out) else out[:n])
                 if not k:
                     break
+                h.update(out[:k])
+                f.write(out[:k])
                 got += k
-            d = None
+            src.finish()
         if got != raw_len:
-            raise RoverError("a compressed chunk holds %d bytes, not %d" % (got, raw_len))
-        return out[:raw_len]
+            raise RoverError("a chunk of %s did not inflate to its %d bytes: the link or the anchor damaged it"
+                             % (self._show(cur[3][1]), raw_len))
+        if h.digest() != cid:
+            raise RoverError("a chunk of %s does not match its id: the link or the anchor damaged it"
+                             % self._show(cur[3][1]))
+        self.oid.add(cid)
+        cur[4] += raw_len
+        self.stats["chunks"] += 1
+        self.stats["data_bytes"] += enc_len
+        if cur[4] >= cur[3][3]:
+            self._finish()
 
     def _finish(self):
         f, tmp, full, rec, written, copied = self.cur
@@ -471,7 +529,6 @@ class Restore(Conversation):
             self.cur[0].close()
             fsys.remove(self.cur[1])
             self.cur = None
-            self.chunk = None
 
     def _delete(self, path):
         if self.dry:

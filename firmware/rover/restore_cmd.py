@@ -10,12 +10,8 @@ _ROUNDS = const(3)
 
 
 def restore_command(opts, rest):
-    from rover.cli import connect
-    from rover.link import LinkError, BadAddress, NotPaired
     from rover.conversation import RoverError
-    from anchor_core.messages import ProtocolError
     from anchor_core import restoremsg as rm
-    from rover.restore import Restore
     quiet = opts["quiet"]
     log = (lambda s: None) if quiet else (lambda s: print("rover: " + s))
     warn = lambda s: print("rover:", s)        # what could not be restored shows even with -q
@@ -30,6 +26,36 @@ def restore_command(opts, rest):
         print("rover: --retries takes a whole number")
         return 2
     flags = (rm.F_DELETE if opts.get("delete") else 0) | (rm.F_DRY_RUN if opts.get("dry-run") else 0)
+    # One rover per state folder: a backup of the tree while it is being restored would
+    # commit a half-restored tree. The lock's code is dropped once it is taken (as a backup
+    # does): a paired radio rover's heap needs the room for the secure channel.
+    import os
+    from anchor_core.compat import unload
+    from rover import fsys, state
+    fsys.makedirs(opts["state"])
+    try:
+        state.StateLock(opts["state"], log).take()
+    except RoverError as e:
+        warn("restore failed: %s" % e)
+        return 1
+    unload(state)
+    state = None
+    try:
+        return _restore(opts, flags, snap, int(retries), log, warn)
+    finally:
+        fsys.remove(opts["state"] + "/lock/owner")
+        try:
+            os.rmdir(opts["state"] + "/lock")
+        except OSError:
+            pass
+
+
+def _restore(opts, flags, snap, retries, log, warn):
+    from rover.cli import connect
+    from rover.link import LinkError, BadAddress, NotPaired
+    from rover.conversation import RoverError
+    from anchor_core.messages import ProtocolError
+    from anchor_core import restoremsg as rm
     t0 = time.time()
     tx = rx = 0
     attempt = 0
@@ -39,6 +65,9 @@ def restore_command(opts, rest):
         link = None
         try:
             link = connect(opts["link"], opts)
+            # The link (and its secure channel) first, then the restore's code: in this order
+            # the heap has its large blocks when the channel takes them.
+            from rover.restore import Restore
             r = Restore(link, opts["device"], opts["to"], opts["seeds"], opts.get("path", ""), flags, snap,
                         log, warn)
             s = r.run()
@@ -63,11 +92,11 @@ def restore_command(opts, rest):
             if isinstance(e, BadAddress):
                 warn("restore failed: %s" % e)
                 return 2
-            if attempt >= int(retries):
+            if attempt >= retries:
                 warn("restore failed: %s (after %d attempts)" % (e, attempt + 1))
                 return 1
             attempt += 1
-            log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
+            log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, retries))
             time.sleep(min(5, attempt))
         except (RoverError, ProtocolError, OSError, ValueError, NotPaired) as e:
             warn("restore failed: %s" % e)

@@ -94,6 +94,7 @@ class LinkRestore:
         self.by_chunk = {}                # chunk id -> (root, path, offset, length)
         self.by_oid = {}                  # object id -> (root, path)
         self.seeds = 0
+        self.z = None                     # the restore's zlib stream (see _send_content)
 
     def _charge(self, n):
         self.info._charge(n)
@@ -364,10 +365,16 @@ class LinkRestore:
             cid = s[1]
             raw = self.service.chunk(path, cid)
             enc, payload = m.ENC_RAW, raw
-            z = zlib.compressobj(_LEVEL, zlib.DEFLATED, self.wbits)
-            packed = z.compress(raw) + z.flush()
+            # One zlib stream per restore, flushed at each chunk's end: the rover keeps one
+            # inflater (one window) for the session, and later chunks reach back into earlier
+            # ones. A chunk that does not shrink goes raw and leaves the stream as it was.
+            if self.z is None:
+                self.z = zlib.compressobj(_LEVEL, zlib.DEFLATED, self.wbits)
+            z = self.z.copy()
+            packed = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
             if len(packed) < len(raw):
                 enc, payload = m.ENC_ZLIB, packed
+                self.z = z
             view = memoryview(payload)
             await send([rm.RDATA, cid, enc, len(raw), len(payload), bytes(view[:rm.PIECE])])
             for o in range(rm.PIECE, len(payload), rm.PIECE):
