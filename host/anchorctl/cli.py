@@ -119,6 +119,12 @@ def cmd_stats(c, a):
     print("links: %s received, %s sent" % (_size(s["link_bytes"]["rx"]), _size(s["link_bytes"]["tx"])))
     for dev, counters in sorted(s["devices"].items()):
         print("%s: %s" % (dev, ", ".join("%s=%d" % kv for kv in sorted(counters.items()))))
+    live = s.get("sessions", [])
+    print("live sessions: %d" % len(live))
+    for x in live:
+        print("  %s: %s received, %s sent so far, running %.0f s (since %s)"
+              % (shown(x["device"]) if x["device"] is not None else "(no HELLO yet)",
+                 _size(x["link_rx"]), _size(x["link_tx"]), x["seconds"], _when(x["started"])))
 
 
 def cmd_forget(c, a):
