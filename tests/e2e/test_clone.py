@@ -19,7 +19,7 @@ MPY = os.path.join(BIN, "micropython")
 # Runs under MicroPython: mounts the image read-only with MicroPython's own littlefs and
 # prints one line per entry: "D path mtime" or "F path size mtime sha256".
 MOUNT_AND_WALK = r"""
-import sys, vfs, hashlib, binascii
+import os, sys, vfs, hashlib, binascii
 
 class ImageFile:
     # the extended block device protocol VfsLfs2 uses on a board's flash partition
@@ -34,31 +34,51 @@ class ImageFile:
             raise OSError(5)
 
     def writeblocks(self, block, buf, off=0):
-        raise OSError(30)           # read-only: the test must not change what it checks
+        if not WRITE:
+            raise OSError(30)       # read-only: the test must not change what it checks
+        self.f.seek(block * self.bs + off)
+        self.f.write(buf)
 
     def ioctl(self, op, arg):
         if op == 4:
             return self.n
         if op == 5:
             return self.bs
-        if op == 6:
-            raise OSError(30)
+        if op == 6:                 # erase a block: flash reads 0xFF after it
+            if not WRITE:
+                raise OSError(30)
+            self.f.seek(arg * self.bs)
+            self.f.write(b"\xff" * self.bs)
         return 0
 
-fs = vfs.VfsLfs2(ImageFile(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+WRITE = len(sys.argv) > 4
+bdev = ImageFile(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+if WRITE:
+    # the rover on the new board writes its own files beside the clone's
+    bdev.f.close()
+    bdev.f = open(sys.argv[1], "r+b")
+    vfs.mount(bdev, "/img")
+    os.mkdir("/img/state")
+    with open("/img/state/written-on-board", "wb") as f:
+        for i in range(40):
+            f.write(bytes([i]) * 1000)
+    vfs.umount("/img")
+# As a board boots (_boot.py: vfs.mount(bdev, "/")): the filesystem is found by its
+# superblock, and the names, os.stat and open are the board's own.
+vfs.mount(bdev, "/img", readonly=True)
 buf = bytearray(4096)
 
 def walk(d):
-    for e in fs.ilistdir(d):
+    for e in os.ilistdir("/img/" + d if d else "/img"):
         name, kind = e[0], e[1]
         p = d + "/" + name if d else name
-        st = fs.stat(p)
+        st = os.stat("/img/" + p)
         if kind == 0x4000:
             print("D", p, st[8])
             walk(p)
         else:
             h = hashlib.sha256()
-            with fs.open(p, "rb") as f:
+            with open("/img/" + p, "rb") as f:
                 while True:
                     n = f.readinto(buf)
                     if not n:
@@ -71,12 +91,13 @@ print("END")
 """
 
 
-def mount_and_walk(tmp_path, image, block_size, block_count):
-    """{path: ("d", mtime_s) or ("f", size, mtime_s, sha256)} as MicroPython sees the image."""
+def mount_and_walk(tmp_path, image, block_size, block_count, write=False):
+    """{path: ("d", mtime_s) or ("f", size, mtime_s, sha256)} as MicroPython sees the image;
+    with write, after writing state/written-on-board into it as a rover on the board would."""
     script = tmp_path / "walk_lfs.py"
     script.write_text(MOUNT_AND_WALK)
-    p = subprocess.run([MPY, "-X", "heapsize=256K", str(script), str(image), str(block_size), str(block_count)],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run([MPY, "-X", "heapsize=256K", str(script), str(image), str(block_size), str(block_count)]
+                       + (["write"] if write else []), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.endswith("END\n"), (p.stdout[-2000:], p.stderr)
     out = {}
     for line in p.stdout.splitlines()[:-1]:
@@ -166,6 +187,15 @@ def test_littlefs_image_mounts_under_micropython_with_every_file_and_mtime(tmp_p
     assert sorted(got) == sorted(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
     for path, w in want.items():
         assert got[path] == w, (path, got[path], w)
+
+    # the board can write beside the clone, and the clone stays as it was
+    board = tmp_path / "board.lfs"
+    board.write_bytes(image.read_bytes())
+    after = mount_and_walk(tmp_path, board, 4096, 256, write=True)
+    written = after.pop("state/written-on-board")
+    assert written[1] == 40_000 and written[3] == hashlib.sha256(b"".join(bytes([i]) * 1000 for i in range(40))).hexdigest()
+    del after["state"]
+    assert after == got
 
     # MicroPython's attribute keeps nanoseconds: the snapshot's exact value is in the image
     import json
@@ -305,3 +335,59 @@ def test_bad_arguments_are_refused_and_change_nothing(tmp_path, anchor):
         assert p.returncode != 0, (args, p.stdout)
         assert words in p.stderr, (args, p.stderr)
         assert snapshot_of(str(work)) == before, args
+
+
+class CutClient:
+    """A real client whose restore stream breaks after `frames` chunks, as when the anchor
+    stops or the socket breaks mid-clone."""
+
+    def __init__(self, address, frames):
+        from anchorctl.client import Client
+        self.client = Client(address)
+        self.frames = frames
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def restore_stream(self, device, snapshot="latest", path=""):
+        import contextlib
+        from anchorctl.errors import AnchorError
+        outer = self
+
+        @contextlib.contextmanager
+        def cm():
+            with outer.client.restore_stream(device, snapshot, path) as reader:
+                real = reader.frame
+
+                def frame():
+                    if outer.frames == 0:
+                        raise AnchorError("restore stream ended early: the anchor stopped or the connection broke")
+                    outer.frames -= 1
+                    return real()
+                reader.frame = frame
+                yield reader
+        return cm()
+
+
+@pytest.mark.parametrize("fs", ["littlefs2", "dir"])
+def test_a_clone_cut_midway_leaves_nothing(tmp_path, anchor, fs):
+    from anchorctl.clone import clone_dir, clone_littlefs
+    from anchorctl.errors import AnchorError
+    src = make_rover_tree(tmp_path / "src")
+    run_rover("cpython", anchor.link, "phone", str(tmp_path / "state"), "backup", str(src))
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "clone"
+    with pytest.raises(AnchorError, match="ended early"):
+        if fs == "dir":
+            clone_dir(CutClient(anchor.address, 5), "phone", "latest", str(out))
+        else:
+            clone_littlefs(CutClient(anchor.address, 5), "phone", "latest", str(out), 4096, 256)
+    assert os.listdir(work) == []
+    # the same clone, not cut, is whole: the cut is what made it fail
+    if fs == "dir":
+        clone_dir(CutClient(anchor.address, -1), "phone", "latest", str(out))
+        assert snapshot_of(str(out)) == snapshot_of(str(src))
+    else:
+        clone_littlefs(CutClient(anchor.address, -1), "phone", "latest", str(out), 4096, 256)
+        assert mount_and_walk(tmp_path, out, 4096, 256) == expected_on_board(src)
