@@ -270,11 +270,11 @@ def clone_littlefs(client, device, snapshot, out, block_size, block_count):
 def _too_small(client, device, snapshot, out, block_size, block_count):
     """The snapshot did not fit: measure what it takes (the stream once more, into a sparse
     scratch image that cannot fill up) and say it."""
-    big = max(2 * block_count, _blocks_estimate(client, device, snapshot, block_size))
-    big = min(big, MAX_IMAGE // block_size)
     scratch = out + ".sizing.tmp"
     need = None
     try:
+        big = max(2 * block_count, _blocks_estimate(client, device, snapshot, block_size))
+        big = min(big, MAX_IMAGE // block_size)
         with client.restore_stream(device, snapshot) as reader:
             with open(scratch, "x+b") as f:
                 f.truncate(big * block_size)    # sparse: costs what is written only
