@@ -29,6 +29,7 @@ NAME_MAX = 255
 # MicroPython's LFS_ATTR_MTIME: a custom attribute of type 1, 8 bytes little-endian,
 # nanoseconds since 1970-01-01; os.stat() on the board reads it (whole seconds).
 ATTR_MTIME = 1
+MTIME_MAX = (1 << 64) - 1
 MIN_BLOCK = 128             # littlefs's smallest block; the cache (128 here) must divide it
 MAX_IMAGE = 1 << 31         # littlefs addresses a file's bytes with 32-bit signed offsets
 
@@ -165,8 +166,9 @@ class LfsWriter:
         return self.counts
 
     def _mtime(self, path, e):
-        # before 1970 cannot be said in MicroPython's unsigned attribute: 1970 it is
-        self._call(self.lfs.setattr, self.fs, path, ATTR_MTIME, _MTIME.pack(max(0, e["mtime_ns"])))
+        # MicroPython's field is unsigned 64-bit: a snapshot's wider times (docs/decisions.md,
+        # "Odd trees") are held at its ends, 1970 and 2554
+        self._call(self.lfs.setattr, self.fs, path, ATTR_MTIME, _MTIME.pack(min(max(0, e["mtime_ns"]), MTIME_MAX)))
 
     def _file(self, reader, path, e):
         """The file's frames written into the image; FileFailed (and no file at path) when
@@ -192,7 +194,11 @@ class LfsWriter:
             except OSError as x:
                 problem = problem or "cannot write it: %s" % x
             if problem is not None:
-                self._call(self.lfs.remove, self.fs, path)
+                try:
+                    self._call(self.lfs.remove, self.fs, path)
+                except OSError as x:
+                    # a prefix left in the image would pass for the file on the board
+                    raise AnchorError("cannot take the partial %s out of the image: %s" % (path, x))
         if problem is not None:
             raise FileFailed(problem)
         self.counts["files"] += 1

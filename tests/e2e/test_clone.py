@@ -255,6 +255,9 @@ def test_what_littlefs_cannot_hold_is_named_with_its_own_status(tmp_path, anchor
     with open(bad + b"/inside.txt", "wb") as f:
         f.write(b"x")
     (src / "ok.txt").write_bytes(b"fine\n")
+    (src / "bin" / "old.txt").write_bytes(b"older than 1970\n")
+    os.utime(src / "bin" / "old.txt", ns=(-10**18, -10**18))     # 1938: the board's field is unsigned
+    os.utime(src / "bin", ns=(10**18, 10**18))
     run_rover("cpython", anchor.link, "phone", str(tmp_path / "state"), "backup", str(src))
 
     image = tmp_path / "img.lfs"
@@ -268,7 +271,8 @@ def test_what_littlefs_cannot_hold_is_named_with_its_own_status(tmp_path, anchor
     assert "3 entries cannot be held by littlefs2" in p.stderr
     # the rest is in the image, whole
     got = mount_and_walk(tmp_path, image, 4096, 64)
-    assert sorted(got) == ["bin", "bin/tool", "ok.txt"], got
+    assert sorted(got) == ["bin", "bin/old.txt", "bin/tool", "ok.txt"], got
+    assert got["bin/old.txt"][2] == 0 and got["bin"][1] == 10**9, got
     assert got["ok.txt"][3] == hashlib.sha256(b"fine\n").hexdigest()
 
 
