@@ -2,6 +2,7 @@
 listener of an anchor.app.App: rover links, the management API, the HTTP proxy."""
 import asyncio
 import logging
+import time
 
 from anchor_core import messages as m
 from anchor_core import states
@@ -46,6 +47,9 @@ class SessionServer:
         self.broker = broker              # (host, port): MQTT links ride the relay's broker
         self.secure_writers = {}          # device -> writers of its live secure sessions
         self.link_bytes = {"rx": 0, "tx": 0}
+        # The sessions running now, for `anchorctl stats`: their counters reach the catalog
+        # only when a request ends, and a long backup over a slow link is one request.
+        self.live = {}                    # key -> (Session, backup handler, paired device, started)
         self.admission = admission or Admission()   # connections this anchor holds at most
 
     # --- one rover link ----------------------------------------------------------------
@@ -102,6 +106,18 @@ class SessionServer:
         finally:
             slot.release()
 
+    def live_sessions(self):
+        """What each running session has moved so far: device (None until a HELLO names
+        it, unless the link is paired), link bytes in and out, since when, for how long."""
+        now = time.monotonic()
+        out = []
+        for sess, handler, auth_device, started, t0 in self.live.values():
+            out.append({"device": handler.device or auth_device, "link_rx": sess.bytes_in,
+                        "link_tx": sess.bytes_out, "started": started,
+                        "seconds": round(now - t0, 3)})
+        out.sort(key=lambda s: s["started"])
+        return out
+
     def revoke(self, device):
         """Unpair a rover now: its pairing goes, and its live sessions are cut."""
         gone = self.catalog.unpair(device)
@@ -118,6 +134,8 @@ class SessionServer:
                    if self.restore is not None else None)
 
         recorded = {}
+        key = object()
+        self.live[key] = (sess, handler, auth_device, time.time(), time.monotonic())
 
         def account():
             """Add what this session moved since the last call to the device's counters.
@@ -196,6 +214,7 @@ class SessionServer:
             log.exception("session %s (%s) failed", peer, handler.device)
             await self._send_error(sess, writer, m.E_INTERNAL, "anchor error: %s" % e)
         finally:
+            self.live.pop(key, None)
             self.link_bytes["rx"] += sess.bytes_in
             self.link_bytes["tx"] += sess.bytes_out
             try:

@@ -9,6 +9,13 @@ from anchorctl.client import AnchorError, Client, ENV, DEFAULT
 # `anchorctl restore` exit status when it restored everything it could and some files it could
 # not (named on stderr); 1 is for a restore that did not finish (restic uses 3 alike).
 RESTORE_PARTIAL = 3
+# `anchorctl clone` exit status when the image holds everything else but some entries the
+# target filesystem cannot hold (symlinks, names that are not UTF-8 or too long on littlefs),
+# named on stderr; a file the anchor cannot read back is RESTORE_PARTIAL, as for restore.
+CLONE_NOT_REPRESENTABLE = 4
+# Fewer free blocks than this in a clone image earns a note: littlefs copies a metadata pair
+# to write it, and the rover keeps its state on the board too.
+FEW_BLOCKS = 8
 
 
 def _when(t):
@@ -109,6 +116,51 @@ def cmd_restore(c, a):
     return counts
 
 
+def _count(text):
+    try:
+        n = int(text, 0)            # 4096 or 0x1000, as partition tables write sizes
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text)
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be above 0: %r" % text)
+    return n
+
+
+def cmd_clone(c, a):
+    from anchorctl.clone import clone_dir, clone_littlefs
+    sized = a.block_size is not None or a.block_count is not None
+    if a.fs == "littlefs2":
+        if a.block_size is None or a.block_count is None:
+            raise AnchorError("--fs littlefs2 needs --block-size and --block-count (the board's flash "
+                              "block size and its data partition's size in blocks: docs/management.md, \"Clone\")")
+        counts = clone_littlefs(c, a.device, a.snapshot, a.image, a.block_size, a.block_count)
+    else:
+        if sized:
+            raise AnchorError("--block-size and --block-count are for --fs littlefs2 only")
+        counts = clone_dir(c, a.device, a.snapshot, a.image)
+    if not a.json:
+        print("cloned %d files (%s), %d folders, %d symlinks to %s"
+              % (counts["files"], _size(counts["bytes"]), counts["dirs"], counts["symlinks"], a.image))
+        if a.fs == "littlefs2":
+            print("littlefs2 image: %d of %d blocks of %d bytes used" % (counts["blocks_used"], counts["block_count"],
+                                                                      a.block_size))
+    if a.fs == "littlefs2" and counts["block_count"] - counts["blocks_used"] < FEW_BLOCKS:
+        print("anchorctl: note: %d blocks are free in the image: a rover that writes its state there "
+              "may find it full" % (counts["block_count"] - counts["blocks_used"]), file=sys.stderr)
+    for f in counts["not_cloned"] + counts["failed"]:
+        print("anchorctl: not cloned: %s: %s" % (shown(f["path"]), f["error"]), file=sys.stderr)
+    if counts.get("modes_lost"):
+        print("anchorctl: note: littlefs keeps no modes: %d files lose an executable or setuid/setgid bit"
+              % counts["modes_lost"], file=sys.stderr)
+    if counts["failed"]:
+        raise Incomplete("%d files could not be read back from the anchor (named above); the clone at %s "
+                         "holds everything else" % (len(counts["failed"]), a.image), RESTORE_PARTIAL, counts)
+    if counts["not_cloned"]:
+        raise Incomplete("%d entries cannot be held by %s (named above); the clone at %s holds everything "
+                         "else" % (len(counts["not_cloned"]), a.fs, a.image), CLONE_NOT_REPRESENTABLE, counts)
+    return counts
+
+
 def cmd_stats(c, a):
     s = c.stats()
     if a.json:
@@ -119,6 +171,12 @@ def cmd_stats(c, a):
     print("links: %s received, %s sent" % (_size(s["link_bytes"]["rx"]), _size(s["link_bytes"]["tx"])))
     for dev, counters in sorted(s["devices"].items()):
         print("%s: %s" % (dev, ", ".join("%s=%d" % kv for kv in sorted(counters.items()))))
+    live = s.get("sessions", [])
+    print("live sessions: %d" % len(live))
+    for x in live:
+        print("  %s: %s received, %s sent so far, running %.0f s (since %s)"
+              % (shown(x["device"]) if x["device"] is not None else "(no HELLO yet)",
+                 _size(x["link_rx"]), _size(x["link_tx"]), x["seconds"], _when(x["started"])))
 
 
 def cmd_forget(c, a):
@@ -227,6 +285,19 @@ def main(argv=None):
     p.add_argument("--path", default="", help="restore only this file or folder")
     p.add_argument("--keep-special-bits", action="store_true",
                    help="restore setuid/setgid bits too (dropped by default)")
+    p = add("clone", cmd_clone, "write a snapshot as the filesystem of a replacement rover: a littlefs2 "
+            "image MicroPython mounts as it is, or a folder tree; exit 3 if the anchor cannot read some "
+            "files back, 4 if the filesystem cannot hold some entries (both named)")
+    p.add_argument("device")
+    p.add_argument("snapshot", nargs="?", default="latest")
+    p.add_argument("--image", required=True, metavar="OUT",
+                   help="the image file (littlefs2) or folder (dir) to write; it must not exist "
+                        "(dir: or be an empty folder)")
+    p.add_argument("--fs", required=True, choices=("littlefs2", "dir"))
+    p.add_argument("--block-size", type=_count, default=None, metavar="N",
+                   help="littlefs2: the flash's erase block in bytes (4096 on ESP32, RP2)")
+    p.add_argument("--block-count", type=_count, default=None, metavar="N",
+                   help="littlefs2: blocks in the image (the data partition's size / block size)")
     p = add("forget", cmd_forget, "remove a snapshot (its content becomes evictable pass-through data)")
     p.add_argument("device")
     p.add_argument("snapshot")

@@ -1,4 +1,5 @@
 """Library API over the anchor's management socket; `anchorctl` is a thin shell over it."""
+import contextlib
 import http.client
 import json
 import os
@@ -148,13 +149,21 @@ class Client:
         Returns {"files", "dirs", "symlinks", "bytes", "failed": [{"path", "error"}],
         "incomplete": None or why the rest of the snapshot could not be read}.
         """
+        with self.restore_stream(device, snapshot, path) as reader:
+            return Restorer(to, keep_special_bits).run(reader)
+
+    @contextlib.contextmanager
+    def restore_stream(self, device, snapshot="latest", path=""):
+        """The restore stream of a snapshot (or of `path` in it), as a reader of entries
+        and their checked frames; an unknown device, snapshot or path is an AnchorError
+        before anything is read."""
         conn, resp = self._get("%s/snapshots/%s/restore" % (self._dev(device), snapshot), {"path": path})
         try:
             kind = resp.getheader("Content-Type", "")
             if kind != RESTORE_TYPE:
                 raise AnchorError("the anchor answers a restore with %r; this anchorctl reads %r "
                                   "(use the anchorctl of the anchor's version)" % (kind, RESTORE_TYPE))
-            return Restorer(to, keep_special_bits).run(_Reader(resp))
+            yield _Reader(resp)
         finally:
             conn.close()
 

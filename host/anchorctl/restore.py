@@ -15,14 +15,20 @@ from anchorctl.errors import AnchorError
 SPECIAL_BITS = 0o6000     # setuid, setgid
 
 
-def safe_join(root_real, path):
-    """Return root_real/path after checking `path` cannot leave root_real."""
+def check_path(path):
+    """The parts of a relative path that stays below where it is written; AnchorError for
+    any other (the stream is broken or hostile)."""
     if not isinstance(path, str) or not path or path.startswith("/") or "\x00" in path:
         raise AnchorError("refusing to restore unsafe path %r" % (path,))
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise AnchorError("refusing to restore unsafe path %r" % (path,))
-    dest = os.path.join(root_real, *parts)
+    return parts
+
+
+def safe_join(root_real, path):
+    """Return root_real/path after checking `path` cannot leave root_real."""
+    dest = os.path.join(root_real, *check_path(path))
     # A symlink restored earlier (or already there) must not carry a later write outside.
     parent = os.path.dirname(dest)
     if os.path.realpath(parent) != os.path.normpath(parent):
@@ -149,35 +155,45 @@ class Restorer:
     def _content(reader, fd, size, problem):
         """Read a file's frames to their end, writing them at fd while nothing is wrong;
         return what went wrong, or None."""
-        got = 0
-        while True:
-            try:
-                frame = reader.frame()
-            except FileFailed as x:
-                return "the anchor cannot read it back: %s" % x
-            if frame is None:
-                break
-            if problem is not None:
-                continue                    # keep the stream in step; nothing more is written
-            cid, data = frame
+        def write(data):
             n = len(data)
-            got += n
-            if got > size:
-                problem = "more bytes arrived than its %d" % size
-            elif hashlib.sha256(data).digest() != cid:
-                problem = "chunk %s arrived damaged (its bytes do not hash to its id)" % cid.hex()[:16]
+            # ends first: a chunk that is not all zeros nearly always shows it there,
+            # and count() is a pass over the chunk, as costly as its SHA-256
+            if not data[0] and not data[-1] and data.count(0) == n:
+                os.lseek(fd, n, os.SEEK_CUR)        # a hole, not n written zeros
             else:
-                try:
-                    # ends first: a chunk that is not all zeros nearly always shows it there,
-                    # and count() is a pass over the chunk, as costly as its SHA-256
-                    if not data[0] and not data[-1] and data.count(0) == n:
-                        os.lseek(fd, n, os.SEEK_CUR)        # a hole, not n written zeros
-                    else:
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fd, view):]
-                except OSError as x:
-                    problem = "cannot write it: %s" % x
-        if problem is None and got != size:
-            problem = "%d of its %d bytes arrived" % (got, size)
-        return problem
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+        return read_content(reader, size, write, problem)
+
+
+def read_content(reader, size, write, problem=None):
+    """Read a file's frames to their end (so the stream stays in step), handing each chunk
+    to write(bytes) once it is checked against its id, while nothing is wrong; return what
+    went wrong, or None. An OSError from write costs this file only; anything else it
+    raises ends the stream's reading."""
+    got = 0
+    while True:
+        try:
+            frame = reader.frame()
+        except FileFailed as x:
+            return "the anchor cannot read it back: %s" % x
+        if frame is None:
+            break
+        if problem is not None:
+            continue                    # keep the stream in step; nothing more is written
+        cid, data = frame
+        got += len(data)
+        if got > size:
+            problem = "more bytes arrived than its %d" % size
+        elif hashlib.sha256(data).digest() != cid:
+            problem = "chunk %s arrived damaged (its bytes do not hash to its id)" % cid.hex()[:16]
+        else:
+            try:
+                write(data)
+            except OSError as x:
+                problem = "cannot write it: %s" % x
+    if problem is None and got != size:
+        problem = "%d of its %d bytes arrived" % (got, size)
+    return problem

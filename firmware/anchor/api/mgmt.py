@@ -404,4 +404,4 @@ class Api:
         store = self.app.store.stats()
         r = self.app.retention
         return {"store": store, "link_bytes": self.app.sessions.link_bytes, "devices": self.catalog.counters(),
-                "retention": dict(r.totals, capacity=r.capacity)}
+                "retention": dict(r.totals, capacity=r.capacity), "sessions": self.app.sessions.live_sessions()}
