@@ -404,6 +404,10 @@ class Restore(Conversation):
         if cur is None:
             raise RoverError("anchor sent RCOPY outside a file")
         src = self._local(msg[2], msg[1])
+        s = self._entry(src)
+        if s is None or s[0] != m.T_FILE:
+            # Only files the walk listed are sources; a symlink is never followed to one.
+            raise RoverError("anchor named %s as a source, which is not a file here" % self._show(msg[2]))
         off, n = msg[3], msg[4]
         if cur[4] + n > cur[3][3]:
             raise RoverError("anchor's plan for %s runs past its size" % self._show(cur[3][1]))

@@ -386,3 +386,23 @@ def test_a_paired_micropython_rover_restores_over_a_radio_link(tmp_path, kind):
             emu.close()
         if broker:
             broker.close()
+
+
+def test_the_rover_never_copies_through_a_symlink(tmp_path):
+    """A hostile anchor's RCOPY naming a symlink (to a file outside) as its source is refused."""
+    from anchor_core import restoremsg as rm
+    from rover.conversation import RoverError
+    from rover.restore import Restore
+    to = tmp_path / "to"
+    to.mkdir()
+    (tmp_path / "secret").write_bytes(b"outside")
+    os.symlink(str(tmp_path / "secret"), str(to / "lnk"))
+
+    class NoLink:
+        tx = rx = 0
+    r = Restore(NoLink(), "phone", str(to))
+    r.real[0] = os.path.realpath(str(to)).encode()
+    r._put([rm.RPUT, "f", 0, 7, 0, 0o644, b"\x01" * 32, None, rm.H_WRITE, 0, None])
+    with pytest.raises(RoverError, match="not a file"):
+        r._copy([rm.RCOPY, 0, "lnk", 0, 7])
+    r._abandon()
