@@ -197,3 +197,76 @@ def test_backup_takes_the_cheaper_link(tmp_path):
         relay.close()
         kind.stop()
         ia.close()
+
+
+def test_relay_goes_before_a_restore_on_a_busy_link(tmp_path, monkeypatch):
+    """A restore over the rover's link shares it as a backup does: the anchor sends no
+    restore byte ahead of relay data that waits, and keeps one restore packet in flight
+    while a relay exchange is open."""
+    from rover.restore import Restore
+    ia = InprocAnchor(str(tmp_path / "anchor"))
+    origin = Origin()
+    page = random.Random(1).randbytes(2000)
+    origin.files["/page"] = page
+    kind = SerialKind(rate=RATE)
+    kind.tmp = tmp_path
+    order = LinkOrder(monkeypatch)
+    try:
+        src = str(tmp_path / "src")
+        os.makedirs(src)
+        rnd = random.Random(2)
+        for i in range(6):                   # 300 KB: 15 s of this link, far longer than the fetches
+            with open(os.path.join(src, "img%d.jpg" % i), "wb") as f:
+                f.write(rnd.randbytes(50_000))
+        # backed up over a fast link; restored over the slow radio into an empty folder
+        port = ia.serve_tcp()
+        run_rover("cpython", "tcp://127.0.0.1:%d" % port, "rover-s", str(tmp_path / "state"), "backup", src)
+        kind.start(ia, ia.anchor)
+        first = kind.open()
+        ch = kind.channel
+        url = origin.url("/page")
+        out = str(tmp_path / "page")
+        r = Restore(first, "rover-s", str(tmp_path / "back"))
+        err = []
+        stats = {}
+        t = threading.Thread(target=lambda: _run_restore(r, err, stats), daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60
+        while r.stats["chunks"] < 3 and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.01)
+        assert r.stats["chunks"] >= 3, err
+        order.on = True
+        relay_sids = set()
+        for n in range(MAX_FETCHES):
+            relay_sids.add(fetch(ch, url, out))
+            assert t.is_alive(), "the restore ended before the fetches did; the test proves nothing"
+            tally = order.tally(first.sid, relay_sids)
+            if n + 1 >= FETCHES and tally["down"]["contended"] >= CONTENDED:
+                break
+        order.on = False
+        with open(out, "rb") as f:
+            assert f.read() == page
+        print("link order over %d fetches: %s" % (n + 1, tally))
+        assert tally["down"]["contended"] >= CONTENDED, tally
+        for d in ("up", "down"):
+            c = tally[d]
+            assert c["backup_ahead"] == 0, tally
+            assert c["backup_in_flight"] <= c["packet"], tally
+        t.join(120)
+        assert not err, err
+        assert stats["files"] == 6
+        for i in range(6):
+            with open(os.path.join(src, "img%d.jpg" % i), "rb") as a, \
+                    open(os.path.join(str(tmp_path / "back"), "img%d.jpg" % i), "rb") as b:
+                assert a.read() == b.read()
+    finally:
+        kind.stop()
+        origin.close()
+        ia.close()
+
+
+def _run_restore(r, err, stats):
+    try:
+        stats.update(r.run())
+    except Exception as e:
+        err.append(e)
