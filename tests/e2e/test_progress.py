@@ -36,6 +36,11 @@ def tree(tmp_path, seed):
     # matched by proofs in a fraction of a second, not uploaded over the slow link.
     src = str(tmp_path / "src")
     make_src(src, 12, 80_000, seed)
+    # Old mtimes: a file written within 2 s of a backup is read again by the next one
+    # (README, "racy"), which would count in that backup's totals too.
+    for d, _, names in os.walk(src):
+        for n in names:
+            os.utime(os.path.join(d, n), (1_600_000_000, 1_600_000_000))
     return src
 
 
@@ -94,13 +99,10 @@ def test_a_terminal_sees_a_status_line_and_q_silences_it(tmp_path, anchor, slow,
     assert "\r" not in out and "snapshot 2 committed" in out, repr(out)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_json_lines_come_every_second_and_the_summary_is_the_anchors(tmp_path, anchor, slow, runtime):
-    src = tree(tmp_path, 21 if runtime == "cpython" else 22)
-    dev = "json-" + runtime
+def json_run(cmd):
+    """Run cmd, reading its stdout as lines arrive: [(seconds since start, text)]."""
     t0 = time.monotonic()
-    p = subprocess.Popen(rover_cmd(runtime, slow, dev, str(tmp_path / "state"), "backup", src, "--json"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = []               # (seconds since start, text) as each line arrives
     buf = b""
     deadline = t0 + 120
@@ -125,6 +127,14 @@ def test_json_lines_come_every_second_and_the_summary_is_the_anchors(tmp_path, a
         p.stdout.close()
         p.stderr.close()
     assert buf == b"" and err == "", (buf, err)
+    return lines
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_json_lines_come_every_second_and_the_summary_is_the_anchors(tmp_path, anchor, slow, runtime):
+    src = tree(tmp_path, 21 if runtime == "cpython" else 22)
+    dev = "json-" + runtime
+    lines = json_run(rover_cmd(runtime, slow, dev, str(tmp_path / "state"), "backup", src, "--json"))
     objs = [json.loads(text) for _, text in lines]       # every line is one JSON object
     kinds = [o["type"] for o in objs]
     assert kinds[-1] == "summary" and set(kinds[:-1]) == {"progress"}, kinds
@@ -151,6 +161,18 @@ def test_json_lines_come_every_second_and_the_summary_is_the_anchors(tmp_path, a
     assert s["chunks_sent"] == st["chunks_uploaded"] and s["chunks_sent"] > 50, (s, st)
     assert s["link_bytes_out"] == st["link_rx"] and s["link_bytes_in"] == st["link_tx"], (s, st)
     assert s["skipped"] == 0 and s["changed"] == s["entries"] and s["seconds"] > 2, s
+    # The next backup's totals are what changed since: one new file and one rewritten.
+    with open(os.path.join(src, "new.bin"), "wb") as f:
+        f.write(os.urandom(700_000))
+    with open(os.path.join(src, "img03.jpg"), "r+b") as f:
+        f.write(b"edited")
+    os.utime(os.path.join(src, "img03.jpg"), (1, 1))
+    lines = json_run(rover_cmd(runtime, slow, dev, str(tmp_path / "state"), "backup", src, "--json"))
+    objs = [json.loads(text) for _, text in lines]
+    ups = [o for o in objs if o["type"] == "progress" and o["phase"] != "scan"]
+    assert ups and objs[-1]["type"] == "summary" and objs[-1]["changed"] == 2, objs
+    assert {(o["files_total"], o["bytes_total"]) for o in ups} == {(2, 780_000)}, ups
+    assert ups[-1]["files_done"] <= 2 and objs[-1]["snapshot"] == s["snapshot"] + 1
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -183,3 +205,7 @@ def test_errors_go_to_stderr(tmp_path, runtime):
     p = subprocess.run(rover_cmd(runtime, dead, "err-1", state, "fetch", "http://127.0.0.1:9/", "--out",
                                  str(tmp_path / "x")), capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "rover: fetch failed:" in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+    p = subprocess.run(rover_cmd(runtime, dead, "err-1", state, "pair", "not-a-code"), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 1 and "rover: pair failed:" in p.stderr and p.stdout == "", (p.stdout, p.stderr)
+    assert not os.path.exists(os.path.join(state, "pairing.key"))
