@@ -457,8 +457,8 @@ def case_two_rovers_one_state(work):
             try:
                 silent.wait_for_hello(60)
                 p = run_rover(runtime, a.link, "two-" + runtime, state, "backup", src, check=False, timeout=120)
-                check(c, p.returncode == 1 and str(first.pid) in p.stdout,
-                      "%s: a second rover on a held state: exit %d %s" % (runtime, p.returncode, p.stdout[-300:]))
+                check(c, p.returncode == 1 and str(first.pid) in p.stderr,
+                      "%s: a second rover on a held state: exit %d %s" % (runtime, p.returncode, p.stderr[-300:]))
             except (socket.timeout, subprocess.TimeoutExpired):
                 c["hangs"] += 1
             finally:

@@ -7,9 +7,11 @@ fills whole batches (12 x 100 kB random files and 20 text notes: 33 entries, ~15
 to 1 KiB. Prints one JSON line per link: {"bench": "rover_heap", "link", "min_heap_bytes",
 "margin_bytes" (256 KiB minus that), "trials"}.
 
-usage: python -m tools.bench_rover_heap [--links serial,mqtt] [--rover-mpy PATH]
+usage: python -m tools.bench_rover_heap [--links serial,mqtt] [--rover-mpy PATH] [--json]
   --rover-mpy: another checkout's tools/rover-mpy (its own precompiled firmware), to compare
   a commit against this one; the anchor is always this checkout's.
+  --json: the rover runs `backup --json`, so its progress code is loaded and its heartbeat
+  runs (docs/output.md); the line then has "mode": "json".
 """
 import argparse
 import json
@@ -30,7 +32,7 @@ def rover(mpy, heap, link, state, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def trial(mpy, kind, heap):
+def trial(mpy, kind, heap, args=()):
     """True if the paired rover completes a first backup with `heap` bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
@@ -52,8 +54,8 @@ def trial(mpy, kind, heap):
             p = rover(mpy, LIMIT * 2, "tcp://unused:1", state, "pair", code)
             if p.returncode != 0:
                 raise SystemExit("pairing failed: " + p.stdout + p.stderr)
-            p = rover(mpy, heap, link, state, "backup", src, "--retries", "0")
-            return p.returncode == 0 and "snapshot 1 committed" in p.stdout
+            p = rover(mpy, heap, link, state, "backup", src, "--retries", "0", *args)
+            return p.returncode == 0 and ('"type": "summary"' in p.stdout if args else "snapshot 1 committed" in p.stdout)
         finally:
             anchor.stop()
             if emu:
@@ -62,14 +64,14 @@ def trial(mpy, kind, heap):
                 broker.close()
 
 
-def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024):
+def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024, args=()):
     trials = 0
-    if not trial(mpy, kind, hi):
+    if not trial(mpy, kind, hi, args):
         raise SystemExit("%s: the rover does not complete even with %d bytes" % (kind, hi))
     while hi - lo > 1024:          # lo fails (or is the floor), hi passes
         mid = (lo + hi) // 2 // 256 * 256
         trials += 1
-        if trial(mpy, kind, mid):
+        if trial(mpy, kind, mid, args):
             hi = mid
         else:
             lo = mid
@@ -80,11 +82,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--links", default="serial,mqtt")
     ap.add_argument("--rover-mpy", default=os.path.join(HERE, "rover-mpy"))
+    ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     for kind in a.links.split(","):
-        heap, n = smallest(a.rover_mpy, kind)
-        print(json.dumps({"bench": "rover_heap", "link": kind, "rover": a.rover_mpy,
-                          "min_heap_bytes": heap, "margin_bytes": LIMIT - heap, "trials": n}), flush=True)
+        heap, n = smallest(a.rover_mpy, kind, args=("--json",) if a.json else ())
+        row = {"bench": "rover_heap", "link": kind, "rover": a.rover_mpy,
+               "min_heap_bytes": heap, "margin_bytes": LIMIT - heap, "trials": n}
+        if a.json:
+            row["mode"] = "json"
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ def parse(argv):
         elif a in ("--post", "--delete", "--dry-run"):
             opts[a[2:]] = True
             i += 1
+        elif a == "--json":
+            opts["json"] = True
+            i += 1
         elif a in ("-h", "--help"):
             raise ValueError("")
         elif a.startswith("-") and not rest:
@@ -68,8 +71,8 @@ def main(argv=None):
         opts, rest = parse(argv)
     except ValueError as e:
         if str(e):
-            print("rover: %s" % e)
-        print(usage())
+            print("rover: %s" % e, file=sys.stderr)
+        print(usage(), file=sys.stderr if str(e) else sys.stdout)
         return 2
     from rover.link import LinkError
     from rover.conversation import RoverError
@@ -89,14 +92,18 @@ def main(argv=None):
         return restore_command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
-        print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
-        print(usage())
+        print("rover: unknown command or wrong arguments: %s" % " ".join(rest), file=sys.stderr)
+        print(usage(), file=sys.stderr)
         return 2
-    log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
+    prog = opts.get("json")
+    if prog or (cmd == "backup" and not opts["quiet"] and _tty()):
+        # Its code only then: a rover showing no progress has ~2 KB of heap to spare.
+        from rover.progress import Progress
+        prog = Progress(prog, cmd)
+    log = (lambda s: None) if opts["quiet"] else (prog.say if prog else (lambda s: print("rover: " + s)))
     t0 = time.time()
     if cmd == "backup":
-        return _backup(opts, rest[1], log, t0)
-
+        return _backup(opts, rest[1], log, t0, prog)
     from rover.link import NotPaired
     try:
         link = connect(opts["link"], opts, True)
@@ -116,11 +123,33 @@ def main(argv=None):
         finally:
             link.close()
     except (RoverError, LinkError, ProtocolError, OSError, ValueError, NotPaired) as e:
-        print("rover: %s failed: %s" % (cmd, e))
+        _fail(prog, "%s failed: %s" % (cmd, e))
         return 1
     dt = time.time() - t0
+    if prog and prog.report(what, link.tx, link.rx, dt):
+        return 0
     print("rover: %s; link %d bytes out, %d in; %.2f s" % (what, link.tx, link.rx, dt))
     return 0
+
+
+def _tty():
+    """Whether stderr is a terminal. MicroPython has no isatty: a character device that is
+    not /dev/null is one; where /proc cannot tell (a board), it is not."""
+    if not MICROPYTHON:
+        return sys.stderr.isatty()
+    import os
+    try:
+        st = os.stat("/proc/self/fd/2")
+        return st[0] & 0o170000 == 0o020000 and st[1:3] != os.stat("/dev/null")[1:3]
+    except OSError:
+        return False
+
+
+def _fail(prog, text):
+    if prog:
+        prog.fail(text)       # --json: also an error object on stdout
+    else:
+        print("rover: " + text, file=sys.stderr)
 
 
 # anchor_core.secure.KEY_BYTES, repeated so that checking the key's size does not load the
@@ -153,7 +182,7 @@ def connect(url, opts, urgent=False):
         raise
 
 
-def _backup(opts, root, log, t0):
+def _backup(opts, root, log, t0, prog=None):
     from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
@@ -162,7 +191,7 @@ def _backup(opts, root, log, t0):
     wait = opts.get("watch-wait", "600")
     retries = opts.get("retries", "3")
     if not wait.isdigit() or not retries.isdigit():
-        print("rover: --watch-wait and --retries take whole numbers")
+        _fail(prog, "--watch-wait and --retries take whole numbers")
         return 2
     try:
         url = opts["links"][0]
@@ -170,28 +199,28 @@ def _backup(opts, root, log, t0):
             if cost(u) < cost(url):
                 url = u
     except LinkError as e:
-        print("rover: backup failed: %s" % e)
+        _fail(prog, "backup failed: %s" % e)
         return 2
     tx = rx = 0
     attempt = 0
     volatile = {}        # files that changed while uploaded, over this run's sessions
     again = 0            # sessions started over for such a file or a tree mismatch
     full = False
-    warn = lambda s: print("rover:", s)      # what was not stored shows even with --quiet
+    warn = prog.warn if prog else (lambda s: print("rover:", s))   # even with --quiet
     while True:
         link = None
         try:
             link = connect(url, opts)
-            s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait),
-                       warn, volatile, full).run()
+            s = (prog.backup() if prog else Backup)(link, opts["device"], opts["state"], root, log,
+                                                     opts.get("outbox"), int(wait), warn, volatile, full).run()
             break
         except LinkError as e:
             if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
-                print("rover: backup failed: %s" % e)
+                _fail(prog, "backup failed: %s" % e)
                 return 2
             # A radio comes and goes: reopen and resume; what the anchor has is not sent again.
             if attempt >= int(retries):
-                print("rover: backup failed: %s (after %d attempts)" % (e, attempt + 1))
+                _fail(prog, "backup failed: %s (after %d attempts)" % (e, attempt + 1))
                 return 1
             attempt += 1
             log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, int(retries)))
@@ -203,7 +232,7 @@ def _backup(opts, root, log, t0):
                 again += 1
                 volatile[e.rel] = volatile.get(e.rel, 0) + 1
                 if again > _AGAIN:
-                    print("rover: backup failed: files keep changing during the backup (%d sessions)" % again)
+                    _fail(prog, "backup failed: files keep changing during the backup (%d sessions)" % again)
                     return 1
                 log("%s; starting the session again" % e)
                 continue
@@ -214,7 +243,7 @@ def _backup(opts, root, log, t0):
                 log("%s; describing the whole tree" % e)
                 full = True
                 continue
-            print("rover: backup failed: %s" % e)
+            _fail(prog, "backup failed: %s" % e)
             return 1
         finally:
             if link is not None:
@@ -235,6 +264,8 @@ def _backup(opts, root, log, t0):
                 except Exception:
                     pass
     dt = time.time() - t0
+    if prog and prog.report(s, tx, rx, dt):
+        return _EXIT_INCOMPLETE if s["skipped"] else 0
     print("rover: snapshot %d committed: %d entries, %d bytes; %d changed, %d deleted; "
           "%d chunks (%d bytes) uploaded; link %d bytes out, %d in; %.2f s"
           % (s["snapshot"], s["entries"], s["bytes"], s["changed"], s["deleted"], s["chunks_sent"],

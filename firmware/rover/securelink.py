@@ -138,16 +138,17 @@ class SecureLink:
 
 def pair_command(opts, rest):
     """`rover ... pair CODE`: store the pairing secret the code stands for."""
+    import sys
     from anchor_core import secure
     from anchor_core.messages import check_device, ProtocolError
     if len(rest) != 2:
-        print("rover: pair takes the code anchorctl pair printed")
+        print("rover: pair takes the code anchorctl pair printed", file=sys.stderr)
         return 2
     try:
         check_device(opts["device"])
         key = secure.code_to_key(rest[1], opts["device"])
     except (secure.SecureError, ProtocolError) as e:
-        print("rover: pair failed: %s" % e)
+        print("rover: pair failed: %s" % e, file=sys.stderr)
         return 1
     save_key(opts["state"], key)
     print("rover: paired as %s; links to the anchor are now authenticated and encrypted" % opts["device"])

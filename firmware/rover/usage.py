@@ -1,5 +1,8 @@
 # The rover's usage text (rover/cli.py), apart so the heap holds it only when shown.
-USAGE = """usage: rover --link URL [--link URL ...] --device ID --state DIR [-q] COMMAND ...
+USAGE = """usage: rover --link URL [--link URL ...] --device ID --state DIR [-q] [--json] COMMAND ...
+
+  -q: no log lines and no status line; --json: one JSON object per line on stdout
+  (progress, then a summary; docs/output.md). Errors go to stderr.
 
 links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?mtu=N];
   any may end in ?cost=N (default 1). Relay commands use the first link, backups the

@@ -106,11 +106,11 @@ def test_pass_through_goes_first_pinned_data_is_refused_and_prune_frees_room(tmp
         before = rover_state(state)
         p = run_rover("cpython", anchor.link, "r", state, "backup", str(root), check=False)
         assert p.returncode == 1, (p.stdout, p.stderr)
-        assert "backup failed: anchor refused: store full" in p.stdout and "(error %d)" % m.E_FULL in p.stdout
-        need, budget = shortfall(p.stdout)
+        assert "backup failed: anchor refused: store full" in p.stderr and "(error %d)" % m.E_FULL in p.stderr
+        need, budget = shortfall(p.stderr)
         want = record_bytes(a, b, c) - capacity
         assert budget == "1 MiB"
-        assert abs(need - want) <= 0.05 * want, (need, want, p.stdout)
+        assert abs(need - want) <= 0.05 * want, (need, want, p.stderr)
         assert rover_state(state) == before, "the rover's state must stay as it was"
         snaps = json.loads(anchorctl(anchor.address, "snapshots", "r", "--json").stdout)
         assert [s["id"] for s in snaps] == [1, 2]
@@ -169,8 +169,8 @@ def test_a_bigger_capacity_lets_the_refused_backup_through(tmp_path):
         (root / "b.bin").write_bytes(rnd.randbytes(400_000))
         before = rover_state(state)
         p = run_rover("cpython", anchor.link, "r", state, "backup", str(root), check=False)
-        assert p.returncode == 1 and "store full" in p.stdout, p.stdout
-        assert shortfall(p.stdout)[1] == "600 KiB"
+        assert p.returncode == 1 and "store full" in p.stderr, p.stderr
+        assert shortfall(p.stderr)[1] == "600 KiB"
         assert rover_state(state) == before
     finally:
         anchor.stop()

@@ -196,7 +196,7 @@ def test_second_rover_on_one_state_refuses_and_a_dead_ones_lock_is_taken_over(an
         silent.wait_for_hello()
         p = run_rover(runtime, anchor.link, "twice", state, "backup", src, check=False)
         assert p.returncode == 1, (p.stdout, p.stderr)
-        assert "another rover (pid %d)" % first.pid in p.stdout, p.stdout
+        assert "another rover (pid %d)" % first.pid in p.stderr, p.stderr
     finally:
         first.kill()
         first.wait(30)

@@ -49,24 +49,24 @@ def test_unpaired_and_revoked_rovers_get_a_refusal(anchor, tmp_path):
     src = make_tree(str(tmp_path / "src"), 10, 20_000, seed=4)
     # never paired, plain: refused with a clear message
     p = run_rover("cpython", anchor.link, "stranger", str(tmp_path / "s1"), "backup", src, "--retries", "0", check=False)
-    assert p.returncode != 0 and "paired rovers only" in p.stdout, p.stdout
+    assert p.returncode != 0 and "paired rovers only" in p.stderr, p.stderr
     # a key the anchor never issued, a revoked pairing, a renewed one: the same answer each
     # time (whether a name is paired is not the anchor's to tell)
     run_rover("cpython", "tcp://x:1", "forger", str(tmp_path / "s2"), "pair", "AAAAA-BBBBB-CCCCC-DDDDD")
     p = run_rover("cpython", anchor.link, "forger", str(tmp_path / "s2"), "backup", src, "--retries", "0", check=False)
-    assert p.returncode != 0 and "could not prove" in p.stdout and "pair again" in p.stdout, p.stdout
-    forged = p.stdout
+    assert p.returncode != 0 and "could not prove" in p.stderr and "pair again" in p.stderr, p.stderr
+    forged = p.stderr
     # paired, then unpaired: refused at once
     state = str(tmp_path / "s3")
     pair(anchor, "cpython", "rover-r", state)
     run_rover("cpython", anchor.link, "rover-r", state, "backup", src)
     anchorctl(anchor.address, "unpair", "rover-r")
     p = run_rover("cpython", anchor.link, "rover-r", state, "backup", src, "--retries", "0", check=False)
-    assert p.returncode != 0 and p.stdout == forged, p.stdout
+    assert p.returncode != 0 and p.stderr == forged, p.stderr
     # re-pairing issues a new secret: the old code no longer works
     pair(anchor, "cpython", "rover-r", str(tmp_path / "s4"))
     p = run_rover("cpython", anchor.link, "rover-r", state, "backup", src, "--retries", "0", check=False)
-    assert p.returncode != 0 and p.stdout == forged, p.stdout
+    assert p.returncode != 0 and p.stderr == forged, p.stderr
 
 
 def test_tampered_and_replayed_records_end_the_session(anchor, tmp_path):

@@ -105,7 +105,7 @@ def fails(anchor, *args):
     p = subprocess.run(rover_cmd("micropython", anchor.link, "rv3", "/tmp/unused-state", *args),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
-    return p.stdout
+    return p.stderr
 
 
 def test_relay_errors_are_clear_and_nothing_half_captured(world, tmp_path):

@@ -144,7 +144,7 @@ def test_paired_rover_over_a_radio_link_micropython(tmp_path):
         anchorctl(anchor.address, "unpair", "rover-s")
         p = subprocess.run(rover_cmd("micropython", link, "rover-s", state, "backup", src, "--retries", "0"),
                            capture_output=True, text=True, timeout=120)
-        assert p.returncode != 0 and "pair" in p.stdout, p.stdout + p.stderr
+        assert p.returncode != 0 and "pair" in p.stderr, p.stdout + p.stderr
     finally:
         anchor.stop()
         emu.close()
