@@ -1,28 +1,32 @@
 """Restore over the rover's own link, measured (issue 12, docs/protocol.md §9).
 
-A phone-like tree (photos, notes, a database-like file; a few MB) is backed up over loopback
+A phone-like tree (photos, notes, a database-like file; ~2.8 MB) is backed up over loopback
 TCP, then damaged the way a handheld loses data: files deleted, a few pages of the database and
 some notes changed, a folder renamed, a stray file added. A fresh copy of that damaged tree is
 then restored with `restore --delete` by each rover over each emulated link
 (tests/support/linkemu.py PtyLink, as tools/bench_goodput.py emulates them):
 
   serial   115200 baud 8N1: 11,520 bytes/s each way, no latency, 512-byte packets
-  ble      BLE-like: 20,000 bytes/s each way, 30 ms one way, 244-byte packets (ATT MTU 247)
+  ble      BLE-like: 20,000 bytes/s each way, 30 ms one way, 244-byte packets (ATT MTU 247);
+           the rover's receive window is the channel's default, 4 packets
+  ble10    the same with a 10-packet window (aioble's capture queue, rover/ble_port.py)
 
 Per (runtime, link) one JSON line {"bench": "restore", ...}:
   goodput        chunk payload bytes the link carried down (compressed, as sent) / (wall time of
                  the rover's whole run x link rate); the run includes start-up, the walk, the
                  seed lists going up, the copies from local files and the final checks.
+  down_utilisation  all bytes down / (wall time x rate); streaming_down_utilisation the same
+                 between 5% and 95% of the bytes down (while the plan streams).
   link_bytes     bytes counted at the pty pump, both ways; floor_bytes: the compressed size of
                  the chunks the damaged tree really lacks (as tests/e2e/test_rover_restore.py
                  computes it, with the runtime's zlib window); link_over_floor their ratio.
 Then one line {"bench": "restore_heap"}: the MicroPython rover restoring the same damaged tree
-under a heap probe (see PROBE), peak live heap vs the heap with the firmware loaded and idle;
+over serial under a heap probe (see PROBE), and the smallest heap it completes in (bisected);
 and one line {"bench": "restore_rsync"}: `rsync -az --delete` pulling the tree into another copy
 of the damaged folder over a local pipe "shell", bytes from its --stats.
 
 Every restored tree is compared with the original, file by file. Progress goes to stderr.
-Usage: python -m tools.bench_restore [--links serial,ble] [--runtimes cpython,micropython]
+Usage: python -m tools.bench_restore [--links serial,ble,ble10] [--runtimes cpython,micropython]
        [--scale N] [--no-heap] [--no-rsync]
 """
 import argparse
@@ -44,6 +48,10 @@ from tests.support.linkemu import PtyLink
 LINKS = {
     "serial": {"rate": 11520, "latency_ms": 0, "mtu": 512, "what": "115200 baud 8N1"},
     "ble": {"rate": 20000, "latency_ms": 30, "mtu": 244, "what": "BLE-like: 20 kB/s, 30 ms, ATT MTU 247"},
+    # The same with the rover's receive window at 10 packets, aioble's capture queue (rover/ble_port.py
+    # RX_WINDOW) rather than the channel's default of 4: on a tty, ?rxbuf=N sets only that window.
+    "ble10": {"rate": 20000, "latency_ms": 30, "mtu": 244, "rxbuf": 10 * (244 + 10),
+              "what": "BLE-like, rover window 10 packets"},
 }
 WBITS = {"cpython": 15, "micropython": 13}     # rover/restore.py WBITS on each runtime
 PROBE_HEAP = "2M"      # the probe's heap: room for its bookkeeping, not the measure
@@ -54,7 +62,9 @@ PROBE_HEAP = "2M"      # the probe's heap: room for its bookkeeping, not the mea
 # allocates and drops again (a piece of a chunk, the inflater's window) comes on top, and so
 # does fragmentation: the smallest heap the restore completes in (bisected below) is the
 # binding number. "idle" is the live heap once the firmware is loaded (the buffers allocated
-# as main.py does, rover.cli imported), before the restore's own modules load.
+# as main.py does, rover.cli imported), before the restore's own modules load; "connected"
+# after the anchor's WELCOME: the link, the session and the restore's code loaded, nothing
+# moving yet.
 PROBE = r"""
 import sys
 import gc
@@ -65,7 +75,7 @@ gc.collect()
 idle = gc.mem_alloc()
 from rover import conversation
 from rover import restore
-st = [idle, 0]
+st = [idle, 0, 0]
 def _wrap(cls, name):
     f = getattr(cls, name)
     def w(*a):
@@ -75,6 +85,8 @@ def _wrap(cls, name):
         if u > st[0]:
             st[0] = u
         st[1] += 1
+        if not st[2] and name == "recv":
+            st[2] = u          # WELCOME: connected, the restore not begun
         return r
     setattr(cls, name, w)
 _wrap(conversation.Conversation, "send")
@@ -82,7 +94,7 @@ _wrap(conversation.Conversation, "recv")
 if hasattr(restore.Restore, "_inflate"):
     _wrap(restore.Restore, "_inflate")
 rc = main(sys.argv[1:])
-print("HEAP-PROBE idle=%d peak=%d samples=%d" % (idle, st[0], st[1]))
+print("HEAP-PROBE idle=%d connected=%d peak=%d samples=%d" % (idle, st[2], st[0], st[1]))
 sys.exit(rc)
 """
 
@@ -198,10 +210,23 @@ def restore_over(runtime, name, anchor_dir, damaged, work, want, floor):
     anchor = AnchorProc(anchor_dir, "--serial", emu.anchor_link + ":115200").start()
     try:
         url = "serial:%s:115200?mtu=%d" % (emu.rover_link, cfg["mtu"])
+        if "rxbuf" in cfg:
+            url += "&rxbuf=%d" % cfg["rxbuf"]
         say("%s rover, %s link (%s): restoring" % (runtime, name, cfg["what"]))
         t0 = time.monotonic()
-        p = subprocess.run(rover_cmd(runtime, url, "phone", os.path.join(work, "state-" + runtime), "restore",
-                                     "--to", to, "--delete"), capture_output=True, text=True, timeout=1800)
+        proc = subprocess.Popen(rover_cmd(runtime, url, "phone", os.path.join(work, "state-" + runtime), "restore",
+                                          "--to", to, "--delete"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        # (seconds, bytes down) every 50 ms while the rover runs: when the plan streams
+        samples = []
+        deadline = t0 + 1800
+        while proc.poll() is None and time.monotonic() < deadline:
+            samples.append((time.monotonic() - t0, emu.down))
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=60)
+        p = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         dt = time.monotonic() - t0
         up, down = emu.up, emu.down
     finally:
@@ -215,14 +240,22 @@ def restore_over(runtime, name, anchor_dir, damaged, work, want, floor):
         raise SystemExit("%s over %s: restored tree differs: %s" % (runtime, name, bad))
     shutil.rmtree(to)
     rate = cfg["rate"]
+    # The streaming phase: from the first time 5% of the bytes down have passed to the last
+    # sample before 95% (the seeds' round trips before it, the deletions and folder times after).
+    a = next((t, d) for t, d in samples if d >= down * 0.05)
+    b = [(t, d) for t, d in samples if d <= down * 0.95][-1]
+    stream_util = (b[1] - a[1]) / ((b[0] - a[0]) * rate) if b[0] > a[0] else None
     return {
         "bench": "restore", "runtime": runtime, "link": name, "what": cfg["what"], "rate_bytes_per_s": rate,
-        "latency_ms": cfg["latency_ms"], "packet_bytes": cfg["mtu"], "seconds": round(dt, 2),
+        "latency_ms": cfg["latency_ms"], "packet_bytes": cfg["mtu"],
+        "rover_window_bytes": cfg.get("rxbuf", 4 * (cfg["mtu"] + 10)), "seconds": round(dt, 2),
         "rover_seconds": s["rover_seconds"], "files_written": s["files"], "bytes_written": s["written"],
         "bytes_copied_locally": s["copied"], "chunks": s["chunks"], "chunk_payload_bytes": s["data_bytes"],
         "deleted": s["deleted"],
         "goodput": round(s["data_bytes"] / (dt * rate), 3),
         "down_utilisation": round(down / (dt * rate), 3),
+        "streaming_down_utilisation": round(stream_util, 3) if stream_util else None,
+        "seconds_to_first_5pct_down": round(a[0], 2),
         "link_up_bytes": up, "link_down_bytes": down, "link_bytes": up + down,
         "floor_bytes": floor, "link_over_floor": round((up + down) / floor, 3),
         "tree_ok": True,
@@ -271,10 +304,10 @@ def heap_probe(anchor_dir, damaged, work, want):
     try:
         say("micropython rover under the heap probe (serial link at pty speed)")
         ok, p = restore(PROBE_HEAP, True)
-        mo = re.search(r"HEAP-PROBE idle=(\d+) peak=(\d+) samples=(\d+)", p.stdout)
+        mo = re.search(r"HEAP-PROBE idle=(\d+) connected=(\d+) peak=(\d+) samples=(\d+)", p.stdout)
         if not ok or not mo:
             raise SystemExit("heap probe failed (%d):\n%s\n%s" % (p.returncode, p.stdout, p.stderr))
-        idle, peak = int(mo.group(1)), int(mo.group(2))
+        idle, connected, peak = int(mo.group(1)), int(mo.group(2)), int(mo.group(3))
         say("smallest heap the restore completes in (bisection)")
         lo, hi = 128 * 1024, 512 * 1024          # lo fails (or is the floor), hi passes
         if not restore("%d" % hi, False)[0]:
@@ -292,7 +325,8 @@ def heap_probe(anchor_dir, damaged, work, want):
     return {"bench": "restore_heap", "runtime": "micropython", "link": "serial (pty speed)",
             "idle_heap_bytes": idle, "peak_live_heap_bytes": peak, "peak_over_idle_bytes": peak - idle,
             "min_heap_bytes": hi, "min_heap_over_idle_bytes": hi - idle, "target_over_idle_bytes": 128 * 1024,
-            "restores_in_256k": at256, "samples": int(mo.group(3)), "trials": len(trials)}
+            "connected_heap_bytes": connected, "peak_over_connected_bytes": peak - connected,
+            "restores_in_256k": at256, "samples": int(mo.group(4)), "trials": len(trials)}
 
 
 def rsync_pull(src, damaged, work, want, floors):
@@ -337,7 +371,7 @@ def _rsync_version(rsync):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--links", default="serial,ble")
+    ap.add_argument("--links", default="serial,ble,ble10")
     ap.add_argument("--runtimes", default="cpython,micropython")
     ap.add_argument("--scale", type=int, default=1, help="tree size factor (1: ~3.5 MB)")
     ap.add_argument("--no-heap", action="store_true")
@@ -347,7 +381,7 @@ def main():
     runtimes = [x for x in a.runtimes.split(",") if x]
     for x in links:
         if x not in LINKS:
-            ap.error("unknown link %r (serial, ble)" % x)
+            ap.error("unknown link %r (%s)" % (x, ", ".join(LINKS)))
     for x in runtimes:
         if x not in WBITS:
             ap.error("unknown runtime %r (cpython, micropython)" % x)
