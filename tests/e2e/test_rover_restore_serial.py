@@ -30,8 +30,9 @@ def test_micropython_restores_a_damaged_tree_over_serial_in_256k(tmp_path):
         assert p.returncode == 0, p.stdout + p.stderr
         assert "MemoryError" not in p.stdout + p.stderr
         _same_content(want, src)
-        # Framing and channel headers on top of the chunks, no chunk twice.
-        assert emu.down <= floor * 1.10, (emu.down, floor)
+        # No chunk twice: frames and channel headers add 3.4% at 512-byte packets, the plan's
+        # messages ~4% for a tree this small (measured 1.081).
+        assert emu.down <= floor * 1.15, (emu.down, floor)
     finally:
         anchor.stop()
         emu.close()
