@@ -11,7 +11,7 @@ COMPRESSED_MAX = 20480
 chunk = None
 tx = None
 compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~45 KB)
-zin = None           # CPython: a restore's compressed chunk (rover/restore.py)
+zin = None           # a restore's compressed chunk (rover/restore.py), instead of the compressor
 
 
 def allocate(restore=False):
@@ -20,7 +20,8 @@ def allocate(restore=False):
         chunk = bytearray(CHUNK_SIZE)
         tx = bytearray(TX_SIZE)
         if restore:
-            # A restore compresses nothing, and inflates each chunk as its pieces arrive.
+            # A restore compresses nothing: the compressor's heap holds the chunk as it came.
+            zin = bytearray(CHUNK_SIZE + 1024)
             return
         try:
             import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)

@@ -62,44 +62,22 @@ else:
     _StreamBase = object
 
 
-class _Pull(_StreamBase):
-    # MicroPython: deflate.DeflateIO reads a compressed chunk from here, and each BODY message
-    # of it is read from the link only when the last piece is used up, so no buffer ever holds
-    # a whole compressed chunk (33 KB: over a serial link the rover did not fit 256 KB with
-    # one). c is Restore.chunk: c[3] bytes announced, c[4] received so far.
-    def __init__(self, conv, c, piece):
-        self.conv = conv
-        self.c = c
-        self.b = piece
-        self.p = 0
-        c[4] += len(piece)
-
-    def _next(self):
-        c = self.c
-        b = self.conv.recv(m.BODY)[m.BODY_DATA]
-        if not b or c[4] + len(b) > c[3]:
-            raise RoverError("anchor sent more bytes of a chunk than it announced, or an empty piece")
-        c[4] += len(b)
-        self.b = b
+class _Stream(_StreamBase):
+    # deflate.DeflateIO reads the compressed chunk from here (a user stream is read through
+    # readinto; io.BytesIO would copy the buffer).
+    def __init__(self, buf, n):
+        self.b = buf
+        self.n = n
         self.p = 0
 
     def readinto(self, out):
-        if self.p >= len(self.b):
-            if self.c[4] >= self.c[3]:
-                return 0
-            self._next()
-        k = len(self.b) - self.p
+        k = self.n - self.p
         if k > len(out):
             k = len(out)
-        out[:k] = memoryview(self.b)[self.p:self.p + k]
+        out[:k] = self.b[self.p:self.p + k]
         self.p += k
         return k
 
-    def rest(self):
-        # The zlib trailer, which the inflater need not read to hand out the last byte: the
-        # next message must start where the chunk's pieces end.
-        while self.c[4] < self.c[3]:
-            self._next()
 
 
 class Restore(Conversation):
@@ -113,7 +91,7 @@ class Restore(Conversation):
         self.snapshot = snapshot
         self.warn = warn or self.log
         self.dry = bool(flags & rm.F_DRY_RUN)
-        if buffers.zin is None and zlib is not None:
+        if buffers.zin is None:
             buffers.zin = bytearray(buffers.CHUNK_SIZE + 1024)
         self.zin = buffers.zin
         self.real = [None] * len(self.roots)      # CPython: the roots' real paths
@@ -409,10 +387,6 @@ class Restore(Conversation):
                 raise RoverError("anchor's chunks for %s run past its size" % self._show(cur[3][1]))
             self.chunk = [msg[1], msg[2], msg[3], msg[4], 0, hashlib.sha256()]
             piece = msg[5]
-            if zlib is None and msg[2] != m.ENC_RAW:
-                if len(piece) > msg[4]:
-                    raise RoverError("anchor sent more bytes of a chunk than it announced")
-                return self._chunk_done(self._pull_inflate(self.chunk, piece))
         else:
             if self.chunk is None:
                 raise RoverError("anchor sent BODY outside a chunk")
@@ -429,19 +403,13 @@ class Restore(Conversation):
         c[4] += n
         if c[4] < c[3]:
             return
-        if c[1] != m.ENC_RAW:
-            return self._chunk_done(self._inflate(c[3], c[2]))
-        if c[3] != c[2]:
-            raise RoverError("anchor sent a raw chunk of %d bytes as %d" % (c[3], c[2]))
-        self._chunk_done(None)
-
-    def _chunk_done(self, raw):
-        cur = self.cur
-        c = self.chunk
         self.chunk = None
-        if raw is not None:
+        if c[1] != m.ENC_RAW:
+            raw = self._inflate(c[3], c[2])
             c[5].update(raw)
             cur[0].write(raw)
+        elif c[3] != c[2]:
+            raise RoverError("anchor sent a raw chunk of %d bytes as %d" % (c[3], c[2]))
         if c[5].digest() != c[0]:
             raise RoverError("a chunk of %s does not match its id: the link or the anchor damaged it"
                              % self._show(cur[3][1]))
@@ -453,31 +421,24 @@ class Restore(Conversation):
             self._finish()
 
     def _inflate(self, n, raw_len):
-        # CPython: the compressed chunk was gathered in zin
-        b = zlib.decompress(bytes(self.zin[:n]), WBITS)
-        if len(b) != raw_len:
-            raise RoverError("a compressed chunk holds %d bytes, not %d" % (len(b), raw_len))
         out = memoryview(self.cbuf)
-        out[:raw_len] = b
-        return out[:raw_len]
-
-    def _pull_inflate(self, c, piece):
-        # MicroPython: inflated as its pieces arrive (_Pull)
-        import deflate
-        s = _Pull(self, c, piece)
-        d = deflate.DeflateIO(s, deflate.ZLIB, WBITS)
-        out = memoryview(self.cbuf)
-        raw_len = c[2]
-        got = 0
-        while got < raw_len:
-            k = d.readinto(out[got:raw_len])
-            if not k:
-                break
-            got += k
-        d = None
+        if zlib is not None:
+            b = zlib.decompress(bytes(self.zin[:n]), WBITS)
+            got = len(b)
+            if got == raw_len:
+                out[:got] = b
+        else:
+            import deflate
+            d = deflate.DeflateIO(_Stream(self.zin, n), deflate.ZLIB, WBITS)
+            got = 0
+            while got < raw_len:
+                k = d.readinto(out[got:raw_len])
+                if not k:
+                    break
+                got += k
+            d = None
         if got != raw_len:
             raise RoverError("a compressed chunk holds %d bytes, not %d" % (got, raw_len))
-        s.rest()
         return out[:raw_len]
 
     def _finish(self):
