@@ -21,6 +21,7 @@ RCOPY = const(28)       # anchor: [root, path, offset, length]: bytes the rover 
 RDATA = const(29)       # anchor: [chunk id, encoding, raw length, encoded length, first piece]
 RDEL = const(30)        # anchor: [path]
 RDONE = const(31)       # anchor: [files written, bytes written, chunks sent, failed]
+RTOTAL = const(32)      # anchor: [files to write, their bytes, raw bytes to come down]: the plan's first
 
 # RESTORE flags
 F_DELETE = const(1)     # remove what the snapshot does not hold (under the prefix)
@@ -50,7 +51,7 @@ def install():
         return
     for t, name in ((RESTORE, "RESTORE"), (RSNAP, "RSNAP"), (SEEDS, "SEEDS"), (SEEDASK, "SEEDASK"),
                     (SEEDLIST, "SEEDLIST"), (SEEDEND, "SEEDEND"), (RPUT, "RPUT"), (RCOPY, "RCOPY"),
-                    (RDATA, "RDATA"), (RDEL, "RDEL"), (RDONE, "RDONE")):
+                    (RDATA, "RDATA"), (RDEL, "RDEL"), (RDONE, "RDONE"), (RTOTAL, "RTOTAL")):
         m.NAMES[t] = name
     st.STATE_NAMES = st.STATE_NAMES + ("R_ASKED", "R_SEEDING", "R_AWAIT_ASK", "R_PLAN")
     tr = st.TRANSITIONS
@@ -61,7 +62,7 @@ def install():
     tr[(R_AWAIT_ASK, st.ANCHOR, SEEDASK)] = R_SEEDING
     tr[(R_SEEDING, st.ROVER, SEEDLIST)] = R_SEEDING
     tr[(R_SEEDING, st.ROVER, SEEDEND)] = R_PLAN
-    for t in (RPUT, RCOPY, RDATA, m.BODY, RDEL):
+    for t in (RPUT, RCOPY, RDATA, m.BODY, RDEL, RTOTAL):
         tr[(R_PLAN, st.ANCHOR, t)] = R_PLAN
     tr[(R_PLAN, st.ANCHOR, RDONE)] = st.READY
     tr[(R_PLAN, st.ANCHOR, m.FAIL)] = st.READY
@@ -85,7 +86,7 @@ def check(msg):
     """messages.check() for the restore's types; raises ProtocolError."""
     t = msg[0]
     n = len(msg)
-    need = (5, 4, 4, 3, 7, 2, 11, 5, 6, 2, 5)[t - RESTORE] if RESTORE <= t <= RDONE else 0
+    need = (5, 4, 4, 3, 7, 2, 11, 5, 6, 2, 5, 4)[t - RESTORE] if RESTORE <= t <= RTOTAL else 0
     if not need:
         m._fail("unknown message type %d" % t)
     if n < need:
@@ -159,6 +160,9 @@ def check(msg):
     elif t == RDONE:
         for i in (1, 2, 3, 4):
             _n(msg[i], 1 << 62, "count")
+    elif t == RTOTAL:
+        for i in (1, 2, 3):
+            _n(msg[i], 1 << 62, "total")
     return msg
 
 

@@ -87,16 +87,14 @@ def main(argv=None):
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)
-    if cmd == "restore":
-        from rover.restore_cmd import restore_command
-        return restore_command(opts, rest)
-    need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
-    if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
+    need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",)),
+            "restore": (0, ("to",))}
+    if cmd not in need or (need[cmd][0] and len(rest) != need[cmd][0]) or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest), file=sys.stderr)
         print(usage(), file=sys.stderr)
         return 2
     prog = opts.get("json")
-    if prog or (cmd == "backup" and not opts["quiet"] and _tty()):
+    if prog or (cmd in ("backup", "restore") and not opts["quiet"] and _tty()):
         # Its code only then: a rover showing no progress has ~2 KB of heap to spare.
         from rover.progress import Progress
         prog = Progress(prog, cmd)
@@ -104,6 +102,9 @@ def main(argv=None):
     t0 = time.time()
     if cmd == "backup":
         return _backup(opts, rest[1], log, t0, prog)
+    if cmd == "restore":
+        from rover.restore_cmd import restore_command
+        return restore_command(opts, rest, log, prog)
     from rover.link import NotPaired
     try:
         link = connect(opts["link"], opts, True)

@@ -65,7 +65,7 @@ class Progress:
 
     def begin(self, phase):
         self.phase = phase
-        if phase == "upload":
+        if phase == "upload" or phase == "restore":
             self.t_up = ticks_ms()
         elif phase == "commit":
             self.flushed()          # files found unchanged after the last batch
@@ -183,7 +183,7 @@ class Progress:
             done = self.bytes_total      # watched files' uploads after their batch counted
         rate = 0
         eta = None
-        if self.phase != "scan":
+        if self.phase != "scan" and self.phase != "list":
             ms = ticks_diff(now, self.t_up)
             if ms > 0:
                 rate = done * 1000 // ms
@@ -201,6 +201,8 @@ class Progress:
             return
         if self.phase == "scan":
             s = "rover: scanning: %d files changed, %s" % (self.files_total, _size(self.bytes_total))
+        elif self.phase == "list":
+            s = "rover: listing what is here: %d entries" % self.files_done
         elif self.phase == "commit":
             s = "rover: committing the snapshot"
         else:

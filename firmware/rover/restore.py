@@ -133,8 +133,10 @@ class _Pieces(_StreamBase):
 
 
 class Restore(Conversation):
-    def __init__(self, link, device, to, seeds=(), prefix="", flags=0, snapshot=None, log=None, warn=None):
+    def __init__(self, link, device, to, seeds=(), prefix="", flags=0, snapshot=None, log=None, warn=None,
+                 prog=None):
         Conversation.__init__(self, link, device, log)
+        self.prog = prog                           # rover/progress.py, when it is shown
         rm.install()
         self.to = fsys.fsencode(to.rstrip("/") or "/")
         self.roots = [self.to] + [fsys.fsencode(s.rstrip("/") or "/") for s in seeds]
@@ -152,7 +154,7 @@ class Restore(Conversation):
         self.oid = None                            # object id of the RDATA chunks of cur, in order
         self.stats = {"snapshot": None, "entries": 0, "bytes": 0, "files": 0, "written": 0, "copied": 0,
                       "chunks": 0, "data_bytes": 0, "deleted": 0, "kept": 0, "failed": 0, "seeds": 0,
-                      "listed": 0, "verify_failed": 0, "would_send": 0}
+                      "listed": 0, "verify_failed": 0, "would_send": 0, "plan_files": 0, "plan_bytes": 0}
 
     # --- the restore -------------------------------------------------------------------
 
@@ -176,6 +178,9 @@ class Restore(Conversation):
     def _send_seeds(self):
         seq = 0
         count = 0
+        prog = self.prog
+        if prog:
+            prog.begin("list")
         for i, root in enumerate(self.roots):
             if not fsys.exists(root):
                 if i:
@@ -198,6 +203,9 @@ class Restore(Conversation):
                 names.append(rel)
                 size += len(rel) + (len(target) if target else 0) + 32
                 count += 1
+                if prog:
+                    prog.files_done = count
+                    prog.poke()
                 if len(batch) >= _BATCH or size >= _BATCH_BYTES:
                     self._seed_batch(seq, i, batch, names)
                     seq += 1
@@ -261,9 +269,16 @@ class Restore(Conversation):
 
     def _apply(self):
         while True:
-            msg = self.recv(rm.RPUT, rm.RCOPY, rm.RDATA, rm.RDEL, rm.RDONE, m.FAIL)
+            msg = self.recv(rm.RPUT, rm.RCOPY, rm.RDATA, rm.RDEL, rm.RDONE, rm.RTOTAL, m.FAIL)
             t = msg[0]
-            if t == rm.RDATA:
+            if t == rm.RTOTAL:
+                self.stats["plan_files"], self.stats["plan_bytes"], self.stats["would_send"] = msg[1], msg[2], msg[3]
+                p = self.prog
+                if p:
+                    p.files_total, p.bytes_total = msg[1], msg[2]
+                    p.files_done = p.bytes_done = p.part = 0
+                    p.begin("restore")
+            elif t == rm.RDATA:
                 self._data(msg)
             elif t == rm.RCOPY:
                 self._copy(msg)
@@ -375,7 +390,6 @@ class Restore(Conversation):
             if typ == m.T_FILE:
                 self.stats["files"] += 1
                 self.stats["written"] += size
-                self.stats["would_send"] += link
                 self.log("would write %s (%d bytes, %d of them over the link before compression)"
                          % (self._show(path), size, link))
             else:
@@ -431,6 +445,8 @@ class Restore(Conversation):
         cur[4] += n
         cur[5] = True
         self.stats["copied"] += n
+        if self.prog:
+            self.prog.sent(n)
         if cur[4] >= cur[3][3]:
             self._finish()
 
@@ -500,6 +516,8 @@ class Restore(Conversation):
         cur[4] += raw_len
         self.stats["chunks"] += 1
         self.stats["data_bytes"] += enc_len
+        if self.prog:
+            self.prog.sent(raw_len)
         if cur[4] >= cur[3][3]:
             self._finish()
 
@@ -527,6 +545,9 @@ class Restore(Conversation):
         fsys.rename(tmp, full)
         self.stats["files"] += 1
         self.stats["written"] += size
+        if self.prog:
+            self.prog.queue(size)
+            self.prog.flushed()
 
     def _abandon(self):
         if self.cur is not None:

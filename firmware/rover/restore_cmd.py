@@ -2,6 +2,7 @@
 # the command around rover/restore.py. A lost link is reopened and the restore resumed (what
 # arrived is on disk, and seeds the next session); a file whose copied bytes did not check
 # out is written again in another round, then without any seeds.
+import sys
 import time
 
 from anchor_core.compat import const
@@ -9,21 +10,22 @@ from anchor_core.compat import const
 _ROUNDS = const(3)
 
 
-def restore_command(opts, rest):
+def restore_command(opts, rest, log, prog):
     from rover.conversation import RoverError
+    from rover.cli import _fail
     from anchor_core import restoremsg as rm
-    quiet = opts["quiet"]
-    log = (lambda s: None) if quiet else (lambda s: print("rover: " + s))
-    warn = lambda s: print("rover:", s)        # what could not be restored shows even with -q
+    # what could not be restored shows even with -q
+    warn = prog.warn if prog else (lambda s: print("rover: " + s))
+    fail = lambda s: _fail(prog, s)
     snap = None
-    if len(rest) > 2 or "to" not in opts or (len(rest) == 2 and not rest[1].isdigit()):
-        print("rover: restore [SNAPSHOT] --to DIR [--path P] [--seed DIR]... [--delete] [--dry-run]")
+    if len(rest) > 2 or (len(rest) == 2 and not rest[1].isdigit()):
+        fail("restore [SNAPSHOT] --to DIR [--path P] [--seed DIR]... [--delete] [--dry-run]: SNAPSHOT is a number")
         return 2
     if len(rest) == 2:
         snap = int(rest[1])
     retries = opts.get("retries", "3")
     if not retries.isdigit():
-        print("rover: --retries takes a whole number")
+        fail("--retries takes a whole number")
         return 2
     flags = (rm.F_DELETE if opts.get("delete") else 0) | (rm.F_DRY_RUN if opts.get("dry-run") else 0)
     # One rover per state folder: a backup of the tree while it is being restored would
@@ -36,12 +38,12 @@ def restore_command(opts, rest):
     try:
         state.StateLock(opts["state"], log).take()
     except RoverError as e:
-        warn("restore failed: %s" % e)
+        fail("restore failed: %s" % e)
         return 1
     unload(state)
     state = None
     try:
-        return _restore(opts, flags, snap, int(retries), log, warn)
+        return _restore(opts, flags, snap, int(retries), log, warn, fail, prog)
     finally:
         fsys.remove(opts["state"] + "/lock/owner")
         try:
@@ -50,7 +52,7 @@ def restore_command(opts, rest):
             pass
 
 
-def _restore(opts, flags, snap, retries, log, warn):
+def _restore(opts, flags, snap, retries, log, warn, fail, prog):
     from rover.cli import connect
     from rover.link import LinkError, BadAddress, NotPaired
     from rover.conversation import RoverError
@@ -69,7 +71,7 @@ def _restore(opts, flags, snap, retries, log, warn):
             # the heap has its large blocks when the channel takes them.
             from rover.restore import Restore
             r = Restore(link, opts["device"], opts["to"], opts["seeds"], opts.get("path", ""), flags, snap,
-                        log, warn)
+                        log, warn, prog)
             s = r.run()
             snap = s["snapshot"]             # a resumed or repeated round restores the same one
             if total is None:
@@ -83,23 +85,23 @@ def _restore(opts, flags, snap, retries, log, warn):
                 break
             rounds += 1
             if rounds >= _ROUNDS:
-                warn("restore failed: files kept failing their check against the snapshot")
+                fail("restore failed: files kept failing their check against the snapshot")
                 return 1
             if rounds == _ROUNDS - 1:
                 flags |= rm.F_NO_SEEDS        # the last round copies nothing from local files
             log("%d files did not check out; another round" % s["verify_failed"])
         except LinkError as e:
             if isinstance(e, BadAddress):
-                warn("restore failed: %s" % e)
+                fail("restore failed: %s" % e)
                 return 2
             if attempt >= retries:
-                warn("restore failed: %s (after %d attempts)" % (e, attempt + 1))
+                fail("restore failed: %s (after %d attempts)" % (e, attempt + 1))
                 return 1
             attempt += 1
             log("link lost (%s); resuming, attempt %d of %d" % (e, attempt, retries))
             time.sleep(min(5, attempt))
         except (RoverError, ProtocolError, OSError, ValueError, NotPaired) as e:
-            warn("restore failed: %s" % e)
+            fail("restore failed: %s" % e)
             return 1
         finally:
             if link is not None:
@@ -111,6 +113,11 @@ def _restore(opts, flags, snap, retries, log, warn):
                     pass
     s = total
     dt = time.time() - t0
+    if prog:
+        summary = dict(s)
+        summary["dry_run"] = bool(flags & rm.F_DRY_RUN)
+        if prog.report(summary, tx, rx, dt):
+            return 3 if s["failed"] else 0
     if flags & rm.F_DRY_RUN:
         print("rover: dry run of snapshot %d: %d files (%d bytes) to write, about %d bytes of them over the "
               "link before compression; %d to delete; link %d bytes out, %d in; %.2f s"
@@ -121,6 +128,7 @@ def _restore(opts, flags, snap, retries, log, warn):
           % (s["snapshot"], s["files"], s["written"], s["copied"], s["chunks"], s["data_bytes"], s["deleted"],
              tx, rx, dt))
     if s["failed"]:
-        print("rover: %d items could not be restored (listed above \"not restored:\")" % s["failed"])
+        print("rover: %d items could not be restored (listed above \"not restored:\")" % s["failed"],
+              file=sys.stderr)
         return 3
     return 0

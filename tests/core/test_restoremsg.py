@@ -42,6 +42,7 @@ def test_a_whole_restore_follows_the_table():
     pipe(anchor, rover, [rm.SEEDASK, 0, [0]])
     pipe(rover, anchor, rm.seedlist(0, 0, [CID], [9], True, 9))
     pipe(rover, anchor, [rm.SEEDEND, 1])
+    pipe(anchor, rover, [rm.RTOTAL, 1, 9, 5])
     pipe(anchor, rover, [rm.RPUT, "a", m.T_DIR, 0, 5, 0o755, None, None, rm.H_WRITE, 0, None])
     pipe(anchor, rover, [rm.RPUT, "a/c", m.T_FILE, 9, 5, 0o644, OID, None, rm.H_WRITE, 9, None])
     pipe(anchor, rover, [rm.RCOPY, 0, "a/b.txt", 0, 4])
@@ -88,6 +89,7 @@ def test_bad_fields_are_refused():
         [rm.RDATA, CID, 0, 70000, 5, b"hello"],     # a chunk above the limit
         [rm.RDEL, ""],
         [rm.RDONE, 1, 2, 3],
+        [rm.RTOTAL, 1, -2, 0],
     ]
     for msg in bad:
         expect_error(lambda: m.check(msg))

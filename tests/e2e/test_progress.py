@@ -209,3 +209,39 @@ def test_errors_go_to_stderr(tmp_path, runtime):
                        text=True, timeout=120)
     assert p.returncode == 1 and "rover: pair failed:" in p.stderr and p.stdout == "", (p.stdout, p.stderr)
     assert not os.path.exists(os.path.join(state, "pairing.key"))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_restore_shows_progress_against_its_plan(tmp_path, anchor, slow, runtime):
+    """A restore over the slow link: --json lines at least once a second, their totals the
+    plan's (what is written, not the whole snapshot), a summary with what came down; on a
+    terminal, a status line."""
+    import shutil
+    from tests.support.harness import run_rover
+    src = tree(tmp_path, 31 if runtime == "cpython" else 32)
+    dev = "rest-" + runtime
+    state = str(tmp_path / "state")
+    run_rover(runtime, anchor.link, dev, state, "backup", src)
+    gone = sorted(n for n in os.listdir(src) if n.endswith(".jpg"))[:8]
+    want = sum(os.path.getsize(os.path.join(src, n)) for n in gone)
+    for n in gone:
+        os.remove(os.path.join(src, n))
+    lines = json_run(rover_cmd(runtime, slow, dev, state, "restore", "--to", src, "--json"))
+    objs = [json.loads(text) for _, text in lines]
+    prog = [o for o in objs if o["type"] == "progress" and o["phase"] == "restore"]
+    assert prog, objs
+    assert all(o["files_total"] == 8 and o["bytes_total"] == want for o in prog), prog[-1]
+    assert max(o["bytes_done"] for o in prog) <= want
+    times = [t for t, _ in lines]
+    assert max(b - a for a, b in zip(times, times[1:])) <= 1.0, times
+    summary = objs[-1]
+    assert summary["type"] == "summary" and summary["command"] == "restore", summary
+    assert summary["files"] == 8 and summary["written"] == want, summary
+    assert summary["link_bytes_in"] >= want * 0.9, summary     # photos: random, they came down whole
+    # and on a terminal, a status line
+    for n in gone:
+        os.remove(os.path.join(src, n))
+    status, out = on_pty(rover_cmd(runtime, slow, dev, state, "restore", "--to", src))
+    assert status == 0, out
+    assert "\r" in out and "of 8 files" in out, out
+    assert "snapshot 1 restored" in out, out

@@ -226,14 +226,56 @@ class LinkRestore:
         if self.snap is None:
             raise m.ProtocolError(m.E_PROTOCOL, "SEEDEND without a restore")
         dry = bool(self.flags & rm.F_DRY_RUN)
+        device = self.info.device
+        # Walked twice: first for the totals the rover shows progress against (RTOTAL), then
+        # sent. The plan is a function of the snapshot and the seeds only, so both walks agree.
+        files = size = link = 0
+        for a in self._actions():
+            if a[0] == "write":
+                files += 1
+                size += a[1][m.REC_SIZE]
+                link += a[3]
+        await send([rm.RTOTAL, files, size, link])
+        done = {"files": 0, "bytes": 0, "chunks": 0, "failed": 0}
+        for a in self._actions():
+            kind = a[0]
+            if kind == "msg":
+                if a[1][0] == rm.RPUT and a[1][8] == rm.H_FAILED:
+                    done["failed"] += 1
+                    log.error("rover %s: restore of snapshot %d: %s: %s", device, self.snap["id"], a[1][1], a[1][10])
+                await send(a[1])
+                continue
+            r, steps, n = a[1], a[2], a[3]
+            await send(self._put(r, rm.H_WRITE, n))
+            if dry:
+                done["files"] += 1
+                done["bytes"] += r[m.REC_SIZE]
+                continue
+            try:
+                await self._send_content(r, steps, send, done)
+            except RestoreError as e:
+                done["failed"] += 1
+                log.error("rover %s: restore of snapshot %d: %s", device, self.snap["id"], e)
+                await send(self._put(r, rm.H_FAILED, 0, e.why))
+                continue
+            done["files"] += 1
+            done["bytes"] += r[m.REC_SIZE]
+        self.counts["restore_files"] += done["files"]
+        log.info("rover %s: restore of snapshot %d%s: %d files (%d bytes) written, %d chunks (%d bytes) sent, "
+                 "%d could not be restored", device, self.snap["id"], " (dry run)" if dry else "", done["files"],
+                 done["bytes"], done["chunks"], self.counts["restore_tx_data"], done["failed"])
+        await send([rm.RDONE, done["files"], done["bytes"], done["chunks"], done["failed"]])
+
+    def _actions(self):
+        """The plan, in the order it goes out: ("msg", message) for what needs no content,
+        ("write", record, steps, link bytes) for a file written (its RPUT, then its steps)."""
+        dry = bool(self.flags & rm.F_DRY_RUN)
         meta = not self.flags & rm.F_NO_META      # differences in mode and mtime alone matter
         delete = bool(self.flags & rm.F_DELETE)
         gone = set()            # (root, path) whose old content a write or delete replaced
         dirty = set()           # folders whose mtime our writes changed
-        dirs = []               # (path, mtime, mode) of the snapshot's folders
+        dirs = []               # (path, mtime, mode, local) of the snapshot's folders
         seen = set()            # local paths the snapshot holds
-        done = {"files": 0, "bytes": 0, "chunks": 0, "failed": 0}
-        device = self.info.device
         for r, ids, problem in self.service.entries(self.snap, self.prefix):
             path, typ = r[m.REC_PATH], r[m.REC_TYPE]
             local = self.local.get(path)
@@ -241,11 +283,14 @@ class LinkRestore:
                 seen.add(path)
                 if local.type == m.T_DIR and typ != m.T_DIR:
                     if not delete:
-                        done["failed"] += 1
-                        await send(self._put(r, rm.H_FAILED, 0, "a folder is in the way (restore with --delete "
-                                                               "to replace it)"))
+                        yield ("msg", self._put(r, rm.H_FAILED, 0, "a folder is in the way (restore with "
+                                                                    "--delete to replace it)"))
                         continue
-                    await self._remove_below(path, send, gone, dirty, seen)
+                    for p in self._below(path):
+                        gone.add((0, p))
+                        seen.add(p)
+                        yield ("msg", [rm.RDEL, p])
+                    dirty.add(_parent(path))
                     local = None
             if typ == m.T_DIR:
                 dirs.append((path, r[m.REC_MTIME], r[m.REC_MODE], local))
@@ -253,72 +298,51 @@ class LinkRestore:
                     if local is not None:
                         gone.add((0, path))
                     dirty.add(_parent(path))
-                    await send(self._put(r, rm.H_WRITE))
+                    yield ("msg", self._put(r, rm.H_WRITE))
                 continue
             if typ == m.T_LINK:
                 if local is not None and local.type == m.T_LINK and local.target == r[m.REC_TARGET]:
                     if meta and local.mtime != r[m.REC_MTIME]:
-                        await send(self._put(r, rm.H_META))
+                        yield ("msg", self._put(r, rm.H_META))
                     continue
                 gone.add((0, path))
                 dirty.add(_parent(path))
-                await send(self._put(r, rm.H_WRITE))
+                yield ("msg", self._put(r, rm.H_WRITE))
                 continue
             oid = r[m.REC_OID]
             if local is not None and local.type == m.T_FILE and local.oid == oid and (0, path) not in gone:
                 if meta and (local.mtime != r[m.REC_MTIME] or local.mode != r[m.REC_MODE]):
-                    await send(self._put(r, rm.H_META))
+                    yield ("msg", self._put(r, rm.H_META))
                 continue
             if problem is not None:
-                done["failed"] += 1
-                log.error("rover %s: restore of snapshot %d: %s", device, self.snap["id"], problem)
-                await send(self._put(r, rm.H_FAILED, 0, problem.why))
+                yield ("msg", self._put(r, rm.H_FAILED, 0, problem.why))
                 continue
             steps, link = self._content(r, ids, gone)
-            await send(self._put(r, rm.H_WRITE, link))
             dirty.add(_parent(path))
-            if not dry:
-                try:
-                    await self._send_content(r, steps, send, done)
-                except RestoreError as e:
-                    done["failed"] += 1
-                    log.error("rover %s: restore of snapshot %d: %s", device, self.snap["id"], e)
-                    await send(self._put(r, rm.H_FAILED, 0, e.why))
-                    continue
+            yield ("write", r, steps, link)
             gone.add((0, path))
-            done["files"] += 1
-            done["bytes"] += r[m.REC_SIZE]
         if delete:
             extra = [p for p in self.local if p not in seen and _under(p, self.prefix)]
             extra.sort(key=_key, reverse=True)      # what is inside a folder before the folder
             for p in extra:
                 gone.add((0, p))
                 dirty.add(_parent(p))
-                await send([rm.RDEL, p])
-        for p in self.leftovers:
-            if not dry:
-                await send([rm.RDEL, p])
+                yield ("msg", [rm.RDEL, p])
+        if not dry:
+            for p in self.leftovers:
+                yield ("msg", [rm.RDEL, p])
         for path, mtime, mode, local in reversed(dirs):
             if meta and (path in dirty or local is None or local.type != m.T_DIR or local.mtime != mtime
                          or local.mode != mode):
-                await send([rm.RPUT, path, m.T_DIR, 0, mtime, mode, None, None, rm.H_DIR_TIMES, 0, None])
-        self.counts["restore_files"] += done["files"]
-        log.info("rover %s: restore of snapshot %d%s: %d files (%d bytes) written, %d chunks (%d bytes) sent, "
-                 "%d could not be restored", device, self.snap["id"], " (dry run)" if dry else "", done["files"],
-                 done["bytes"], done["chunks"], self.counts["restore_tx_data"], done["failed"])
-        await send([rm.RDONE, done["files"], done["bytes"], done["chunks"], done["failed"]])
+                yield ("msg", [rm.RPUT, path, m.T_DIR, 0, mtime, mode, None, None, rm.H_DIR_TIMES, 0, None])
 
-    async def _remove_below(self, path, send, gone, dirty, seen):
+    def _below(self, path):
         """A folder of the rover's where the snapshot has a file or a link: all of it goes
-        (only with --delete), deepest first."""
+        (only with --delete), deepest first, then the folder."""
         sep = b"/" if type(path) is bytes else "/"
         below = [p for p in self.local if type(p) is type(path) and p.startswith(path + sep)]
         below.sort(key=_key, reverse=True)
-        for p in below + [path]:
-            gone.add((0, p))
-            seen.add(p)
-            await send([rm.RDEL, p])
-        dirty.add(_parent(path))
+        return below + [path]
 
     def _put(self, r, how, link=0, text=None):
         target = r[m.REC_TARGET] if r[m.REC_TYPE] == m.T_LINK else None
