@@ -14,7 +14,7 @@ from anchor_core import chunker
 from anchor_core import messages as m
 from rover import buffers
 from rover import fsys
-from rover.conversation import Conversation, RoverError
+from rover.conversation import Conversation, RoverError, RX_SMALL
 from rover import treefile
 from rover.walk import walk, _order  # noqa: F401  (_order: tests and callers of old)
 
@@ -79,7 +79,7 @@ class _Skip(Exception):
 class Backup(Conversation):
     def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600,
                  warn=None, volatile=None, full=False):
-        Conversation.__init__(self, link, device, log)
+        Conversation.__init__(self, link, device, log, RX_SMALL)
         self.state_dir = state_dir
         self.root = fsys.fsencode(root.rstrip("/") or "/")
         # Files under `outbox` (relative to root) are queued to go out through the relay:

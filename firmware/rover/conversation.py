@@ -8,6 +8,10 @@ from rover import buffers
 from rover.linkerror import LinkError
 
 RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <= 4096 bytes
+# A backup receives small messages only (WELCOME, VERDICT and NEED of its batches of 16
+# entries and 64 ids, COMMITTED; an ERROR's 512 characters are at most 2,048 bytes): its
+# receive buffer is half a relay's, 2.3 KB of heap that a paired MQTT backup needs.
+RX_SMALL = const(2304)
 
 
 class RoverError(Exception):
@@ -17,13 +21,13 @@ class RoverError(Exception):
 
 
 class Conversation:
-    def __init__(self, link, device, log=None):
+    def __init__(self, link, device, log=None, rx=RX_PAYLOAD):
         m.check_device(device)
         self.link = link
         self.device = device
         self.log = log or (lambda s: None)
         buffers.allocate()     # no-op when main.py already took them at start-up
-        self.sess = Session(states.ROVER, RX_PAYLOAD, RX_PAYLOAD + 16, buffers.tx, True)
+        self.sess = Session(states.ROVER, rx, rx + 16, buffers.tx, True)
         self.rxbuf = bytearray(1024)
         self.cbuf = buffers.chunk
 
