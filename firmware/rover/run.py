@@ -153,6 +153,10 @@ async def _wait(ms, cheaper, device, probe_ms):
     return None
 
 
+def default_probe(every):
+    return every if every < _PROBE_MAX else _PROBE_MAX
+
+
 class Schedule:
     """What `run` needs besides the backup: links by cost, period, jitter, probe interval,
     backoff cap (all seconds) and how many backups to make (None: until stopped)."""
@@ -263,8 +267,7 @@ def command(opts, root):
             raise ValueError("run needs --every (e.g. --every 6h)")
         every = duration(opts["every"], "--every")
         jit = jitter(opts.get("jitter", "10%"), every, "--jitter")
-        probe = duration(opts["probe"], "--probe") if "probe" in opts else (
-            every if every < _PROBE_MAX else _PROBE_MAX)
+        probe = duration(opts["probe"], "--probe") if "probe" in opts else default_probe(every)
         cap = duration(opts["max-backoff"], "--max-backoff") if "max-backoff" in opts else every
         count = opts.get("count")
         if count is not None:
