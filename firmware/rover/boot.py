@@ -5,7 +5,7 @@
 # starts: a bad setting is one line on the console naming its key, and no backup runs.
 import json
 
-from rover import run
+from rover import run, run_loop
 
 CONFIG = "rover.json"
 _KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
@@ -121,7 +121,7 @@ def check(cfg):
     probe = run.default_probe(every)
     opts = {"links": out, "link": out[0], "device": cfg["device"], "state": cfg["state"],
             "quiet": False}
-    return opts, cfg["root"], run.Schedule(out, every, jit, probe, every)
+    return opts, cfg["root"], run.schedule(out, every, jit, probe, every, None, cfg["device"], run_loop.log)
 
 
 def load(path=CONFIG):
@@ -189,14 +189,15 @@ def bring_up(cfg, links, log):
                                    ", tx %d rx %d" % (uart.get("tx", -1), uart.get("rx", -1)) if "tx" in uart or "rx" in uart else ""))
 
 
-def start(path=CONFIG):
-    """Read, check, bring up, run; the exit status (2 for a bad config, as the CLI's)."""
-    log = lambda s: print("rover: " + s)
+def prepare(path=CONFIG):
+    """Read, check, bring up, take the lock: (opts, root, Schedule) for rover/run_loop.py's
+    loop, or an exit status (2 for a bad config, as the command line's)."""
     try:
         cfg = load(path)
         opts, root, sch = check(cfg)
-        bring_up(cfg, opts["links"], log)
+        bring_up(cfg, opts["links"], run_loop.log)
     except ConfigError as e:
         print(e)
         return 2
-    return run.start(opts, root, sch, log)
+    sch = run.begin(opts, root, sch)
+    return sch if type(sch) is int else (opts, root, sch)

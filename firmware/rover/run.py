@@ -157,63 +157,69 @@ def default_probe(every):
     return every if every < _PROBE_MAX else _PROBE_MAX
 
 
-class Schedule:
-    """What `run` needs besides the backup: links by cost, period, jitter, probe interval,
-    backoff cap (all seconds) and how many backups to make (None: until stopped)."""
+def schedule(links, every, jit, probe, cap, count=None, device=None, log=None):
+    """A run's settings and where its loop stands: links by cost, period, jitter, probe
+    interval, backoff start and cap (seconds), how many backups to make (None: until
+    stopped). Its class and log are rover/run_loop.py's: it holds nothing of this module,
+    which leaves the heap while a backup runs."""
+    from rover.link import cost
+    from rover import run_loop
+    costs = [cost(u) for u in links]          # BadAddress for a malformed one
+    order = list(range(len(links)))
+    order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
+    sch = run_loop.Schedule()
+    sch.links = [(costs[i], links[i]) for i in order]
+    sch.every = every
+    sch.jitter = jit
+    sch.probe = probe
+    sch.cap = cap
+    sch.backoff = _BACKOFF_START if _BACKOFF_START < cap else cap
+    sch.count = count
+    sch.device = device
+    sch.log = log or run_loop.quiet
+    sch.done = 0          # backups made
+    sch.wait = 0          # the backoff now (0: the last backup succeeded)
+    sch.last = None       # cost of the link of the last backup
+    sch.stopped = ["SIGINT"]
+    return sch
 
-    def __init__(self, links, every, jit, probe, cap, count=None):
-        from rover.link import cost
-        costs = [cost(u) for u in links]          # BadAddress for a malformed one
-        order = list(range(len(links)))
-        order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
-        self.links = [(costs[i], links[i]) for i in order]
-        self.every = every
-        self.jitter = jit
-        self.probe = probe
-        self.cap = cap
-        self.count = count
 
-
-def serve(sch, device, backup, log):
-    """The loop. backup(url) -> exit status of one backup (rover/cli.py backup_over): 0 or 3
-    done, 2 a setting to fix (the run stops), anything else failed (the anchor away, the
-    link lost past its retries): wait with exponential backoff and try again."""
+def step(sch, code):
+    """The loop between two backups. code: the exit status of the last backup (rover/cli.py
+    _backup), None before the first: 0 or 3 done, 2 or 5 a setting to fix (the run stops),
+    anything else failed (the anchor away, the link lost past its retries), then the wait
+    backs off. Returns the link to back up over next, or the run's exit status."""
     import asyncio
-    done = 0
-    backoff = 0
-    last = None            # cost of the link of the last backup
-    url = None
+    log = sch.log
     while True:
-        if url is None:
-            for c, u in sch.links:
-                if answers(u, device):
-                    url = u
-                    break
-        if url is None:
-            log("no link answers (%s)" % ", ".join([u for c, u in sch.links]))
-            code = 1
-        else:
-            last = [c for c, u in sch.links if u == url][0]
-            code = backup(url)
-        if code == 2 or code == _EXIT_LOCKED:
-            return code
-        if code == 0 or code == 3:
-            done += 1
-            backoff = 0
-            if sch.count is not None and done >= sch.count:
-                return 0
-            wait = sch.every + sch.jitter * _random()
-            log("next backup in %s" % _show_s(wait))
-        else:
-            backoff = backoff * 2 if backoff else (_BACKOFF_START if _BACKOFF_START < sch.cap else sch.cap)
-            if backoff > sch.cap:
-                backoff = sch.cap
-            wait = backoff
-            log("backup failed; trying again in %s (backoff, at most %s)" % (_show_s(wait), _show_s(sch.cap)))
-        cheaper = [u for c, u in sch.links if last is not None and c < last]
-        url = asyncio.run(_wait(int(wait * 1000), cheaper, device, int(sch.probe * 1000)))
-        if url is not None:
-            log("a cheaper link answers (%s): backing up now" % url)
+        if code is not None:
+            if code == 2 or code == _EXIT_LOCKED:
+                return code
+            if code == 0 or code == 3:
+                sch.done += 1
+                sch.wait = 0
+                if sch.count is not None and sch.done >= sch.count:
+                    return 0
+                wait = sch.every + sch.jitter * _random()
+                log("next backup in %s" % _show_s(wait))
+            else:
+                sch.wait = sch.wait * 2 if sch.wait else sch.backoff
+                if sch.wait > sch.cap:
+                    sch.wait = sch.cap
+                wait = sch.wait
+                log("backup failed; trying again in %s (backoff, at most %s)" % (_show_s(wait), _show_s(sch.cap)))
+            cheaper = [u for c, u in sch.links if sch.last is not None and c < sch.last]
+            url = asyncio.run(_wait(int(wait * 1000), cheaper, sch.device, int(sch.probe * 1000)))
+            if url is not None:
+                log("a cheaper link answers (%s): backing up now" % url)
+                sch.last = [c for c, u in sch.links if u == url][0]
+                return url
+        for c, u in sch.links:
+            if answers(u, sch.device):
+                sch.last = c
+                return u
+        log("no link answers (%s)" % ", ".join([u for c, u in sch.links]))
+        code = 1
 
 
 def _stop_on_signals(stopped):
@@ -229,53 +235,65 @@ def _stop_on_signals(stopped):
     signal.signal(signal.SIGINT, stop)
 
 
-def start(opts, root, sch, log):
-    """Hold the state folder's lock for the whole run and serve; the exit status."""
-    from rover import fsys
-    from rover.state import StateLock, StateLocked
-    from rover.cli import backup_over
+def begin(opts, root, sch):
+    """Take the state folder's lock for the whole run (rover/run_loop.py gives it back) and
+    the signals that stop it: sch, or an exit status."""
+    from anchor_core.compat import unload
+    from rover import fsys, state
     try:
         fsys.makedirs(opts["state"])
-        lock = StateLock(opts["state"], log)
-        lock.take()
-    except StateLocked as e:
+        state.StateLock(opts["state"], sch.log).take()
+    except state.StateLocked as e:
         print("rover: run refused: %s" % e)
         return _EXIT_LOCKED
     except OSError as e:
         print("rover: run failed: state folder %s: %s" % (opts["state"], e))
         return 1
-    stopped = ["SIGINT"]
-    try:
-        _stop_on_signals(stopped)
-        log("running: a backup of %s every %s (jitter up to %s)"
-            % (root, _show_s(sch.every), _show_s(sch.jitter)))
-        return serve(sch, opts["device"],
-                     lambda url: backup_over(url, opts, root, log, time.time(), True), log)
-    except KeyboardInterrupt:
-        log("stopped (%s); the state is consistent and the next run resumes" % stopped[0])
-        return 0
     finally:
-        lock.release()
+        unload(state)      # the lock is a folder: nothing of the module is needed to hold it
+    _stop_on_signals(sch.stopped)
+    sch.log("running: a backup of %s every %s (jitter up to %s)"
+            % (root, _show_s(sch.every), _show_s(sch.jitter)))
+    return sch
 
 
-def command(opts, root):
-    """`rover ... run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]`"""
+_OPTIONS = ("--every", "--jitter", "--probe", "--max-backoff", "--count")
+
+
+def main(opts, rest):
+    """`rover ... run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]`
+    (rest: the command line from `run` on): a Schedule with the lock taken, or an exit status."""
     from rover.link import LinkError
-    log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
+    from rover import run_loop
+    log = run_loop.quiet if opts["quiet"] else run_loop.log
     try:
-        if "every" not in opts:
+        o = {}
+        i = 2
+        while i < len(rest):
+            a = rest[i]
+            k, eq, v = a.partition("=")
+            if k not in _OPTIONS:
+                raise ValueError("run takes ROOT and %s, not %s" % (", ".join(_OPTIONS), a))
+            if not eq:
+                if i + 1 >= len(rest):
+                    raise ValueError("%s needs a value" % a)
+                v = rest[i + 1]
+                i += 1
+            o[k] = v
+            i += 1
+        if "--every" not in o:
             raise ValueError("run needs --every (e.g. --every 6h)")
-        every = duration(opts["every"], "--every")
-        jit = jitter(opts.get("jitter", "10%"), every, "--jitter")
-        probe = duration(opts["probe"], "--probe") if "probe" in opts else default_probe(every)
-        cap = duration(opts["max-backoff"], "--max-backoff") if "max-backoff" in opts else every
-        count = opts.get("count")
+        every = duration(o["--every"], "--every")
+        jit = jitter(o.get("--jitter", "10%"), every, "--jitter")
+        probe = duration(o["--probe"], "--probe") if "--probe" in o else default_probe(every)
+        cap = duration(o["--max-backoff"], "--max-backoff") if "--max-backoff" in o else every
+        count = o.get("--count")
         if count is not None:
             if not count.isdigit() or int(count) < 1:
                 raise ValueError("--count must be a whole number from 1, got %s" % show(count))
             count = int(count)
-        sch = Schedule(opts["links"], every, jit, probe, cap, count)
+        sch = schedule(opts["links"], every, jit, probe, cap, count, opts["device"], log)
     except (ValueError, LinkError) as e:
         print("rover: %s" % e)
         return 2
-    return start(opts, root, sch, log)
+    return begin(opts, rest[1], sch)
