@@ -5,7 +5,8 @@
 # starts: a bad setting is one line on the console naming its key, and no backup runs.
 import json
 
-from rover import run, run_loop
+from rover import run
+from rover.cli import log_line
 
 CONFIG = "rover.json"
 _KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
@@ -60,7 +61,7 @@ _EXAMPLES = {"wifi": '{"ssid": "home", "password": "secret"}',
 
 
 def check(cfg):
-    """The settings of a decoded rover.json, checked: (opts for the loop, root, Schedule).
+    """The settings of a decoded rover.json, checked: (opts for the loop, root, the run's state).
     ConfigError naming the key for anything wrong."""
     from rover.link import BadAddress
     from anchor_core import linkurl
@@ -121,7 +122,7 @@ def check(cfg):
     probe = run.default_probe(every)
     opts = {"links": out, "link": out[0], "device": cfg["device"], "state": cfg["state"],
             "quiet": False}
-    return opts, cfg["root"], run.schedule(out, every, jit, probe, every, None, cfg["device"], run_loop.log)
+    return opts, cfg["root"], run.schedule(out, every, jit, probe, every, None, cfg["device"], log_line)
 
 
 def load(path=CONFIG):
@@ -190,14 +191,14 @@ def bring_up(cfg, links, log):
 
 
 def prepare(path=CONFIG):
-    """Read, check, bring up, take the lock: (opts, root, Schedule) for rover/run_loop.py's
+    """Read, check, bring up, take the lock: (opts, root, the run's state) for rover/cli.py's
     loop, or an exit status (2 for a bad config, as the command line's)."""
     try:
         cfg = load(path)
-        opts, root, sch = check(cfg)
-        bring_up(cfg, opts["links"], run_loop.log)
+        opts, root, st = check(cfg)
+        bring_up(cfg, opts["links"], log_line)
     except ConfigError as e:
         print(e)
         return 2
-    sch = run.begin(opts, root, sch)
-    return sch if type(sch) is int else (opts, root, sch)
+    st = run.begin(opts, root, st)
+    return st if type(st) is int else (opts, root, st)

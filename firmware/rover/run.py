@@ -157,92 +157,118 @@ def default_probe(every):
     return every if every < _PROBE_MAX else _PROBE_MAX
 
 
-def schedule(links, every, jit, probe, cap, count=None, device=None, log=None):
-    """A run's settings and where its loop stands: links by cost, period, jitter, probe
-    interval, backoff start and cap (seconds), how many backups to make (None: until
-    stopped). Its class and log are rover/run_loop.py's: it holds nothing of this module,
-    which leaves the heap while a backup runs."""
+# A run's state, a list (rover/cli.py loop keeps it while this module is dropped for a
+# backup; a list holds nothing of this module and costs no attribute names in the heap).
+_LOG = const(0)        # the log function (rover/cli.py's log or quiet)
+_LINKS = const(1)      # [(cost, url)], cheapest first
+_EVERY = const(2)      # seconds: period, jitter, probe interval, backoff start and cap
+_JITTER = const(3)
+_PROBE = const(4)
+_BACKOFF = const(5)
+_CAP = const(6)
+_COUNT = const(7)      # backups to make, None: until stopped
+_DEVICE = const(8)
+_DONE = const(9)       # backups made
+_WAIT = const(10)      # the backoff now (0: the last backup succeeded)
+_LAST = const(11)      # cost of the link of the last backup
+_SIG = const(12)       # the signal that stops it (CPython tells SIGTERM from SIGINT)
+_STATE = const(13)     # the state folder, whose lock the run holds
+_STOPPED = const(-1)   # `code` of a run a signal stopped (rover/cli.py loop)
+
+
+def schedule(links, every, jit, probe, cap, count=None, device=None, log=None, state=None):
+    """A run's state list (above): links by cost, period, jitter, probe interval, backoff
+    cap in seconds, how many backups to make (None: until stopped)."""
     from rover.link import cost
-    from rover import run_loop
     costs = [cost(u) for u in links]          # BadAddress for a malformed one
     order = list(range(len(links)))
     order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
-    sch = run_loop.Schedule()
-    sch.links = [(costs[i], links[i]) for i in order]
-    sch.every = every
-    sch.jitter = jit
-    sch.probe = probe
-    sch.cap = cap
-    sch.backoff = _BACKOFF_START if _BACKOFF_START < cap else cap
-    sch.count = count
-    sch.device = device
-    sch.log = log or run_loop.quiet
-    sch.done = 0          # backups made
-    sch.wait = 0          # the backoff now (0: the last backup succeeded)
-    sch.last = None       # cost of the link of the last backup
-    sch.stopped = ["SIGINT"]
-    return sch
+    if log is None:
+        from rover.cli import quiet as log
+    return [log, [(costs[i], links[i]) for i in order], every, jit, probe,
+            _BACKOFF_START if _BACKOFF_START < cap else cap, cap, count, device, 0, 0, None,
+            ["SIGINT"], state]
 
 
-def step(sch, code):
+def _end(st, status):
+    # the lock folder: the file, then the folder (as rover/backup.py gives it back)
+    if st[_STATE] is not None:
+        from rover import fsys
+        fsys.remove(st[_STATE] + "/lock/owner")
+        try:
+            os.rmdir(st[_STATE] + "/lock")
+        except OSError:
+            pass
+    return status
+
+
+def step(st, code):
     """The loop between two backups. code: the exit status of the last backup (rover/cli.py
-    _backup), None before the first: 0 or 3 done, 2 or 5 a setting to fix (the run stops),
-    anything else failed (the anchor away, the link lost past its retries), then the wait
-    backs off. Returns the link to back up over next, or the run's exit status."""
-    import asyncio
-    log = sch.log
-    while True:
-        if code is not None:
-            if code == 2 or code == _EXIT_LOCKED:
-                return code
-            if code == 0 or code == 3:
-                sch.done += 1
-                sch.wait = 0
-                if sch.count is not None and sch.done >= sch.count:
-                    return 0
-                wait = sch.every + sch.jitter * _random()
-                log("next backup in %s" % _show_s(wait))
-            else:
-                sch.wait = sch.wait * 2 if sch.wait else sch.backoff
-                if sch.wait > sch.cap:
-                    sch.wait = sch.cap
-                wait = sch.wait
-                log("backup failed; trying again in %s (backoff, at most %s)" % (_show_s(wait), _show_s(sch.cap)))
-            cheaper = [u for c, u in sch.links if sch.last is not None and c < sch.last]
-            url = asyncio.run(_wait(int(wait * 1000), cheaper, sch.device, int(sch.probe * 1000)))
-            if url is not None:
-                log("a cheaper link answers (%s): backing up now" % url)
-                sch.last = [c for c, u in sch.links if u == url][0]
-                return url
-        for c, u in sch.links:
-            if answers(u, sch.device):
-                sch.last = c
-                return u
-        log("no link answers (%s)" % ", ".join([u for c, u in sch.links]))
-        code = 1
+    _backup), None before the first, _STOPPED after a signal: 0 or 3 done, 2 or 5 a
+    setting to fix (the run stops), anything else failed (the anchor away, the link lost
+    past its retries), then the wait backs off. Returns the link to back up over next, or
+    the run's exit status with the lock given back."""
+    log = st[_LOG]
+    try:
+        while True:
+            if code == _STOPPED:
+                log("stopped (%s); the state is consistent and the next run resumes" % st[_SIG][0])
+                return _end(st, 0)
+            if code is not None:
+                if code == 2 or code == _EXIT_LOCKED:
+                    return _end(st, code)
+                if code == 0 or code == 3:
+                    st[_DONE] += 1
+                    st[_WAIT] = 0
+                    if st[_COUNT] is not None and st[_DONE] >= st[_COUNT]:
+                        return _end(st, 0)
+                    wait = st[_EVERY] + st[_JITTER] * _random()
+                    log("next backup in %s" % _show_s(wait))
+                else:
+                    w = st[_WAIT] * 2 if st[_WAIT] else st[_BACKOFF]
+                    st[_WAIT] = w if w < st[_CAP] else st[_CAP]
+                    wait = st[_WAIT]
+                    log("backup failed; trying again in %s (backoff, at most %s)"
+                        % (_show_s(wait), _show_s(st[_CAP])))
+                cheaper = [u for c, u in st[_LINKS] if st[_LAST] is not None and c < st[_LAST]]
+                import asyncio
+                url = asyncio.run(_wait(int(wait * 1000), cheaper, st[_DEVICE], int(st[_PROBE] * 1000)))
+                if url is not None:
+                    log("a cheaper link answers (%s): backing up now" % url)
+                    st[_LAST] = [c for c, u in st[_LINKS] if u == url][0]
+                    return url
+            for c, u in st[_LINKS]:
+                if answers(u, st[_DEVICE]):
+                    st[_LAST] = c
+                    return u
+            log("no link answers (%s)" % ", ".join([u for c, u in st[_LINKS]]))
+            code = 1
+    except KeyboardInterrupt:
+        code = _STOPPED
+    return step(st, code)
 
 
-def _stop_on_signals(stopped):
+def _stop_on_signals(sig):
     if MICROPYTHON:
         return        # SIGINT raises KeyboardInterrupt already; there is no signal module
     import signal
 
     def stop(signum, frame):
-        stopped[0] = signal.Signals(signum).name
+        sig[0] = signal.Signals(signum).name
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
 
-def begin(opts, root, sch):
-    """Take the state folder's lock for the whole run (rover/run_loop.py gives it back) and
-    the signals that stop it: sch, or an exit status."""
+def begin(opts, root, st):
+    """Take the state folder's lock for the whole run (step gives it back at the end) and
+    the signals that stop it: st, or an exit status."""
     from anchor_core.compat import unload
     from rover import fsys, state
     try:
         fsys.makedirs(opts["state"])
-        state.StateLock(opts["state"], sch.log).take()
+        state.StateLock(opts["state"], st[_LOG]).take()
     except state.StateLocked as e:
         print("rover: run refused: %s" % e)
         return _EXIT_LOCKED
@@ -251,10 +277,11 @@ def begin(opts, root, sch):
         return 1
     finally:
         unload(state)      # the lock is a folder: nothing of the module is needed to hold it
-    _stop_on_signals(sch.stopped)
-    sch.log("running: a backup of %s every %s (jitter up to %s)"
-            % (root, _show_s(sch.every), _show_s(sch.jitter)))
-    return sch
+    st[_STATE] = opts["state"]
+    _stop_on_signals(st[_SIG])
+    st[_LOG]("running: a backup of %s every %s (jitter up to %s)"
+             % (root, _show_s(st[_EVERY]), _show_s(st[_JITTER])))
+    return st
 
 
 _OPTIONS = ("--every", "--jitter", "--probe", "--max-backoff", "--count")
@@ -262,10 +289,11 @@ _OPTIONS = ("--every", "--jitter", "--probe", "--max-backoff", "--count")
 
 def main(opts, rest):
     """`rover ... run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]`
-    (rest: the command line from `run` on): a Schedule with the lock taken, or an exit status."""
+    (rest: the command line from `run` on): the run's state with the lock taken, or an exit
+    status."""
     from rover.link import LinkError
-    from rover import run_loop
-    log = run_loop.quiet if opts["quiet"] else run_loop.log
+    from rover.cli import log_line, quiet
+    log = quiet if opts["quiet"] else log_line
     try:
         o = {}
         i = 2
@@ -292,8 +320,8 @@ def main(opts, rest):
             if not count.isdigit() or int(count) < 1:
                 raise ValueError("--count must be a whole number from 1, got %s" % show(count))
             count = int(count)
-        sch = schedule(opts["links"], every, jit, probe, cap, count, opts["device"], log)
+        st = schedule(opts["links"], every, jit, probe, cap, count, opts["device"], log)
     except (ValueError, LinkError) as e:
         print("rover: %s" % e)
         return 2
-    return begin(opts, rest[1], sch)
+    return begin(opts, rest[1], st)
