@@ -6,7 +6,7 @@
 import json
 
 from rover import run
-from rover.cli import log_line
+from rover.run_loop import log_line
 
 CONFIG = "rover.json"
 _KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
@@ -191,7 +191,7 @@ def bring_up(cfg, links, log):
 
 
 def prepare(path=CONFIG):
-    """Read, check, bring up, take the lock: (opts, root, the run's state) for rover/cli.py's
+    """Read, check, bring up, take the lock: (opts, root, the run's state) for rover/run_loop.py's
     loop, or an exit status (2 for a bad config, as the command line's)."""
     try:
         cfg = load(path)

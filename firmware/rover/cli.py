@@ -3,7 +3,7 @@
 import sys
 import time
 
-from anchor_core.compat import MICROPYTHON, const, unload
+from anchor_core.compat import MICROPYTHON, const
 
 def usage():
     # Its text lives in its own module: the rover's heap holds it only when it is printed.
@@ -84,22 +84,16 @@ def main(argv=None):
         from rover.securelink import pair_command
         return pair_command(opts, rest)
     if cmd == "run" and len(rest) >= 2:
-        # Unattended backups. rover/run.py reads the options after ROOT: their names stay
-        # out of this module, which every backup holds in its heap. What every backup
-        # holds is loaded first: run.py's code, dropped before each backup, then leaves its
-        # space at the top of the heap in one piece rather than in holes between the
-        # backup's modules (in holes, a 256 KB heap had no 4.6 KB block for a session).
-        import rover.backup  # noqa: F401
-        from rover import run
-        st = run.main(opts, rest)
-        run = None
-        return st if type(st) is int else loop(opts, rest[1], st)
+        # Unattended backups (rover/run_loop.py, rover/run.py): their options are read
+        # there, so their names are not in this module, which every backup holds in its heap.
+        from rover.run_loop import command
+        return command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
         print(usage())
         return 2
-    log = quiet if opts["quiet"] else log_line
+    log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
     t0 = time.time()
     if cmd == "backup":
         return _backup(opts, rest[1], log, t0)
@@ -127,37 +121,6 @@ def main(argv=None):
     dt = time.time() - t0
     print("rover: %s; link %d bytes out, %d in; %.2f s" % (what, link.tx, link.rx, dt))
     return 0
-
-
-def log_line(s):
-    print("rover: " + s)
-
-
-def quiet(s):
-    pass
-
-
-def loop(opts, root, st):
-    """The loop of `rover ... run` and of a board's main.py: rover/run.py's steps, the
-    backups between them. run.py's code and asyncio are loaded for each wait and dropped
-    for each backup (on MicroPython), so a backup in a run has about the heap a one-off
-    backup has: with them it needed ~13 KB more, and a paired MQTT backup has ~2 KB of a
-    256 KB heap to spare (tools/bench-rover-heap)."""
-    code = None
-    while True:
-        try:
-            from rover import run
-            code = run.step(st, code)      # the next link, or the run's exit status
-            if type(code) is int:
-                return code
-            run = None
-            if MICROPYTHON:
-                for k in list(sys.modules):
-                    if k == "rover.run" or k == "asyncio" or k.startswith("asyncio."):
-                        unload(sys.modules[k])
-            code = _backup(opts, root, st[0], time.time(), code, True)   # st[0]: its log
-        except KeyboardInterrupt:
-            code = -1        # run.step says it stopped and gives the lock back
 
 
 # anchor_core.secure.KEY_BYTES, repeated so that checking the key's size does not load the

@@ -157,9 +157,9 @@ def default_probe(every):
     return every if every < _PROBE_MAX else _PROBE_MAX
 
 
-# A run's state, a list (rover/cli.py loop keeps it while this module is dropped for a
+# A run's state, a list (rover/run_loop.py keeps it while this module is dropped for a
 # backup; a list holds nothing of this module and costs no attribute names in the heap).
-_LOG = const(0)        # the log function (rover/cli.py's log or quiet)
+_LOG = const(0)        # the log function (rover/run_loop.py log_line or quiet)
 _LINKS = const(1)      # [(cost, url)], cheapest first
 _EVERY = const(2)      # seconds: period, jitter, probe interval, backoff start and cap
 _JITTER = const(3)
@@ -173,7 +173,7 @@ _WAIT = const(10)      # the backoff now (0: the last backup succeeded)
 _LAST = const(11)      # cost of the link of the last backup
 _SIG = const(12)       # the signal that stops it (CPython tells SIGTERM from SIGINT)
 _STATE = const(13)     # the state folder, whose lock the run holds
-_STOPPED = const(-1)   # `code` of a run a signal stopped (rover/cli.py loop)
+_STOPPED = const(-1)   # `code` of a run a signal stopped (rover/run_loop.py)
 
 
 def schedule(links, every, jit, probe, cap, count=None, device=None, log=None, state=None):
@@ -184,7 +184,7 @@ def schedule(links, every, jit, probe, cap, count=None, device=None, log=None, s
     order = list(range(len(links)))
     order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
     if log is None:
-        from rover.cli import quiet as log
+        from rover.run_loop import quiet as log
     return [log, [(costs[i], links[i]) for i in order], every, jit, probe,
             _BACKOFF_START if _BACKOFF_START < cap else cap, cap, count, device, 0, 0, None,
             ["SIGINT"], state]
@@ -292,7 +292,7 @@ def main(opts, rest):
     (rest: the command line from `run` on): the run's state with the lock taken, or an exit
     status."""
     from rover.link import LinkError
-    from rover.cli import log_line, quiet
+    from rover.run_loop import log_line, quiet
     log = quiet if opts["quiet"] else log_line
     try:
         o = {}
