@@ -21,11 +21,12 @@ commands:
   run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]
                                    back ROOT up unattended: now, then every D (90, 90s, 30m,
                                    6h, 2d) plus a random part of J (default 10%); a cheaper
-                                   link that answers (probed every D, default min(D, 60s))
-                                   starts a backup at once; a failed one is retried after
-                                   30s, 60s, ... up to --max-backoff (default D); --count
-                                   stops after N backups. Holds the state folder for its
-                                   whole life; SIGTERM/SIGINT stop it cleanly (exit 0).
+                                   link that answers (probed every --probe, default
+                                   min(D, 60s)) starts a backup at once; a failed one is
+                                   retried after 30s, 60s, ... up to --max-backoff
+                                   (default D); --count stops after N backups. Holds
+                                   the state folder for its whole life; SIGTERM/SIGINT
+                                   stop it cleanly (exit 0).
                                    A board runs the same from main.py and rover.json
                                    (docs/rover.md)
 
