@@ -1,6 +1,7 @@
 # Unattended backups (docs/rover.md, "Unattended backups (`run`)"): `rover ... run ROOT
 # --every 6h` and a board's main.py (rover/boot.py) share this loop, on CPython and
-# MicroPython alike. Loaded only for `run`: a one-off backup does not carry its code.
+# MicroPython alike. Loaded only for `run`, and only between backups: rover/run_loop.py
+# calls step() for the next link, drops this module and asyncio, and runs the backup.
 #
 # A backup, then a wait for the next slot; between slots the links cheaper than the one last
 # used are probed, and one that answers starts a backup at once. The waits are asyncio
