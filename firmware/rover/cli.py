@@ -12,6 +12,7 @@ def usage():
 
 _EXIT_INCOMPLETE = const(3)  # snapshot committed, some items not stored (README, "Exit status")
 _AGAIN = const(4)      # sessions started over in one run (files changing while uploaded)
+_EXIT_LOCKED = const(5)  # another rover holds the state folder (README, "Exit status")
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
            "--retries", "--path", "--seed")
@@ -82,11 +83,16 @@ def main(argv=None):
         # The state holds the pairing secret and the rover's view of its tree: its owner's
         # only (a board's filesystem has no modes; the MicroPython unix port has no chmod).
         from rover.private import make_private
-        make_private(opts["state"], umask=rest[0] in ("backup", "pair"))
+        make_private(opts["state"], umask=rest[0] in ("backup", "pair", "run"))
     cmd = rest[0]
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)
+    if cmd == "run" and len(rest) >= 2:
+        # Unattended backups (rover/run_loop.py, rover/run.py): their options are read
+        # there, so their names are not in this module, which every backup holds in its heap.
+        from rover.run_loop import command
+        return command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",)),
             "restore": (0, ("to",))}
     if cmd not in need or (need[cmd][0] and len(rest) != need[cmd][0]) or [k for k in need[cmd][1] if k not in opts]:
@@ -101,7 +107,7 @@ def main(argv=None):
     log = (lambda s: None) if opts["quiet"] else (prog.say if prog else (lambda s: print("rover: " + s)))
     t0 = time.time()
     if cmd == "backup":
-        return _backup(opts, rest[1], log, t0, prog)
+        return _backup(opts, rest[1], log, t0, prog=prog)
     if cmd == "restore":
         from rover.restore_cmd import restore_command
         return restore_command(opts, rest, log, prog)
@@ -183,7 +189,8 @@ def connect(url, opts, urgent=False):
         raise
 
 
-def _backup(opts, root, log, t0, prog=None):
+def _backup(opts, root, log, t0, url=None, locked=False, prog=None):
+    # url, locked: a `run` chose the link and holds the state folder's lock (rover/run.py)
     from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
@@ -195,10 +202,11 @@ def _backup(opts, root, log, t0, prog=None):
         _fail(prog, "--watch-wait and --retries take whole numbers")
         return 2
     try:
-        url = opts["links"][0]
-        for u in opts["links"][1:]:
-            if cost(u) < cost(url):
-                url = u
+        if url is None:
+            url = opts["links"][0]
+            for u in opts["links"][1:]:
+                if cost(u) < cost(url):
+                    url = u
     except LinkError as e:
         _fail(prog, "backup failed: %s" % e)
         return 2
@@ -213,7 +221,7 @@ def _backup(opts, root, log, t0, prog=None):
         try:
             link = connect(url, opts)
             s = (prog.backup() if prog else Backup)(link, opts["device"], opts["state"], root, log,
-                                                     opts.get("outbox"), int(wait), warn, volatile, full).run()
+                                                     opts.get("outbox"), int(wait), warn, volatile, full).run(locked)
             break
         except LinkError as e:
             if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
@@ -245,7 +253,7 @@ def _backup(opts, root, log, t0, prog=None):
                 full = True
                 continue
             _fail(prog, "backup failed: %s" % e)
-            return 1
+            return _EXIT_LOCKED if getattr(e, "locked", False) else 1
         finally:
             if link is not None:
                 tx += link.tx

@@ -39,7 +39,7 @@ def restore_command(opts, rest, log, prog):
         state.StateLock(opts["state"], log).take()
     except RoverError as e:
         fail("restore failed: %s" % e)
-        return 1
+        return 5 if getattr(e, "locked", False) else 1      # 5: README, "Exit status"
     unload(state)
     state = None
     try:

@@ -195,7 +195,7 @@ def test_second_rover_on_one_state_refuses_and_a_dead_ones_lock_is_taken_over(an
     try:
         silent.wait_for_hello()
         p = run_rover(runtime, anchor.link, "twice", state, "backup", src, check=False)
-        assert p.returncode == 1, (p.stdout, p.stderr)
+        assert p.returncode == 5, (p.stdout, p.stderr)     # README, "Exit status"
         assert "another rover (pid %d)" % first.pid in p.stderr, p.stderr
     finally:
         first.kill()
