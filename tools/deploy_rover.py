@@ -422,7 +422,9 @@ def deploy(args):
 
         # Everything is there and checked: move it into place, main.py last, so a board cut
         # here boots the old main.py (or none), never a new main.py over missing firmware.
-        moves = ["_dr_mkdirs('lib')"]
+        # The folders the rover uses: a fresh board has neither, and a backup of a missing
+        # root would fail on the first run nobody watches.
+        moves = ["_dr_mkdirs('lib')", "_dr_mkdirs(%r)" % cfg["root"], "_dr_mkdirs(%r)" % cfg["state"]]
         for pkg in sorted(set(d.split("/")[1] for d in files if d.startswith("lib/"))):
             moves.append("_dr_put(%r, %r)" % (STAGE + "/lib/" + pkg, "lib/" + pkg))
         if args.frozen:

@@ -181,6 +181,8 @@ def test_redeploy_replaces_old_firmware_and_leftovers(tmp_path):
         assert on_board["boot.py"] == b"# the user's\n"
         assert on_board["main.py"] != b"print('old')\n"
         assert "state/pairing.key" not in on_board      # not paired: no secret invented
+        # the folders rover.json names exist for the first backup
+        assert os.path.isdir(os.path.join(board_dir, "data")) and os.path.isdir(os.path.join(board_dir, "state"))
         assert not board.reset_seen(timeout=1)          # --reset none: the REPL is still up
     finally:
         board.close()
