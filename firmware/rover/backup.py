@@ -251,7 +251,10 @@ class Backup(Conversation):
 
     # --- the backup --------------------------------------------------------------------
 
-    def run(self):
+    def run(self, locked=False):
+        # locked: the caller holds STATE/lock and keeps it after this backup (rover run)
+        if locked:
+            return self._run()
         fsys.makedirs(self.state_dir)
         from rover import state
         state.StateLock(self.state_dir, self.log).take()

@@ -12,9 +12,10 @@ def usage():
 
 _EXIT_INCOMPLETE = const(3)  # snapshot committed, some items not stored (README, "Exit status")
 _AGAIN = const(4)      # sessions started over in one run (files changing while uploaded)
+_EXIT_LOCKED = const(5)  # another rover holds the state folder (README, "Exit status")
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
-           "--retries")
+           "--retries", "--every", "--jitter", "--probe", "--max-backoff", "--count")
 
 
 def parse(argv):
@@ -77,11 +78,13 @@ def main(argv=None):
         # The state holds the pairing secret and the rover's view of its tree: its owner's
         # only (a board's filesystem has no modes; the MicroPython unix port has no chmod).
         from rover.private import make_private
-        make_private(opts["state"], umask=rest[0] in ("backup", "pair"))
+        make_private(opts["state"], umask=rest[0] in ("backup", "pair", "run"))
     cmd = rest[0]
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)
+    if cmd == "run" and len(rest) == 2:
+        return _run(opts, rest[1])
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
@@ -148,7 +151,29 @@ def connect(url, opts, urgent=False):
 
 
 def _backup(opts, root, log, t0):
-    from rover.link import cost, LinkError, BadAddress
+    from rover.link import cost, LinkError
+    try:
+        url = opts["links"][0]
+        for u in opts["links"][1:]:
+            if cost(u) < cost(url):
+                url = u
+    except LinkError as e:
+        print("rover: backup failed: %s" % e)
+        return 2
+    return backup_over(url, opts, root, log, t0)
+
+
+def _run(opts, root):
+    # Unattended backups: rover/run.py, loaded only for this command (its code and asyncio's
+    # are heap a one-off backup does not pay for).
+    from rover import run
+    return run.command(opts, root)
+
+
+def backup_over(url, opts, root, log, t0, locked=False):
+    """One backup over the link `url`, printed as `rover backup` prints it; its exit status.
+    `locked`: the caller (a `run`) holds the state folder's lock for its whole life."""
+    from rover.link import LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
     from rover.backup import Backup, CHANGED
@@ -157,14 +182,6 @@ def _backup(opts, root, log, t0):
     retries = opts.get("retries", "3")
     if not wait.isdigit() or not retries.isdigit():
         print("rover: --watch-wait and --retries take whole numbers")
-        return 2
-    try:
-        url = opts["links"][0]
-        for u in opts["links"][1:]:
-            if cost(u) < cost(url):
-                url = u
-    except LinkError as e:
-        print("rover: backup failed: %s" % e)
         return 2
     tx = rx = 0
     attempt = 0
@@ -177,7 +194,7 @@ def _backup(opts, root, log, t0):
         try:
             link = connect(url, opts)
             s = Backup(link, opts["device"], opts["state"], root, log, opts.get("outbox"), int(wait),
-                       warn, volatile, full).run()
+                       warn, volatile, full).run(locked)
             break
         except LinkError as e:
             if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for
@@ -209,7 +226,7 @@ def _backup(opts, root, log, t0):
                 full = True
                 continue
             print("rover: backup failed: %s" % e)
-            return 1
+            return _EXIT_LOCKED if getattr(e, "locked", False) else 1
         finally:
             if link is not None:
                 tx += link.tx

@@ -34,7 +34,9 @@ def _runs_rover(cmdline):
     if not cmdline:
         return True
     for a in cmdline.split(b"\x00"):
+        # A board's entry (firmware/board/main.py, a board's root main.py) runs `run` too.
         if (a == b"rover" or a.endswith(b"/rover") or a.endswith(b"rover/main.py")
+                or a.endswith(b"board/main.py") or a == b"main.py"
                 or a == b"rover.cli" or a.endswith(b"rover/cli.py")):
             return True
     return False
@@ -86,7 +88,7 @@ else:
 
 
 class StateLocked(RoverError):
-    pass
+    locked = True        # rover/cli.py tells it by this, without loading this module
 
 
 class StateLock:
