@@ -25,7 +25,6 @@ import ast
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -44,8 +43,7 @@ ARCHES = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
 MPY_VERSION = 6        # the .mpy major version this mpy-cross writes
 MPY_SUB = 3            # and the sub-version of its native code (checked at start-up)
 
-# The config the board's main.py reads (rover.json); exactly these keys.
-CONFIG_KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
+# rover.json's keys deploy-rover fills when neither --config nor the options give them.
 DEFAULTS = {"state": "/state", "root": "/data", "every": "6h", "jitter": "10%"}
 
 # What the board says about itself, read only. One line, a Python literal.
@@ -66,8 +64,13 @@ try:
     _h = hasattr(hashlib, 'sha256')
 except ImportError:
     _h = False
+try:
+    import network
+    _n = hasattr(network, 'WLAN')
+except ImportError:
+    _n = False
 print(repr((getattr(sys.implementation, '_mpy', 0), sys.platform,
-            tuple(sys.implementation.version[:3]), _r, _f[0], _f[1], _h, list(sys.path))))
+            tuple(sys.implementation.version[:3]), _r, _f[0], _f[1], _h, list(sys.path), _n)))
 """
 
 # Board-side helpers, sent once: remove a tree, make a folder and its parents.
@@ -149,59 +152,18 @@ def check_link(url):
         raise DeployError(str(e))
 
 
-_EVERY = re.compile(r"^[1-9][0-9]*[smhd]?$")
-_JITTER = re.compile(r"^([0-9]|[1-9][0-9]|100)%$")
-
-
-def _is_int(v):
-    return type(v) is int
-
-
 def check_config(cfg):
-    """The config's keys and values, as the board's main.py wants them: refused here, before
-    the port is opened, rather than found at boot on a board nobody watches."""
-    if type(cfg) is not dict:
-        raise DeployError("the config must be a JSON object")
-    extra = sorted(set(cfg) - set(CONFIG_KEYS))
-    if extra:
-        raise DeployError("config: unknown key(s) %s (known: %s)" % (", ".join(extra), ", ".join(CONFIG_KEYS)))
-    from anchor_core.messages import check_device, ProtocolError
-    if "device" not in cfg:
-        raise DeployError("no device id: give --device ID (or \"device\" in --config)")
+    """rover.json checked by the board's own rules (rover/boot.py check, which main.py runs at
+    boot), here before the port is opened rather than at boot on a board nobody watches; then
+    each link parsed whole (boot checks only a link's options; its host and port are read
+    when it opens)."""
+    from rover import boot
     try:
-        check_device(cfg["device"])
-    except ProtocolError as e:
-        raise DeployError("device %r: %s" % (cfg["device"], e))
-    links = cfg.get("links")
-    if type(links) is not list or not links or not all(type(u) is str for u in links):
-        raise DeployError("no link: give --link URL (or \"links\": [URL, ...] in --config)")
-    for url in links:
+        boot.check(cfg)
+    except ValueError as e:     # boot.ConfigError, and a link's own errors
+        raise DeployError(str(e))
+    for url in cfg["links"]:
         check_link(url)
-    for k in ("state", "root"):
-        if type(cfg[k]) is not str or not cfg[k] or "\0" in cfg[k]:
-            raise DeployError("config: %s must be a folder path on the board" % k)
-    if type(cfg["every"]) is not str or not _EVERY.match(cfg["every"]):
-        raise DeployError("config: every %r: expected a whole number with s, m, h or d (6h)" % cfg["every"])
-    if type(cfg["jitter"]) is not str or not _JITTER.match(cfg["jitter"]):
-        raise DeployError("config: jitter %r: expected a percentage 0%%..100%% (10%%)" % cfg["jitter"])
-    schemes = set(u.split(":", 1)[0] for u in links)
-    wifi = cfg.get("wifi")
-    if wifi is not None:
-        if (type(wifi) is not dict or set(wifi) - {"ssid", "password"} or type(wifi.get("ssid")) is not str
-                or not wifi["ssid"] or type(wifi.get("password", "")) is not str):
-            raise DeployError('config: wifi must be {"ssid": NAME, "password": TEXT}')
-    uart = cfg.get("uart")
-    if uart is not None:
-        if (type(uart) is not dict or set(uart) != {"id", "tx", "rx", "baud"}
-                or not all(_is_int(uart[k]) and uart[k] >= 0 for k in uart) or uart["baud"] <= 0):
-            raise DeployError('config: uart must be {"id": N, "tx": PIN, "rx": PIN, "baud": N}')
-    elif any(u.startswith("serial:uart") for u in links):
-        raise DeployError("config: a serial:uartN link needs \"uart\" (id, tx and rx pins, baud)")
-    ble = cfg.get("ble")
-    if ble is not None:
-        if type(ble) is not dict or set(ble) != {"name"} or type(ble["name"]) is not str or not ble["name"]:
-            raise DeployError('config: ble must be {"name": NAME}')
-    return schemes
 
 
 def build_config(args):
@@ -218,10 +180,14 @@ def build_config(args):
         cfg["device"] = args.device
     if args.link:
         cfg["links"] = list(args.link)
+    if "device" not in cfg:
+        raise DeployError("no device id: give --device ID (or \"device\" in --config)")
+    if not cfg.get("links"):
+        raise DeployError("no link: give --link URL (or \"links\": [URL, ...] in --config)")
     for k, v in DEFAULTS.items():
         cfg.setdefault(k, v)
     check_config(cfg)
-    return {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+    return cfg
 
 
 def pairing_key(code, device):
@@ -291,11 +257,11 @@ class Board:
 def probe(board):
     out = board.run(PROBE, "asking the board what it is")
     try:
-        mpy, platform, version, reset, bsize, free, has_sha, path = ast.literal_eval(out.decode().strip())
+        mpy, platform, version, reset, bsize, free, has_sha, path, wlan = ast.literal_eval(out.decode().strip())
     except (ValueError, SyntaxError, UnicodeError):
         raise DeployError("the board answered something unexpected: %r" % out[:200])
     return {"mpy": mpy, "platform": platform, "version": version, "reset": reset,
-            "bsize": bsize or 4096, "free": free, "sha256": has_sha, "path": path}
+            "bsize": bsize or 4096, "free": free, "sha256": has_sha, "path": path, "wlan": wlan}
 
 
 # --- step 3: the payload -------------------------------------------------------------------
@@ -385,6 +351,12 @@ def deploy(args):
         info = probe(board)
         say("board: MicroPython %s on %s, mpy %#x, %s bytes free" % (
             ".".join(str(x) for x in info["version"]), info["platform"], info["mpy"], info["free"]))
+        # main.py joins Wi-Fi before a TCP or MQTT link on a board that has it (rover/boot.py):
+        # without "wifi" that board would stop at every boot.
+        net = [u for u in cfg["links"] if u.startswith("tcp://") or u.startswith("mqtt://")]
+        if info["wlan"] and net and "wifi" not in cfg:
+            raise DeployError("the link %s needs Wi-Fi on this board: give \"wifi\": {\"ssid\": ..., "
+                              "\"password\": ...} in --config; nothing was written" % net[0])
         if not any(p in ("lib", "/lib") or p.endswith("/lib") for p in info["path"]):
             say("warning: the board's sys.path %r has no lib folder: the firmware goes to lib/" % info["path"])
         if args.frozen:

@@ -9,6 +9,7 @@ on the slave of the other (a single pty's slave cannot be both ends)."""
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import tty
 
 import pytest
 
+from tests.e2e.test_run import Rover      # the bounded line reader
 from tests.support.harness import (AnchorProc, ROOT, anchorctl, assert_same_tree, make_tree,
     snapshot_of)
 
@@ -29,8 +31,9 @@ class PtyBoard:
     board's /lib, its lib/ is on the interpreter's path. `cut_after` bytes from the host
     end the board mid-transfer (a cable pulled during the flash)."""
 
-    def __init__(self, folder, cut_after=None):
+    def __init__(self, folder, cut_after=None, extra_path=()):
         self.folder = folder
+        self.extra_path = list(extra_path)   # modules the board's firmware has built in
         os.makedirs(folder, exist_ok=True)
         self.cut_after = cut_after
         self.down = 0
@@ -48,7 +51,7 @@ class PtyBoard:
         self.pump.start()
 
     def env(self):
-        return dict(os.environ, MICROPYPATH=os.path.join(self.folder, "lib"))
+        return dict(os.environ, MICROPYPATH=":".join([os.path.join(self.folder, "lib")] + self.extra_path + [".frozen"]))
 
     def _pump(self):
         while not self.stop:
@@ -75,11 +78,13 @@ class PtyBoard:
         except subprocess.TimeoutExpired:
             return False
 
-    def boot(self, timeout=120):
-        """Run main.py as the board would after its reset; its console output."""
-        p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", "main.py"], cwd=self.folder, env=self.env(),
-                           capture_output=True, text=True, timeout=timeout)
-        return p
+    def boot(self):
+        """main.py started as the board starts it after its reset; a line reader over its console."""
+        proc = subprocess.Popen([MICROPYTHON, "-X", "heapsize=256K", "main.py"], cwd=self.folder, env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+        r = Rover.__new__(Rover)
+        r.proc, r.lines, r._buf = proc, [], b""
+        return r
 
     def close(self):
         self.stop = True
@@ -153,7 +158,16 @@ def test_deploy_boot_and_back_up(anchor, tmp_path):
         print("deploy took %.2f s" % took)
 
         boot = board.boot()
-        assert "snapshot 1 committed" in boot.stdout, boot.stdout + boot.stderr
+        try:
+            boot.wait_line(r"snapshot 1 committed", 120)
+            boot.wait_line(r"next backup in")
+            boot.proc.send_signal(signal.SIGINT)
+            assert boot.finish(timeout=30) == 0, "\n".join(boot.lines)
+        finally:
+            if boot.proc.poll() is None:
+                boot.proc.kill()
+                boot.proc.wait()
+        assert "Traceback" not in "\n".join(boot.lines), "\n".join(boot.lines)
         snaps = json.loads(anchorctl(anchor.address, "snapshots", "hand-1", "--json").stdout)
         assert len(snaps) == 1, snaps
         out = str(tmp_path / "out")
@@ -217,7 +231,9 @@ def test_nothing_answers_on_the_port(tmp_path):
     (["--config-json", '{"wlan": {}}'], "unknown key"),
     (["--config-json", '{"wifi": {"ssid": ""}}'], "wifi"),
     (["--config-json", '{"uart": {"id": 1, "tx": 17}}'], "uart"),
-    (["--link", "serial:uart1"], "needs \"uart\""),
+    (["--link", "serial:uart1"], '"uart" is required'),
+    (["--link", "ble:"], '"ble" is required'),
+    (["--pair", "AAAAA-BBBBB-CCCCC-DDDDD"], "no link"),
     (["--config-json", "[1, 2]"], "JSON object"),
 ])
 def test_bad_input_is_refused_before_the_board_is_touched(tmp_path, bad, says):
@@ -263,5 +279,75 @@ def test_a_flash_cut_midway_leaves_the_old_firmware(tmp_path):
         assert json.loads(after["rover.json"])["device"] == "old-1"
         # some of the new firmware had reached the staging folder: the cut was mid-flash
         assert [n for n in files_under(board_dir) if n.startswith(".deploy-new/")]
+    finally:
+        board.close()
+
+
+def test_frozen_firmware_gets_settings_only_and_boots(anchor, tmp_path):
+    """--frozen: the firmware is built into the board (here: on the interpreter's path outside
+    the board's folder, as a frozen module is outside its filesystem); only rover.json, the
+    secret and main.py go up, and the copies an earlier deploy left in lib/ are removed."""
+    board_dir = str(tmp_path / "board")
+    built_in = [os.path.join(ROOT, "build", "mpy"), os.path.join(ROOT, "build", "mpy-lib")]
+    # a board without it is refused before anything is written
+    plain = PtyBoard(board_dir)
+    try:
+        p = deploy("--port", plain.port, "--link", anchor.link, "--device", "hand-5", "--frozen",
+                   "--config", board_config(tmp_path, board_dir))
+        assert p.returncode == 1 and "cannot import rover" in p.stderr, p.stdout + p.stderr
+        assert files_under(board_dir) == {}
+        # an earlier, ordinary deploy: lib/ holds the firmware
+        p = deploy("--port", plain.port, "--link", anchor.link, "--device", "hand-5", "--reset", "none",
+                   "--config", board_config(tmp_path, board_dir))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "lib/rover/backup.mpy" in files_under(board_dir)
+    finally:
+        plain.close()
+    src = make_tree(os.path.join(board_dir, "data"), 10, 30_000, seed=15)
+    want = snapshot_of(src)
+    board = PtyBoard(board_dir, extra_path=built_in)
+    try:
+        code = json.loads(anchorctl(anchor.address, "pair", "hand-5", "--json").stdout)["code"]
+        p = deploy("--port", board.port, "--link", anchor.link, "--device", "hand-5", "--pair", code, "--frozen",
+                   "--config", board_config(tmp_path, board_dir))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "deployed frozen for hand-5" in p.stdout, p.stdout
+        assert board.reset_seen()
+        on_board = files_under(board_dir)
+        assert not [n for n in on_board if n.startswith("lib/") or n.startswith(".deploy")], sorted(on_board)
+        assert {"main.py", "rover.json", "state/pairing.key"} <= set(on_board)
+        boot = board.boot()
+        try:
+            boot.wait_line(r"snapshot 1 committed", 120)
+            boot.proc.send_signal(signal.SIGINT)
+            boot.finish(timeout=30)
+        finally:
+            if boot.proc.poll() is None:
+                boot.proc.kill()
+                boot.proc.wait()
+        out = str(tmp_path / "out")
+        anchorctl(anchor.address, "restore", "hand-5", "--to", out)
+        assert_same_tree(want, out, mtime_resolution_ns=10**9)
+    finally:
+        board.close()
+
+
+def test_a_board_with_wifi_needs_it_for_a_tcp_link(tmp_path):
+    """On a board with network.WLAN, main.py joins Wi-Fi before a TCP or MQTT link: a config
+    without "wifi" would stop at every boot, so it is refused before anything is written."""
+    fakes = tmp_path / "fakes"
+    fakes.mkdir()
+    (fakes / "network.py").write_text("STA_IF = 0\n\nclass WLAN:\n    def __init__(self, i):\n        pass\n")
+    board_dir = str(tmp_path / "board")
+    board = PtyBoard(board_dir, extra_path=[str(fakes)])
+    try:
+        p = deploy("--port", board.port, "--link", "tcp://127.0.0.1:7440", "--device", "hand-6",
+                   "--config", board_config(tmp_path, board_dir))
+        assert p.returncode == 1 and "needs Wi-Fi" in p.stderr, p.stdout + p.stderr
+        assert files_under(board_dir) == {}
+        p = deploy("--port", board.port, "--link", "tcp://127.0.0.1:7440", "--device", "hand-6", "--reset", "none",
+                   "--config", board_config(tmp_path, board_dir, wifi={"ssid": "home", "password": "secret"}))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert json.loads(files_under(board_dir)["rover.json"])["wifi"] == {"ssid": "home", "password": "secret"}
     finally:
         board.close()
