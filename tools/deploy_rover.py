@@ -22,7 +22,9 @@ next deploy removes first.
 """
 import argparse
 import ast
+import contextlib
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -218,14 +220,19 @@ class Board:
             self.t = SerialTransport(port, baudrate=baud, timeout=1)
         except (TransportError, OSError) as e:
             raise DeployError("port %s: cannot open it: %s" % (port, e))
+        said = io.StringIO()
         try:
             # No soft reset on entry: the unix port does not answer it, and the reset at the end
             # is the one that matters. Ctrl-C first (mpremote's) stops a running main.py.
-            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+            # mpremote prints what it got instead of the prompt; that goes into the message.
+            with contextlib.redirect_stdout(said):
+                self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
         except (TransportError, OSError) as e:
             self.t.close()
-            raise DeployError("port %s: no MicroPython REPL answered within %g s (%s); is a board "
-                              "there, running MicroPython, and not busy in another program?" % (port, timeout, e))
+            got = said.getvalue().strip()
+            raise DeployError("port %s: no MicroPython REPL answered within %g s (%s%s); is a board there, "
+                              "running MicroPython, and not held by another program?"
+                              % (port, timeout, e, "; it said %s" % got[:200] if got not in ("", "b''") else ""))
 
     def run(self, code, what):
         try:
@@ -411,15 +418,18 @@ def deploy(args):
         say("deployed %s for %s (%d links%s)" % (form, cfg["device"], len(cfg["links"]),
                                                 ", paired" if key is not None else ""))
         reset = args.reset if args.reset != "auto" else (info["reset"] or "none")
-        if reset == "hard":
-            board.t.exec_raw_no_follow("import time, machine\ntime.sleep_ms(100)\nmachine.reset()")
-            say("board reset")
-        elif reset == "soft":
-            board.t.exec_raw_no_follow("import machine\nmachine.soft_reset()")
-            say("board soft-reset")
-        else:
-            board.t.exit_raw_repl()
-            say("board not reset: it runs the new main.py from its next start")
+        try:
+            if reset == "hard":
+                board.t.exec_raw_no_follow("import time, machine\ntime.sleep_ms(100)\nmachine.reset()")
+                say("board reset")
+            elif reset == "soft":
+                board.t.exec_raw_no_follow("import machine\nmachine.soft_reset()")
+                say("board soft-reset")
+            else:
+                board.t.exit_raw_repl()
+                say("board not reset: it runs the new main.py from its next start")
+        except (board.TransportError, OSError) as e:
+            raise DeployError("deployed, but the reset failed (%s): reset the board by hand" % e)
     finally:
         board.close()
 
@@ -443,6 +453,11 @@ def main(argv=None):
     except DeployError as e:
         print("deploy-rover: error: %s" % e, file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        # Before the renames the board still runs what it had; the staging folder goes next time.
+        print("deploy-rover: interrupted: deploy again (the board keeps its old firmware unless "
+              "the files were already being moved into place)", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

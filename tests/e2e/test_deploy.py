@@ -220,6 +220,36 @@ def test_nothing_answers_on_the_port(tmp_path):
     assert p.returncode == 1 and "no such device" in p.stderr, p.stdout + p.stderr
 
 
+def test_something_else_on_the_port(tmp_path):
+    """A port where something answers, but not MicroPython (a shell, another firmware)."""
+    m, s = os.openpty()
+    tty.setraw(s)
+    stop = []
+
+    def shell():
+        while not stop:
+            r, _, _ = select.select([m], [], [], 0.2)
+            if r:
+                try:
+                    os.read(m, 1024)
+                    os.write(m, b"\r\nlogin: ")
+                except OSError:
+                    return
+    t = threading.Thread(target=shell, daemon=True)
+    t.start()
+    try:
+        p = deploy("--port", os.ttyname(s), "--link", "tcp://127.0.0.1:7440", "--device", "hand-3",
+                   "--timeout", "2")
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "no MicroPython REPL answered" in p.stderr and "login:" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    finally:
+        stop.append(1)
+        t.join(timeout=5)
+        os.close(m)
+        os.close(s)
+
+
 @pytest.mark.parametrize("bad, says", [
     (["--link", "tcpx://127.0.0.1:1"], "expected tcp://HOST:PORT"),
     (["--link", "tcp://127.0.0.1:99999"], "port 99999"),
