@@ -173,8 +173,30 @@ def test_deploy_boot_and_back_up(anchor, tmp_path):
         out = str(tmp_path / "out")
         anchorctl(anchor.address, "restore", "hand-1", "--to", out)
         assert_same_tree(want, out, mtime_resolution_ns=10**9)
+        if os.path.exists(os.path.join(ROOT, "firmware", "rover", "restore_cmd.py")):
+            restore_on_the_board(board, anchor, want)
     finally:
         board.close()
+
+
+def restore_on_the_board(board, anchor, want):
+    """The board lost files: the deployed firmware gets them back over its own link (a board
+    has no command line; mpremote exec, or this, runs the rover's CLI in its interpreter)."""
+    data = os.path.join(board.folder, "data")
+    names = sorted(p for p, v in want.items() if v[0] == "f")
+    os.remove(os.path.join(data, names[0]))
+    with open(os.path.join(data, names[1]), "r+b") as f:
+        f.write(b"changed on the board")
+    with open(os.path.join(data, "stray.txt"), "wb") as f:
+        f.write(b"not in the snapshot")
+    argv = ["--link", anchor.link, "--device", "hand-1", "--state", os.path.join(board.folder, "state"),
+            "restore", "--to", data, "--delete"]
+    code = ("import sys\nfrom rover import buffers\nbuffers.allocate()\nfrom rover.cli import main\n"
+            "sys.exit(main(%r))" % argv)
+    p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", "-c", code], cwd=board.folder, env=board.env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert_same_tree(want, data, mtime_resolution_ns=10**9)
 
 
 def test_redeploy_replaces_old_firmware_and_leftovers(tmp_path):
