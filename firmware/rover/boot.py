@@ -6,6 +6,7 @@
 import json
 
 from rover import run
+from rover.run_loop import log_line
 
 CONFIG = "rover.json"
 _KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
@@ -60,7 +61,7 @@ _EXAMPLES = {"wifi": '{"ssid": "home", "password": "secret"}',
 
 
 def check(cfg):
-    """The settings of a decoded rover.json, checked: (opts for the loop, root, Schedule).
+    """The settings of a decoded rover.json, checked: (opts for the loop, root, the run's state).
     ConfigError naming the key for anything wrong."""
     from rover.link import BadAddress
     from anchor_core import linkurl
@@ -121,7 +122,7 @@ def check(cfg):
     probe = run.default_probe(every)
     opts = {"links": out, "link": out[0], "device": cfg["device"], "state": cfg["state"],
             "quiet": False}
-    return opts, cfg["root"], run.Schedule(out, every, jit, probe, every)
+    return opts, cfg["root"], run.schedule(out, every, jit, probe, every, None, cfg["device"], log_line)
 
 
 def load(path=CONFIG):
@@ -189,14 +190,15 @@ def bring_up(cfg, links, log):
                                    ", tx %d rx %d" % (uart.get("tx", -1), uart.get("rx", -1)) if "tx" in uart or "rx" in uart else ""))
 
 
-def start(path=CONFIG):
-    """Read, check, bring up, run; the exit status (2 for a bad config, as the CLI's)."""
-    log = lambda s: print("rover: " + s)
+def prepare(path=CONFIG):
+    """Read, check, bring up, take the lock: (opts, root, the run's state) for rover/run_loop.py's
+    loop, or an exit status (2 for a bad config, as the command line's)."""
     try:
         cfg = load(path)
-        opts, root, sch = check(cfg)
-        bring_up(cfg, opts["links"], log)
+        opts, root, st = check(cfg)
+        bring_up(cfg, opts["links"], log_line)
     except ConfigError as e:
         print(e)
         return 2
-    return run.start(opts, root, sch, log)
+    st = run.begin(opts, root, st)
+    return st if type(st) is int else (opts, root, st)

@@ -15,7 +15,7 @@ _AGAIN = const(4)      # sessions started over in one run (files changing while 
 _EXIT_LOCKED = const(5)  # another rover holds the state folder (README, "Exit status")
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
-           "--retries", "--every", "--jitter", "--probe", "--max-backoff", "--count")
+           "--retries")
 
 
 def parse(argv):
@@ -83,8 +83,11 @@ def main(argv=None):
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)
-    if cmd == "run" and len(rest) == 2:
-        return _run(opts, rest[1])
+    if cmd == "run" and len(rest) >= 2:
+        # Unattended backups (rover/run_loop.py, rover/run.py): their options are read
+        # there, so their names are not in this module, which every backup holds in its heap.
+        from rover.run_loop import command
+        return command(opts, rest)
     need = {"backup": (2, ()), "fetch": (2, ("out",)), "send": (2, ("to",)), "publish": (2, ("file",))}
     if cmd not in need or len(rest) != need[cmd][0] or [k for k in need[cmd][1] if k not in opts]:
         print("rover: unknown command or wrong arguments: %s" % " ".join(rest))
@@ -150,30 +153,9 @@ def connect(url, opts, urgent=False):
         raise
 
 
-def _backup(opts, root, log, t0):
-    from rover.link import cost, LinkError
-    try:
-        url = opts["links"][0]
-        for u in opts["links"][1:]:
-            if cost(u) < cost(url):
-                url = u
-    except LinkError as e:
-        print("rover: backup failed: %s" % e)
-        return 2
-    return backup_over(url, opts, root, log, t0)
-
-
-def _run(opts, root):
-    # Unattended backups: rover/run.py, loaded only for this command (its code and asyncio's
-    # are heap a one-off backup does not pay for).
-    from rover import run
-    return run.command(opts, root)
-
-
-def backup_over(url, opts, root, log, t0, locked=False):
-    """One backup over the link `url`, printed as `rover backup` prints it; its exit status.
-    `locked`: the caller (a `run`) holds the state folder's lock for its whole life."""
-    from rover.link import LinkError, BadAddress
+def _backup(opts, root, log, t0, url=None, locked=False):
+    # url, locked: a `run` chose the link and holds the state folder's lock (rover/run.py)
+    from rover.link import cost, LinkError, BadAddress
     from rover.conversation import RoverError
     from rover.link import NotPaired
     from rover.backup import Backup, CHANGED
@@ -182,6 +164,15 @@ def backup_over(url, opts, root, log, t0, locked=False):
     retries = opts.get("retries", "3")
     if not wait.isdigit() or not retries.isdigit():
         print("rover: --watch-wait and --retries take whole numbers")
+        return 2
+    try:
+        if url is None:
+            url = opts["links"][0]
+            for u in opts["links"][1:]:
+                if cost(u) < cost(url):
+                    url = u
+    except LinkError as e:
+        print("rover: backup failed: %s" % e)
         return 2
     tx = rx = 0
     attempt = 0

@@ -157,125 +157,171 @@ def default_probe(every):
     return every if every < _PROBE_MAX else _PROBE_MAX
 
 
-class Schedule:
-    """What `run` needs besides the backup: links by cost, period, jitter, probe interval,
-    backoff cap (all seconds) and how many backups to make (None: until stopped)."""
+# A run's state, a list (rover/run_loop.py keeps it while this module is dropped for a
+# backup; a list holds nothing of this module and costs no attribute names in the heap).
+_LOG = const(0)        # the log function (rover/run_loop.py log_line or quiet)
+_LINKS = const(1)      # [(cost, url)], cheapest first
+_EVERY = const(2)      # seconds: period, jitter, probe interval, backoff start and cap
+_JITTER = const(3)
+_PROBE = const(4)
+_BACKOFF = const(5)
+_CAP = const(6)
+_COUNT = const(7)      # backups to make, None: until stopped
+_DEVICE = const(8)
+_DONE = const(9)       # backups made
+_WAIT = const(10)      # the backoff now (0: the last backup succeeded)
+_LAST = const(11)      # cost of the link of the last backup
+_SIG = const(12)       # the signal that stops it (CPython tells SIGTERM from SIGINT)
+_STATE = const(13)     # the state folder, whose lock the run holds
+_STOPPED = const(-1)   # `code` of a run a signal stopped (rover/run_loop.py)
 
-    def __init__(self, links, every, jit, probe, cap, count=None):
-        from rover.link import cost
-        costs = [cost(u) for u in links]          # BadAddress for a malformed one
-        order = list(range(len(links)))
-        order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
-        self.links = [(costs[i], links[i]) for i in order]
-        self.every = every
-        self.jitter = jit
-        self.probe = probe
-        self.cap = cap
-        self.count = count
+
+def schedule(links, every, jit, probe, cap, count=None, device=None, log=None, state=None):
+    """A run's state list (above): links by cost, period, jitter, probe interval, backoff
+    cap in seconds, how many backups to make (None: until stopped)."""
+    from rover.link import cost
+    costs = [cost(u) for u in links]          # BadAddress for a malformed one
+    order = list(range(len(links)))
+    order.sort(key=lambda i: (costs[i], i))  # stable: the first given of equal cost
+    if log is None:
+        from rover.run_loop import quiet as log
+    return [log, [(costs[i], links[i]) for i in order], every, jit, probe,
+            _BACKOFF_START if _BACKOFF_START < cap else cap, cap, count, device, 0, 0, None,
+            ["SIGINT"], state]
 
 
-def serve(sch, device, backup, log):
-    """The loop. backup(url) -> exit status of one backup (rover/cli.py backup_over): 0 or 3
-    done, 2 a setting to fix (the run stops), anything else failed (the anchor away, the
-    link lost past its retries): wait with exponential backoff and try again."""
-    import asyncio
-    done = 0
-    backoff = 0
-    last = None            # cost of the link of the last backup
-    url = None
-    while True:
-        if url is None:
-            for c, u in sch.links:
-                if answers(u, device):
-                    url = u
-                    break
-        if url is None:
-            log("no link answers (%s)" % ", ".join([u for c, u in sch.links]))
+def _end(st, status):
+    # the lock folder: the file, then the folder (as rover/backup.py gives it back)
+    if st[_STATE] is not None:
+        from rover import fsys
+        fsys.remove(st[_STATE] + "/lock/owner")
+        try:
+            os.rmdir(st[_STATE] + "/lock")
+        except OSError:
+            pass
+    return status
+
+
+def step(st, code):
+    """The loop between two backups. code: the exit status of the last backup (rover/cli.py
+    _backup), None before the first, _STOPPED after a signal: 0 or 3 done, 2 or 5 a
+    setting to fix (the run stops), anything else failed (the anchor away, the link lost
+    past its retries), then the wait backs off. Returns the link to back up over next, or
+    the run's exit status with the lock given back."""
+    log = st[_LOG]
+    try:
+        while True:
+            if code == _STOPPED:
+                log("stopped (%s); the state is consistent and the next run resumes" % st[_SIG][0])
+                return _end(st, 0)
+            if code is not None:
+                if code == 2 or code == _EXIT_LOCKED:
+                    return _end(st, code)
+                if code == 0 or code == 3:
+                    st[_DONE] += 1
+                    st[_WAIT] = 0
+                    if st[_COUNT] is not None and st[_DONE] >= st[_COUNT]:
+                        return _end(st, 0)
+                    wait = st[_EVERY] + st[_JITTER] * _random()
+                    log("next backup in %s" % _show_s(wait))
+                else:
+                    w = st[_WAIT] * 2 if st[_WAIT] else st[_BACKOFF]
+                    st[_WAIT] = w if w < st[_CAP] else st[_CAP]
+                    wait = st[_WAIT]
+                    log("backup failed; trying again in %s (backoff, at most %s)"
+                        % (_show_s(wait), _show_s(st[_CAP])))
+                cheaper = [u for c, u in st[_LINKS] if st[_LAST] is not None and c < st[_LAST]]
+                import asyncio
+                url = asyncio.run(_wait(int(wait * 1000), cheaper, st[_DEVICE], int(st[_PROBE] * 1000)))
+                if url is not None:
+                    log("a cheaper link answers (%s): backing up now" % url)
+                    st[_LAST] = [c for c, u in st[_LINKS] if u == url][0]
+                    return url
+            for c, u in st[_LINKS]:
+                if answers(u, st[_DEVICE]):
+                    st[_LAST] = c
+                    return u
+            log("no link answers (%s)" % ", ".join([u for c, u in st[_LINKS]]))
             code = 1
-        else:
-            last = [c for c, u in sch.links if u == url][0]
-            code = backup(url)
-        if code == 2 or code == _EXIT_LOCKED:
-            return code
-        if code == 0 or code == 3:
-            done += 1
-            backoff = 0
-            if sch.count is not None and done >= sch.count:
-                return 0
-            wait = sch.every + sch.jitter * _random()
-            log("next backup in %s" % _show_s(wait))
-        else:
-            backoff = backoff * 2 if backoff else (_BACKOFF_START if _BACKOFF_START < sch.cap else sch.cap)
-            if backoff > sch.cap:
-                backoff = sch.cap
-            wait = backoff
-            log("backup failed; trying again in %s (backoff, at most %s)" % (_show_s(wait), _show_s(sch.cap)))
-        cheaper = [u for c, u in sch.links if last is not None and c < last]
-        url = asyncio.run(_wait(int(wait * 1000), cheaper, device, int(sch.probe * 1000)))
-        if url is not None:
-            log("a cheaper link answers (%s): backing up now" % url)
+    except KeyboardInterrupt:
+        code = _STOPPED
+    return step(st, code)
 
 
-def _stop_on_signals(stopped):
+def _stop_on_signals(sig):
     if MICROPYTHON:
         return        # SIGINT raises KeyboardInterrupt already; there is no signal module
     import signal
 
     def stop(signum, frame):
-        stopped[0] = signal.Signals(signum).name
+        sig[0] = signal.Signals(signum).name
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
 
-def start(opts, root, sch, log):
-    """Hold the state folder's lock for the whole run and serve; the exit status."""
-    from rover import fsys
-    from rover.state import StateLock, StateLocked
-    from rover.cli import backup_over
+def begin(opts, root, st):
+    """Take the state folder's lock for the whole run (step gives it back at the end) and
+    the signals that stop it: st, or an exit status."""
+    from anchor_core.compat import unload
+    from rover import fsys, state
     try:
         fsys.makedirs(opts["state"])
-        lock = StateLock(opts["state"], log)
-        lock.take()
-    except StateLocked as e:
+        state.StateLock(opts["state"], st[_LOG]).take()
+    except state.StateLocked as e:
         print("rover: run refused: %s" % e)
         return _EXIT_LOCKED
     except OSError as e:
         print("rover: run failed: state folder %s: %s" % (opts["state"], e))
         return 1
-    stopped = ["SIGINT"]
-    try:
-        _stop_on_signals(stopped)
-        log("running: a backup of %s every %s (jitter up to %s)"
-            % (root, _show_s(sch.every), _show_s(sch.jitter)))
-        return serve(sch, opts["device"],
-                     lambda url: backup_over(url, opts, root, log, time.time(), True), log)
-    except KeyboardInterrupt:
-        log("stopped (%s); the state is consistent and the next run resumes" % stopped[0])
-        return 0
     finally:
-        lock.release()
+        unload(state)      # the lock is a folder: nothing of the module is needed to hold it
+    st[_STATE] = opts["state"]
+    _stop_on_signals(st[_SIG])
+    st[_LOG]("running: a backup of %s every %s (jitter up to %s)"
+             % (root, _show_s(st[_EVERY]), _show_s(st[_JITTER])))
+    return st
 
 
-def command(opts, root):
-    """`rover ... run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]`"""
+_OPTIONS = ("--every", "--jitter", "--probe", "--max-backoff", "--count")
+
+
+def main(opts, rest):
+    """`rover ... run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]`
+    (rest: the command line from `run` on): the run's state with the lock taken, or an exit
+    status."""
     from rover.link import LinkError
-    log = (lambda s: None) if opts["quiet"] else (lambda s: print("rover: " + s))
+    from rover.run_loop import log_line, quiet
+    log = quiet if opts["quiet"] else log_line
     try:
-        if "every" not in opts:
+        o = {}
+        i = 2
+        while i < len(rest):
+            a = rest[i]
+            k, eq, v = a.partition("=")
+            if k not in _OPTIONS:
+                raise ValueError("run takes ROOT and %s, not %s" % (", ".join(_OPTIONS), a))
+            if not eq:
+                if i + 1 >= len(rest):
+                    raise ValueError("%s needs a value" % a)
+                v = rest[i + 1]
+                i += 1
+            o[k] = v
+            i += 1
+        if "--every" not in o:
             raise ValueError("run needs --every (e.g. --every 6h)")
-        every = duration(opts["every"], "--every")
-        jit = jitter(opts.get("jitter", "10%"), every, "--jitter")
-        probe = duration(opts["probe"], "--probe") if "probe" in opts else default_probe(every)
-        cap = duration(opts["max-backoff"], "--max-backoff") if "max-backoff" in opts else every
-        count = opts.get("count")
+        every = duration(o["--every"], "--every")
+        jit = jitter(o.get("--jitter", "10%"), every, "--jitter")
+        probe = duration(o["--probe"], "--probe") if "--probe" in o else default_probe(every)
+        cap = duration(o["--max-backoff"], "--max-backoff") if "--max-backoff" in o else every
+        count = o.get("--count")
         if count is not None:
             if not count.isdigit() or int(count) < 1:
                 raise ValueError("--count must be a whole number from 1, got %s" % show(count))
             count = int(count)
-        sch = Schedule(opts["links"], every, jit, probe, cap, count)
+        st = schedule(opts["links"], every, jit, probe, cap, count, opts["device"], log)
     except (ValueError, LinkError) as e:
         print("rover: %s" % e)
         return 2
-    return start(opts, root, sch, log)
+    return begin(opts, rest[1], st)

@@ -18,4 +18,18 @@ commands:
   pair CODE                        store the pairing secret from the code `anchorctl pair ID`
                                    printed on the anchor; every link is then authenticated
                                    and encrypted (no --link needed)
+  run ROOT --every D [--jitter J] [--probe D] [--max-backoff D] [--count N]
+                                   back ROOT up unattended: now, then every D (90, 90s, 30m,
+                                   6h, 2d) plus a random part of J (default 10%); a cheaper
+                                   link that answers (probed every --probe, default
+                                   min(D, 60s)) starts a backup at once; a failed one is
+                                   retried after 30s, 60s, ... up to --max-backoff
+                                   (default D); --count stops after N backups. Holds
+                                   the state folder for its whole life; SIGTERM/SIGINT
+                                   stop it cleanly (exit 0).
+                                   A board runs the same from main.py and rover.json
+                                   (docs/rover.md)
+
+exit status: 0 done, 1 failed, 2 a setting to fix, 3 committed but some items not stored,
+  5 another rover holds the state folder
 """

@@ -208,8 +208,11 @@ def test_two_runs_on_one_state_the_second_refuses(tmp_path, anchor, rovers, runt
         assert p.returncode == 5, (cmd, p.returncode, p.stdout, p.stderr)
         assert "another rover (pid %d)" % first.proc.pid in p.stdout, p.stdout
     assert len(snapshots(anchor, "two")) == 1
-    first.proc.send_signal(signal.SIGINT)
+    # a signal ends the hour's wait at once (SIGTERM where the runtime can catch it)
+    sig = signal.SIGTERM if runtime == "cpython" else signal.SIGINT
+    first.proc.send_signal(sig)
     assert first.finish(timeout=30) == 0
+    assert first.count(r"stopped \(%s\)" % sig.name) == 1, first.lines
     # once it stopped, the state is free again
     run_rover(runtime, anchor.link, "two", state, "backup", src, timeout=60)
 
