@@ -61,6 +61,13 @@ $(UMQTT_STAMP): | $(STAMP)
 	    $(UMQTT_SHA256) umqtt/simple.py build/mpy-lib
 	touch $@
 
+# aioble (micropython-lib's BLE library, which the rover's ble: link uses on a board) is not
+# fetched here: micropython-lib does not publish it to PyPI (the PyPI project named "aioble"
+# is an unrelated CPython library), and this project installs only from the package index.
+# On a board it comes from micropython-lib itself: `mpremote mip install aioble`, or
+# `require("aioble")` in a frozen build's manifest.py (docs/rover.md, "Flashing a real ESP32").
+# tools/deploy-rover sends build/mpy-lib/aioble/ too if it is ever put there.
+
 run: setup
 	$(BIN)/anchor serve
 
