@@ -271,10 +271,10 @@ def begin(opts, root, st):
         fsys.makedirs(opts["state"])
         state.StateLock(opts["state"], st[_LOG]).take()
     except state.StateLocked as e:
-        print("rover: run refused: %s" % e)
+        print("rover: run refused: %s" % e, file=sys.stderr)
         return _EXIT_LOCKED
     except OSError as e:
-        print("rover: run failed: state folder %s: %s" % (opts["state"], e))
+        print("rover: run failed: state folder %s: %s" % (opts["state"], e), file=sys.stderr)
         return 1
     finally:
         unload(state)      # the lock is a folder: nothing of the module is needed to hold it
@@ -323,6 +323,6 @@ def main(opts, rest):
             count = int(count)
         st = schedule(opts["links"], every, jit, probe, cap, count, opts["device"], log)
     except (ValueError, LinkError) as e:
-        print("rover: %s" % e)
+        print("rover: %s" % e, file=sys.stderr)
         return 2
     return begin(opts, rest[1], st)

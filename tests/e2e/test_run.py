@@ -206,7 +206,7 @@ def test_two_runs_on_one_state_the_second_refuses(tmp_path, anchor, rovers, runt
     for cmd in (["run", src, "--every", "1s"], ["backup", src]):
         p = run_rover(runtime, anchor.link, "two", state, *cmd, check=False, timeout=60)
         assert p.returncode == 5, (cmd, p.returncode, p.stdout, p.stderr)
-        assert "another rover (pid %d)" % first.proc.pid in p.stdout, p.stdout
+        assert "another rover (pid %d)" % first.proc.pid in p.stderr, p.stderr    # errors: stderr
     assert len(snapshots(anchor, "two")) == 1
     # a signal ends the hour's wait at once (SIGTERM where the runtime can catch it)
     sig = signal.SIGTERM if runtime == "cpython" else signal.SIGINT
@@ -273,7 +273,7 @@ def test_bad_schedule_is_refused_and_nothing_is_stored(tmp_path, anchor, runtime
     state = str(tmp_path / "state")
     p = run_rover(runtime, anchor.link, "bad", state, "run", src, *args, check=False, timeout=60)
     assert p.returncode == 2, (p.stdout, p.stderr)
-    assert msg in p.stdout, p.stdout
+    assert msg in p.stderr, p.stderr
     assert "Traceback" not in p.stdout + p.stderr
     assert not os.path.exists(state + "/lock")
     assert json.loads(anchorctl(anchor.address, "devices", "--json").stdout) == []
