@@ -124,32 +124,7 @@ def test_relay_goes_before_backup_on_a_busy_link(tmp_path, monkeypatch):
         err = []
         t = threading.Thread(target=lambda: _run(b, err), daemon=True)
         t.start()
-        # Wait (bounded) until chunk data is flowing, then fetch while it flows.
-        deadline = time.monotonic() + 60
-        while b.stats["chunks_sent"] < 3 and time.monotonic() < deadline and t.is_alive():
-            time.sleep(0.01)
-        assert b.stats["chunks_sent"] >= 3, err
-        order.on = True
-        relay_sids = set()
-        for n in range(MAX_FETCHES):
-            relay_sids.add(fetch(ch, url, out))
-            assert t.is_alive(), "the backup ended before the fetches did; the test proves nothing"
-            tally = order.tally(first.sid, relay_sids)
-            if n + 1 >= FETCHES and tally["up"]["contended"] >= CONTENDED:
-                break
-        order.on = False
-        with open(out, "rb") as f:
-            assert f.read() == page
-        print("link order over %d fetches: %s" % (n + 1, tally))
-        # The test means something only if relay data met backup data queued for the link.
-        assert tally["up"]["contended"] >= CONTENDED, tally
-        for d in ("up", "down"):
-            c = tally[d]
-            # No backup packet goes onto the link ahead of relay data that waits for it ...
-            assert c["backup_ahead"] == 0, tally
-            # ... and while a relay exchange is open the backup keeps at most one packet on
-            # the link, so each of its messages waits behind one backup packet at most.
-            assert c["backup_in_flight"] <= c["packet"], tally
+        fetches_while(order, ch, first.sid, url, out, page, t, lambda: b.stats["chunks_sent"], "up", err)
         t.join(120)
         assert not err, err
         assert b.stats["snapshot"] == 1
@@ -157,6 +132,39 @@ def test_relay_goes_before_backup_on_a_busy_link(tmp_path, monkeypatch):
         kind.stop()
         origin.close()
         ia.close()
+
+
+def fetches_while(order, ch, sid, url, out, page, t, chunks, direction, err):
+    """Fetch through the relay while the job on stream `sid` (thread t) moves chunks
+    (`chunks()` counts them) in `direction`, until enough relay packets met its data queued;
+    then check the link's order: no job packet went ahead of waiting relay data, and while
+    a relay exchange was open the job kept at most one packet on the link."""
+    # Wait (bounded) until chunk data is flowing, then fetch while it flows.
+    deadline = time.monotonic() + 60
+    while chunks() < 3 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.01)
+    assert chunks() >= 3, err
+    order.on = True
+    relay_sids = set()
+    for n in range(MAX_FETCHES):
+        relay_sids.add(fetch(ch, url, out))
+        assert t.is_alive(), "the job ended before the fetches did; the test proves nothing"
+        tally = order.tally(sid, relay_sids)
+        if n + 1 >= FETCHES and tally[direction]["contended"] >= CONTENDED:
+            break
+    order.on = False
+    with open(out, "rb") as f:
+        assert f.read() == page
+    print("link order over %d fetches: %s" % (n + 1, tally))
+    # The test means something only if relay data met the job's data queued for the link.
+    assert tally[direction]["contended"] >= CONTENDED, tally
+    for d in ("up", "down"):
+        c = tally[d]
+        # No job packet goes onto the link ahead of relay data that waits for it ...
+        assert c["backup_ahead"] == 0, tally
+        # ... and while a relay exchange is open the job keeps at most one packet on the
+        # link, so each of its messages waits behind one job packet at most.
+        assert c["backup_in_flight"] <= c["packet"], tally
 
 
 def _run(b, err):
@@ -231,27 +239,7 @@ def test_relay_goes_before_a_restore_on_a_busy_link(tmp_path, monkeypatch):
         stats = {}
         t = threading.Thread(target=lambda: _run_restore(r, err, stats), daemon=True)
         t.start()
-        deadline = time.monotonic() + 60
-        while r.stats["chunks"] < 3 and time.monotonic() < deadline and t.is_alive():
-            time.sleep(0.01)
-        assert r.stats["chunks"] >= 3, err
-        order.on = True
-        relay_sids = set()
-        for n in range(MAX_FETCHES):
-            relay_sids.add(fetch(ch, url, out))
-            assert t.is_alive(), "the restore ended before the fetches did; the test proves nothing"
-            tally = order.tally(first.sid, relay_sids)
-            if n + 1 >= FETCHES and tally["down"]["contended"] >= CONTENDED:
-                break
-        order.on = False
-        with open(out, "rb") as f:
-            assert f.read() == page
-        print("link order over %d fetches: %s" % (n + 1, tally))
-        assert tally["down"]["contended"] >= CONTENDED, tally
-        for d in ("up", "down"):
-            c = tally[d]
-            assert c["backup_ahead"] == 0, tally
-            assert c["backup_in_flight"] <= c["packet"], tally
+        fetches_while(order, ch, first.sid, url, out, page, t, lambda: r.stats["chunks"], "down", err)
         t.join(120)
         assert not err, err
         assert stats["files"] == 6
