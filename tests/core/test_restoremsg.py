@@ -4,26 +4,10 @@ from anchor_core import messages as m
 from anchor_core import restoremsg as rm
 from anchor_core import states as st
 from anchor_core.session import Session
+from session_support import expect_error, pipe
 
 OID = b"\x11" * 32
 CID = b"\x22" * 32
-
-
-def expect_error(fn, code=None):
-    try:
-        fn()
-    except m.ProtocolError as e:
-        if code is not None and e.code != code:
-            raise AssertionError("error code %d, expected %d (%s)" % (e.code, code, e.text))
-        return e
-    raise AssertionError("no ProtocolError raised")
-
-
-def pipe(src, dst, msg):
-    dst.receive_data(src.send(msg))
-    got = dst.next_event()
-    assert got[0] == msg[0], (got, msg)
-    return got
 
 
 def ready_pair():

@@ -6,23 +6,7 @@ from anchor_core import states as st
 from anchor_core.session import Session
 from anchor_core import cbor
 from anchor_core import framing
-
-
-def expect_error(fn, code=None):
-    try:
-        fn()
-    except m.ProtocolError as e:
-        if code is not None and e.code != code:
-            raise AssertionError("error code %d, expected %d (%s)" % (e.code, code, e.text))
-        return e
-    raise AssertionError("no ProtocolError raised")
-
-
-def pipe(src, dst, msg):
-    dst.receive_data(src.send(msg))
-    got = dst.next_event()
-    assert got == msg, (got, msg)
-    return got
+from session_support import expect_error, pipe
 
 
 OID = b"\x11" * 32
