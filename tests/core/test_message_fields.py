@@ -71,6 +71,15 @@ def test_a_message_one_field_short_is_refused():
         m.publish("t", 0, 0, False), m.result(200), m.body(b""), m.end(0), m.fail(1, "x"),
         m.watchwait(1), m.watched([]), m.proof(cid, b"t" * m.PROOF_TAG),
     ]
+    # and the restore's (anchor_core/restoremsg.py), installed: every type NAMES knows
+    from anchor_core import restoremsg as rm
+    rm.install()
+    shortest += [
+        rm.restore(None, "", 0, 15), [rm.RSNAP, 1, 0, 0], rm.seeds(0, 0, []), [rm.SEEDASK, 0, []],
+        rm.seedlist(0, 0, [], [], True, 0), [rm.SEEDEND, 0],
+        [rm.RPUT, "d", m.T_DIR, 0, 0, 0o755, None, None, rm.H_WRITE, 0, None], [rm.RCOPY, 0, "f", 0, 1],
+        [rm.RDATA, cid, m.ENC_RAW, 1, 1, b"x"], [rm.RDEL, "f"], [rm.RDONE, 0, 0, 0, 0], [rm.RTOTAL, 0, 0, 0],
+    ]
     assert sorted(msg[m.MSG_TYPE] for msg in shortest) == list(range(1, len(m.NAMES) + 1))
     for msg in shortest:
         m.check(msg)

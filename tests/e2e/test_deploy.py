@@ -191,7 +191,7 @@ def restore_on_the_board(board, anchor, want):
         f.write(b"not in the snapshot")
     argv = ["--link", anchor.link, "--device", "hand-1", "--state", os.path.join(board.folder, "state"),
             "restore", "--to", data, "--delete"]
-    code = ("import sys\nfrom rover import buffers\nbuffers.allocate()\nfrom rover.cli import main\n"
+    code = ("import sys\nfrom rover import buffers\nbuffers.allocate(True)\nfrom rover.cli import main\n"
             "sys.exit(main(%r))" % argv)
     p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", "-c", code], cwd=board.folder, env=board.env(),
                        capture_output=True, text=True, timeout=120)
