@@ -8,6 +8,10 @@ TX_SIZE = 8192       # every message the rover sends is encoded here
 # compressor: 1.67 MB of source text and docs, and a 1.5 MB SQLite file, compress to the same
 # bytes with 16 KiB as with 20 KiB (12 KiB: 3-4% more).
 COMPRESSED_MAX = 16384
+# ...and 12 KiB when the rover shows progress (a terminal, or --json): the progress module's
+# code then takes ~7 KB of a heap where a paired MQTT backup had 4 KB to spare. 12 KiB costs
+# 3-4% more bytes on text and SQLite chunks (measured; docs/decisions.md).
+COMPRESSED_SHOWN = 12288
 
 chunk = None
 tx = None
@@ -22,7 +26,18 @@ INFLATE_ROOM = 10240
 inflate_room = None
 
 
-def allocate(restore=False):
+def tty():
+    """MicroPython: whether stderr is a terminal. It has no isatty: a character device that is
+    not /dev/null is one; where /proc cannot tell (a board), it is not."""
+    import os
+    try:
+        st = os.stat("/proc/self/fd/2")
+        return st[0] & 0o170000 == 0o020000 and st[1:3] != os.stat("/dev/null")[1:3]
+    except OSError:
+        return False
+
+
+def allocate(restore=False, shown=False):
     global chunk, tx, compressor, inflate_room
     if chunk is None:
         chunk = bytearray(RESTORE_CHUNK if restore else CHUNK_SIZE)
@@ -38,4 +53,4 @@ def allocate(restore=False):
         except ImportError:
             from anchor_core.zcompress import Compressor
             # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
-            compressor = Compressor(CHUNK_SIZE, False, COMPRESSED_MAX)
+            compressor = Compressor(CHUNK_SIZE, False, COMPRESSED_SHOWN if shown else COMPRESSED_MAX)

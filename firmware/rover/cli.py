@@ -140,16 +140,11 @@ def main(argv=None):
 
 
 def _tty():
-    """Whether stderr is a terminal. MicroPython has no isatty: a character device that is
-    not /dev/null is one; where /proc cannot tell (a board), it is not."""
+    """Whether stderr is a terminal (MicroPython: rover/buffers.py tty())."""
     if not MICROPYTHON:
         return sys.stderr.isatty()
-    import os
-    try:
-        st = os.stat("/proc/self/fd/2")
-        return st[0] & 0o170000 == 0o020000 and st[1:3] != os.stat("/dev/null")[1:3]
-    except OSError:
-        return False
+    from rover import buffers
+    return buffers.tty()
 
 
 def _fail(prog, text):

@@ -4,7 +4,10 @@ import sys
 
 from rover import buffers
 
-buffers.allocate("restore" in sys.argv)
+# A restore takes other buffers; a backup that shows progress a smaller compressor output.
+_a = sys.argv
+buffers.allocate("restore" in _a, "--json" in _a or ("-q" not in _a and "--quiet" not in _a and buffers.tty()))
+_a = None
 
 from rover.cli import main  # noqa: E402  (after the buffers, on purpose)
 
