@@ -5,7 +5,6 @@
 # scratch file, and chunk bytes are re-read from the file when the anchor asks for them.
 import gc
 import hashlib
-import os
 import struct
 
 from anchor_core.compat import const, unload
@@ -130,11 +129,7 @@ class Backup(Conversation):
         try:
             return self._run()
         finally:
-            fsys.remove(self.state_dir + "/lock/owner")
-            try:
-                os.rmdir(self.state_dir + "/lock")
-            except OSError:
-                pass
+            fsys.drop_lock(self.state_dir)
 
     def _run(self):
         from rover import state

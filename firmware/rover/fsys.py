@@ -130,3 +130,14 @@ else:
             os.remove(path)
         except FileNotFoundError:
             pass
+
+
+def drop_lock(state_dir):
+    """Give back the state folder's lock (rover/state.py StateLock takes it): the owner file,
+    then the folder. Here, not in state.py, because a backup, a restore and a run give it back
+    after that module has left the heap."""
+    remove(state_dir + "/lock/owner")
+    try:
+        os.rmdir(state_dir + "/lock")
+    except OSError:
+        pass

@@ -31,7 +31,6 @@ def restore_command(opts, rest, log, prog):
     # One rover per state folder: a backup of the tree while it is being restored would
     # commit a half-restored tree. The lock's code is dropped once it is taken (as a backup
     # does): a paired radio rover's heap needs the room for the secure channel.
-    import os
     from anchor_core.compat import unload
     from rover import fsys, state
     fsys.makedirs(opts["state"])
@@ -45,11 +44,7 @@ def restore_command(opts, rest, log, prog):
     try:
         return _restore(opts, flags, snap, int(retries), log, warn, fail, prog)
     finally:
-        fsys.remove(opts["state"] + "/lock/owner")
-        try:
-            os.rmdir(opts["state"] + "/lock")
-        except OSError:
-            pass
+        fsys.drop_lock(opts["state"])
 
 
 def _restore(opts, flags, snap, retries, log, warn, fail, prog):

@@ -192,14 +192,9 @@ def schedule(links, every, jit, probe, cap, count=None, device=None, log=None, s
 
 
 def _end(st, status):
-    # the lock folder: the file, then the folder (as rover/backup.py gives it back)
     if st[_STATE] is not None:
         from rover import fsys
-        fsys.remove(st[_STATE] + "/lock/owner")
-        try:
-            os.rmdir(st[_STATE] + "/lock")
-        except OSError:
-            pass
+        fsys.drop_lock(st[_STATE])
     return status
 
 

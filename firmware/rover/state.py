@@ -130,11 +130,7 @@ class StateLock:
     def release(self):
         if self.held:
             self.held = False
-            fsys.remove(self.owner)
-            try:
-                os.rmdir(self.dir)
-            except OSError:
-                pass
+            fsys.drop_lock(self.dir[:-5])
 
     def _holder(self):
         try:
