@@ -51,6 +51,10 @@ class SessionServer:
         # only when a request ends, and a long backup over a slow link is one request.
         self.live = {}                    # key -> (Session, backup handler, paired device, started)
         self.admission = admission or Admission()   # connections this anchor holds at most
+        # Every link being served (its task and raw writer), so a shutdown can close them and
+        # let each session flush and count what it received.
+        self.streams = {}                 # task -> writer
+        self.sessions_total = 0
 
     # --- one rover link ----------------------------------------------------------------
 
@@ -59,6 +63,26 @@ class SessionServer:
         secure handshake first (unless a plain rover meets an --open anchor), then the
         session. Errors end this session only. A link holds a place in the anchor's pools
         (anchor/admission.py) while it lasts, and has HANDSHAKE_SECONDS to prove itself."""
+        from anchor import secure_session
+        task = asyncio.current_task()
+        self.streams[task] = writer
+        try:
+            return await self._serve_stream(reader, writer)
+        finally:
+            self.streams.pop(task, None)
+
+    async def close_all(self, timeout):
+        """Cut every link being served and wait (at most `timeout` s) for their sessions to
+        end: each session's own ending flushes what it received and records its counters.
+        Returns how many links were open."""
+        streams = dict(self.streams)
+        for w in streams.values():
+            _abort(w)
+        if streams:
+            await asyncio.wait(list(streams), timeout=timeout)
+        return len(streams)
+
+    async def _serve_stream(self, reader, writer):
         from anchor import secure_session
         peer = writer.get_extra_info("peername")
         # TCP: the peer's address (its port changes per connection); a channel: the port.
@@ -136,6 +160,7 @@ class SessionServer:
         recorded = {}
         key = object()
         self.live[key] = (sess, handler, auth_device, time.time(), time.monotonic())
+        self.sessions_total += 1
 
         def account():
             """Add what this session moved since the last call to the device's counters.
@@ -238,40 +263,90 @@ class SessionServer:
             pass
 
 
-async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None):
+class BindError(Exception):
+    """A listener could not take its address: `what` is the option that named it."""
+
+    def __init__(self, what, address, err):
+        Exception.__init__(self, "cannot listen on %s (%s): %s"
+                           % (address, what, getattr(err, "strerror", None) or err))
+
+
+async def _bind(what, address, start):
+    try:
+        return await start()
+    except OSError as e:
+        raise BindError(what, address, e)
+
+
+SHUTDOWN_SECONDS = 5.0      # sessions get this long to end once their links are cut
+
+
+async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None,
+                notifier=None, stop=None):
     """Serve the rover links, the management API and, if `proxy` is (host, port), the HTTP
-    forward proxy of `app` (an anchor.app.App). `ready(port, proxy_port)` is called once all
-    of them listen. `links`: keyword arguments for start_links (serial, MQTT and BLE
-    listeners)."""
+    forward proxy of `app` (an anchor.app.App) until `stop` (an asyncio.Event) is set.
+    `ready(port, proxy_port)` is called once all of them listen. `links`: keyword arguments
+    for start_links (serial, MQTT and BLE listeners). `notifier`: anchor.notify.Notifier (the
+    service manager hears READY, STATUS, WATCHDOG and STOPPING). A listener that cannot take
+    its address raises BindError naming the option."""
     from anchor.api import mgmt
+    from anchor.notify import Notifier
+    notifier = notifier or Notifier({})
+    stop = stop or asyncio.Event()
+    notifier.status("starting: checking the store against its budget")
     app.retention.enforce()     # a smaller --capacity than last time applies at once
     sessions = app.sessions
-    mserver = pserver = None
-    # First, so a management path that is taken stops the anchor before it serves anyone.
-    if mgmt_path:
-        mserver = await mgmt.start(app, mgmt_path)
-    listeners = await start_links(sessions, **(links or {}))
-    # The same listener class the link registry opens for tcp:// (and the conformance suite
-    # tests), started here because serve() runs until it stops.
-    tcp = TcpListener(sessions, listen_host, listen_port)
-    await tcp.start_serving()
-    port = tcp.port
-    proxy_port = None
-    if proxy:
-        pserver = await app.http_proxy.start(*proxy)
-        proxy_port = pserver.port
-        log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
-    if not app.capturing:
-        log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")
-    log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
-    if ready:
-        ready(port, proxy_port)
+    opened = []
+    watchdog = None
     try:
-        await tcp.serve_forever()
+        # First, so a management path that is taken stops the anchor before it serves anyone.
+        if mgmt_path:
+            opened.append(await _bind("mgmt", "unix:" + mgmt_path, lambda: mgmt.start(app, mgmt_path)))
+        opened.extend(await start_links(sessions, **(links or {})))
+        # The same listener class the link registry opens for tcp:// (and the conformance suite
+        # tests), started here because serve() runs until it stops.
+        tcp = TcpListener(sessions, listen_host, listen_port)
+        await _bind("listen", "tcp://%s:%d" % (listen_host, listen_port), tcp.start_serving)
+        opened.append(tcp)
+        port = tcp.port
+        proxy_port = None
+        if proxy:
+            pserver = await _bind("proxy", "tcp://%s:%d" % proxy, lambda: app.http_proxy.start(*proxy))
+            opened.append(pserver)
+            proxy_port = pserver.port
+            log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
+        if not app.capturing:
+            log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")
+        log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
+        if ready:
+            ready(port, proxy_port)
+        where = "rovers on tcp://%s:%d" % (listen_host, port)
+        notifier.send("READY=1", "STATUS=serving " + where)
+        watchdog = asyncio.get_running_loop().create_task(_keepalive(notifier, sessions, where))
+        await stop.wait()
+        notifier.send("STOPPING=1", "STATUS=stopping: closing links and flushing the store")
     finally:
-        tcp.close()
-        for lst in listeners:
+        if watchdog is not None:
+            watchdog.cancel()
+        for lst in opened:
             lst.close()
-        for s in (mserver, pserver):
-            if s:
-                s.close()
+    n = await sessions.close_all(SHUTDOWN_SECONDS)
+    return n
+
+
+async def _keepalive(notifier, sessions, where):
+    """WATCHDOG=1 at half the service manager's interval, sent by this task: a loop that hangs
+    sends none and gets the anchor restarted. STATUS= follows what the anchor is doing."""
+    every = notifier.watchdog_s / 2 if notifier.watchdog_s else 30.0
+    last = None
+    while True:
+        live = len(sessions.live)
+        text = "serving %s: %d session%s now, %d since start" % (
+            where, live, "" if live == 1 else "s", sessions.sessions_total)
+        lines = ["WATCHDOG=1"] if notifier.watchdog_s else []
+        if text != last:
+            lines.append("STATUS=" + text)
+            last = text
+        if lines:
+            notifier.send(*lines)
+        await asyncio.sleep(every)

@@ -1,8 +1,14 @@
-"""`anchor serve`: the gateway daemon's command line."""
+"""`anchor serve`: the gateway daemon's command line (CPython only).
+
+Options come from flags and, with --config, a TOML file (anchor/api/config.py; a flag wins).
+Run by systemd (hw/anchor.service) it tells the service manager when it is ready, pings its
+watchdog from the event loop and logs for journald; SIGTERM and SIGINT stop it cleanly.
+"""
 import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from anchor_core import linkurl
@@ -34,10 +40,33 @@ def parse_unix(url):
     return linkurl.unix(url, "management address")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="anchor", description="Anchor gateway daemon")
+def parse_seconds(value):
+    if not value > 0:
+        raise ValueError("%r: expected a number of seconds above 0" % (value,))
+    return value
+
+
+def _size(text):
+    from anchor.storage.retention import parse_size
+    return parse_size(text)
+
+
+# Values checked after the file and the flags are merged, so an error can say where the value
+# came from: (key, parse). A list (--serial) is checked item by item.
+CHECKS = (("listen", parse_tcp), ("mgmt", parse_unix), ("broker", parse_mqtt), ("proxy", parse_tcp),
+          ("serial", parse_serial), ("capacity", _size), ("spool-max", _size),
+          ("relay-timeout", parse_seconds))
+
+
+def build_parser():
+    """(the whole parser, the serve subparser). No abbreviated flags: the config layer must
+    see exactly which options the command line gave."""
+    ap = argparse.ArgumentParser(prog="anchor", description="Anchor gateway daemon", allow_abbrev=False)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("serve", help="serve rover links and the management API")
+    sp = sub.add_parser("serve", help="serve rover links and the management API", allow_abbrev=False)
+    sp.add_argument("--config", default=None, metavar="FILE",
+                    help="read options from this TOML file, keys named as these flags "
+                         "(docs/configuration.md); a flag given here wins over the file")
     sp.add_argument("--data", default=DEFAULT_DATA, help="data directory (default %(default)s)")
     sp.add_argument("--listen", default=DEFAULT_LISTEN, help="rover link, tcp://HOST:PORT (default %(default)s; port 0 picks one)")
     sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
@@ -63,34 +92,104 @@ def main(argv=None):
                          "or within 256 MiB of a full disk, a body passes without being kept")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
-    sp.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    sp.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    return ap, sp
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+def _journal():
+    """True when stderr is the journal (systemd sets JOURNAL_STREAM to its device:inode)."""
+    want = os.environ.get("JOURNAL_STREAM")
+    if not want:
+        return False
     try:
-        host, port = parse_tcp(args.listen)
-        mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
-        broker = parse_mqtt(args.broker) if args.broker else None
-        proxy = parse_tcp(args.proxy) if args.proxy else None
-        serial = [parse_serial(d) for d in args.serial]
-    except ValueError as e:
-        ap.error(str(e))
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return want == "%d:%d" % (st.st_dev, st.st_ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """One journal entry per event: the syslog level as a <N> prefix (systemd reads it and
+    strips it), no timestamp (journald keeps its own), a traceback folded onto the same line."""
+
+    PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+    def format(self, record):
+        text = logging.Formatter.format(self, record)
+        prio = next((p for level, p in self.PRIORITY if record.levelno >= level), 7)
+        return "<%d>%s" % (prio, " | ".join(line for line in text.splitlines() if line.strip()))
+
+
+def setup_logging(verbose, journal):
+    handler = logging.StreamHandler(sys.stderr)
+    if journal:
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def options(argv):
+    """Parsed and checked options: (args, None) or (None, a one-line error). The file's
+    values fill what the command line did not give; every value is checked here, before
+    anything is opened, and an error names the flag or the file and key it came from."""
+    from anchor.api import config
+    ap, sp = build_parser()
+    args = ap.parse_args(argv)
+    from_file = set()
+    if args.config:
+        try:
+            values = config.load(args.config, sp)
+        except config.ConfigError as e:
+            return None, str(e)
+        given = config.given(sp, argv if argv is not None else sys.argv[1:])
+        for dest, value in values.items():
+            if dest not in given:
+                setattr(args, dest, value)
+                from_file.add(dest)
+    for key, parse in CHECKS:
+        dest = key.replace("-", "_")
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        try:
+            for v in value if isinstance(value, list) else (value,):
+                parse(v)
+        except ValueError as e:
+            if dest in from_file:
+                return None, "%s: key %s: %s" % (args.config, key, e)
+            sp.error("--%s: %s" % (key, e))
+    return args, None
+
+
+def main(argv=None):
+    args, err = options(argv)
+    if err:
+        print("anchor: %s" % err, file=sys.stderr, flush=True)
+        return 2
+    journal = _journal()
+    setup_logging(args.verbose, journal)
+    log = logging.getLogger("anchor")
+    from anchor.notify import Notifier
+    notifier = Notifier()
+    # Run by a service manager: the journal gets one log line, not the help text below.
+    service = journal or notifier.active
+
+    host, port = parse_tcp(args.listen)
+    mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
+    broker = parse_mqtt(args.broker) if args.broker else None
+    proxy = parse_tcp(args.proxy) if args.proxy else None
+    serial = [parse_serial(d) for d in args.serial]
+    capacity = _size(args.capacity) if args.capacity else None
+    spool_max = _size(args.spool_max)
 
     from anchor.app import App
-    from anchor.daemon import serve
-
-    from anchor.storage.retention import parse_size
-    try:
-        capacity = parse_size(args.capacity) if args.capacity else None
-    except ValueError as e:
-        ap.error(str(e))
-    try:
-        spool_max = parse_size(args.spool_max)
-    except ValueError:
-        ap.error("--spool-max %r: expected a size like 256M, 1G or a number of bytes" % args.spool_max)
+    from anchor.daemon import BindError, serve
     from anchor.datalock import DataDirBusy
     from anchor.api.mgmt import SocketPathBusy, clear_stale_socket
+    notifier.status("starting: opening the store in %s" % os.path.abspath(args.data))
     try:
         clear_stale_socket(mgmt)     # before the data is opened: a taken path changes nothing
         app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
@@ -102,6 +201,13 @@ def main(argv=None):
     def ready(bound, proxy_bound=None):
         app.lock.describe("anchor serve, rovers on tcp://%s:%d, management on unix:%s"
                           % (host, bound, os.path.abspath(mgmt)))
+        if args.ready_file:
+            tmp = args.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write("%d\n" % bound)
+            os.rename(tmp, args.ready_file)
+        if service:
+            return
         print("anchor: data in %s" % app.data_dir, flush=True)
         print("anchor: rovers connect to tcp://%s:%d, e.g.\n"
               "    .venv/bin/rover --link tcp://%s:%d --device my-rover --state ./var/rover-state backup ROOT\n"
@@ -120,24 +226,41 @@ def main(argv=None):
                   "for  rover ... pair CODE", flush=True)
         if not app.capturing:
             print("anchor: capture is OFF (--no-capture): for measurement only", flush=True)
-        if args.ready_file:
-            tmp = args.ready_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.write("%d\n" % bound)
-            os.rename(tmp, args.ready_file)
 
-    try:
+    caught = []
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def on_signal(sig):
+            if not caught:
+                log.info("%s: stopping", signal.Signals(sig).name)
+            caught.append(sig)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
         links = {"serial": serial, "mqtt_links": bool(broker) and not args.no_mqtt_links,
                  "ble": args.ble_allow if args.ble else None}
-        asyncio.run(serve(app, host, port, mgmt, ready, proxy, links))
+        return await serve(app, host, port, mgmt, ready, proxy, links, notifier=notifier, stop=stop)
+
+    status = 0
+    closed = 0
+    try:
+        closed = asyncio.run(run())
     except KeyboardInterrupt:
-        pass
-    except SocketPathBusy as e:
+        caught.append(signal.SIGINT)     # before the loop took the signal over
+    except (SocketPathBusy, BindError) as e:
         print("anchor: %s" % e, file=sys.stderr, flush=True)
-        return 2
+        status = 2
     finally:
         app.close()
-    return 0
+    if caught:
+        log.info("stopped on %s: %d link%s closed, store flushed and closed", signal.Signals(caught[0]).name,
+                 closed, "" if closed == 1 else "s")
+    notifier.close()
+    return status
 
 
 if __name__ == "__main__":

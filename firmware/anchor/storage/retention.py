@@ -63,9 +63,9 @@ def parse_size(text):
     try:
         n = int(float(t) * mult)
     except ValueError:
-        raise ValueError("capacity %r: expected a size like 500M, 2G or a number of bytes" % text)
+        raise ValueError("%r: expected a size like 500M, 2G or a number of bytes" % text)
     if n <= 0:
-        raise ValueError("capacity must be positive")
+        raise ValueError("%r: a size must be positive" % text)
     return n
 
 
