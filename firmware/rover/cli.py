@@ -74,7 +74,7 @@ def main(argv=None):
         if str(e):
             print("rover: %s" % e, file=sys.stderr)
         print(usage(), file=sys.stderr if str(e) else sys.stdout)
-        return 2
+        return 2 if str(e) else 0       # --help asked for it: not an error
     from rover.link import LinkError
     from rover.conversation import RoverError
     from anchor_core.messages import ProtocolError
