@@ -25,6 +25,7 @@ setup: setup-run system-deps $(STAMP) $(UMQTT_STAMP) build/mpy/.made
 system-deps:
 	@missing=; \
 	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -z "$$missing" ] || { \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }

@@ -54,6 +54,7 @@ class SessionServer:
         # Every link being served (its task and raw writer), so a shutdown can close them and
         # let each session flush and count what it received.
         self.streams = {}                 # task -> writer
+        self.channel_links = {}           # port name -> its latest links.chanlink.ChannelConnection
         self.sessions_total = 0
 
     # --- one rover link ----------------------------------------------------------------
@@ -282,11 +283,12 @@ SHUTDOWN_SECONDS = 5.0      # sessions get this long to end once their links are
 
 
 async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy=None, links=None,
-                notifier=None, stop=None):
+                notifier=None, stop=None, http=None, http_token=None):
     """Serve the rover links, the management API and, if `proxy` is (host, port), the HTTP
     forward proxy of `app` (an anchor.app.App) until `stop` (an asyncio.Event) is set.
     `ready(port, proxy_port)` is called once all of them listen. `links`: keyword arguments
-    for start_links (serial, MQTT and BLE listeners). `notifier`: anchor.notify.Notifier (the
+    for start_links (serial, MQTT and BLE listeners). `http`: (host, port) of the status page
+    and /metrics (anchor/api/web.py), `http_token` the token it asks for. `notifier`: anchor.notify.Notifier (the
     service manager hears READY, STATUS, WATCHDOG and STOPPING). A listener that cannot take
     its address raises BindError naming the option."""
     from anchor.api import mgmt
@@ -315,6 +317,10 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
             opened.append(pserver)
             proxy_port = pserver.port
             log.info("HTTP proxy on tcp://%s:%d", proxy[0], proxy_port)
+        if http:
+            from anchor.api.web import StatusServer
+            opened.append(await _bind("http", "tcp://%s:%d" % http,
+                                      lambda: StatusServer(app, http_token).start(*http)))
         if not app.capturing:
             log.warning("capture is OFF (--no-capture, for measurement): relayed bodies are not kept")
         log.info("anchor listening on tcp://%s:%d, management on unix:%s", listen_host, port, mgmt_path)
@@ -329,7 +335,11 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
         if watchdog is not None:
             watchdog.cancel()
         for lst in opened:
-            lst.close()
+            aclose = getattr(lst, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            else:
+                lst.close()
     n = await sessions.close_all(SHUTDOWN_SECONDS)
     return n
 
@@ -340,9 +350,10 @@ async def _keepalive(notifier, sessions, where):
     every = notifier.watchdog_s / 2 if notifier.watchdog_s else 30.0
     last = None
     while True:
-        live = len(sessions.live)
-        text = "serving %s: %d session%s now, %d since start" % (
-            where, live, "" if live == 1 else "s", sessions.sessions_total)
+        links = len(sessions.streams)
+        text = "serving %s: %d link%s open, %d session%s since start" % (
+            where, links, "" if links == 1 else "s", sessions.sessions_total,
+            "" if sessions.sessions_total == 1 else "s")
         lines = ["WATCHDOG=1"] if notifier.watchdog_s else []
         if text != last:
             lines.append("STATUS=" + text)

@@ -21,6 +21,8 @@ EVERY = {
     "ble-allow": ("[\"anchor-rover-1\"]", ["anchor-rover-1"]),
     "proxy": ("\"tcp://127.0.0.1:3128\"", "tcp://127.0.0.1:3128"),
     "open": ("true", True),
+    "http": ("\"tcp://0.0.0.0:8080\"", "tcp://0.0.0.0:8080"),
+    "http-token-file": (None, None),     # filled in per test: the file must exist
     "capacity": ("\"20G\"", "20G"),
     "spool-max": ("\"256M\"", "256M"),
     "relay-timeout": ("12.5", 12.5),
@@ -49,10 +51,14 @@ def test_every_key_is_tested_and_documented():
 
 
 def test_every_key_reaches_the_options(tmp_path):
-    path = write(tmp_path, "".join("%s = %s\n" % (k, v[0]) for k, v in EVERY.items()))
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-some-length\n")
+    token.chmod(0o600)
+    every = dict(EVERY, **{"http-token-file": ('"%s"' % token, str(token))})
+    path = write(tmp_path, "".join("%s = %s\n" % (k, v[0]) for k, v in every.items()))
     args, err = cli.options(["serve", "--config", path])
     assert err is None
-    for key, (_, want) in EVERY.items():
+    for key, (_, want) in every.items():
         assert getattr(args, key.replace("-", "_")) == want, key
 
 
@@ -84,6 +90,8 @@ def test_flags_win_over_the_file(tmp_path):
     ('listen = "tcp:/127.0.0.1"\n', ["key listen", "tcp://HOST:PORT"]),
     ('broker = "http://x:1"\n', ["key broker"]),
     ('mgmt = "/no/scheme"\n', ["key mgmt"]),
+    ('http = "http://0.0.0.0:80"\n', ["key http"]),
+    ('http-token-file = "/nonexistent/token"\n', ["key http-token-file", "cannot read"]),
     ('serial = ["/dev/ttyS0", "serial:/dev/x?bogus=1"]\n', ["key serial", "bogus"]),
     ('listen = "tcp://127.0.0.1:1\n', ["not valid TOML", "line 2"]),
 ])

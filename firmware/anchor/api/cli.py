@@ -51,11 +51,16 @@ def _size(text):
     return parse_size(text)
 
 
+def _token(path):
+    from anchor.api.web import read_token
+    return read_token(path)
+
+
 # Values checked after the file and the flags are merged, so an error can say where the value
 # came from: (key, parse). A list (--serial) is checked item by item.
 CHECKS = (("listen", parse_tcp), ("mgmt", parse_unix), ("broker", parse_mqtt), ("proxy", parse_tcp),
           ("serial", parse_serial), ("capacity", _size), ("spool-max", _size),
-          ("relay-timeout", parse_seconds))
+          ("relay-timeout", parse_seconds), ("http", parse_tcp), ("http-token-file", _token))
 
 
 def build_parser():
@@ -80,6 +85,11 @@ def build_parser():
     sp.add_argument("--ble-allow", action="append", default=[], metavar="ADDRESS_OR_NAME",
                     help="with --ble: only these rovers (repeatable; default: any advertising the Anchor service)")
     sp.add_argument("--proxy", default=None, help="HTTP forward proxy for rovers with IP, tcp://HOST:PORT (default: off; port 0 picks one)")
+    sp.add_argument("--http", default=None,
+                    help="status page and /metrics, tcp://HOST:PORT (default: off); without --http-token-file "
+                         "only loopback and private or link-local networks may look")
+    sp.add_argument("--http-token-file", default=None, metavar="FILE",
+                    help="with --http: a file (mode 0600) whose first line is the token a client must present")
     sp.add_argument("--open", action="store_true",
                     help="also serve rovers that are not paired, unauthenticated and unencrypted "
                          "(a lab or test bench only; by default only paired rovers get anything)")
@@ -184,6 +194,8 @@ def main(argv=None):
     serial = [parse_serial(d) for d in args.serial]
     capacity = _size(args.capacity) if args.capacity else None
     spool_max = _size(args.spool_max)
+    http = parse_tcp(args.http) if args.http else None
+    http_token = _token(args.http_token_file) if args.http_token_file else None
 
     from anchor.app import App
     from anchor.daemon import BindError, serve
@@ -243,7 +255,8 @@ def main(argv=None):
             loop.add_signal_handler(sig, on_signal, sig)
         links = {"serial": serial, "mqtt_links": bool(broker) and not args.no_mqtt_links,
                  "ble": args.ble_allow if args.ble else None}
-        return await serve(app, host, port, mgmt, ready, proxy, links, notifier=notifier, stop=stop)
+        return await serve(app, host, port, mgmt, ready, proxy, links, notifier=notifier, stop=stop,
+                           http=http, http_token=http_token)
 
     status = 0
     closed = 0

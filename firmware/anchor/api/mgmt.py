@@ -1,9 +1,11 @@
 """The management API: HTTP/1.1 over a unix socket, JSON in and out (docs/management.md).
+CPython only.
 
 HTTP because operators already have clients for it (`curl --unix-socket`), and a unix
-socket because its file permissions decide who is an operator. One request per
-connection keeps the server small; restore streams its answer until the connection closes.
-The work is done by the services of an anchor.app.App; this module only frames it onto HTTP.
+socket because its file permissions decide who is an operator. The HTTP server is aiohttp's
+(a maintained parser with limits, on a security surface; docs/decisions.md); restore streams
+its answer. The work is done by the services of an anchor.app.App; this module only frames
+it onto HTTP.
 """
 import asyncio
 import json
@@ -12,7 +14,9 @@ import os
 import socket
 import stat
 import struct
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
+
+from aiohttp import web
 
 from anchor_core import messages as m
 from anchor.services.restore import NotInSnapshot, PathError, RestoreError
@@ -45,7 +49,6 @@ class ApiError(Exception):
         self.text = text
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 class SocketPathBusy(Exception):
@@ -86,14 +89,14 @@ class MgmtServer:
     """The listening management socket; close() stops it and removes the socket file if
     it is still the one this server made."""
 
-    def __init__(self, server, path):
-        self.server = server
+    def __init__(self, runner, path):
+        self.runner = runner
         self.path = path
         st = os.lstat(path)
         self._ident = (st.st_dev, st.st_ino)
+        self._closing = None
 
-    def close(self):
-        self.server.close()
+    def _unlink(self):
         try:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._ident:
@@ -101,17 +104,39 @@ class MgmtServer:
         except OSError:
             pass
 
+    def close(self):
+        """On the event loop's thread: the socket file goes now, the server as soon as the
+        loop runs (aclose() waits for that)."""
+        self._unlink()
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.runner.cleanup())
+
+    async def aclose(self):
+        self.close()
+        await self._closing
+
+
+MAX_FIELD = 8190       # a request line or one header field (aiohttp's default, stated here)
+
 
 async def start(app, path):
     clear_stale_socket(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     api = Api(app)
+    web_app = web.Application(client_max_size=MAX_REQUEST, handler_args={
+        "max_line_size": MAX_FIELD, "max_field_size": MAX_FIELD})
+    web_app.router.add_route("*", "/{tail:.*}", api.handle)
+    runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+    await runner.setup()
     old = os.umask(0o177)   # the socket is the operator's alone (owner read/write)
     try:
-        server = await asyncio.start_unix_server(api.handle, path)
+        await web.UnixSite(runner, path).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     finally:
         os.umask(old)
-    return MgmtServer(server, path)
+    return MgmtServer(runner, path)
 
 
 class Api:
@@ -119,59 +144,41 @@ class Api:
         self.app = app
         self.catalog = app.catalog
 
-    async def handle(self, reader, writer):
+    async def handle(self, request):
         try:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-                raise ApiError(400, "request head missing or too long")
-            if len(head) > MAX_REQUEST:
-                raise ApiError(400, "request head too long")
-            line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = line.split(" ")
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                raise ApiError(400, "bad request line")
-            if parts[0] not in ("GET", "DELETE", "POST"):
+            if request.method not in ("GET", "DELETE", "POST"):
                 raise ApiError(405, "only GET, POST and DELETE are supported")
-            url = urlsplit(parts[1])
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            segs = [unquote(s) for s in url.path.split("/") if s]
-            await self.route(parts[0], segs, query, writer)
+            # Split the raw path, then decode each segment: a %2F inside a device name or a
+            # path stays inside its segment.
+            raw = request.raw_path.split("?", 1)[0]
+            segs = [unquote(x) for x in raw.split("/") if x]
+            query = {k: request.query.getall(k)[-1] for k in request.query}
+            return await self.route(request.method, segs, query, request)
         except ApiError as e:
-            await self._json(writer, {"error": e.text}, e.status)
+            return self._json({"error": e.text}, e.status)
         except Exception as e:
             log.exception("management request failed")
-            try:
-                await self._json(writer, {"error": "internal error: %s" % e}, 500)
-            except Exception:
-                pass
-        finally:
-            try:
-                await writer.drain()
-            except Exception:
-                pass
-            writer.close()
+            return self._json({"error": "internal error: %s" % e}, 500)
 
-    async def _json(self, writer, obj, status=200):
+    @staticmethod
+    def _json(obj, status=200):
         body = (json.dumps(obj, indent=None) + "\n").encode()
-        writer.write(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                      "Connection: close\r\n\r\n" % (status, _REASONS.get(status, ""), len(body))).encode() + body)
-        await writer.drain()
+        return web.Response(body=body, status=status, content_type="application/json")
 
     # --- routing -----------------------------------------------------------------------
 
-    async def route(self, method, segs, q, writer):
+    async def route(self, method, segs, q, request):
         if len(segs) < 2 or segs[0] != "v1":
             raise ApiError(404, "no such endpoint")
         if len(segs) == 4 and segs[1] == "devices" and segs[3] == "pairing":
             if method == "POST":
-                return await self._json(writer, self.pair(segs[2]))
+                return self._json(self.pair(segs[2]))
             if method == "DELETE":
-                return await self._json(writer, self.unpair(segs[2]))
+                return self._json(self.unpair(segs[2]))
         if method == "DELETE":
             if len(segs) == 5 and segs[1] == "devices" and segs[3] == "snapshots":
                 dev = self._device(segs[2])
-                return await self._json(writer, self.forget(dev, self._snapshot(dev, segs[4])))
+                return self._json(self.forget(dev, self._snapshot(dev, segs[4])))
             raise ApiError(405, "DELETE works on a snapshot only")
         if len(segs) == 4 and segs[1] == "devices" and segs[3] == "prune":
             if method != "POST":
@@ -184,30 +191,30 @@ class Api:
                 raise ApiError(400, str(e))
             a = self.app
             out = prune.prune(a.catalog, a.store, a.trees, a.retention, dev, **args)
-            return await self._json(writer, dict(out, device=segs[2]))
+            return self._json(dict(out, device=segs[2]))
         if segs[1:] == ["devices"]:
-            return await self._json(writer, self.catalog.devices())
+            return self._json(self.catalog.devices())
         if segs[1:] == ["stats"]:
-            return await self._json(writer, self.stats())
+            return self._json(self.stats())
         if segs[1:] == ["verify"]:
             if method == "POST":
                 if q.get("repair") != "1":
                     raise ApiError(400, "POST /v1/verify repairs: say repair=1")
-                return await self._json(writer, self.verify(repair=True))
-            return await self._json(writer, self.verify())
+                return self._json(self.verify(repair=True))
+            return self._json(self.verify())
         if segs[1:] == ["watch"]:
-            return await self._json(writer, self.app.watchlist.listing())
+            return self._json(self.app.watchlist.listing())
         if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":
             dev = self._device(segs[2])
             if len(segs) == 4:
-                return await self._json(writer, [self._snap_json(s) for s in self.catalog.snapshots(dev)])
+                return self._json([self._snap_json(s) for s in self.catalog.snapshots(dev)])
             snap = self._snapshot(dev, segs[4])
             if len(segs) == 5:
-                return await self._json(writer, self._snap_json(snap))
+                return self._json(self._snap_json(snap))
             if len(segs) == 6 and segs[5] == "tree":
-                return await self._json(writer, self.ls(snap, q.get("path", ""), q.get("recursive") == "1"))
+                return self._json(self.ls(snap, q.get("path", ""), q.get("recursive") == "1"))
             if len(segs) == 6 and segs[5] == "restore":
-                return await self.restore(writer, snap, q.get("path", ""))
+                return await self.restore(request, snap, q.get("path", ""))
         raise ApiError(404, "no such endpoint")
 
     def _device(self, name):
@@ -270,7 +277,7 @@ class Api:
                 out.append(self._entry_json(r))
         return out
 
-    async def restore(self, writer, snap, prefix):
+    async def restore(self, request, snap, prefix):
         """Stream entries (docs/management.md, "Restore stream", version 2): u32 header length
         and JSON header per entry; a file's content follows as frames (u32 length, chunk id,
         bytes) ended by a zero length when whole, or by FAILED and the reason when it cannot
@@ -288,45 +295,47 @@ class Api:
         except TreeError as e:
             log.error("restore of snapshot %d refused: %s", snap["id"], e)
             raise ApiError(500, "cannot restore snapshot %d: %s" % (snap["id"], e))
-        writer.write(("HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n"
-                      % RESTORE_TYPE).encode())
+        resp = web.StreamResponse(headers={"Content-Type": RESTORE_TYPE})
+        await resp.prepare(request)
+        write = resp.write
         in_file = False
         try:
             item = first
             while item is not None:
                 r, ids, problem = item
                 hdr = json.dumps(self._entry_json(r)).encode()
-                writer.write(_U32.pack(len(hdr)) + hdr)
+                await write(_U32.pack(len(hdr)) + hdr)
                 if r[m.REC_TYPE] == m.T_FILE:
                     in_file = True
                     if problem is None:
                         try:
                             for cid, b in zip(ids, service.content(r, ids)):
-                                writer.write(_U32.pack(len(b)) + cid)
-                                writer.write(b)
-                                await writer.drain()
+                                await write(_U32.pack(len(b)) + cid)
+                                await write(b)
                         except RestoreError as e:
                             problem = e
                     if problem is None:
-                        writer.write(_U32.pack(0))
+                        await write(_U32.pack(0))
                     else:
                         log.error("restore of snapshot %d: %s", snap["id"], problem)
-                        writer.write(_failed(problem.why))
+                        await write(_failed(problem.why))
                     in_file = False
-                await writer.drain()
                 item = next(entries, None)
-            writer.write(_U32.pack(0))
+            await write(_U32.pack(0))
         except ConnectionError as e:
             log.info("restore of snapshot %d: the client went away (%s)", snap["id"], e)
-            return
+            return resp
         except Exception as e:
             # Whatever broke, the client must be told in the stream's own terms: text here
             # that is not a frame would be read as the content of a file.
             log.exception("restore of snapshot %d cut short", snap["id"])
-            if in_file:
-                writer.write(_failed("the anchor failed while reading it: %s" % e))
-            writer.write(_failed("the rest of snapshot %d cannot be read: %s" % (snap["id"], e)))
-        await writer.drain()
+            try:
+                if in_file:
+                    await write(_failed("the anchor failed while reading it: %s" % e))
+                await write(_failed("the rest of snapshot %d cannot be read: %s" % (snap["id"], e)))
+            except ConnectionError:
+                pass
+        return resp
 
     def forget(self, dev, snap):
         """Remove a snapshot; content only it kept falls back to pass-through data."""

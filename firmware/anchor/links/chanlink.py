@@ -112,6 +112,23 @@ class ChannelConnection:
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self.tasks = set()
+        # Link health for the status page and /metrics: packets and wire bytes each way; the
+        # channel counts what it sent again (retransmits, timeouts, dropped).
+        self.up = True
+        self.sent_packets = self.sent_bytes = self.rx_packets = self.rx_bytes = 0
+        links = getattr(server, "channel_links", None)
+        if links is not None:
+            links[port.name] = self     # the latest connection on this port name
+
+    def health(self):
+        ch = self.ch
+        sent = self.sent_packets
+        return {"link": self.port.name, "up": self.up, "mtu": self.port.mtu,
+                "packets_sent": sent, "bytes_sent": self.sent_bytes,
+                "packets_received": self.rx_packets, "bytes_received": self.rx_bytes,
+                "retransmits": ch.retransmits, "timeouts": ch.timeouts, "dropped": ch.dropped,
+                # packets that carried something the first time, of all sent
+                "goodput": round(1.0 - ch.retransmits / sent, 4) if sent else None}
 
     def kick(self):
         self._wake.set()
@@ -132,6 +149,7 @@ class ChannelConnection:
             for t in (rx, tx):
                 t.cancel()
             self.ch.state = chan.DEAD
+            self.up = False
             self._notify()
             for t in list(self.tasks):
                 try:
@@ -149,6 +167,8 @@ class ChannelConnection:
                 return
             ch = self.ch
             resets = ch.resets
+            self.rx_packets += 1
+            self.rx_bytes += len(pkt)
             ch.receive_packet(pkt, now_ms())
             if ch.resets != resets:
                 log.info("link %s: the rover started a new channel", self.port.name)
@@ -193,6 +213,8 @@ class ChannelConnection:
                     log.info("link %s gone while sending: %s", self.port.name, e)
                     return
                 sent += 1
+                self.sent_packets += 1
+                self.sent_bytes += len(p)
             if sent:
                 self._notify()     # window room for writers
             if sent == SEND_BURST:

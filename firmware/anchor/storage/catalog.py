@@ -92,6 +92,13 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL,
     PRIMARY KEY (device_id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daily (        -- the counters again, per UTC day (the status page's plots)
+    device_id INTEGER NOT NULL,
+    day INTEGER NOT NULL,             -- days since 1970-01-01 UTC
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (device_id, day, name)
+) WITHOUT ROWID;
 """
 
 
@@ -491,10 +498,40 @@ class Catalog:
 
     # --- counters ----------------------------------------------------------------------
 
-    def count(self, dev, **amounts):
+    # Per-day counters kept: what the status page plots (radio bytes against a plain upload).
+    DAILY = ("link_rx", "link_tx", "link_control", "link_backup", "link_relay", "backups",
+             "supplied_passthrough", "supplied_backups", "supplied_uploaded", "chunks_uploaded",
+             "relay_down_bytes", "relay_up_bytes")
+
+    def count(self, dev, when=None, **amounts):
+        items = [(k, v) for k, v in amounts.items() if v]
         self.db.executemany(
             "INSERT INTO counters VALUES (?, ?, ?) ON CONFLICT(device_id, name) DO UPDATE SET value = value + excluded.value",
-            ((dev, k, v) for k, v in amounts.items() if v))
+            ((dev, k, v) for k, v in items))
+        day = int((time.time() if when is None else when) // 86400)
+        self.db.executemany(
+            "INSERT INTO daily VALUES (?, ?, ?, ?) ON CONFLICT(device_id, day, name) "
+            "DO UPDATE SET value = value + excluded.value",
+            ((dev, day, k, v) for k, v in items if k in self.DAILY))
+
+    def daily(self, since_day):
+        """{device: {day: {name: value}}} from since_day on (days since the epoch, UTC)."""
+        out = {}
+        for name, day, key, value in self.db.execute(
+                "SELECT d.name, x.day, x.name, x.value FROM daily x JOIN devices d ON d.id = x.device_id "
+                "WHERE x.day >= ? ORDER BY x.day", (since_day,)):
+            out.setdefault(name, {}).setdefault(day, {})[key] = value
+        return out
+
+    def last_backups(self, n=10):
+        """{device: [times of its last n snapshots, oldest first]}."""
+        out = {}
+        for name, t in self.db.execute(
+                "SELECT d.name, s.created FROM snapshots s JOIN devices d ON d.id = s.device_id "
+                "WHERE s.seq > (SELECT max(seq) FROM snapshots WHERE device_id = s.device_id) - ? "
+                "ORDER BY s.device_id, s.seq", (n,)):
+            out.setdefault(name, []).append(t)
+        return out
 
     def counters(self):
         out = {}
