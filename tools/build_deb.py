@@ -171,6 +171,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "deb"))
     args = ap.parse_args()
+    # The package's modes are its own, not the caller's: a umask of 077 (the anchor sets one)
+    # would make every directory 0700 and dpkg-deb refuses such a control directory.
+    os.umask(0o022)
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         version = tomllib.load(f)["project"]["version"]
     work = tempfile.mkdtemp(prefix="anchor-deb-")
