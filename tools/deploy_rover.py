@@ -195,10 +195,10 @@ def build_config(args):
 def pairing_key(code, device):
     """The pairing secret, derived on the host with the rover's own code (rover pair CODE
     does the same on the board): a mistyped code is refused before the board is touched."""
-    from anchor_core import secure
+    from anchor_core import paircode, secure
     try:
-        return secure.code_to_key(code, device)
-    except secure.SecureError as e:
+        return secure.code_to_key(paircode.check(code), device)
+    except (secure.SecureError, ValueError) as e:
         raise DeployError("pairing code: %s" % e)
 
 

@@ -144,10 +144,11 @@ def pair_command(opts, rest):
     if len(rest) != 2:
         print("rover: pair takes the code anchorctl pair printed", file=sys.stderr)
         return 2
+    from anchor_core import paircode
     try:
         check_device(opts["device"])
-        key = secure.code_to_key(rest[1], opts["device"])
-    except (secure.SecureError, ProtocolError) as e:
+        key = secure.code_to_key(paircode.check(rest[1]), opts["device"])
+    except (secure.SecureError, ProtocolError, ValueError) as e:
         print("rover: pair failed: %s" % e, file=sys.stderr)
         return 1
     save_key(opts["state"], key)

@@ -280,7 +280,7 @@ def test_something_else_on_the_port(tmp_path):
     (["--link", "tcp://127.0.0.1:99999"], "port 99999"),
     (["--link", "serial:/dev/ttyS0?speed=9"], "unknown option"),
     (["--link", "tcp://127.0.0.1:7440", "--device", "a b"], "device"),
-    (["--link", "tcp://127.0.0.1:7440", "--pair", "SHORT"], "pairing code too short"),
+    (["--link", "tcp://127.0.0.1:7440", "--pair", "SHORT"], "pairing code has 5 letters"),
     (["--config-json", '{"every": "soon"}'], "every"),
     (["--config-json", '{"jitter": "200%"}'], "jitter"),
     (["--config-json", '{"wlan": {}}'], "unknown key"),
@@ -288,7 +288,8 @@ def test_something_else_on_the_port(tmp_path):
     (["--config-json", '{"uart": {"id": 1, "tx": 17}}'], "uart"),
     (["--link", "serial:uart1"], '"uart" is required'),
     (["--link", "ble:"], '"ble" is required'),
-    (["--pair", "AAAAA-BBBBB-CCCCC-DDDDD"], "no link"),
+    (["--pair", "GRUHF-UPDRE-FPC3W-FVBB7"], "no link"),
+    (["--link", "tcp://127.0.0.1:7440", "--pair", "GRUHF-UPDRE-FPC3W-FVBB8"], "mistyped"),
     (["--config-json", "[1, 2]"], "JSON object"),
 ])
 def test_bad_input_is_refused_before_the_board_is_touched(tmp_path, bad, says):

@@ -52,7 +52,7 @@ def test_unpaired_and_revoked_rovers_get_a_refusal(anchor, tmp_path):
     assert p.returncode != 0 and "paired rovers only" in p.stderr, p.stderr
     # a key the anchor never issued, a revoked pairing, a renewed one: the same answer each
     # time (whether a name is paired is not the anchor's to tell)
-    run_rover("cpython", "tcp://x:1", "forger", str(tmp_path / "s2"), "pair", "AAAAA-BBBBB-CCCCC-DDDDD")
+    run_rover("cpython", "tcp://x:1", "forger", str(tmp_path / "s2"), "pair", "GRUHF-UPDRE-FPC3W-FVBB7")
     p = run_rover("cpython", anchor.link, "forger", str(tmp_path / "s2"), "backup", src, "--retries", "0", check=False)
     assert p.returncode != 0 and "could not prove" in p.stderr and "pair again" in p.stderr, p.stderr
     forged = p.stderr
@@ -205,3 +205,21 @@ def test_a_rover_cannot_name_another_device(anchor, tmp_path):
 def test_management_socket_is_the_operators_alone(anchor):
     st = os.stat(anchor.mgmt)
     assert st.st_mode & 0o077 == 0, oct(st.st_mode)
+
+
+@pytest.mark.parametrize("runtime", ["cpython", "micropython"])
+def test_a_mistyped_code_is_refused_when_typed(anchor, tmp_path, runtime):
+    """One wrong symbol, two neighbours swapped, a letter that is not in codes: refused by
+    `rover pair` itself, nothing stored; the code as printed pairs."""
+    code = json.loads(anchorctl(anchor.address, "pair", "typist", "--json").stdout)["code"]
+    i = 7 if code[7] != code[8] else 9
+    swapped = code[:i] + code[i + 1] + code[i] + code[i + 2:]
+    wrong = code[:3] + ("B" if code[3] != "B" else "C") + code[4:]
+    state = tmp_path / "state"
+    for bad, says in ((wrong, "mistyped (check symbol)"), (swapped, "mistyped (check symbol)"),
+                      (code[:-1] + "O", "not in it")):
+        p = run_rover(runtime, "tcp://127.0.0.1:1", "typist", str(state), "pair", bad, check=False)
+        assert p.returncode == 1 and says in p.stderr, (bad, p.stderr)
+        assert not (state / "pairing.key").exists()
+    run_rover(runtime, "tcp://127.0.0.1:1", "typist", str(state), "pair", code.lower())
+    assert (state / "pairing.key").exists()

@@ -353,10 +353,8 @@ class Api:
             check_device(device)
         except ProtocolError as e:
             raise ApiError(400, e.text)
-        alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"      # no I/O/0/1 to misread
-        raw = os.urandom(20)
-        code = "".join(alphabet[b % 32] for b in raw)
-        code = "-".join(code[i:i + 5] for i in range(0, 20, 5))
+        from anchor_core import paircode
+        code = paircode.make(os.urandom(19))      # 19 symbols of 5 random bits, and a check symbol
         self.catalog.pair(device, secure.code_to_key(code, device))
         return {"device": device, "code": code}
 
