@@ -101,10 +101,23 @@ class Incomplete(AnchorError):
 
 
 def cmd_restore(c, a):
-    counts = c.restore(a.device, a.to, a.snapshot, a.path, a.keep_special_bits)
+    plan = []
+    counts = c.restore(a.device, a.to, a.snapshot, a.path, a.keep_special_bits, a.overwrite, a.dry_run, plan)
     if not a.json:
-        print("restored %d files (%s), %d folders, %d symlinks to %s"
-              % (counts["files"], _size(counts["bytes"]), counts["dirs"], counts["symlinks"], a.to))
+        for action, path in plan:
+            print("%-9s %s" % ("would " + action if action in ("write", "overwrite") else action, shown(path)))
+        print("%s %d files (%s), %d folders, %d symlinks to %s"
+              % ("dry run: would restore" if a.dry_run else "restored", counts["files"], _size(counts["bytes"]),
+                 counts["dirs"], counts["symlinks"], a.to))
+        if counts["unchanged"]:
+            print("%d files already there and unchanged (--overwrite if-changed)" % counts["unchanged"])
+    elif a.dry_run:
+        counts = dict(counts, plan=[{"action": x, "path": p} for x, p in plan])
+    if counts["skipped"]:
+        n = len(counts["skipped"])
+        print("anchorctl: %d file%s already in %s left as %s (--overwrite if-changed or always to replace): %s%s"
+              % (n, "" if n == 1 else "s", a.to, "they are" if n > 1 else "it is",
+                 ", ".join(shown(x) for x in counts["skipped"][:5]), ", ..." if n > 5 else ""), file=sys.stderr)
     for f in counts["failed"]:
         print("anchorctl: not restored: %s: %s" % (shown(f["path"]), f["error"]), file=sys.stderr)
     if counts["incomplete"]:
@@ -285,6 +298,10 @@ def main(argv=None):
     p.add_argument("--path", default="", help="restore only this file or folder")
     p.add_argument("--keep-special-bits", action="store_true",
                    help="restore setuid/setgid bits too (dropped by default)")
+    p.add_argument("--overwrite", choices=("never", "if-changed", "always"), default="never",
+                   help="a file or symlink already at a path: never replaced (default), replaced if-changed "
+                        "(size, mtime or mode differ), or always")
+    p.add_argument("--dry-run", action="store_true", help="write nothing; list what a restore would do")
     p = add("clone", cmd_clone, "write a snapshot as the filesystem of a replacement rover: a littlefs2 "
             "image MicroPython mounts as it is, or a folder tree; exit 3 if the anchor cannot read some "
             "files back, 4 if the filesystem cannot hold some entries (both named)")

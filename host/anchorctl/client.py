@@ -139,18 +139,27 @@ class Client:
     def watch(self):
         return self._json("/v1/watch")
 
-    def restore(self, device, to, snapshot="latest", path="", keep_special_bits=False):
+    def restore(self, device, to, snapshot="latest", path="", keep_special_bits=False, overwrite="never",
+                dry_run=False, plan=None):
         """Restore a snapshot (or the subtree at `path`) under directory `to`.
 
         Every path is checked to stay inside `to` before anything is written; each file is
         written to a temporary name, checked chunk by chunk and renamed into place only
         when whole; mode and mtime are set after contents, directories last so their mtime
         survives; setuid/setgid bits only with keep_special_bits.
+        A file or symlink already there is left alone unless overwrite says otherwise
+        ("if-changed", "always"; see restore.Restorer); dry_run writes nothing and fills
+        `plan` (a list) with (action, path).
         Returns {"files", "dirs", "symlinks", "bytes", "failed": [{"path", "error"}],
+        "skipped": [paths left alone], "unchanged": n (if-changed found them the same),
         "incomplete": None or why the rest of the snapshot could not be read}.
         """
+        r = Restorer(to, keep_special_bits, overwrite, dry_run)
         with self.restore_stream(device, snapshot, path) as reader:
-            return Restorer(to, keep_special_bits).run(reader)
+            counts = r.run(reader)
+        if plan is not None:
+            plan.extend(r.plan)
+        return counts
 
     @contextlib.contextmanager
     def restore_stream(self, device, snapshot="latest", path=""):

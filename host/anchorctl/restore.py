@@ -9,6 +9,7 @@ size), so sparse files stay sparse. setuid and setgid bits are dropped unless as
 restore by root must not hand out privileges a rover's files happened to carry."""
 import hashlib
 import os
+import stat
 
 from anchorctl.errors import AnchorError
 
@@ -40,13 +41,68 @@ class FileFailed(Exception):
     """One file cannot be restored; the stream goes on with the next entry."""
 
 
+OVERWRITE = ("never", "if-changed", "always")
+
+
 class Restorer:
-    def __init__(self, to, keep_special_bits=False):
-        os.makedirs(to, exist_ok=True)
+    """overwrite: what to do with a file or symlink already at an entry's path: "never" (the
+    default: it stays, the entry is listed as skipped), "if-changed" (replaced unless it is
+    the same kind with the same size, mtime and mode, or the same symlink target), "always".
+    dry_run: write nothing; the counts and `plan` say what a restore would do."""
+
+    def __init__(self, to, keep_special_bits=False, overwrite="never", dry_run=False):
+        if overwrite not in OVERWRITE:
+            raise AnchorError("--overwrite %r: one of %s" % (overwrite, ", ".join(OVERWRITE)))
+        if not dry_run:
+            os.makedirs(to, exist_ok=True)
         self.root = os.path.realpath(to)
         self.mode_mask = 0o7777 if keep_special_bits else 0o7777 & ~SPECIAL_BITS
+        self.overwrite = overwrite
+        self.dry_run = dry_run
+        self.plan = []          # dry run: (action, path) with action "write", "overwrite", "skip", "unchanged"
         self.dirs = []
-        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0, "failed": [], "incomplete": None}
+        self.counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0, "failed": [], "incomplete": None,
+                       "skipped": [], "unchanged": 0}
+
+    def _decide(self, dest, e, kind):
+        """"write" (nothing there), "overwrite", "skip" (there, and not to be replaced) or
+        "unchanged" (if-changed found it the same)."""
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return "write"
+        except OSError:
+            return "overwrite"        # let the write itself report what is wrong
+        if stat.S_ISDIR(st.st_mode):
+            return "write"            # a folder in the way: the file fails, named, as before
+        if self.overwrite == "always":
+            return "overwrite"
+        if self.overwrite == "if-changed":
+            if kind == "file" and stat.S_ISREG(st.st_mode) and st.st_size == e["size"] \
+                    and st.st_mtime_ns == e["mtime_ns"] \
+                    and stat.S_IMODE(st.st_mode) == e["mode"] & self.mode_mask:
+                return "unchanged"
+            if kind == "symlink" and stat.S_ISLNK(st.st_mode) and os.readlink(dest) == e["target"]:
+                return "unchanged"
+            return "overwrite"
+        return "skip"
+
+    def _pass_over(self, reader, e, action):
+        """An entry not written: its frames are read (the stream stays in step) and counted."""
+        if e.get("type") == "file":
+            problem = read_content(reader, e["size"], lambda data: None)
+            if problem is not None and action not in ("skip", "unchanged"):
+                self.counts["failed"].append({"path": e["path"], "error": problem})
+                return
+        if action == "skip":
+            self.counts["skipped"].append(e["path"])
+        elif action == "unchanged":
+            self.counts["unchanged"] += 1
+        elif e.get("type") == "file":
+            self.counts["files"] += 1
+            self.counts["bytes"] += e["size"]
+        elif e.get("type") == "symlink":
+            self.counts["symlinks"] += 1
 
     def run(self, reader):
         while True:
@@ -60,6 +116,17 @@ class Restorer:
                 break
             dest = safe_join(self.root, e.get("path"))
             kind = e.get("type")
+            if kind in ("file", "symlink"):
+                action = self._decide(dest, e, kind)
+                if self.dry_run:
+                    self.plan.append((action, e["path"]))
+                if self.dry_run or action in ("skip", "unchanged"):
+                    self._pass_over(reader, e, action)
+                    continue
+            elif self.dry_run:
+                if kind == "dir":
+                    self.counts["dirs"] += 1
+                continue
             if kind == "file":
                 try:
                     self._file(reader, dest, e)

@@ -68,3 +68,24 @@ def test_cli_commands_and_json(anchor, tmp_path):
         [os.path.join(os.path.dirname(__import__("sys").executable), "anchorctl"), "devices", "--json"],
         capture_output=True, text=True, env=dict(os.environ, ANCHOR=anchor.address), timeout=60)
     assert json.loads(env_p.stdout)[0]["device"] == "phone"
+
+
+def test_restore_leaves_existing_files_unless_told(anchor, tmp_path):
+    """anchorctl restore into a folder that has some of the files: by default they stay (named
+    on stderr, exit 0); --dry-run lists and writes nothing; --overwrite always replaces."""
+    a, src = anchor, anchor.src
+    first = sorted(os.path.relpath(os.path.join(d, n), src) for d, _, ns in os.walk(src) for n in ns)[0]
+    to = tmp_path / "to"
+    os.makedirs(os.path.dirname(str(to / first)), exist_ok=True)
+    (to / first).write_bytes(b"the operator's own copy\n")
+    p = anchorctl(a.address, "restore", "phone", "--to", str(to), "--dry-run")
+    assert "would write" in p.stdout and "dry run: would restore" in p.stdout
+    assert sorted(os.listdir(str(to))) == sorted([first.split("/")[0]])
+    p = anchorctl(a.address, "restore", "phone", "--to", str(to))
+    assert (to / first).read_bytes() == b"the operator's own copy\n"
+    assert "1 file already in" in p.stderr and first in p.stderr, p.stderr
+    p = anchorctl(a.address, "restore", "phone", "--to", str(to), "--overwrite", "always")
+    with open(os.path.join(src, first), "rb") as f:
+        assert (to / first).read_bytes() == f.read()
+    p = anchorctl(a.address, "restore", "phone", "--to", str(to), "--overwrite", "if-changed")
+    assert "unchanged" in p.stdout and "already in" not in p.stderr

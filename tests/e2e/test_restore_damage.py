@@ -32,7 +32,7 @@ def test_a_damaged_record_costs_that_file_alone(tmp_path, runtime):
         out = tmp_path / "out"
         (out / "b").mkdir(parents=True)
         (out / "b" / "big.bin").write_bytes(b"the good copy the operator still had\n")
-        p = anchorctl(a.address, "restore", "phone", "--to", str(out), check=False)
+        p = anchorctl(a.address, "restore", "phone", "--to", str(out), "--overwrite", "always", check=False)
         assert p.returncode == 3, (p.stdout, p.stderr)
         assert "not restored: b/big.bin: the anchor cannot read it back: chunk" in p.stderr, p.stderr
         assert "1 files could not be restored" in p.stderr

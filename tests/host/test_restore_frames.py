@@ -30,7 +30,7 @@ def chunk(data, cid=None):
 
 
 def run(to, data):
-    return Restorer(str(to)).run(_Reader(FakeResp(data)))
+    return Restorer(str(to), overwrite="always").run(_Reader(FakeResp(data)))
 
 
 def test_a_failed_file_is_named_and_the_rest_restored(tmp_path):
