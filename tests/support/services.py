@@ -113,13 +113,15 @@ class Broker:
     rover waits behind the broker's previous PUBACK for the rover's delayed ACK (40 ms),
     which made a 1 MB backup over MQTT take 22 s instead of 0.8 s."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, conf_lines=None):
+        """conf_lines: settings of the listener instead of anonymous access (TLS, a
+        password file)."""
         self.port = port or free_port()
         self.workdir = workdir
         conf = os.path.join(workdir, "mosquitto-%d.conf" % self.port)
         with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "set_tcp_nodelay true\n" % self.port)
+            f.write("listener %d 127.0.0.1\npersistence false\nset_tcp_nodelay true\n" % self.port)
+            f.write("".join(line + "\n" for line in (conf_lines or ["allow_anonymous true"])))
         self.log_path = os.path.join(workdir, "mosquitto-%d.log" % self.port)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", conf, "-v"], stdout=subprocess.DEVNULL,
@@ -150,12 +152,15 @@ class Broker:
 class Subscriber:
     """Collects messages on a topic filter, with an event per arrival."""
 
-    def __init__(self, port, topic):
+    def __init__(self, port, topic, setup=None):
+        """setup(client): TLS and credentials for a broker that asks for them."""
         import paho.mqtt.client as mqtt
         self.messages = []
         self.got = threading.Condition()
         subscribed = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sub-%d" % os.getpid())
+        if setup is not None:
+            setup(self.c)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.c.on_subscribe = lambda *a: subscribed.set()
 

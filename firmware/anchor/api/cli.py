@@ -26,8 +26,10 @@ def parse_tcp(url):
 
 
 def parse_mqtt(url):
-    host, port, _ = linkurl.host_port(url, "mqtt", False, "broker")
-    return host, port
+    """--broker: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS."""
+    from anchor.broker import Broker
+    b = Broker.parse(url)
+    return b.host, b.port
 
 
 def parse_serial(spec):
@@ -77,6 +79,12 @@ def build_parser():
     sp.add_argument("--mgmt", default=None, help="management socket, unix:PATH (default unix:DATA/mgmt.sock)")
     sp.add_argument("--broker", default=None, help="MQTT broker for relayed publishes and for rovers that link over MQTT "
                     "(topics anchor/v1/DEVICE/up and /down), mqtt://HOST:PORT (default: none)")
+    sp.add_argument("--broker-ca", default=None, metavar="FILE",
+                    help="with a mqtts:// broker: the CA certificate (PEM) its certificate must chain to "
+                         "(default: the system's CAs); its host name is checked either way")
+    sp.add_argument("--broker-user", default=None, metavar="NAME", help="user name to log in to the broker with")
+    sp.add_argument("--broker-password-file", default=None, metavar="FILE",
+                    help="a file whose first line is the broker password (never on the command line)")
     sp.add_argument("--no-mqtt-links", action="store_true", help="use the broker for relayed publishes only")
     sp.add_argument("--serial", action="append", default=[], metavar="DEVICE[:BAUD]",
                     help="serve rovers on a serial line (UART radio modem, USB serial); repeatable; "
@@ -189,7 +197,17 @@ def main(argv=None):
 
     host, port = parse_tcp(args.listen)
     mgmt = parse_unix(args.mgmt) if args.mgmt else os.path.join(args.data, "mgmt.sock")
-    broker = parse_mqtt(args.broker) if args.broker else None
+    broker = None
+    if args.broker:
+        from anchor.broker import Broker
+        try:
+            broker = Broker.parse(args.broker, args.broker_ca, args.broker_user, args.broker_password_file)
+        except ValueError as e:
+            print("anchor: %s" % e, file=sys.stderr, flush=True)
+            return 2
+    elif args.broker_ca or args.broker_user or args.broker_password_file:
+        print("anchor: --broker-ca, --broker-user and --broker-password-file need --broker", file=sys.stderr, flush=True)
+        return 2
     proxy = parse_tcp(args.proxy) if args.proxy else None
     serial = [parse_serial(d) for d in args.serial]
     capacity = _size(args.capacity) if args.capacity else None

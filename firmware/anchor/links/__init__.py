@@ -95,7 +95,9 @@ async def start_links(server, serial=(), mqtt_links=False, ble=None):
     for device, baud in serial:
         out.append(await start_link("serial:%s:%d" % (device, baud), server))
     if mqtt_links and server.broker:
-        out.append(await start_link("mqtt://%s:%d" % tuple(server.broker), server))
+        # An anchor.broker.Broker carries TLS and credentials; a (host, port) pair does not.
+        kw = {"broker": server.broker} if hasattr(server.broker, "client") else {}
+        out.append(await start_link("mqtt://%s:%d" % tuple(server.broker), server, **kw))
     if ble is not None:
         def paired_names():
             # Without an explicit list: the rovers paired with this anchor, by the name they

@@ -125,7 +125,7 @@ class MqttListener:
     anchors on one broker need different ones.
     """
 
-    def __init__(self, host, port, on_port, max_payload=MTU, client_id="anchor-listener"):
+    def __init__(self, host, port, on_port, max_payload=MTU, client_id="anchor-listener", broker=None):
         if type(max_payload) is not int or not 0 < max_payload <= MAX_MTU:
             raise ValueError("mqtt: max_payload must be 1..%d bytes" % MAX_MTU)
         self.host = host
@@ -140,8 +140,14 @@ class MqttListener:
         self._refused = None
         self._closed = False
         self._tasks = set()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                        clean_session=False, protocol=mqtt.MQTTv311)
+        # broker: an anchor.broker.Broker (TLS, user and password) for this host and port
+        self.broker = broker
+        if broker is not None:
+            self.where = broker.url
+            c = broker.client(client_id, clean_session=False, protocol=mqtt.MQTTv311)
+        else:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                            clean_session=False, protocol=mqtt.MQTTv311)
         c.max_queued_messages_set(OUT_QUEUE)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
@@ -160,7 +166,8 @@ class MqttListener:
             # endless retries in paho's thread; later drops are paho's to mend.
             await self._loop.run_in_executor(None, self._client.connect, self.host, self.port, KEEPALIVE)
         except (OSError, ValueError) as e:
-            raise ConnectionError("cannot reach the MQTT broker at %s: %s" % (self.where, e)) from None
+            why = self.broker.explain(e) if self.broker is not None else e
+            raise ConnectionError("cannot reach the MQTT broker at %s: %s" % (self.where, why)) from None
         self._client.loop_start()
         try:
             await asyncio.wait_for(self._subscribed.wait(), timeout)
@@ -174,7 +181,8 @@ class MqttListener:
 
     def _on_connect(self, client, userdata, flags, reason, props):
         if reason.is_failure:
-            self._refused = "refused the connection: %s" % reason
+            from anchor.broker import refusal
+            self._refused = refusal(reason)
             log.warning("mqtt: broker %s %s", self.where, self._refused)
             self._loop.call_soon_threadsafe(self._subscribed.set)
             return
@@ -262,7 +270,7 @@ class MqttLinks:
 
     def __init__(self, host, port, on_port, **kw):
         self.broker = (host, port)
-        self.name = "mqtt://%s:%d" % self.broker
+        self.name = kw["broker"].url if kw.get("broker") is not None else "mqtt://%s:%d" % self.broker
         self.on_port = on_port
         self.kw = kw               # MqttListener's own settings (max_payload, client_id)
         self.listener = None

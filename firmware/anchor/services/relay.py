@@ -116,20 +116,36 @@ def _http_worker(feed, method, url, headers, body_path, timeout, read_body=True)
 def _mqtt_publish(broker, topic, path, qos, retain, timeout):
     """Publish one message; returns None or (failure code, text)."""
     import paho.mqtt.client as mqtt
+    from anchor.broker import Broker, refusal
     host, port = broker
+    if not isinstance(broker, Broker):
+        broker = Broker(host, port)
     with open(path, "rb") as f:
         payload = f.read()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anchor-relay-%d-%d" % (os.getpid(), threading.get_ident()))
+    c = broker.client("anchor-relay-%d-%d" % (os.getpid(), threading.get_ident()))
+    refused = []
+    connected = threading.Event()
+
+    def on_connect(client, userdata, flags, reason, props):
+        if reason.is_failure:
+            refused.append(refusal(reason))
+        connected.set()
+    c.on_connect = on_connect
     try:
         c.connect(host, port, keepalive=30)
     except (OSError, ValueError) as e:
-        return (m.F_BROKER, "broker %s:%d unavailable: %s" % (host, port, e))
+        return (m.F_BROKER, "broker %s unavailable: %s" % (broker.url, broker.explain(e)))
     c.loop_start()
     try:
+        # A refused login (bad user name or password) says so, not "did not acknowledge".
+        if not connected.wait(timeout):
+            return (m.F_TIMEOUT, "broker %s did not answer the connection in %g s" % (broker.url, timeout))
+        if refused:
+            return (m.F_BROKER, "broker %s %s" % (broker.url, refused[0]))
         info = c.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(timeout)
         if not info.is_published():
-            return (m.F_TIMEOUT, "broker %s:%d did not acknowledge in %g s" % (host, port, timeout))
+            return (m.F_TIMEOUT, "broker %s did not acknowledge in %g s" % (broker.url, timeout))
         return None
     except (RuntimeError, ValueError) as e:
         return (m.F_BROKER, "broker refused the message: %s" % e)
