@@ -97,7 +97,8 @@ def fill_catalog(data, devices, days=365):
                 cat.count(dev, when=when, backups=1, link_control=120, link_backup=20000 + 37 * i,
                           link_relay=50000, supplied_uploaded=15000, supplied_backups=900000,
                           supplied_passthrough=200000)
-                cat.db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
+                cat.db.execute("INSERT INTO snapshots (device_id, seq, parent, created, root, entries, bytes) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (dev, i + 1, i or None, when, os.urandom(32), 1000, 50 << 20))
             cat.db.execute("COMMIT")
     finally:

@@ -103,6 +103,7 @@ PROOF_MAC = const(2)       # PROOF_TAG bytes
 COMMIT_ROOT = const(1)
 COMMIT_COUNT = const(2)
 COMMIT_BYTES = const(3)
+COMMIT_ABOUT = const(4)    # optional: [root as the rover named it, host, tag], each text or None
 
 COMMITTED_SNAPSHOT = const(1)
 
@@ -431,8 +432,10 @@ def blob_limit(t):
     return -1
 
 
-def commit(root, n_entries, total_bytes):
-    return [COMMIT, root, n_entries, total_bytes]
+def commit(root, n_entries, total_bytes, about=None):
+    if about is None:
+        return [COMMIT, root, n_entries, total_bytes]
+    return [COMMIT, root, n_entries, total_bytes, about]
 
 
 def committed(snapshot):
@@ -577,6 +580,10 @@ def check(msg):
         _bytes(msg[COMMIT_ROOT], 32, "root digest")
         _int(msg[COMMIT_COUNT], 0, 1 << 40, "entry count")
         _int(msg[COMMIT_BYTES], 0, 1 << 62, "total bytes")
+        if n > COMMIT_ABOUT:
+            for v in _list(msg[COMMIT_ABOUT], 3, "snapshot description"):
+                if v is not None:
+                    _text(v, 255, "snapshot description")
     elif t == COMMITTED:
         _int(msg[COMMITTED_SNAPSHOT], 1, 1 << 62, "snapshot")
     elif t == ERROR:

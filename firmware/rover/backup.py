@@ -77,8 +77,9 @@ class _Skip(Exception):
 
 class Backup(Conversation):
     def __init__(self, link, device, state_dir, root, log=None, outbox=None, watch_wait=600,
-                 warn=None, volatile=None, full=False):
+                 warn=None, volatile=None, full=False, about=None):
         Conversation.__init__(self, link, device, log, RX_SMALL)
+        self.about = about           # [root as named, host, tag] for the COMMIT
         self.state_dir = state_dir
         self.root = fsys.fsencode(root.rstrip("/") or "/")
         # Files under `outbox` (relative to root) are queued to go out through the relay:
@@ -210,7 +211,7 @@ class Backup(Conversation):
             self._wait_for_watched()
             writer.close()
             root = digest.digest()
-            self.send(m.commit(root, writer.count, total))
+            self.send(m.commit(root, writer.count, total, self.about))
             snap = self.recv(m.COMMITTED)[m.COMMITTED_SNAPSHOT]
         finally:
             if self.cfile:

@@ -9,7 +9,7 @@ links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?
   cheapest.
 
 commands:
-  backup ROOT [--outbox DIR] [--watch-wait S] [--retries N]
+  backup ROOT [--outbox DIR] [--watch-wait S] [--retries N] [--tag T]
                                    back up the tree under ROOT through the anchor; files under
                                    ROOT/DIR are queued to go out, and the anchor may wait up to
                                    S seconds (default 600) to see them pass its relay; a

@@ -42,10 +42,12 @@ def cmd_snapshots(c, a):
     rows = c.snapshots(a.device)
     if a.json:
         return rows
-    print("%5s %6s  %-19s %8s %10s  %s" % ("ID", "PARENT", "TIME", "ENTRIES", "SIZE", "ROOT"))
+    print("%5s %6s  %-19s %8s %10s  %-16s %-12s %-10s %s" % ("ID", "PARENT", "TIME", "ENTRIES", "SIZE", "ROOT",
+                                                           "HOST", "TAG", "PATH"))
     for r in rows:
-        print("%5d %6s  %-19s %8d %10s  %s" % (r["id"], r["parent"] or "-", _when(r["time"]), r["entries"],
-                                               _size(r["bytes"]), r["root"][:16]))
+        print("%5d %6s  %-19s %8d %10s  %-16s %-12s %-10s %s"
+              % (r["id"], r["parent"] or "-", _when(r["time"]), r["entries"], _size(r["bytes"]), r["root"][:16],
+                 shown(r.get("host") or "-"), shown(r.get("tag") or "-"), shown(r.get("path") or "-")))
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}

@@ -241,7 +241,8 @@ class Api:
     @staticmethod
     def _snap_json(s):
         return {"id": s["id"], "parent": s["parent"], "time": s["time"], "root": s["root"].hex(),
-                "entries": s["entries"], "bytes": s["bytes"]}
+                "entries": s["entries"], "bytes": s["bytes"], "path": s.get("path"), "host": s.get("host"),
+                "tag": s.get("tag")}
 
     @staticmethod
     def _entry_json(r):

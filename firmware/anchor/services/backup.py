@@ -486,8 +486,9 @@ class BackupHandler:
             raise m.ProtocolError(m.E_MISSING, "the new snapshot would refer to data the anchor does not "
                                   "hold (%s); run the backup again" % why)
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
+        about = msg[m.COMMIT_ABOUT] if len(msg) > m.COMMIT_ABOUT else None
         seq, _pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
-                                                   tree_oids)
+                                                   tree_oids, about)
         self.retention.enforce()
         self.counts["backups"] = 1
         self.counts["bytes_protected"] = nbytes

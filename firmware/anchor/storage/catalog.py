@@ -102,6 +102,17 @@ CREATE TABLE IF NOT EXISTS daily (        -- the counters again, per UTC day (th
 """
 
 
+# What a snapshot is of, as the rover said it (COMMIT's optional description): the folder as
+# it named it, its host name or board, a tag. NULL for older rovers and older snapshots.
+ABOUT_COLUMNS = ("root_path", "host", "tag")
+_SNAP_COLS = "seq, parent, created, root, entries, bytes, root_path, host, tag"
+
+
+def _snap(r):
+    return {"id": r[0], "parent": r[1], "time": r[2], "root": r[3], "entries": r[4], "bytes": r[5],
+            "path": r[6], "host": r[7], "tag": r[8]}
+
+
 class CatalogError(Exception):
     pass
 
@@ -121,6 +132,11 @@ class Catalog:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            # Added by issue 13 (what a snapshot is of): older catalogs get the columns, empty.
+            have = set(r[1] for r in self.db.execute("PRAGMA table_info(snapshots)"))
+            for col in ABOUT_COLUMNS:
+                if col not in have:
+                    self.db.execute("ALTER TABLE snapshots ADD COLUMN %s TEXT" % col)
         row = self.db.execute("SELECT value FROM meta WHERE key='version'").fetchone()
         if row is None and readonly:
             raise CatalogError("catalog %s has no version" % path)
@@ -232,20 +248,13 @@ class Catalog:
         return row[0]
 
     def snapshot(self, dev, seq):
-        row = self.db.execute(
-            "SELECT seq, parent, created, root, entries, bytes FROM snapshots WHERE device_id=? AND seq=?",
-            (dev, seq)).fetchone()
-        if row is None:
-            return None
-        return {"id": row[0], "parent": row[1], "time": row[2], "root": row[3],
-                "entries": row[4], "bytes": row[5]}
+        row = self.db.execute("SELECT %s FROM snapshots WHERE device_id=? AND seq=?" % _SNAP_COLS,
+                              (dev, seq)).fetchone()
+        return None if row is None else _snap(row)
 
     def snapshots(self, dev):
-        rows = self.db.execute(
-            "SELECT seq, parent, created, root, entries, bytes FROM snapshots WHERE device_id=? ORDER BY seq",
-            (dev,))
-        return [{"id": r[0], "parent": r[1], "time": r[2], "root": r[3], "entries": r[4], "bytes": r[5]}
-                for r in rows]
+        rows = self.db.execute("SELECT %s FROM snapshots WHERE device_id=? ORDER BY seq" % _SNAP_COLS, (dev,))
+        return [_snap(r) for r in rows]
 
     def add_scope(self, dev, chunk_ids):
         """Record that `dev` proved it holds these chunks (it uploaded their bytes)."""
@@ -258,7 +267,7 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
 
-    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, tree_oids):
+    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, tree_oids, about=None):
         """One transaction: the objects this backup declared, the snapshot, and what it keeps
         alive. new_objects: iterable of (oid, size, chunk_ids_bytes); tree_oids: the object
         ids in the snapshot's tree. Returns (snapshot number, chunks that became pinned)."""
@@ -277,8 +286,10 @@ class Catalog:
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
             pinned = self._tree_ref(root, tree_oids)
             seq = (self.latest(dev) or 0) + 1
-            db.execute("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (dev, seq, parent, time.time(), root, entries, total))
+            about = (list(about or ()) + [None, None, None])[:3]
+            db.execute("INSERT INTO snapshots (device_id, seq, parent, created, root, entries, bytes, "
+                       "root_path, host, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (dev, seq, parent, time.time(), root, entries, total, *about))
             self._count_change()
             db.execute("COMMIT")
         except BaseException:
