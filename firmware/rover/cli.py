@@ -3,7 +3,7 @@
 import sys
 import time
 
-from anchor_core.compat import MICROPYTHON, const
+from anchor_core.compat import MICROPYTHON, const, unload
 
 def usage():
     # Its text lives in its own module: the rover's heap holds it only when it is printed.
@@ -184,36 +184,6 @@ def connect(url, opts, urgent=False):
         raise
 
 
-def _host():
-    try:
-        import socket
-        return socket.gethostname()
-    except (ImportError, AttributeError):
-        import os
-        try:
-            return os.uname()[1]        # a board: its name, e.g. "esp32"
-        except AttributeError:
-            return sys.platform
-
-
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _write(path, text):
-    try:
-        with open(path + ".new", "w") as f:
-            f.write(text)
-        import os
-        os.rename(path + ".new", path)
-    except OSError:
-        pass                            # only a note depends on it
-
-
 def _backup(opts, root, log, t0, url=None, locked=False, prog=None):
     # url, locked: a `run` chose the link and holds the state folder's lock (rover/run.py)
     from rover.link import cost, LinkError, BadAddress
@@ -237,11 +207,10 @@ def _backup(opts, root, log, t0, url=None, locked=False, prog=None):
         return 2
     # What this snapshot is of, for `anchorctl snapshots`; and a note when the folder is not
     # the one this state last backed up (the snapshot then replaces that whole tree).
-    about = [root, _host(), opts.get("tag")]
-    last = _read(opts["state"] + "/root")
-    if last is not None and last != root:
-        warn = prog.warn if prog else (lambda s: print("rover:", s))
-        warn("note: backing up %s, not %s as last time: this snapshot replaces the whole tree" % (root, last))
+    from rover import about as ab
+    about = ab.before(opts["state"], root, opts.get("tag"), prog.warn if prog else (lambda s: print("rover:", s)))
+    unload(ab)
+    ab = None           # the frame's reference would keep its bytecode for the whole backup
     tx = rx = 0
     attempt = 0
     volatile = {}        # files that changed while uploaded, over this run's sessions
@@ -255,7 +224,9 @@ def _backup(opts, root, log, t0, url=None, locked=False, prog=None):
             s = (prog.backup() if prog else Backup)(link, opts["device"], opts["state"], root, log,
                                                      opts.get("outbox"), int(wait), warn, volatile, full,
                                                      about).run(locked)
-            _write(opts["state"] + "/root", root)
+            from rover import about as ab
+            ab.after(opts["state"], root)
+            unload(ab)
             break
         except LinkError as e:
             if isinstance(e, BadAddress):       # a setting to fix, not a link to wait for

@@ -32,6 +32,16 @@ ENTRY_COST = 400                  # plus its path and symlink target
 CHUNK_COST = 160                  # a chunk id listed, needed, proven, uploaded or in use
 
 
+def check_about(about):
+    """COMMIT's optional description: an array of at most 3 texts (root, host, tag) of at
+    most 255 characters, or nulls; anything else is refused before the snapshot is made."""
+    if type(about) is not list or len(about) > 3 or any(
+            v is not None and (type(v) is not str or len(v) > 255) for v in about):
+        raise m.ProtocolError(m.E_PROTOCOL, "COMMIT's description must be up to 3 texts of at most "
+                              "255 characters (root, host, tag)")
+    return about
+
+
 class BackupService:
     """What every backup session shares. One BackupHandler per link session (session())."""
 
@@ -486,7 +496,7 @@ class BackupHandler:
             raise m.ProtocolError(m.E_MISSING, "the new snapshot would refer to data the anchor does not "
                                   "hold (%s); run the backup again" % why)
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
-        about = msg[m.COMMIT_ABOUT] if len(msg) > m.COMMIT_ABOUT else None
+        about = check_about(msg[m.COMMIT_ABOUT]) if len(msg) > m.COMMIT_ABOUT else None
         seq, _pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
                                                    tree_oids, about)
         self.retention.enforce()
