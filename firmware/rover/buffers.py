@@ -8,10 +8,12 @@ TX_SIZE = 8192       # every message the rover sends is encoded here
 # compressor: 1.67 MB of source text and docs, and a 1.5 MB SQLite file, compress to the same
 # bytes with 16 KiB as with 20 KiB (12 KiB: 3-4% more).
 COMPRESSED_MAX = 16384
-# ...and 12 KiB when the rover shows progress (a terminal, or --json): the progress module's
-# code then takes ~7 KB of a heap where a paired MQTT backup had 4 KB to spare. 12 KiB costs
-# 3-4% more bytes on text and SQLite chunks (measured; docs/decisions.md).
+# ...and 12 KiB when the rover shows progress (a terminal, or --json) or may back up over
+# MQTT: the progress module's code takes ~7 KB, the MQTT client's ~9 KB more than a serial
+# port's, of a heap where a paired MQTT backup of a phone-like tree had 256 B to spare.
+# 12 KiB costs 3-4% more bytes on text and SQLite chunks (measured; docs/decisions.md).
 COMPRESSED_SHOWN = 12288
+
 
 chunk = None
 tx = None
@@ -37,7 +39,8 @@ def tty():
         return False
 
 
-def allocate(restore=False, shown=False):
+def allocate(restore=False, out=0):
+    """out: the compressor's output size (default COMPRESSED_MAX)."""
     global chunk, tx, compressor, inflate_room
     if chunk is None:
         chunk = bytearray(RESTORE_CHUNK if restore else CHUNK_SIZE)
@@ -53,4 +56,4 @@ def allocate(restore=False, shown=False):
         except ImportError:
             from anchor_core.zcompress import Compressor
             # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
-            compressor = Compressor(CHUNK_SIZE, False, COMPRESSED_SHOWN if shown else COMPRESSED_MAX)
+            compressor = Compressor(CHUNK_SIZE, False, out or COMPRESSED_MAX)

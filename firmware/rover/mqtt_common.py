@@ -8,8 +8,8 @@
 # the anchor sends while the rover is away wait at the broker and arrive after the rover
 # reconnects; the channel discards the ones it no longer needs.
 #
-# MicroPython drives micropython-lib's umqtt.simple (installed by make setup into build/mpy-lib);
-# CPython drives paho-mqtt 2.x with its network thread. Both behave alike: send returns once
+# MicroPython runs the rover's own small MQTT 3.1.1 client (rover/mqtt_port.py); CPython drives
+# paho-mqtt 2.x with its network thread. Both behave alike: send returns once
 # the broker acknowledged the packet, and a lost broker connection raises LinkError; the
 # caller opens a new port, and the persistent session keeps what was queued meanwhile.
 from anchor_core.compat import const
@@ -20,19 +20,20 @@ from rover.linkerror import LinkError
 
 IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, SUBACK, PUBACK)
 # Packets held between recv_into calls; more are dropped (the channel resends them).
-# umqtt reads the socket only inside send and recv_into, so unread packets wait in the
-# kernel's socket buffer and only those arriving during one PUBACK wait are queued here.
 # paho's thread reads everything at once: its queue takes the anchor's whole send window
-# (4 full packets, in wire bytes) even as tiny packets.
-QUEUE_MPY = const(16)
+# (4 full packets, in wire bytes) even as tiny packets. The MicroPython client reads the
+# socket only inside send and recv_into, so unread packets wait in the kernel's socket
+# buffer (rover/mqtt_port.py holds those arriving during one PUBACK wait).
 QUEUE_CPY = const(1024)
 
 
 class MqttPortBase:
     """What both implementations share: checks, topics, byte counts. _open(host, port)
-    connects (rover/mqtt_port.py: umqtt.simple; rover/mqtt_paho.py: paho)."""
+    connects (rover/mqtt_port.py: its own client; rover/mqtt_paho.py: paho)."""
 
-    def __init__(self, host, port, device, max_payload=None):
+    def __init__(self, host, port, device, max_payload=None, tls=None, user=None, password=None):
+        # tls: None for plain TCP, else the CA file that signed the broker's certificate
+        # ("" on CPython: the system's); password: bytes
         try:
             check_device(device)
         except ProtocolError as e:
@@ -54,7 +55,7 @@ class MqttPortBase:
         self._tx = self._rx = self._tx_in = self._rx_in = 0
         self._gone = None         # why the port can no longer be used
         self._c = None
-        self._open(host, port)
+        self._open(host, port, tls, user, password)
 
     @property
     def tx(self):

@@ -1,10 +1,11 @@
 # The rover's packet port over MQTT: see rover/mqtt_common.py for the design. This module is
-# the MicroPython implementation (micropython-lib's umqtt.simple); on CPython MqttPort is the
-# paho one from rover/mqtt_paho.py, kept out of this file so that its bytecode does not take
-# the rover's heap.
-from anchor_core.compat import MICROPYTHON
-from rover.mqtt_common import (IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_MPY, MqttPortBase,  # noqa: F401
-                               publish_size, topic)
+# the MicroPython implementation, a small MQTT 3.1.1 client of its own (docs/decisions.md,
+# "The rover's own MQTT client"): it reads every packet into buffers taken when the port
+# opens, so a backup's heap does not depend on how packets happen to arrive. On CPython
+# MqttPort is the paho one from rover/mqtt_paho.py, kept out of this file so that its
+# bytecode does not take the rover's heap.
+from anchor_core.compat import MICROPYTHON, const
+from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, MqttPortBase, publish_size, topic  # noqa: F401
 from rover.linkerror import LinkError
 
 if MICROPYTHON:
@@ -12,125 +13,333 @@ if MICROPYTHON:
     import socket
     import time
 
-    class _TimedSockets:
-        """What umqtt.simple sees as its socket module. Its sockets have a timeout, so a
-        broker that stops answering raises OSError instead of blocking the rover forever,
-        and TCP_NODELAY, because umqtt writes a PUBLISH in four pieces and Nagle would hold
-        the last for the broker's delayed ACK."""
-        getaddrinfo = socket.getaddrinfo
+    # Packet types (MQTT 3.1.1 §2.2.1), the high nibble of the first byte.
+    _CONNACK = const(2)
+    _PUBLISH = const(3)
+    _PUBACK = const(4)
+    _SUBACK = const(9)
+    _PINGRESP = const(13)
+    # A send does not wait for its PUBACK: acknowledgements are read with the anchor's packets
+    # in recv_into (the channel above numbers, acknowledges and resends on its own, so a
+    # round trip per packet would only cost time). Past this many unacknowledged publishes a
+    # send reads until one is acknowledged, dropping any packet of the anchor's that comes
+    # first (the channel resends it): the channel's window keeps a rover far below it.
+    _UNACKED = const(64)
+    _EARLY = const(16)
+    _PLAIN = " (if it takes TLS on this port, the link is mqtts://)"
+    _LOGIN = " (check --mqtt-user and --mqtt-password-file)"
+    _REFUSED = ("", "the protocol version", "the client id", "service unavailable",
+                "a bad user name or password", "not authorized")
 
-        @staticmethod
-        def socket():
-            s = socket.socket()
-            s.settimeout(IO_TIMEOUT)
-            s.setsockopt(6, 1, 1)      # IPPROTO_TCP, TCP_NODELAY
-            return s
+    def _length(buf, i, n):
+        """Writes MQTT's remaining length n at buf[i:]; returns the index after it."""
+        while True:
+            b = n & 127
+            n >>= 7
+            buf[i] = b | (128 if n else 0)
+            i += 1
+            if not n:
+                return i
+
+    def _put_str(buf, i, s):
+        n = len(s)
+        buf[i] = n >> 8
+        buf[i + 1] = n & 255
+        buf[i + 2:i + 2 + n] = s
+        return i + 2 + n
 
     class MqttPort(MqttPortBase):
-        def _open(self, host, port):
-            try:
-                from umqtt import simple
-            except ImportError:
-                raise LinkError("mqtt: umqtt.simple is missing (make setup installs it in build/mpy-lib)")
-            simple.socket = _TimedSockets      # the rover's only umqtt user; see the class
-            self._q = []
+        def _open(self, host, port, tls=None, user=None, password=None):
+            up = self.up.encode()
             self._down_b = self.down.encode()
-            self._up_b = self.up.encode()
-            c = simple.MQTTClient(self.client_id, host, port, keepalive=KEEPALIVE)
-            c.set_callback(self._on_message)
+            # The PUBLISH header for the uplink (type, length, topic, packet id), rewritten
+            # per packet; then the payload in a second write.
+            self._ph = bytearray(5 + 2 + len(up) + 2)
+            self._h = bytearray(4)      # headers read; PUBACK written
+            self._t = bytearray(len(self._down_b))   # topic of a received PUBLISH
+            self._pid = 0
+            self._unacked = 0
+            # What the broker kept for us while we were away comes right after we connect,
+            # before the SUBACK: held here (up to _EARLY packets) until recv_into takes it.
+            self._early = []
+            self._opening = True
+            self._got = 0               # payload bytes of the PUBLISH just read, or -1
+            self._up = up
             try:
-                c.connect(clean_session=False)
-                c.subscribe(self._down_b, qos=QOS)
-            except simple.MQTTException as e:
-                self._drop(c)
-                raise LinkError("MQTT broker at %s refused the connection (code %s)" % (self.where, e))
+                ai = socket.getaddrinfo(host, port)[0][-1]
             except OSError as e:
-                self._drop(c)
+                raise LinkError("cannot find the MQTT broker %s: %s" % (self.where, e))
+            raw = socket.socket()
+            self._raw = raw
+            self._s = raw
+            try:
+                raw.settimeout(IO_TIMEOUT)
+                # One packet goes out in two writes: Nagle would hold the second for the
+                # broker's delayed ACK.
+                raw.setsockopt(6, 1, 1)       # IPPROTO_TCP, TCP_NODELAY
+                raw.connect(ai)
+            except OSError as e:
+                raw.close()
                 raise LinkError("cannot reach the MQTT broker at %s: %s" % (self.where, e))
-            except Exception as e:      # umqtt checks the broker's answers with assert
-                self._drop(c)
-                raise LinkError("MQTT broker at %s answered unexpectedly: %r" % (self.where, e))
-            self._c = c
+            self._c = raw
+            try:
+                if tls is not None:
+                    try:
+                        from rover import mqtt_tls
+                    except ImportError as e:
+                        raise LinkError("mqtts: this MicroPython has no TLS (%s)" % e)
+                    try:
+                        self._s = mqtt_tls.wrap(raw, host, tls, self.where)
+                    finally:
+                        from anchor_core.compat import unload
+                        unload(mqtt_tls)       # only the wrapped socket stays
+                self._connect(user, password)
+                self._subscribe()
+                self._opening = False
+            except LinkError:
+                self._drop()
+                raise
+            except OSError as e:
+                self._drop()
+                raise LinkError("MQTT broker at %s: %s%s" % (self.where, _why(e), "" if tls is not None else _PLAIN))
             self._poll = select.poll()
-            self._poll.register(c.sock, select.POLLIN)
+            self._poll.register(self._s, select.POLLIN)
             self._last_out = time.ticks_ms()
 
-        def _drop(self, c):
+        def _connect(self, user, password):
+            cid = self.client_id.encode()
+            n = 10 + 2 + len(cid)
+            flags = 0                         # clean session off: the broker keeps ours
+            if user is not None:
+                user = user.encode()
+                n += 2 + len(user)
+                flags |= 0x80
+            if password is not None:
+                n += 2 + len(password)
+                flags |= 0x40
+            p = bytearray(n + 5)
+            p[0] = 0x10
+            i = _length(p, 1, n)
+            i = _put_str(p, i, b"MQTT")
+            p[i:i + 4] = bytes((4, flags, KEEPALIVE >> 8, KEEPALIVE & 255))
+            i = _put_str(p, i + 4, cid)
+            if user is not None:
+                i = _put_str(p, i, user)
+            if password is not None:
+                i = _put_str(p, i, password)
+            self._s.write(memoryview(p)[:i])
+            p = None
+            if self._packet(None) != _CONNACK:
+                raise LinkError("MQTT broker at %s did not answer the connection" % self.where)
+            rc = self._h[3]
+            if rc:
+                raise LinkError("MQTT broker at %s refused the connection: %s%s" % (
+                    self.where, _REFUSED[rc] if rc < len(_REFUSED) else "code %d" % rc,
+                    _LOGIN if rc >= 4 else ""))
+
+        def _subscribe(self):
+            d = self._down_b
+            p = bytearray(2 + 2 + 2 + len(d) + 1 + 3)
+            p[0] = 0x82
+            i = _length(p, 1, 2 + 2 + len(d) + 1)
+            p[i] = 0
+            p[i + 1] = 1                      # packet id 1
+            i = _put_str(p, i + 2, d)
+            p[i] = 1                          # QoS 1
+            self._s.write(memoryview(p)[:i + 1])
+            # Messages queued for us while we were away may come before the SUBACK.
+            for _ in range(64):
+                t = self._packet(None)
+                if t == _SUBACK:
+                    if self._h[3] & 0x80:
+                        raise LinkError("MQTT broker at %s refused the subscription to %s" % (
+                            self.where, self.down))
+                    return
+            raise LinkError("MQTT broker at %s did not answer the subscription" % self.where)
+
+        def _read(self, mv):
+            got = 0
+            n = len(mv)
+            while got < n:
+                k = self._s.readinto(mv[got:])
+                if not k:
+                    raise OSError(-1)         # end of stream
+                got += k
+
+        def _skip(self, n):
+            h = memoryview(self._h)
+            while n > 0:
+                k = 4 if n > 4 else n
+                self._read(h[:k])
+                n -= k
+
+        def _packet(self, into):
+            """Reads one packet from the broker; returns its type. A PUBLISH goes into
+            `into` (a memoryview; None: dropped), self._got is its length (-1: dropped), and
+            it is acknowledged here. A PUBACK is counted off; a CONNACK's or SUBACK's result
+            is in self._h[3]."""
+            h = self._h
+            hv = memoryview(h)
+            self._read(hv[:1])
+            t = h[0] >> 4
+            qos = (h[0] >> 1) & 3
+            n = 0
+            shift = 0
+            for _ in range(4):
+                self._read(hv[1:2])
+                n |= (h[1] & 127) << shift
+                shift += 7
+                if not h[1] & 128:
+                    break
+            else:
+                raise LinkError("MQTT broker at %s sent a malformed packet length" % self.where)
+            if t != _PUBLISH:
+                if n > 4 or (t == _PUBACK and n != 2):
+                    raise LinkError("MQTT broker at %s sent an unexpected packet (type %d, %d bytes)" % (
+                        self.where, t, n))
+                if n:
+                    self._read(hv[4 - n:])     # right-aligned: a result in h[3]
+                if t == _PUBACK and self._unacked:
+                    self._unacked -= 1
+                return t
+            if qos > 1:
+                raise LinkError("MQTT broker at %s sent a QoS %d message; the rover subscribed at QoS 1"
+                                % (self.where, qos))
+            self._read(hv[:2])
+            tl = h[0] << 8 | h[1]
+            n -= 2 + tl + (2 if qos else 0)
+            if n < 0:
+                raise LinkError("MQTT broker at %s sent a malformed PUBLISH" % self.where)
+            ours = tl == len(self._t)
+            if ours:
+                self._read(memoryview(self._t))
+                ours = self._t == self._down_b
+            else:
+                self._skip(tl)
+            pid = 0
+            if qos:
+                self._read(hv[2:4])
+                pid = h[2] << 8 | h[3]
+            self._arrived(n)
+            self._got = -1
+            if ours and n <= self.mtu and into is not None and n <= len(into):
+                self._read(into[:n])
+                self._got = n
+            elif ours and n <= self.mtu and self._opening and len(self._early) < _EARLY:
+                b = bytearray(n)
+                self._read(memoryview(b))
+                self._early.append(b)
+                self._got = n
+            else:
+                if ours:
+                    self.dropped += 1
+                self._skip(n)
+            if qos:
+                h[0] = 0x40                   # PUBACK
+                h[1] = 2
+                h[2] = pid >> 8
+                h[3] = pid & 255
+                self._s.write(h)
+                self._last_out = time.ticks_ms()
+            return t
+
+        def _drop(self):
+            c, self._c = self._c, None
+            if c is None:
+                return
             try:
-                if c.sock is not None:
-                    c.sock.close()
+                self._s.close()
             except OSError:
                 pass
-
-        def _on_message(self, t, msg):
-            # Called inside umqtt's wait_msg, which acknowledges the message right after.
-            self._arrived(len(msg))
-            if t != self._down_b:
-                return
-            if len(msg) > self.mtu or len(self._q) >= QUEUE_MPY:
-                self.dropped += 1
-                return
-            self._q.append(msg)
+            if self._s is not c:
+                try:
+                    c.close()
+                except OSError:
+                    pass
 
         def _lost(self, e):
-            if isinstance(e, OSError) and e.args and e.args[0] == -1:
-                why = "connection closed"      # umqtt's word for end of stream
+            if isinstance(e, LinkError):
+                why = str(e)
             else:
-                why = repr(e)
-            self._gone = "lost the MQTT broker at %s: %s" % (self.where, why)
-            c, self._c = self._c, None
-            if c is not None:
-                self._drop(c)
-            raise LinkError(self._gone)
+                why = "lost the MQTT broker at %s: %s" % (self.where, _why(e))
+            self._gone = why
+            self._drop()
+            raise LinkError(why)
 
         def _keepalive(self):
             # Any packet from the client resets the broker's keepalive timer; ping only
             # when the rover has been quiet for half of it.
             if time.ticks_diff(time.ticks_ms(), self._last_out) > KEEPALIVE * 500:
-                self._c.ping()
+                self._s.write(b"\xc0\x00")
                 self._last_out = time.ticks_ms()
 
         def send(self, packet):
             n = len(packet)
             self._refuse(n)
+            ph = self._ph
+            up = self._up
+            self._pid = self._pid % 65535 + 1
+            ph[0] = 0x32                      # PUBLISH, QoS 1
+            i = _length(ph, 1, 2 + len(up) + 2 + n)
+            i = _put_str(ph, i, up)
+            ph[i] = self._pid >> 8
+            ph[i + 1] = self._pid & 255
             try:
-                self._c.publish(self._up_b, packet, False, QOS)   # returns after the PUBACK
+                self._s.write(memoryview(ph)[:i + 2])
+                self._s.write(packet)
+                self._last_out = time.ticks_ms()
+                self._unacked += 1
+                # Bounded: each read waits at most IO_TIMEOUT; a broker that sends anything
+                # but acknowledgements for this long is not serving us.
+                for _ in range(1024):
+                    if self._unacked < _UNACKED:
+                        break
+                    self._packet(None)
+                else:
+                    raise LinkError("MQTT broker at %s does not acknowledge the rover's packets" % self.where)
             except Exception as e:
                 self._lost(e)
-            self._last_out = time.ticks_ms()
             self._sent(n)
 
         def recv_into(self, buf, timeout_ms):
-            c = self._c
-            if c is None:
+            if self._c is None:
                 raise LinkError(self._gone or "mqtt port closed")
+            if self._early:
+                b = self._early.pop(0)
+                n = len(b)
+                buf[:n] = b
+                return n
             deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-            q = self._q
+            into = memoryview(buf)
             try:
                 # Bounded by the deadline: each pass waits on the socket for what is left.
-                while not q:
+                while True:
                     self._keepalive()
                     left = time.ticks_diff(deadline, time.ticks_ms())
                     if self._poll.poll(max(0, min(left, KEEPALIVE * 500))):
-                        c.wait_msg()     # one broker packet; a PUBLISH lands in the queue
+                        if self._packet(into) == _PUBLISH and self._got >= 0:
+                            return self._got
                     elif left <= 0:
                         return 0
             except Exception as e:
                 self._lost(e)
-            msg = q.pop(0)
-            n = len(msg)
-            buf[:n] = msg
-            return n
 
         def close(self):
-            c, self._c = self._c, None
-            if c is None:
+            if self._c is None:
                 return
             self._gone = "mqtt port closed"
             try:
-                c.disconnect()     # a clean DISCONNECT; the persistent session stays
-            except Exception:
-                self._drop(c)
+                self._s.write(b"\xe0\x00")    # a clean DISCONNECT; the persistent session stays
+            except OSError:
+                pass
+            self._drop()
+
+    def _why(e):
+        if e.args and e.args[0] == -1:
+            return "connection closed"
+        if e.args and e.args[0] == 110:
+            return "no answer in %d s" % IO_TIMEOUT
+        return repr(e)
 
 else:
     from rover.mqtt_paho import MqttPort  # noqa: F401

@@ -133,6 +133,10 @@ def test_deploy_boot_and_back_up(anchor, tmp_path):
     try:
         src = make_tree(os.path.join(board_dir, "data"), 30, 120_000, seed=12)
         want = snapshot_of(src)
+        # an earlier firmware's MQTT client, which this one does not use
+        os.makedirs(os.path.join(board_dir, "lib", "umqtt"))
+        with open(os.path.join(board_dir, "lib", "umqtt", "simple.mpy"), "wb") as f:
+            f.write(b"M\x06old")
         code = json.loads(anchorctl(anchor.address, "pair", "hand-1", "--json").stdout)["code"]
         t0 = time.monotonic()
         p = deploy("--port", board.port, "--link", anchor.link, "--device", "hand-1", "--pair", code,
@@ -145,7 +149,7 @@ def test_deploy_boot_and_back_up(anchor, tmp_path):
         # precompiled for the board's architecture, nothing left over from staging
         assert on_board["lib/rover/backup.mpy"][:2] == b"M\x06"
         assert on_board["lib/anchor_core/chunker.mpy"][2] >> 2 == 2      # x64 native code (viper)
-        assert "lib/umqtt/simple.mpy" in on_board
+        assert not [n for n in on_board if n.startswith("lib/umqtt")]      # removed
         assert not [n for n in on_board if n.startswith("lib/") and n.endswith(".py")]
         assert not [n for n in on_board if n.startswith(".deploy")]
         assert "lib/rover/mqtt_paho.mpy" not in on_board          # CPython only, not shipped

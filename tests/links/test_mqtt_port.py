@@ -1,7 +1,7 @@
 """MQTT packet ports, rover and anchor side, through a real mosquitto on loopback.
 
 The rover runs on CPython (paho) in most tests and on the real MicroPython interpreter
-(umqtt.simple as make setup installs it) in one; the anchor's listener runs on asyncio.
+(its own MQTT client, rover/mqtt_port.py) in one; the anchor's listener runs on asyncio.
 """
 import asyncio
 import os
@@ -421,7 +421,7 @@ async def take(port, n, expected):
 
 MPY_ROVER = r"""
 import sys, time
-import umqtt.simple
+import rover.mqtt_port
 from rover.mqtt_port import MqttPort
 
 host, port, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -434,7 +434,7 @@ def packet(size, salt):
     return b
 
 
-print("umqtt", umqtt.simple.__file__)
+print("client", rover.mqtt_port.__file__)
 p = MqttPort(host, port, device)
 buf = bytearray(p.mtu)
 full = packet(p.mtu, 3)
@@ -482,11 +482,9 @@ def rover_mpy_path():
 
 
 def test_micropython_rover_with_cpython_anchor(broker, tmp_path):
-    """The rover on MicroPython (256 KB heap, umqtt.simple as installed by make setup)
+    """The rover on MicroPython (256 KB heap, its own MQTT client precompiled by make setup)
     against the anchor's listener: full packets up, an echo of sizes 1..mtu, and packets
     queued at the broker while the rover was away."""
-    assert os.path.exists(os.path.join(ROOT, "build", "mpy-lib", "umqtt", "simple.py")), \
-        "umqtt.simple is not installed: run make setup"
     script = tmp_path / "mqtt_rover_main.py"   # not rover.py: it would hide the package
     script.write_text(MPY_ROVER.replace("UP_COUNT", str(UP_COUNT)))
 
@@ -507,8 +505,8 @@ def test_micropython_rover_with_cpython_anchor(broker, tmp_path):
                         "\n".join(lines), rest.decode(errors="replace")))
                 return text.split()
             try:
-                umqtt_file = (await line())[1]
-                assert "build/mpy" in umqtt_file, umqtt_file     # the installed copy
+                client_file = (await line())[1]
+                assert "build/mpy" in client_file, client_file     # the precompiled copy
                 port = await a.port()
                 assert port.name == "mqtt:rover-mpy"
                 # Unwindowed, the rover may outrun the queue: what arrives is whole, and
@@ -547,10 +545,10 @@ def test_micropython_rover_with_cpython_anchor(broker, tmp_path):
                     proc.kill()
                     await proc.wait()
     up_rate, echo_rate, dropped = run(scenario())
-    print("\nmqtt loopback, MicroPython rover: %.0f packets/s of 1024 bytes up, each acknowledged "
+    print("\nmqtt loopback, MicroPython rover: %.0f packets/s of 1024 bytes up, acknowledged in a window "
           "(%d of %d dropped by the anchor's queue); echo %.0f round trips/s"
           % (up_rate, dropped, UP_COUNT, echo_rate))
-    # Nagle on the rover's socket (umqtt writes a PUBLISH in four pieces) gives ~22/s here.
+    # Nagle on the rover's socket (a PUBLISH goes out in two writes) gives ~22/s here.
     assert up_rate > 200
     # An echo also waits on mosquitto's own Nagle (set_tcp_nodelay is off by default: ~40 ms
     # per round trip here); this floor only catches worse.
