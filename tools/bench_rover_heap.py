@@ -1,13 +1,18 @@
-"""The smallest heap a paired MicroPython rover backs up in, on a serial and an MQTT link.
+"""The smallest heap a paired MicroPython rover backs up in, on a serial, an MQTT and an MQTT over
+TLS link.
 
 The rover's 256 KB heap is its hardest limit, and a restructuring or a new field must not eat
-into the margin. For each link this bisects the smallest `-X heapsize` at which a paired rover
-(secure channel, channel, compressor, and for MQTT the umqtt client) backs up a tree that
-fills whole batches (12 x 100 kB random files and 20 text notes: 33 entries, ~150 chunks),
-to 1 KiB. Prints one JSON line per link: {"bench": "rover_heap", "link", "min_heap_bytes",
+into the margin. For each link and tree this bisects the smallest `-X heapsize` at which a
+paired rover (secure channel, channel, compressor, and for MQTT the rover's MQTT client, for
+mqtts mbedtls too) completes a first backup, to 1 KiB. Two trees: "batches" fills whole
+batches (12 x 100 kB random files and 20 text notes: 33 entries, ~150 chunks); "phone" is the
+phone-like tree of tests/e2e/test_rover_restore.py (seed 4: photos, a SQLite-like file,
+notes in folders), which needs ~1.5 KB more and is what a test ran out of. Prints one JSON
+line per link and tree: {"bench": "rover_heap", "link", "tree", "min_heap_bytes",
 "margin_bytes" (256 KiB minus that), "trials"}.
 
-usage: python -m tools.bench_rover_heap [--links serial,mqtt] [--rover-mpy PATH] [--json]
+usage: python -m tools.bench_rover_heap [--links serial,mqtt,mqtts] [--trees batches,phone]
+                                        [--rover-mpy PATH] [--json]
   --rover-mpy: another checkout's tools/rover-mpy (its own precompiled firmware), to compare
   a commit against this one; the anchor is always this checkout's.
   --json: the rover runs `backup --json`, so its progress code is loaded and its heartbeat
@@ -32,16 +37,29 @@ def rover(mpy, heap, link, state, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def trial(mpy, kind, heap, args=()):
+def trial(mpy, kind, heap, args=(), tree="batches"):
     """True if the paired rover completes a first backup with `heap` bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
-        make_src(src, 12, 100_000, 5)
+        if tree == "phone":
+            from tests.e2e.test_rover_restore import make_phone
+            make_phone(src, seed=4)
+        else:
+            make_src(src, 12, 100_000, 5)
         emu = broker = None
+        login = []
         if kind == "serial":
             emu = PtyLink(rate=2_000_000, seed=5)
             extra = ["--serial", emu.anchor_link + ":115200"]
             link = "serial:%s:115200" % emu.rover_link
+        elif kind == "mqtts":
+            from tests.support.services import tls_broker
+            t = tls_broker(tmp)
+            broker = t["broker"]
+            extra = ["--broker", "mqtts://localhost:%d" % t["port"], "--broker-ca", t["ca"],
+                     "--broker-user", "anchor", "--broker-password-file", t["pw"]]
+            link = "mqtts://localhost:%d" % t["port"]
+            login = ["--mqtt-user", "rover", "--mqtt-password-file", t["rover_pw"], "--mqtt-ca", t["ca"]]
         else:
             from tests.support.services import Broker
             broker = Broker(tmp)
@@ -54,7 +72,7 @@ def trial(mpy, kind, heap, args=()):
             p = rover(mpy, LIMIT * 2, "tcp://unused:1", state, "pair", code)
             if p.returncode != 0:
                 raise SystemExit("pairing failed: " + p.stdout + p.stderr)
-            p = rover(mpy, heap, link, state, "backup", src, "--retries", "0", *args)
+            p = rover(mpy, heap, link, state, *login, "backup", src, "--retries", "0", *args)
             return p.returncode == 0 and ('"type": "summary"' in p.stdout if args else "snapshot 1 committed" in p.stdout)
         finally:
             anchor.stop()
@@ -64,14 +82,14 @@ def trial(mpy, kind, heap, args=()):
                 broker.close()
 
 
-def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024, args=()):
+def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024, args=(), tree="batches"):
     trials = 0
-    if not trial(mpy, kind, hi, args):
+    if not trial(mpy, kind, hi, args, tree):
         raise SystemExit("%s: the rover does not complete even with %d bytes" % (kind, hi))
     while hi - lo > 1024:          # lo fails (or is the floor), hi passes
         mid = (lo + hi) // 2 // 256 * 256
         trials += 1
-        if trial(mpy, kind, mid, args):
+        if trial(mpy, kind, mid, args, tree):
             hi = mid
         else:
             lo = mid
@@ -80,17 +98,19 @@ def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024, args=()):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--links", default="serial,mqtt")
+    ap.add_argument("--links", default="serial,mqtt,mqtts")
+    ap.add_argument("--trees", default="batches,phone")
     ap.add_argument("--rover-mpy", default=os.path.join(HERE, "rover-mpy"))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    for kind in a.links.split(","):
-        heap, n = smallest(a.rover_mpy, kind, args=("--json",) if a.json else ())
-        row = {"bench": "rover_heap", "link": kind, "rover": a.rover_mpy,
-               "min_heap_bytes": heap, "margin_bytes": LIMIT - heap, "trials": n}
-        if a.json:
-            row["mode"] = "json"
-        print(json.dumps(row), flush=True)
+    for tree in a.trees.split(","):
+        for kind in a.links.split(","):
+            heap, n = smallest(a.rover_mpy, kind, args=("--json",) if a.json else (), tree=tree)
+            row = {"bench": "rover_heap", "link": kind, "tree": tree, "rover": a.rover_mpy,
+                   "min_heap_bytes": heap, "margin_bytes": LIMIT - heap, "trials": n}
+            if a.json:
+                row["mode"] = "json"
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 #   tcp://HOST:PORT            HOST may be [v6]; a listener may take port 0 (a free one)
 #   serial:DEVICE[:BAUD]       DEVICE a tty path (its own ':' allowed) or a board UART (uart1);
 #                              only a trailing :DIGITS is a baud
-#   mqtt://HOST:PORT           the broker
+#   mqtt://HOST:PORT           the broker; mqtts:// over TLS (the rover only: the anchor's
+#                              broker is its --broker)
 #   ble:[ID]                   the name the rover advertises
 #   unix:PATH                  a local socket (management); takes no options
 #
@@ -16,7 +17,7 @@ from anchor_core.compat import const
 DEFAULT_BAUD = const(115200)
 # The forms an error names. No tables of schemes and options: on the rover a dict of
 # strings costs more heap than the few tests below.
-LINKS = "tcp://HOST:PORT, serial:DEVICE[:BAUD], mqtt://HOST:PORT or ble:ID"
+LINKS = "tcp://HOST:PORT, serial:DEVICE[:BAUD], mqtt://HOST:PORT (mqtts:// for TLS) or ble:ID"
 _SERIAL = "serial:DEVICE[:BAUD][?key=value&...]"
 
 
@@ -26,9 +27,9 @@ def _bad(what, url, text):
 
 
 def scheme(url):
-    """The scheme of a link address ("tcp", "serial", "mqtt", "ble", "unix"), or None."""
+    """The scheme of a link address ("tcp", "serial", "mqtt", "mqtts", "ble", "unix"), or None."""
     if type(url) is str:
-        for prefix in ("tcp://", "serial:", "mqtt://", "ble:", "unix:"):
+        for prefix in ("tcp://", "serial:", "mqtt://", "mqtts://", "ble:", "unix:"):
             if url.startswith(prefix):
                 return prefix[:prefix.index(":")]
     return None
@@ -38,7 +39,7 @@ def known_options(name):
     """The options a scheme's addresses may carry (cost: backups take the cheapest link)."""
     if name == "serial":
         return ("rxbuf", "mtu", "cost")
-    if name == "mqtt":
+    if name == "mqtt" or name == "mqtts":
         return ("mtu", "cost")
     return ("cost",) if name in ("tcp", "ble") else ()
 
@@ -76,7 +77,7 @@ def port_number(text, url, listen=False, what="link"):
 
 
 def host_port(url, name="tcp", listen=False, what="link"):
-    """tcp://HOST:PORT or mqtt://HOST:PORT (name says which) -> (host, port, {key: int})."""
+    """tcp://, mqtt:// or mqtts://HOST:PORT (name says which) -> (host, port, {key: int})."""
     form = name + "://HOST:PORT[?key=value&...]"
     base, options = _parts(url, name, form, what)
     host, sep, port = base[len(name) + 3:].rpartition(":")

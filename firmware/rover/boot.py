@@ -138,7 +138,7 @@ def load(path=CONFIG):
 
 
 def _net_links(links):
-    return [u for u in links if u.startswith("tcp://") or u.startswith("mqtt://")]
+    return [u for u in links if u.startswith("tcp://") or u.startswith("mqtt")]
 
 
 def bring_up(cfg, links, log):

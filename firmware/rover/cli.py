@@ -15,7 +15,7 @@ _AGAIN = const(4)      # sessions started over in one run (files changing while 
 _EXIT_LOCKED = const(5)  # another rover holds the state folder (README, "Exit status")
 
 OPTIONS = ("--link", "--device", "--state", "--out", "--to", "--file", "--outbox", "--watch-wait",
-           "--retries", "--path", "--seed", "--tag")
+           "--retries", "--path", "--seed", "--tag", "--mqtt-user", "--mqtt-password-file", "--mqtt-ca")
 
 
 def parse(argv):
@@ -85,6 +85,9 @@ def main(argv=None):
         from rover.private import make_private
         make_private(opts["state"], umask=rest[0] in ("backup", "pair", "run"))
     cmd = rest[0]
+    if "mqtt-user" in opts or "mqtt-password-file" in opts or "mqtt-ca" in opts:
+        from rover import link
+        link.MQTT_LOGIN = (opts.get("mqtt-user"), opts.get("mqtt-password-file"), opts.get("mqtt-ca"))
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)

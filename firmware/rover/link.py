@@ -62,12 +62,29 @@ def _serial(url, device, urgent):
     return over_channel(port, urgent, opts.get("rxbuf"))
 
 
+# The broker login from the command line (--mqtt-user, --mqtt-password-file, --mqtt-ca):
+# (user, password file, CA file), each None when not given.
+MQTT_LOGIN = (None, None, None)
+
+
 def _mqtt(url, device, urgent):
     from rover.mqtt_port import MqttPort
     if device is None:
         raise BadAddress("an MQTT link needs the device id")
-    host, port_no, opts = _url("host_port", url, "mqtt")
-    return over_channel(MqttPort(host, port_no, device, opts.get("mtu")), urgent)
+    tls = url.startswith("mqtts:")
+    host, port_no, opts = _url("host_port", url, "mqtts" if tls else "mqtt")
+    user, pw_file, ca = MQTT_LOGIN
+    password = None
+    if pw_file is not None:
+        try:
+            with open(pw_file, "rb") as f:
+                password = f.read().strip()
+        except OSError as e:
+            raise BadAddress("--mqtt-password-file %s: %s" % (pw_file, e))
+    if ca is not None and not tls:
+        raise BadAddress("--mqtt-ca is for an mqtts:// link, not %s" % url)
+    return over_channel(MqttPort(host, port_no, device, opts.get("mtu"), (ca or "") if tls else None,
+                                 user, password), urgent)
 
 
 def _ble(url, device, urgent, adapter=None, **kw):
@@ -91,6 +108,7 @@ OPENERS = {
     "tcp": _tcp,
     "serial": _serial,
     "mqtt": _mqtt,
+    "mqtts": _mqtt,
     "ble": _ble,
 }
 

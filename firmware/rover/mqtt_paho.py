@@ -3,6 +3,7 @@
 # implementation is rover/mqtt_port.py, which is what callers import on either runtime.
 import queue
 import socket
+import ssl
 import threading
 
 import paho.mqtt.client as mqtt
@@ -21,7 +22,7 @@ def _no_delay(client, userdata, sock):
 
 
 class MqttPort(MqttPortBase):
-    def _open(self, host, port):
+    def _open(self, host, port, tls=None, user=None, password=None):
         self._q = queue.Queue(QUEUE_CPY)
         self._closing = False
         ready = threading.Event()
@@ -31,7 +32,9 @@ class MqttPort(MqttPortBase):
 
         def on_connect(client, userdata, flags, reason, props):
             if reason.is_failure:
-                self._gone = "MQTT broker at %s refused the connection: %s" % (self.where, reason)
+                login = reason.value in (0x86, 0x87, 4, 5)    # bad user name or password, not authorized
+                self._gone = "MQTT broker at %s refused the connection: %s%s" % (
+                    self.where, reason, " (check --mqtt-user and --mqtt-password-file)" if login else "")
                 ready.set()
             else:
                 client.subscribe(self.down, qos=QOS)
@@ -56,8 +59,19 @@ class MqttPort(MqttPortBase):
         c.on_message = self._on_message
         c.on_disconnect = on_disconnect
         c.on_socket_open = _no_delay
+        if user is not None or password is not None:
+            c.username_pw_set(user or "", password)
+        try:
+            if tls is not None:
+                # The broker's chain and host name are checked (paho's default once TLS is on).
+                c.tls_set(ca_certs=tls or None)
+        except (OSError, ValueError) as e:
+            raise LinkError("mqtts: cannot use the CA file %s: %s" % (tls, e))
         try:
             c.connect(host, port, keepalive=KEEPALIVE)
+        except ssl.SSLError as e:
+            raise LinkError("MQTT broker at %s: TLS failed (%s): is --mqtt-ca the CA that signed the "
+                            "broker's certificate, and %s the name in it?" % (self.where, e.reason or e, host))
         except (OSError, ValueError) as e:
             raise LinkError("cannot reach the MQTT broker at %s: %s" % (self.where, e))
         c.loop_start()

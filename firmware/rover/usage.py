@@ -4,9 +4,12 @@ USAGE = """usage: rover --link URL [--link URL ...] --device ID --state DIR [-q]
   -q: no log lines and no status line; --json: one JSON object per line on stdout
   (progress, then a summary; docs/output.md). Errors go to stderr.
 
-links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?mtu=N];
-  any may end in ?cost=N (default 1). Relay commands use the first link, backups the
-  cheapest.
+links: tcp://HOST:PORT, serial:DEVICE[:BAUD][?rxbuf=N&mtu=N], mqtt://HOST:PORT[?mtu=N],
+  mqtts://HOST:PORT[?mtu=N] (TLS); any may end in ?cost=N (default 1). Relay commands use
+  the first link, backups the cheapest.
+  --mqtt-user NAME --mqtt-password-file FILE: the broker's login; --mqtt-ca FILE: the CA
+  certificate (PEM) that signed an mqtts:// broker's (MicroPython needs it; CPython
+  defaults to the system's).
 
 commands:
   backup ROOT [--outbox DIR] [--watch-wait S] [--retries N] [--tag T]

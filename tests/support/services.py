@@ -181,3 +181,53 @@ class Subscriber:
     def close(self):
         self.c.disconnect()
         self.c.loop_stop()
+
+
+# --- a broker as deployed --------------------------------------------------------------------
+
+OPENSSL = shutil.which("openssl")
+PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def make_ca(d, name):
+    key, pem = os.path.join(d, name + ".key"), os.path.join(d, name + ".pem")
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", pem, "-days", "2", "-subj", "/CN=" + name], check=True, capture_output=True)
+    return key, pem
+
+
+def tls_broker(d):
+    """mosquitto as deployed: a TLS listener with certificates made here (a test CA signs one
+    for localhost and 127.0.0.1; another CA signs nothing), a password file with the users
+    anchor, watcher and rover, no anonymous access. Returns the paths, the port and the
+    Broker (the caller closes it)."""
+    ca_key, ca = make_ca(d, "test-ca")
+    _, other_ca = make_ca(d, "other-ca")
+    key, csr, crt, ext = (os.path.join(d, n) for n in ("srv.key", "srv.csr", "srv.pem", "ext"))
+    subprocess.run([OPENSSL, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", csr, "-subj", "/CN=localhost"], check=True, capture_output=True)
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    subprocess.run([OPENSSL, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                    "-out", crt, "-days", "2", "-extfile", ext], check=True, capture_output=True)
+    passwd = os.path.join(d, "passwd")
+    subprocess.run([PASSWD, "-c", "-b", passwd, "anchor", "anchor-secret-1"], check=True, capture_output=True)
+    subprocess.run([PASSWD, "-b", passwd, "watcher", "watcher-secret-2"], check=True, capture_output=True)
+    subprocess.run([PASSWD, "-b", passwd, "rover", "rover-secret-3"], check=True, capture_output=True)
+    # Started as root, mosquitto would drop to its own user, who cannot enter pytest's
+    # private folders: it keeps the test's user instead.
+    stay = ["user root"] if os.geteuid() == 0 else []
+    broker = Broker(d, conf_lines=stay + ["cafile " + ca, "certfile " + crt, "keyfile " + key,
+                                          "allow_anonymous false", "password_file " + passwd])
+    pw = os.path.join(d, "anchor.pw")
+    with open(pw, "w") as f:
+        f.write("anchor-secret-1\n")
+    rover_pw = os.path.join(d, "rover.pw")
+    with open(rover_pw, "w") as f:
+        f.write("rover-secret-3\n")
+    bad_pw = os.path.join(d, "bad.pw")
+    with open(bad_pw, "w") as f:
+        f.write("not-the-password\n")
+    return {"dir": d, "ca": ca, "other_ca": other_ca, "port": broker.port, "pw": pw, "bad_pw": bad_pw,
+           "rover_pw": rover_pw,
+           "broker": broker}
