@@ -89,17 +89,23 @@ class Deframer:
     def __init__(self, max_payload=MAX_PAYLOAD, buffer_size=None, views=False):
         # views: next_frame() returns a memoryview into the buffer (valid until the next
         # receive_data) instead of a copy, for a heap that cannot spare a block per frame.
+        # buffer_size: a size, or a bytearray to use (a rover takes its buffers at start-up,
+        # while its heap still has blocks that size; one deframer at a time uses it).
         self.views = views
         if max_payload < 0 or max_payload > 0xFFFF:
             raise ValueError("max_payload must be in 0..65535")
         frame_max = max_payload + frame_overhead
+        buf = None
+        if type(buffer_size) is bytearray:
+            buf = buffer_size
+            buffer_size = len(buf)
         if buffer_size is None:
             buffer_size = 2 * frame_max
         elif buffer_size < frame_max:
             raise ValueError("buffer_size must hold one whole frame (%d bytes)" % frame_max)
         self.max_payload = max_payload
         self._cap = buffer_size
-        self._buf = bytearray(self._cap)
+        self._buf = buf if buf is not None else bytearray(self._cap)
         self._mv = memoryview(self._buf)
         self._start = 0
         self._end = 0

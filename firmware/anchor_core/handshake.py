@@ -207,10 +207,11 @@ class Initiator(_Handshake):
         self.keys = session_keys(self.key, self.nr, na)
         return ESTABLISHED
 
-    def records(self):
-        """(sealer, opener) for the session, once ESTABLISHED."""
+    def records(self, bufs=(None, None)):
+        """(sealer, opener) for the session, once ESTABLISHED; bufs: their record buffers,
+        if the caller took them already (secure._Records)."""
         k = self._keys()
-        return Sealer(k[0], k[1], self.tx_max), Opener(k[2], k[3], self.rx_max)
+        return Sealer(k[0], k[1], self.tx_max, bufs[0]), Opener(k[2], k[3], self.rx_max, bufs[1])
 
 
 class Responder(_Handshake):

@@ -140,12 +140,15 @@ def code_to_key(code, device):
 class _Records:
     """What both directions hold: the keys, the record counter and one record buffer."""
 
-    def __init__(self, enc_key, mac_key, max_record):
+    def __init__(self, enc_key, mac_key, max_record, buf=None):
+        # buf: the caller's buffer of record_buffer(max_record) bytes, taken while its heap
+        # still had a block that size (the rover takes it before the handshake's code loads)
         self.ctr = _Ctr(enc_key)
         self.mac_key = mac_key
         self.seq = 0
         self.max = max_record
-        self.buf = bytearray(HEADER + max_record + TAG)
+        self.buf = buf if buf is not None and len(buf) == HEADER + max_record + TAG else bytearray(
+            HEADER + max_record + TAG)
         self.mv = memoryview(self.buf)
 
     def _tag(self, n):
@@ -158,8 +161,8 @@ class Sealer(_Records):
     Plaintext may be gathered in place first (room/add, then flush), so a message written
     in pieces (a chunk's header, body and CRC) costs one record, not three."""
 
-    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
-        _Records.__init__(self, enc_key, mac_key, max_record)
+    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD, buf=None):
+        _Records.__init__(self, enc_key, mac_key, max_record, buf)
         self.pending = 0
 
     def room(self):
@@ -199,8 +202,8 @@ class Sealer(_Records):
 class Opener(_Records):
     """Takes bytes from the link, gives back the plaintext of each whole, authentic record."""
 
-    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD):
-        _Records.__init__(self, enc_key, mac_key, max_record)
+    def __init__(self, enc_key, mac_key, max_record=MAX_RECORD, buf=None):
+        _Records.__init__(self, enc_key, mac_key, max_record, buf)
         self.have = 0
 
     def feed(self, data):

@@ -8,15 +8,35 @@ TX_SIZE = 8192       # every message the rover sends is encoded here
 # compressor: 1.67 MB of source text and docs, and a 1.5 MB SQLite file, compress to the same
 # bytes with 16 KiB as with 20 KiB (12 KiB: 3-4% more).
 COMPRESSED_MAX = 16384
-# ...and 12 KiB when the rover shows progress (a terminal, or --json) or may back up over
-# MQTT: the progress module's code takes ~7 KB, the MQTT client's ~9 KB more than a serial
-# port's, of a heap where a paired MQTT backup of a phone-like tree had 256 B to spare.
-# 12 KiB costs 3-4% more bytes on text and SQLite chunks (measured; docs/decisions.md).
+# ...and 12 KiB when the rover shows progress (a terminal, or --json) or backs up over TLS
+# (mqtts://): the progress module's code takes ~7 KB, mbedtls ~4 KB more. Measured with the
+# rover's compressor: 12 KiB gives the same bytes on 1.9 MB of source text and 4.5% more on
+# a 2.2 MB SQLite file (8 KiB: 20-23% more on both; docs/decisions.md).
 COMPRESSED_SHOWN = 12288
 
 
+# A session's receive buffer (anchor_core/framing.py Deframer: one frame and its overhead)
+# and the link read buffer, taken here for the same reason: allocated when the session
+# starts, after the link (and TLS) had broken the heap up, they were what paired backups
+# ran out of.
+RX_PAYLOAD = 4608    # the rover receives small messages and BODY of <= 4096 bytes
+# A backup receives small messages only (WELCOME, VERDICT and NEED of its batches of 16
+# entries and 64 ids, COMMITTED; an ERROR's 512 characters are at most 2,048 bytes): its
+# receive buffer is half a relay's.
+RX_SMALL = 2304
+RX_OVERHEAD = 16     # RX_* + this: anchor_core/framing.py frame_overhead and some slack
+READ_SIZE = 1024     # bytes read from the link at a time
+
+# A paired rover's secure-channel record buffers (rover/securelink.py TX_RECORD, RX_RECORD,
+# with anchor_core/secure.py's header and tag), for the same reason.
+SEAL_SIZE = 2 + 2048 + 16
+OPEN_SIZE = 2 + 1024 + 16
+
 chunk = None
 tx = None
+records = (None, None)   # (seal, open) buffers, or Nones: securelink takes its own
+rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at a time)
+rread = None         # bytearray(READ_SIZE)
 compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~45 KB)
 # A restore (rover/restore.py) compresses nothing and inflates chunks as they arrive: its
 # reads, copies and inflated pieces go through this much, and it takes no compressor.
@@ -39,12 +59,20 @@ def tty():
         return False
 
 
-def allocate(restore=False, out=0):
-    """out: the compressor's output size (default COMPRESSED_MAX)."""
-    global chunk, tx, compressor, inflate_room
+def allocate(restore=False, out=0, rx_payload=0, paired=False):
+    """out: the compressor's output size (default COMPRESSED_MAX); rx_payload: the largest
+    message the rover's conversations will take (RX_SMALL or RX_PAYLOAD; 0: none taken
+    here, each conversation takes its own); paired: the rover has a pairing key, so its
+    links are secured (records)."""
+    global chunk, tx, compressor, inflate_room, rx, rread, records
     if chunk is None:
         chunk = bytearray(RESTORE_CHUNK if restore else CHUNK_SIZE)
         tx = bytearray(TX_SIZE)
+        if paired:
+            records = (bytearray(SEAL_SIZE), bytearray(OPEN_SIZE))
+        if rx_payload:
+            rx = bytearray(rx_payload + RX_OVERHEAD)
+            rread = bytearray(READ_SIZE)
         if restore:
             try:
                 import zlib  # noqa: F401  (CPython inflates with zlib: no reserve)
@@ -57,3 +85,28 @@ def allocate(restore=False, out=0):
             from anchor_core.zcompress import Compressor
             # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
             compressor = Compressor(CHUNK_SIZE, False, out or COMPRESSED_MAX)
+
+
+def start(argv):
+    """main.py's first step: take what the command will hold for its whole length while the
+    heap is in one piece. A restore takes other buffers; a backup that shows progress, or
+    goes over TLS, a smaller compressor output."""
+    import os
+    out = 0
+    paired = False
+    # Opening a link leaves the heap in pieces of a few KB (and mbedtls over TLS in smaller
+    # ones): the session's receive buffers and a paired rover's record buffers, taken after
+    # it, were what backups over serial, MQTT and TLS ran out of.
+    rx = RX_SMALL if "backup" in argv or "run" in argv else RX_PAYLOAD
+    for a in argv:
+        if "mqtts://" in a:
+            out = COMPRESSED_SHOWN
+    if "--json" in argv or ("-q" not in argv and "--quiet" not in argv and tty()):
+        out = COMPRESSED_SHOWN
+    for i in range(len(argv) - 1):
+        if argv[i] == "--state":
+            try:
+                paired = os.stat(argv[i + 1] + "/pairing.key")[6] > 0
+            except OSError:
+                pass
+    allocate("restore" in argv, out, rx, paired)

@@ -7,11 +7,8 @@ from anchor_core.session import Session
 from rover import buffers
 from rover.linkerror import LinkError
 
-RX_PAYLOAD = const(4608)       # the rover receives small messages and BODY of <= 4096 bytes
-# A backup receives small messages only (WELCOME, VERDICT and NEED of its batches of 16
-# entries and 64 ids, COMMITTED; an ERROR's 512 characters are at most 2,048 bytes): its
-# receive buffer is half a relay's, 2.3 KB of heap that a paired MQTT backup needs.
-RX_SMALL = const(2304)
+RX_PAYLOAD = const(4608)       # buffers.RX_PAYLOAD: small messages and BODY of <= 4096 bytes
+RX_SMALL = const(2304)         # buffers.RX_SMALL: what a backup receives
 
 
 class RoverError(Exception):
@@ -27,8 +24,12 @@ class Conversation:
         self.device = device
         self.log = log or (lambda s: None)
         buffers.allocate()     # no-op when main.py already took them at start-up
-        self.sess = Session(states.ROVER, rx, rx + 16, buffers.tx, True)
-        self.rxbuf = bytearray(1024)
+        # main.py's receive buffers when it took them for this size of message (one
+        # conversation at a time uses them), else fresh ones
+        b = buffers.rx
+        mine = b is not None and len(b) == rx + buffers.RX_OVERHEAD
+        self.sess = Session(states.ROVER, rx, b if mine else rx + buffers.RX_OVERHEAD, buffers.tx, True)
+        self.rxbuf = buffers.rread if mine else bytearray(buffers.READ_SIZE)
         self.cbuf = buffers.chunk
 
     def send(self, msg):

@@ -1,21 +1,16 @@
 # MicroPython entry point: `micropython -X heapsize=256K firmware/rover/main.py ARGS...`
-# (tools/rover-mpy does this). The firmware directory must be on sys.path.
+# (tools/rover-mpy does this). The firmware directory must be on sys.path. This file is
+# compiled at start-up (it is not precompiled): what it holds is heap, so it stays small.
 import sys
 
-from rover import buffers
-
-# A restore takes other buffers; a backup that shows progress, or that may go over MQTT, a
-# smaller compressor output (rover/buffers.py).
-_a = sys.argv
-_o = 0
-for _l in _a:
-    if "mqtt://" in _l or "mqtts://" in _l:
-        _o = buffers.COMPRESSED_SHOWN
-if "--json" in _a or ("-q" not in _a and "--quiet" not in _a and buffers.tty()):
-    _o = buffers.COMPRESSED_SHOWN
-buffers.allocate("restore" in _a, _o)
-_a = _l = _o = None
-
-from rover.cli import main  # noqa: E402  (after the buffers, on purpose)
-
-sys.exit(main(sys.argv[1:]))
+try:
+    from rover import buffers
+    buffers.start(sys.argv)      # the buffers first, while the heap is in one piece
+    from rover.cli import main
+    _r = main(sys.argv[1:])
+except MemoryError:
+    # One line, like every other failure: a traceback says nothing to whoever runs a rover.
+    print("rover: out of memory: this interpreter's heap is too small for the command "
+          "(a paired backup needs about 256 KB; docs/rover.md, \"Memory\")", file=sys.stderr)
+    _r = 1
+sys.exit(_r)

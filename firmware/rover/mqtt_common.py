@@ -8,10 +8,11 @@
 # the anchor sends while the rover is away wait at the broker and arrive after the rover
 # reconnects; the channel discards the ones it no longer needs.
 #
-# MicroPython runs the rover's own small MQTT 3.1.1 client (rover/mqtt_port.py); CPython drives
-# paho-mqtt 2.x with its network thread. Both behave alike: send returns once
-# the broker acknowledged the packet, and a lost broker connection raises LinkError; the
-# caller opens a new port, and the persistent session keeps what was queued meanwhile.
+# MicroPython runs the rover's own small MQTT 3.1.1 client (rover/mqtt_port.py), whose send
+# returns once the packet is written (PUBACKs are read with the anchor's packets); CPython
+# drives paho-mqtt 2.x with its network thread, whose send waits for the PUBACK. On both a
+# lost broker connection raises LinkError; the caller opens a new port, and the persistent
+# session keeps what was queued meanwhile.
 from anchor_core.compat import const
 from anchor_core.messages import check_device, ProtocolError
 # Topics, QoS, sizes: the profile the anchor keeps to as well.
@@ -19,11 +20,11 @@ from anchor_core.mqtt_profile import KEEPALIVE, MAX_MTU, MTU, PUBACK, QOS, publi
 from rover.linkerror import LinkError
 
 IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, SUBACK, PUBACK)
-# Packets held between recv_into calls; more are dropped (the channel resends them).
-# paho's thread reads everything at once: its queue takes the anchor's whole send window
-# (4 full packets, in wire bytes) even as tiny packets. The MicroPython client reads the
-# socket only inside send and recv_into, so unread packets wait in the kernel's socket
-# buffer (rover/mqtt_port.py holds those arriving during one PUBACK wait).
+# Packets paho's thread holds between recv_into calls; more are dropped (the channel resends
+# them). It reads everything at once: its queue takes the anchor's whole send window (4 full
+# packets, in wire bytes) even as tiny packets. The MicroPython client reads the socket only
+# inside recv_into (and in a send past 64 unacknowledged packets), so unread packets wait
+# in the kernel's socket buffer.
 QUEUE_CPY = const(1024)
 
 

@@ -9,27 +9,18 @@ from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, MqttPortBase, publish_size,
 from rover.linkerror import LinkError
 
 if MICROPYTHON:
-    import select
-    import socket
     import time
 
     # Packet types (MQTT 3.1.1 §2.2.1), the high nibble of the first byte.
-    _CONNACK = const(2)
     _PUBLISH = const(3)
     _PUBACK = const(4)
-    _SUBACK = const(9)
-    _PINGRESP = const(13)
     # A send does not wait for its PUBACK: acknowledgements are read with the anchor's packets
     # in recv_into (the channel above numbers, acknowledges and resends on its own, so a
     # round trip per packet would only cost time). Past this many unacknowledged publishes a
     # send reads until one is acknowledged, dropping any packet of the anchor's that comes
     # first (the channel resends it): the channel's window keeps a rover far below it.
     _UNACKED = const(64)
-    _EARLY = const(16)
-    _PLAIN = " (if it takes TLS on this port, the link is mqtts://)"
-    _LOGIN = " (check --mqtt-user and --mqtt-password-file)"
-    _REFUSED = ("", "the protocol version", "the client id", "service unavailable",
-                "a bad user name or password", "not authorized")
+    _EARLY = const(16)     # packets held while the port opens (rover/mqtt_open.py)
 
     def _length(buf, i, n):
         """Writes MQTT's remaining length n at buf[i:]; returns the index after it."""
@@ -50,112 +41,14 @@ if MICROPYTHON:
 
     class MqttPort(MqttPortBase):
         def _open(self, host, port, tls=None, user=None, password=None):
-            up = self.up.encode()
-            self._down_b = self.down.encode()
-            # The PUBLISH header for the uplink (type, length, topic, packet id), rewritten
-            # per packet; then the payload in a second write.
-            self._ph = bytearray(5 + 2 + len(up) + 2)
-            self._h = bytearray(4)      # headers read; PUBACK written
-            self._t = bytearray(len(self._down_b))   # topic of a received PUBLISH
-            self._pid = 0
-            self._unacked = 0
-            # What the broker kept for us while we were away comes right after we connect,
-            # before the SUBACK: held here (up to _EARLY packets) until recv_into takes it.
-            self._early = []
-            self._opening = True
-            self._got = 0               # payload bytes of the PUBLISH just read, or -1
-            self._up = up
+            # Connecting (CONNECT, TLS, SUBSCRIBE) is code the port needs once: it lives in
+            # rover/mqtt_open.py, dropped again before the backup starts (~2 KB of heap).
+            from rover import mqtt_open
             try:
-                ai = socket.getaddrinfo(host, port)[0][-1]
-            except OSError as e:
-                raise LinkError("cannot find the MQTT broker %s: %s" % (self.where, e))
-            raw = socket.socket()
-            self._raw = raw
-            self._s = raw
-            try:
-                raw.settimeout(IO_TIMEOUT)
-                # One packet goes out in two writes: Nagle would hold the second for the
-                # broker's delayed ACK.
-                raw.setsockopt(6, 1, 1)       # IPPROTO_TCP, TCP_NODELAY
-                raw.connect(ai)
-            except OSError as e:
-                raw.close()
-                raise LinkError("cannot reach the MQTT broker at %s: %s" % (self.where, e))
-            self._c = raw
-            try:
-                if tls is not None:
-                    try:
-                        from rover import mqtt_tls
-                    except ImportError as e:
-                        raise LinkError("mqtts: this MicroPython has no TLS (%s)" % e)
-                    try:
-                        self._s = mqtt_tls.wrap(raw, host, tls, self.where)
-                    finally:
-                        from anchor_core.compat import unload
-                        unload(mqtt_tls)       # only the wrapped socket stays
-                self._connect(user, password)
-                self._subscribe()
-                self._opening = False
-            except LinkError:
-                self._drop()
-                raise
-            except OSError as e:
-                self._drop()
-                raise LinkError("MQTT broker at %s: %s%s" % (self.where, _why(e), "" if tls is not None else _PLAIN))
-            self._poll = select.poll()
-            self._poll.register(self._s, select.POLLIN)
-            self._last_out = time.ticks_ms()
-
-        def _connect(self, user, password):
-            cid = self.client_id.encode()
-            n = 10 + 2 + len(cid)
-            flags = 0                         # clean session off: the broker keeps ours
-            if user is not None:
-                user = user.encode()
-                n += 2 + len(user)
-                flags |= 0x80
-            if password is not None:
-                n += 2 + len(password)
-                flags |= 0x40
-            p = bytearray(n + 5)
-            p[0] = 0x10
-            i = _length(p, 1, n)
-            i = _put_str(p, i, b"MQTT")
-            p[i:i + 4] = bytes((4, flags, KEEPALIVE >> 8, KEEPALIVE & 255))
-            i = _put_str(p, i + 4, cid)
-            if user is not None:
-                i = _put_str(p, i, user)
-            if password is not None:
-                i = _put_str(p, i, password)
-            self._s.write(memoryview(p)[:i])
-            p = None
-            if self._packet(None) != _CONNACK:
-                raise LinkError("MQTT broker at %s did not answer the connection" % self.where)
-            rc = self._h[3]
-            if rc:
-                raise LinkError("MQTT broker at %s refused the connection: %s%s" % (
-                    self.where, _REFUSED[rc] if rc < len(_REFUSED) else "code %d" % rc,
-                    _LOGIN if rc >= 4 else ""))
-
-        def _subscribe(self):
-            d = self._down_b
-            p = bytearray(2 + 2 + 2 + len(d) + 1 + 3)
-            p[0] = 0x82
-            i = _length(p, 1, 2 + 2 + len(d) + 1)
-            p[i] = 0
-            p[i + 1] = 1                      # packet id 1
-            i = _put_str(p, i + 2, d)
-            p[i] = 1                          # QoS 1
-            self._s.write(memoryview(p)[:i + 1])
-            # Messages queued for us while we were away may come before the SUBACK.
-            for _ in range(64):
-                t = self._packet(None)
-                if t == _SUBACK:
-                    if self._h[3] & 0x80:
-                        raise LinkError("MQTT broker at %s refused the subscription to %s" % (
-                            self.where, self.down))
-                    return
-            raise LinkError("MQTT broker at %s did not answer the subscription" % self.where)
+                mqtt_open.open_port(self, host, port, tls, user, password)
+            finally:
+                from anchor_core.compat import unload
+                unload(mqtt_open)
 
         def _read(self, mv):
             got = 0

@@ -46,6 +46,14 @@ def _handshake(link, device, key):
     bytecode lives in the heap, and the rover needs this code for a moment per link but the
     heap for the whole session (kept, it cost a paired rover ~5 KB more than the handshake
     inlined here did; dropped, ~1 KB less)."""
+    # The session's record buffers: main.py's (rover/buffers.py, taken at start-up), else
+    # taken here before the handshake's code loads. Taken after it (and after TLS, on an
+    # mqtts:// link) they found no 2 KB block left in a 256 KB heap. secure._Records takes
+    # a fresh one where a size does not match.
+    from rover import buffers
+    bufs = buffers.records
+    if bufs[0] is None:
+        bufs = (bytearray(secure.HEADER + TX_RECORD + secure.TAG), bytearray(secure.HEADER + RX_RECORD + secure.TAG))
     from anchor_core import handshake
     try:
         hs = handshake.Initiator(device, key, os.urandom(secure.NONCE), RX_RECORD, TX_RECORD)
@@ -61,7 +69,7 @@ def _handshake(link, device, key):
         except secure.SecureError as e:
             raise LinkError(str(e))
         link.write(hs.data_to_send())
-        return hs.records()
+        return hs.records(bufs)
     finally:
         if MICROPYTHON:
             from anchor_core.compat import unload

@@ -284,3 +284,17 @@ def test_accounting_with_noise():
         got.extend(feed_all(d, stream[i:i + 7]))
     assert got == payloads
     assert accounted(d, len(stream), payloads)
+
+
+def test_a_given_buffer_is_the_one_used():
+    # A rover takes its receive buffer at start-up and hands it over (rover/buffers.py).
+    buf = bytearray(2 * (SMALL + frame_overhead))
+    d = Deframer(SMALL, buf)
+    frames = [b"a" * SMALL, b"", b"xyz"]
+    assert feed_all(d, b"".join(encode_frame(p) for p in frames)) == frames
+    assert bytes(buf[:len(SYNC)]) == SYNC      # the frames went through it
+    try:
+        Deframer(SMALL, bytearray(SMALL))      # smaller than one frame
+        raise AssertionError("a buffer too small for one frame was taken")
+    except ValueError:
+        pass

@@ -95,3 +95,15 @@ def test_proofs_and_codes():
     except secure.SecureError:
         pass
 
+
+
+def test_records_use_a_given_buffer_of_the_right_size_only():
+    # The rover takes its record buffers at start-up (rover/buffers.py); a buffer of another
+    # size than the record needs is not used.
+    k = secure.session_keys(b"k" * 32, b"n" * 16, b"m" * 16)
+    given = bytearray(secure.HEADER + 64 + secure.TAG)
+    s = secure.Sealer(k[0], k[1], 64, given)
+    o = secure.Opener(k[0], k[1], 64, bytearray(10))
+    assert s.buf is given and len(o.buf) == secure.HEADER + 64 + secure.TAG
+    wire = bytes(s.seal(b"through the given buffer"))
+    assert o.feed(wire) == [b"through the given buffer"]

@@ -106,17 +106,8 @@ def test_bad_broker_options_stop_before_anything_is_opened(tmp_path, args, says)
 
 # --- the rover on an mqtts:// link -----------------------------------------------------------
 
-# The MicroPython rover over TLS needs 264,704 B of heap on the unix port (docs/rover.md,
-# "MQTT over TLS"): mbedtls' handshake and session come on top of a paired MQTT backup's
-# 257,536 B, and on this port all of the firmware's bytecode sits in the heap too.
-TLS_HEAP = "280K"
-
-
 def rover_tls(runtime, link, state, *args, check=True):
-    cmd = rover_cmd(runtime, link, "rv", state, *args)
-    if runtime == "micropython":
-        cmd[1:1] = ["--heap", TLS_HEAP]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(rover_cmd(runtime, link, "rv", state, *args), capture_output=True, text=True, timeout=120)
     if check and p.returncode != 0:
         raise AssertionError("rover failed (%d):\n%s\n%s" % (p.returncode, p.stdout, p.stderr))
     return p
