@@ -141,8 +141,9 @@ class _Records:
     """What both directions hold: the keys, the record counter and one record buffer."""
 
     def __init__(self, enc_key, mac_key, max_record, buf=None):
-        # buf: the caller's buffer of record_buffer(max_record) bytes, taken while its heap
-        # still had a block that size (the rover takes it before the handshake's code loads)
+        # buf: the caller's buffer of HEADER + max_record + TAG bytes, taken while its heap
+        # still had a block that size (the rover takes it at start-up); another size is
+        # not used
         self.ctr = _Ctr(enc_key)
         self.mac_key = mac_key
         self.seq = 0

@@ -27,10 +27,12 @@ RX_SMALL = 2304
 RX_OVERHEAD = 16     # RX_* + this: anchor_core/framing.py frame_overhead and some slack
 READ_SIZE = 1024     # bytes read from the link at a time
 
-# A paired rover's secure-channel record buffers (rover/securelink.py TX_RECORD, RX_RECORD,
-# with anchor_core/secure.py's header and tag), for the same reason.
-SEAL_SIZE = 2 + 2048 + 16
-OPEN_SIZE = 2 + 1024 + 16
+# A paired rover's secure-channel record buffers, for the same reason: records it makes and
+# records it takes (the anchor seals no more per record), plus anchor_core/secure.py's
+# header and tag (secure._Records takes a fresh buffer if these ever disagree).
+SEAL_RECORD = 2048
+OPEN_RECORD = 1024
+RECORD_OVERHEAD = 2 + 16
 
 chunk = None
 tx = None
@@ -69,7 +71,7 @@ def allocate(restore=False, out=0, rx_payload=0, paired=False):
         chunk = bytearray(RESTORE_CHUNK if restore else CHUNK_SIZE)
         tx = bytearray(TX_SIZE)
         if paired:
-            records = (bytearray(SEAL_SIZE), bytearray(OPEN_SIZE))
+            records = (bytearray(SEAL_RECORD + RECORD_OVERHEAD), bytearray(OPEN_RECORD + RECORD_OVERHEAD))
         if rx_payload:
             rx = bytearray(rx_payload + RX_OVERHEAD)
             rread = bytearray(READ_SIZE)

@@ -1,14 +1,13 @@
 # One session with the anchor over a link: the rover's half of the sans-I/O core, plus
 # the buffers it reuses. Backups and relay requests are both conversations.
-from anchor_core.compat import const
 from anchor_core import messages as m
 from anchor_core import states
 from anchor_core.session import Session
 from rover import buffers
 from rover.linkerror import LinkError
 
-RX_PAYLOAD = const(4608)       # buffers.RX_PAYLOAD: small messages and BODY of <= 4096 bytes
-RX_SMALL = const(2304)         # buffers.RX_SMALL: what a backup receives
+RX_PAYLOAD = buffers.RX_PAYLOAD   # small messages and BODY of <= 4096 bytes
+RX_SMALL = buffers.RX_SMALL       # what a backup receives
 
 
 class RoverError(Exception):

@@ -6,11 +6,12 @@ import os
 
 from anchor_core import secure
 from anchor_core.compat import MICROPYTHON
+from rover import buffers
 from rover.linkerror import LinkError, BadAddress, NotPaired  # noqa: F401  (NotPaired: raised here)
 
 KEY_FILE = "/pairing.key"
-RX_RECORD = 1024       # records the rover takes: the anchor seals no more per record
-TX_RECORD = 2048       # records the rover makes (the heap holds both buffers)
+RX_RECORD = buffers.OPEN_RECORD    # records the rover takes: the anchor seals no more per record
+TX_RECORD = buffers.SEAL_RECORD    # records the rover makes (the heap holds both buffers)
 
 
 def load_key(state_dir):
@@ -50,7 +51,6 @@ def _handshake(link, device, key):
     # taken here before the handshake's code loads. Taken after it (and after TLS, on an
     # mqtts:// link) they found no 2 KB block left in a 256 KB heap. secure._Records takes
     # a fresh one where a size does not match.
-    from rover import buffers
     bufs = buffers.records
     if bufs[0] is None:
         bufs = (bytearray(secure.HEADER + TX_RECORD + secure.TAG), bytearray(secure.HEADER + RX_RECORD + secure.TAG))
