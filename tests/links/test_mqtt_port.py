@@ -6,7 +6,9 @@ The rover runs on CPython (paho) in most tests and on the real MicroPython inter
 import asyncio
 import os
 import socket
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -620,3 +622,112 @@ def test_micropython_rover_broker_down_is_a_link_error(tmp_path):
         run(scenario())
     finally:
         b.close()
+
+
+# --- a broker that breaks the protocol ----------------------------------------------------
+
+MPY_HOSTILE = r"""
+import sys
+from rover.link import LinkError
+from rover.mqtt_port import MqttPort
+
+port = int(sys.argv[1])
+buf = bytearray(1024)
+try:
+    p = MqttPort("127.0.0.1", port, "rover-h")
+    got = []
+    for _ in range(2):
+        n = p.recv_into(buf, 5000)
+        got.append(bytes(buf[:n]).decode() if n else "-")
+    print("received", ",".join(got), "dropped", p.dropped)
+    p.close()
+except LinkError as e:
+    print("error:", e)
+"""
+
+CONNACK = b"\x20\x02\x00\x00"
+SUBACK = b"\x90\x03\x00\x01\x01"
+
+
+def publish_packet(topic, payload, qos=1, pid=7, length=None):
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + (pid.to_bytes(2, "big") if qos else b"") + payload
+    n = len(body) if length is None else length
+    head = bytearray([0x30 | (qos << 1)])
+    while True:
+        b, n = n & 127, n >> 7
+        head.append(b | (128 if n else 0))
+        if not n:
+            break
+    return bytes(head) + body
+
+
+DOWN = "anchor/v1/rover-h/down"
+
+HOSTILE = {
+    # what the "broker" sends after reading the client's CONNECT -> what the rover says
+    "closes at once": (None, "error: MQTT broker at 127.0.0.1:PORT: connection closed (if it takes TLS on this port, "
+                             "the link is mqtts://)"),
+    "refuses the login": (b"\x20\x02\x00\x05", "error: MQTT broker at 127.0.0.1:PORT refused the connection: not "
+                                               "authorized (check --mqtt-user and --mqtt-password-file)"),
+    "endless length": (b"\x20\xff\xff\xff\xff\xff", "error: MQTT broker at 127.0.0.1:PORT sent a malformed packet "
+                                                   "length"),
+    "answers with a PUBACK": (b"\x40\x02\x00\x01", "error: MQTT broker at 127.0.0.1:PORT did not answer the "
+                                                   "connection"),
+    "QoS 2 message": (CONNACK + SUBACK + publish_packet(DOWN, b"x", qos=2),
+                      "error: MQTT broker at 127.0.0.1:PORT sent a QoS 2 message; the rover subscribed at QoS 1"),
+    "length shorter than its topic": (CONNACK + SUBACK + publish_packet(DOWN, b"", length=5),
+                                      "error: MQTT broker at 127.0.0.1:PORT sent a malformed PUBLISH"),
+    "other topics and an oversized packet": (CONNACK + SUBACK + publish_packet("anchor/v1/other/down", b"spy")
+                                             + publish_packet(DOWN, b"y" * 2000) + publish_packet(DOWN, b"one")
+                                             + publish_packet("a/b", b"no", qos=0) + publish_packet(DOWN, b"two"),
+                                             "received one,two dropped 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_micropython_rover_against_a_broker_that_breaks_the_protocol(tmp_path, case):
+    """Whatever a broker sends, the rover's own client ends in one clear line (or takes what
+    is well formed and drops the rest), and acknowledges each QoS 1 packet it read."""
+    answer, says = HOSTILE[case]
+    script = tmp_path / "mqtt_rover_hostile.py"
+    script.write_text(MPY_HOSTILE)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(WAIT)
+    port = srv.getsockname()[1]
+    seen = []
+
+    def broker():
+        try:
+            c, _ = srv.accept()
+        except OSError:
+            return
+        with c:
+            c.settimeout(WAIT)
+            seen.append(c.recv(4096))           # CONNECT (and SUBSCRIBE, maybe)
+            if answer is None:
+                return
+            c.sendall(answer)
+            try:
+                while True:                     # PUBACKs, DISCONNECT, until the rover closes
+                    data = c.recv(4096)
+                    if not data:
+                        break
+                    seen.append(data)
+            except OSError:
+                pass
+    t = threading.Thread(target=broker, daemon=True)
+    t.start()
+    try:
+        p = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", str(script), str(port)], capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, MICROPYPATH=rover_mpy_path()))
+    finally:
+        srv.close()
+        t.join(WAIT)
+    assert p.stdout.strip() == says.replace("PORT", str(port)), p.stdout + p.stderr
+    assert seen and seen[0][:1] == b"\x10"             # it spoke MQTT first
+    if case == "other topics and an oversized packet":
+        wire = b"".join(seen)
+        assert wire.count(b"\x40\x02\x00\x07") == 4, wire   # each QoS 1 message acknowledged, kept or not
