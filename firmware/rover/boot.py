@@ -9,7 +9,7 @@ from rover import run
 from rover.run_loop import log_line
 
 CONFIG = "rover.json"
-_KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble")
+_KEYS = ("device", "links", "state", "root", "every", "jitter", "wifi", "uart", "ble", "mqtt")
 _NEEDED = ("device", "links", "state", "root", "every")
 _WIFI_WAIT_MS = 20000
 # network.STAT_* that will not turn into a connection by waiting longer
@@ -57,7 +57,8 @@ def _section(cfg, key, fields, needed):
 
 _EXAMPLES = {"wifi": '{"ssid": "home", "password": "secret"}',
              "uart": '{"id": 1, "tx": 17, "rx": 16, "baud": 115200}',
-             "ble": '{"name": "anchor"}'}
+             "ble": '{"name": "anchor"}',
+             "mqtt": '{"user": "hand-1", "password": "secret", "ca": "/ca.pem"}'}
 
 
 def check(cfg):
@@ -90,6 +91,14 @@ def check(cfg):
     _section(cfg, "wifi", {"ssid": str, "password": str}, ("ssid", "password"))
     uart = _section(cfg, "uart", {"id": int, "tx": int, "rx": int, "baud": int}, ("id", "baud"))
     ble = _section(cfg, "ble", {"name": str}, ("name",))
+    # The broker's login and, for mqtts:// links, the CA file on the board (the command
+    # line's --mqtt-user, --mqtt-password-file, --mqtt-ca).
+    mq = _section(cfg, "mqtt", {"user": str, "password": str, "ca": str}, ())
+    if mq is not None:
+        if not [u for u in links if u.startswith("mqtt")]:
+            raise _bad("mqtt", "is set, but no link is mqtt:// or mqtts://")
+        if "ca" in mq and not [u for u in links if u.startswith("mqtts://")]:
+            raise _bad("mqtt.ca", "is for mqtts:// links, and none is")
     out = []
     for u in links:
         try:
@@ -197,6 +206,11 @@ def prepare(path=CONFIG):
         cfg = load(path)
         opts, root, st = check(cfg)
         bring_up(cfg, opts["links"], log_line)
+        mq = cfg.get("mqtt")
+        if mq is not None:
+            from rover import link
+            link.MQTT_LOGIN = (mq.get("user"), None, mq.get("ca"),
+                               mq["password"].encode() if "password" in mq else None)
     except ConfigError as e:
         print(e)
         return 2

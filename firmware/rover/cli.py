@@ -87,7 +87,7 @@ def main(argv=None):
     cmd = rest[0]
     if "mqtt-user" in opts or "mqtt-password-file" in opts or "mqtt-ca" in opts:
         from rover import link
-        link.MQTT_LOGIN = (opts.get("mqtt-user"), opts.get("mqtt-password-file"), opts.get("mqtt-ca"))
+        link.MQTT_LOGIN = (opts.get("mqtt-user"), opts.get("mqtt-password-file"), opts.get("mqtt-ca"), None)
     if cmd == "pair":
         from rover.securelink import pair_command
         return pair_command(opts, rest)

@@ -62,9 +62,10 @@ def _serial(url, device, urgent):
     return over_channel(port, urgent, opts.get("rxbuf"))
 
 
-# The broker login from the command line (--mqtt-user, --mqtt-password-file, --mqtt-ca):
-# (user, password file, CA file), each None when not given.
-MQTT_LOGIN = (None, None, None)
+# The broker login from the command line (--mqtt-user, --mqtt-password-file, --mqtt-ca) or
+# a board's rover.json ("mqtt"): (user, password file, CA file, password), each None when
+# not given.
+MQTT_LOGIN = (None, None, None, None)
 
 
 def _mqtt(url, device, urgent):
@@ -73,8 +74,7 @@ def _mqtt(url, device, urgent):
         raise BadAddress("an MQTT link needs the device id")
     tls = url.startswith("mqtts:")
     host, port_no, opts = _url("host_port", url, "mqtts" if tls else "mqtt")
-    user, pw_file, ca = MQTT_LOGIN
-    password = None
+    user, pw_file, ca, password = MQTT_LOGIN
     if pw_file is not None:
         try:
             with open(pw_file, "rb") as f:

@@ -164,6 +164,9 @@ def test_the_documented_config_is_taken():
     assert root == "/data" and sch[run._EVERY] == 21600 and sch[run._JITTER] == 2160
     opts, _, _ = boot.check(cfg(links=["ble:?cost=2", "serial:uart1:115200?cost=3"]))
     assert opts["links"] == ["ble:anchor?cost=2", "serial:uart1:115200?cost=3"]
+    opts, _, _ = boot.check(cfg(links=["mqtts://broker.lan:8883"],
+                                mqtt={"user": "hand-1", "password": "secret", "ca": "/ca.pem"}))
+    assert opts["links"] == ["mqtts://broker.lan:8883"]
 
 
 @pytest.mark.parametrize("over,msg", [
@@ -174,6 +177,10 @@ def test_the_documented_config_is_taken():
     ({"wifi": {"ssid": "", "password": "x"}}, 'rover.json: "wifi.ssid" must be a non-empty string'),
     ({"jitter": "2d"}, 'rover.json: "jitter" must not be longer than the period'),
     ({"links": [5]}, 'rover.json: "links" must be a list of link addresses'),
+    ({"mqtt": {"user": "hand-1"}}, 'rover.json: "mqtt" is set, but no link is mqtt:// or mqtts://'),
+    ({"links": ["mqtt://b:1883"], "mqtt": {"ca": "/ca.pem"}}, 'rover.json: "mqtt.ca" is for mqtts:// links'),
+    ({"links": ["mqtts://b:8883"], "mqtt": {"pass": "x"}}, 'rover.json: "mqtt.pass" is not a setting'),
+    ({"links": ["mqtts://b:8883"], "mqtt": {"user": ""}}, 'rover.json: "mqtt.user" must be a non-empty string'),
 ])
 def test_bad_configs_name_the_key(over, msg):
     with pytest.raises(boot.ConfigError) as e:
