@@ -45,10 +45,10 @@ class LinkOrder:
             nxt = ch.snd_nxt
             waiting = [sid for sid, s in ch.streams.items() if s.tx.count > s.tx_sent]
             fl = ch.fl
-            flight = {}
+            flight = []        # (sid, stream offset, wire bytes) of each packet in flight
             for k in range(fl.count):
                 i = fl.slot(k)
-                flight[fl.sid[i]] = flight.get(fl.sid[i], 0) + header + fl.length[i] + ch.overhead
+                flight.append((fl.sid[i], fl.off[i], header + fl.length[i] + ch.overhead))
             p = pick(ch, now)
             # New data only: a resent packet was on the link before anything queued now.
             if p is not None and ch.snd_nxt != nxt and p[0] >> 4 == data:
@@ -57,31 +57,40 @@ class LinkOrder:
                 first = not any(x is s for x in self._streams)
                 if first:
                     self._streams.append(s)
-                self.packets.append((ch.initiator, sid, first, waiting, flight, ch.peer_mtu_wire()))
+                i = fl.slot(fl.count - 1)          # the packet just sent
+                end = fl.off[i] + fl.length[i]
+                self.packets.append((ch.initiator, sid, first, waiting, flight, ch.peer_mtu_wire(), end))
             return p
         monkeypatch.setattr(chan.Channel, "packet_to_send", packet_to_send)
 
     def tally(self, backup_sid, relay_sids):
         """Per direction ("up": rover to anchor): backup packets that went onto the link while
-        relay data waited; the most backup bytes in flight when a relay packet went, other
-        than the first of its exchange (that one finds whatever the backup had in flight
-        when the exchange began, and nothing can call bytes back from the link); relay
-        packets that went while backup data waited, the contention that makes the first
-        two mean something; and one packet's wire bytes."""
+        relay data waited; the most backup bytes in flight when a relay packet went that the
+        backup sent after the relay's exchange began (what was in flight before it, nothing
+        can call back from the link, and under load its acknowledgements may take a while);
+        relay packets that went while backup data waited, the contention that makes the
+        first two mean something; and one packet's wire bytes."""
         t = {d: {"backup_ahead": 0, "backup_in_flight": 0, "contended": 0, "relay": 0, "packet": 0}
              for d in ("up", "down")}
-        for rover_end, sid, first, waiting, flight, packet in list(self.packets):
-            c = t["up" if rover_end else "down"]
+        sent = {"up": 0, "down": 0}      # backup stream bytes sent so far, per direction
+        began = {}                       # (direction, relay sid) -> backup bytes sent before its first packet
+        for rover_end, sid, first, waiting, flight, packet, end in list(self.packets):
+            d = "up" if rover_end else "down"
+            c = t[d]
             c["packet"] = packet
             if sid == backup_sid:
+                sent[d] = max(sent[d], end)
                 if any(w in relay_sids for w in waiting):
                     c["backup_ahead"] += 1
             elif sid in relay_sids:
                 c["relay"] += 1
                 if backup_sid in waiting:
                     c["contended"] += 1
-                if not first:
-                    c["backup_in_flight"] = max(c["backup_in_flight"], flight.get(backup_sid, 0))
+                if first or (d, sid) not in began:
+                    began[(d, sid)] = sent[d]
+                else:
+                    since = sum(n for fs, off, n in flight if fs == backup_sid and off >= began[(d, sid)])
+                    c["backup_in_flight"] = max(c["backup_in_flight"], since)
         return t
 
 
