@@ -77,6 +77,7 @@ bench-deps:
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	command -v restic >/dev/null 2>&1 || missing="$$missing restic"; \
 	command -v borg >/dev/null 2>&1 || missing="$$missing borgbackup"; \
+	command -v zstd >/dev/null 2>&1 || missing="$$missing zstd"; \
 	[ -z "$$missing" ] || { \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }

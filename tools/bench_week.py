@@ -52,6 +52,12 @@ must be identical. Both backed the start tree up before the week. At the end of 
                          distinct chunk counted once. floor_per_chunk_bytes is the same with
                          each chunk compressed alone (as a rover's DATA messages are).
 
+  delta_limit_bytes      what an encoder that saw every old version would send (issue 14):
+                         per file of the end tree, 0 if every chunk of it was in the start tree
+                         or passed through the relay; else `zstd -19 --patch-from` its start
+                         version where the path existed at the start; else `zstd -19` alone.
+                         anchor_*_over_delta_limit compare the backups with it (target 1.10).
+
 No backup moves less than the floor, so best_peer_over_floor (the best peer's bytes over the
 floor) bounds best_peer_over_anchor: when the week's novel data is large next to what passed
 through the relay, no pass-through backup can be many times better than restic or borg.
@@ -577,6 +583,36 @@ def floor_of(root, start_ids, relayed_ids):
     return raw, stream, per_chunk, n, kinds
 
 
+def delta_limit(root, start_copy, start_ids, relayed_ids, timeout):
+    """(bytes, {"known": files, "patched": [files, bytes], "alone": [files, bytes]}): the delta
+    limit of the end tree (see the docstring), with zstd -19 as the encoder."""
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise RuntimeError("zstd is missing (make bench-deps installs it)")
+    total = 0
+    how = {"known": 0, "patched": [0, 0], "alone": [0, 0]}
+    for p in tree_files(root):
+        with open(p, "rb") as f:
+            ids = [cid for _off, _ln, cid in chunks_of(f, None)]
+        if all(c in start_ids or c in relayed_ids for c in ids):
+            how["known"] += 1
+            continue
+        old = os.path.join(start_copy, os.path.relpath(p, root))
+        if os.path.isfile(old):
+            # --long sized to the old version: zstd must see all of it as the dictionary
+            win = max(10, (os.path.getsize(old) + os.path.getsize(p)).bit_length())
+            cmd = [zstd, "-19", "-q", "-c", "--long=%d" % win, "--patch-from", old, p]
+            k = "patched"
+        else:
+            cmd = [zstd, "-19", "-q", "-c", p]
+            k = "alone"
+        n = len(subprocess.run(cmd, capture_output=True, timeout=timeout, check=True).stdout)
+        how[k][0] += 1
+        how[k][1] += n
+        total += n
+    return total, how
+
+
 def dir_bytes(path):
     return sum(os.lstat(os.path.join(d, n)).st_size for d, _, ns in os.walk(path) for n in ns)
 
@@ -709,6 +745,9 @@ def main():
             root = os.path.join(tmp, "rover")       # the device's storage; every tool backs it up
             make_start_tree(root, rnd)
             start_ids, start_files, start_bytes = tree_chunk_ids(root)
+            # the old versions the delta limit patches from
+            start_copy = os.path.join(tmp, "start-copy")
+            shutil.copytree(root, start_copy, symlinks=True)
 
             origin = Origin()
             stack.callback(origin.close)
@@ -752,6 +791,7 @@ def main():
             if mpy["bytes"] != end_bytes or cpy["bytes"] != end_bytes:
                 raise RuntimeError("snapshots hold %d / %d bytes, the tree %d" % (mpy["bytes"], cpy["bytes"], end_bytes))
             novel_raw, floor, floor_per_chunk, novel_chunks, kinds = floor_of(root, start_ids, rv.relayed_ids)
+            limit, limit_how = delta_limit(root, start_copy, start_ids, rv.relayed_ids, a.timeout)
 
             peers = {"rsync": rsync_bytes, "restic": restic_bytes, "borg": borg_bytes}
             best = min(peers, key=peers.get)
@@ -763,6 +803,10 @@ def main():
                 "anchor_mpy_bytes": mpy_bytes,
                 "anchor_cpython_bytes": cpy_bytes,
                 "floor_bytes": floor,
+                "delta_limit_bytes": limit,
+                "anchor_over_delta_limit": r(mpy_bytes, limit),
+                "anchor_cpython_over_delta_limit": r(cpy_bytes, limit),
+                "delta_limit_files": limit_how,
                 "rsync_bytes": rsync_bytes,
                 "restic_bytes": restic_bytes,
                 "borg_bytes": borg_bytes,
@@ -777,6 +821,8 @@ def main():
                     "cpython_within_5pct_of_floor": cpy_bytes <= 1.05 * floor,
                     "mpy_4x_fewer_than_best_peer": peers[best] >= 4 * mpy_bytes,
                     "cpython_4x_fewer_than_best_peer": peers[best] >= 4 * cpy_bytes,
+                    "mpy_within_10pct_of_delta_limit": mpy_bytes <= 1.10 * limit,
+                    "cpython_within_10pct_of_delta_limit": cpy_bytes <= 1.10 * limit,
                 },
                 "floor_per_chunk_bytes": floor_per_chunk,
                 "novel_raw_bytes": novel_raw,
