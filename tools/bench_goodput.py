@@ -13,7 +13,8 @@ time is the rover's whole run: start-up, walk, hash, manifest round trips, uploa
 The line also gives the bytes the rover put on the link (framing, channel headers, session
 messages) over the chunk bytes, and the channel's retransmissions.
 
-Prints one JSON line per link. Usage: python -m tools.bench_goodput [--kib N] [--links serial,ble]
+Prints one JSON line per link, runtime and latency. Usage: python -m tools.bench_goodput [--kib N]
+[--links serial,ble,mqtt] [--runtimes micropython,cpython] [--latencies 0,50,100,200,300]
 """
 import argparse
 import json
@@ -99,15 +100,17 @@ class SerialPath:
         self.emu.close()
 
 
-def run(name, kib, seed, work):
-    cfg = LINKS[name]
+def run(name, kib, seed, work, runtime="micropython", latency_ms=None):
+    cfg = dict(LINKS[name])
+    if latency_ms is not None:
+        cfg["latency_ms"] = latency_ms
     src = os.path.join(work, name + "-src")
     files = make_tree(src, kib, seed)
     path = MqttPath(cfg, work, name) if name == "mqtt" else SerialPath(cfg, work, name, seed)
     try:
         url = path.url
         t0 = time.monotonic()
-        p = subprocess.run(rover_cmd("micropython", url, "bench-" + name, os.path.join(work, name + "-state"),
+        p = subprocess.run(rover_cmd(runtime, url, "bench-" + name, os.path.join(work, name + "-state"),
                                      "backup", src), capture_output=True, text=True, timeout=3600)
         dt = time.monotonic() - t0
         if p.returncode != 0:
@@ -126,7 +129,7 @@ def run(name, kib, seed, work):
         "link_up_bytes": up, "link_down_bytes": down,
         "up_over_chunk_bytes": round(up / data, 4),
         "packets_resent": int(rt.group(1)) if rt else 0, "timeouts": int(rt.group(2)) if rt else 0,
-        "rover": "micropython-256K",
+        "rover": "micropython-256K" if runtime == "micropython" else "cpython",
     }
 
 
@@ -135,12 +138,23 @@ def main():
     ap.add_argument("--kib", type=int, default=None, help="KiB of files per link (default: ~40 s of each link)")
     ap.add_argument("--links", default="serial,ble")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--runtimes", default="micropython", help="micropython,cpython: the rover's runtimes")
+    ap.add_argument("--latencies", default=None,
+                    help="one-way latencies in ms to run each link at (the curve), e.g. 0,50,100,200,300; "
+                         "default: the link's own")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="bench-goodput-")
     try:
+        k = 0
         for name in a.links.split(","):
             kib = a.kib or LINKS[name]["rate"] * 40 // 1024
-            print(json.dumps(run(name, kib, a.seed, work)), flush=True)
+            for runtime in a.runtimes.split(","):
+                for lat in (a.latencies.split(",") if a.latencies else [None]):
+                    k += 1
+                    sub = os.path.join(work, str(k))
+                    os.makedirs(sub)
+                    print(json.dumps(run(name, kib, a.seed, sub, runtime, None if lat is None else int(lat))),
+                          flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

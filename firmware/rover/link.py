@@ -32,11 +32,13 @@ def cost(url):
     return _url("cost", url)
 
 
-def over_channel(port, urgent=False, rx_window=None):
-    """A stream on a channel (anchor_core/channel.py) over a packet port; closing it closes the port."""
+def over_channel(port, urgent=False, rx_window=None, tx_buffer=None):
+    """A stream on a channel (anchor_core/channel.py) over a packet port; closing it closes the
+    port. tx_buffer: bytes a stream may have unacknowledged (default ChannelLink's)."""
     from rover.chanlink import ChannelLink
     try:
-        cl = ChannelLink(port, rx_window=rx_window)
+        cl = ChannelLink(port, rx_window=rx_window) if tx_buffer is None else ChannelLink(
+            port, rx_window=rx_window, tx_buffer=tx_buffer, tx_window=tx_buffer)
     except LinkError:
         port.close()
         raise
@@ -83,8 +85,12 @@ def _mqtt(url, device, urgent):
             raise BadAddress("--mqtt-password-file %s: %s" % (pw_file, e))
     if ca is not None and not tls:
         raise BadAddress("--mqtt-ca is for an mqtts:// link, not %s" % url)
+    # A broker over cellular holds a round trip of 100 ms or more: the 2 KiB a MicroPython
+    # rover's heap affords per stream is a fifth of what fills 100 kB/s at 50 ms each way.
+    # CPython keeps up to the anchor's whole window in flight (the channel's cwnd finds
+    # the link's own share of it).
     return over_channel(MqttPort(host, port_no, device, opts.get("mtu"), (ca or "") if tls else None,
-                                 user, password), urgent)
+                                 user, password), urgent, None, None if MICROPYTHON else 65535)
 
 
 def _ble(url, device, urgent, adapter=None, **kw):

@@ -10,9 +10,9 @@
 #
 # MicroPython runs the rover's own small MQTT 3.1.1 client (rover/mqtt_port.py), whose send
 # returns once the packet is written (PUBACKs are read with the anchor's packets); CPython
-# drives paho-mqtt 2.x with its network thread, whose send waits for the PUBACK. On both a
-# lost broker connection raises LinkError; the caller opens a new port, and the persistent
-# session keeps what was queued meanwhile.
+# drives paho-mqtt 2.x with its network thread. Neither send waits for its PUBACK until
+# UNACKED are outstanding. On both a lost broker connection raises LinkError; the caller
+# opens a new port, and the persistent session keeps what was queued meanwhile.
 from anchor_core.compat import const
 from anchor_core.messages import check_device, ProtocolError
 # Topics, QoS, sizes: the profile the anchor keeps to as well.
@@ -26,6 +26,8 @@ IO_TIMEOUT = const(30)       # seconds the broker may take to answer (CONNACK, S
 # inside recv_into (and in a send past 64 unacknowledged packets), so unread packets wait
 # in the kernel's socket buffer.
 QUEUE_CPY = const(1024)
+# Publishes a send may leave unacknowledged before it waits for one (both implementations).
+UNACKED = const(64)
 
 
 class MqttPortBase:

@@ -1,6 +1,7 @@
 # The rover's packet port over MQTT, CPython only: paho-mqtt 2.x with its network thread. The
 # design (topics, QoS, persistent sessions) is in rover/mqtt_common.py; the MicroPython
 # implementation is rover/mqtt_port.py, which is what callers import on either runtime.
+import collections
 import queue
 import socket
 import ssl
@@ -8,7 +9,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_CPY, MqttPortBase
+from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, QOS, QUEUE_CPY, UNACKED, MqttPortBase
 from rover.linkerror import LinkError
 
 
@@ -24,6 +25,7 @@ def _no_delay(client, userdata, sock):
 class MqttPort(MqttPortBase):
     def _open(self, host, port, tls=None, user=None, password=None):
         self._q = queue.Queue(QUEUE_CPY)
+        self._pending = collections.deque()     # publishes not yet acknowledged, oldest first
         self._closing = False
         ready = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -98,23 +100,35 @@ class MqttPort(MqttPortBase):
             self.dropped += 1
 
     def send(self, packet):
+        # As the MicroPython client: a send does not wait for its PUBACK (the channel above
+        # acknowledges and resends by itself; a round trip per packet would cap the link at
+        # one packet per round trip). Past UNACKED publishes in flight it waits for the oldest.
         n = len(packet)
         self._refuse(n)
+        if self._gone is not None:
+            raise LinkError(self._gone)
         info = self._c.publish(self.up, bytes(packet), qos=QOS)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise LinkError(self._gone or "MQTT broker at %s: publish failed: %s" % (
                 self.where, mqtt.error_string(info.rc)))
-        # Wait for the PUBACK in short slices, so a lost broker is noticed promptly.
-        for _ in range(IO_TIMEOUT * 10):
-            if info.is_published():
-                break
-            if self._gone is not None:
-                raise LinkError(self._gone)
-            info.wait_for_publish(0.1)
-        else:
-            raise LinkError("MQTT broker at %s did not acknowledge a packet in %d s" % (
-                self.where, IO_TIMEOUT))
         self._sent(n)
+        pending = self._pending
+        pending.append(info)
+        while pending and pending[0].is_published():
+            pending.popleft()
+        if len(pending) >= UNACKED:
+            # Wait for the oldest in short slices, so a lost broker is noticed promptly.
+            oldest = pending[0]
+            for _ in range(IO_TIMEOUT * 10):
+                if oldest.is_published():
+                    break
+                if self._gone is not None:
+                    raise LinkError(self._gone)
+                oldest.wait_for_publish(0.1)
+            else:
+                raise LinkError("MQTT broker at %s did not acknowledge a packet in %d s" % (
+                    self.where, IO_TIMEOUT))
+            pending.popleft()
 
     def recv_into(self, buf, timeout_ms):
         if self._c is None or (self._gone is not None and self._q.empty()):
@@ -132,10 +146,25 @@ class MqttPort(MqttPortBase):
         buf[:n] = msg
         return n
 
+    def flush(self, seconds=IO_TIMEOUT):
+        """Waits (at most `seconds`) until the broker acknowledged every packet sent; True if
+        it did."""
+        pending = self._pending
+        for _ in range(int(seconds * 10)):
+            while pending and pending[0].is_published():
+                pending.popleft()
+            if not pending or self._gone is not None:
+                break
+            pending[0].wait_for_publish(0.1)
+        return not pending
+
     def close(self):
-        c, self._c = self._c, None
-        if c is None:
+        if self._c is None:
             return
+        # What was sent reaches the broker before the DISCONNECT (bounded: a broker that
+        # stopped answering gets a few seconds).
+        self.flush(5)
+        c, self._c = self._c, None
         self._closing = True
         self._gone = self._gone or "mqtt port closed"
         c.disconnect()     # a clean DISCONNECT; the persistent session stays

@@ -5,7 +5,7 @@
 # MqttPort is the paho one from rover/mqtt_paho.py, kept out of this file so that its
 # bytecode does not take the rover's heap.
 from anchor_core.compat import MICROPYTHON, const
-from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, MqttPortBase, publish_size, topic  # noqa: F401
+from rover.mqtt_common import IO_TIMEOUT, KEEPALIVE, UNACKED, MqttPortBase, publish_size, topic  # noqa: F401
 from rover.linkerror import LinkError
 
 if MICROPYTHON:
@@ -16,10 +16,9 @@ if MICROPYTHON:
     _PUBACK = const(4)
     # A send does not wait for its PUBACK: acknowledgements are read with the anchor's packets
     # in recv_into (the channel above numbers, acknowledges and resends on its own, so a
-    # round trip per packet would only cost time). Past this many unacknowledged publishes a
+    # round trip per packet would only cost time). Past UNACKED unacknowledged publishes a
     # send reads until one is acknowledged, dropping any packet of the anchor's that comes
     # first (the channel resends it): the channel's window keeps a rover far below it.
-    _UNACKED = const(64)
     _EARLY = const(16)     # packets held while the port opens (rover/mqtt_open.py)
 
     def _length(buf, i, n):
@@ -185,7 +184,7 @@ if MICROPYTHON:
                 # Bounded: each read waits at most IO_TIMEOUT; a broker that sends anything
                 # but acknowledgements for this long is not serving us.
                 for _ in range(1024):
-                    if self._unacked < _UNACKED:
+                    if self._unacked < UNACKED:
                         break
                     self._packet(None)
                 else:

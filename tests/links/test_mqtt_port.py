@@ -248,6 +248,8 @@ def test_a_full_anchor_queue_drops_and_counts(broker):
                 data = bytes(1024)
                 n = QUEUE_BYTES // 1024 + 8           # more than the queue holds; none read
                 await asyncio.to_thread(lambda: [ra.send(data) for _ in range(n)])
+                # a send does not wait for its PUBACK: wait here until the broker holds them all
+                assert await asyncio.to_thread(ra.flush, WAIT)
                 pa = await a.port()
                 # rover-b publishes after the broker acknowledged all of rover-a's, and the
                 # anchor's one connection gets them in that order: once b's packet is here,
