@@ -138,19 +138,24 @@ def test_main_py_joins_wifi_then_backs_up_and_stops_on_a_signal(tmp_path, anchor
     assert not os.path.exists(os.path.join(root, "state", "lock"))
 
 
-def test_main_py_on_a_linux_rover_without_network_module_goes_on(tmp_path, anchor):
-    cfg = good_config(anchor, state="state")
-    del cfg["wifi"]
-    root = board(tmp_path, cfg, fakes=False)
+def first_backup_then_stop(tmp_path, root, timeout=60):
+    """Boots the board in `root`, waits for its first snapshot, stops it with SIGINT (its
+    clean stop) and checks it exited 0."""
     r = start_board(tmp_path, root)
     try:
-        r.wait_line(r"snapshot 1 committed", 60)
+        r.wait_line(r"snapshot 1 committed", timeout)
         r.proc.send_signal(signal.SIGINT)
         assert r.finish(timeout=30) == 0, "\n".join(r.lines)
     finally:
         if r.proc.poll() is None:
             r.proc.kill()
             r.proc.wait()
+
+
+def test_main_py_on_a_linux_rover_without_network_module_goes_on(tmp_path, anchor):
+    cfg = good_config(anchor, state="state")
+    del cfg["wifi"]
+    first_backup_then_stop(tmp_path, board(tmp_path, cfg, fakes=False))
 
 
 BAD = [
