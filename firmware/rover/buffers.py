@@ -36,7 +36,7 @@ RECORD_OVERHEAD = 2 + 16
 
 chunk = None
 tx = None
-records = (None, None)   # (seal, open) buffers, or Nones: securelink takes its own
+records = (None, None)   # (seal, open) buffers for one secure link at a time, or Nones: securelink takes its own
 rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at a time)
 rread = None         # bytearray(READ_SIZE)
 compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~45 KB)

@@ -32,13 +32,12 @@ def cost(url):
     return _url("cost", url)
 
 
-def over_channel(port, urgent=False, rx_window=None, tx_buffer=None):
+def over_channel(port, urgent=False, rx_window=None, **kw):
     """A stream on a channel (anchor_core/channel.py) over a packet port; closing it closes the
-    port. tx_buffer: bytes a stream may have unacknowledged (default ChannelLink's)."""
+    port. kw: ChannelLink's other settings (tx_buffer, tx_window)."""
     from rover.chanlink import ChannelLink
     try:
-        cl = ChannelLink(port, rx_window=rx_window) if tx_buffer is None else ChannelLink(
-            port, rx_window=rx_window, tx_buffer=tx_buffer, tx_window=tx_buffer)
+        cl = ChannelLink(port, rx_window=rx_window, **kw)
     except LinkError:
         port.close()
         raise
@@ -89,8 +88,10 @@ def _mqtt(url, device, urgent):
     # rover's heap affords per stream is a fifth of what fills 100 kB/s at 50 ms each way.
     # CPython keeps up to the anchor's whole window in flight (the channel's cwnd finds
     # the link's own share of it).
-    return over_channel(MqttPort(host, port_no, device, opts.get("mtu"), (ca or "") if tls else None,
-                                 user, password), urgent, None, None if MICROPYTHON else 65535)
+    port = MqttPort(host, port_no, device, opts.get("mtu"), (ca or "") if tls else None, user, password)
+    if MICROPYTHON:
+        return over_channel(port, urgent)
+    return over_channel(port, urgent, tx_buffer=65535, tx_window=65535)
 
 
 def _ble(url, device, urgent, adapter=None, **kw):

@@ -112,23 +112,10 @@ class MqttPort(MqttPortBase):
             raise LinkError(self._gone or "MQTT broker at %s: publish failed: %s" % (
                 self.where, mqtt.error_string(info.rc)))
         self._sent(n)
-        pending = self._pending
-        pending.append(info)
-        while pending and pending[0].is_published():
-            pending.popleft()
-        if len(pending) >= UNACKED:
-            # Wait for the oldest in short slices, so a lost broker is noticed promptly.
-            oldest = pending[0]
-            for _ in range(IO_TIMEOUT * 10):
-                if oldest.is_published():
-                    break
-                if self._gone is not None:
-                    raise LinkError(self._gone)
-                oldest.wait_for_publish(0.1)
-            else:
-                raise LinkError("MQTT broker at %s did not acknowledge a packet in %d s" % (
-                    self.where, IO_TIMEOUT))
-            pending.popleft()
+        self._pending.append(info)
+        if not self._settle(UNACKED - 1, IO_TIMEOUT):
+            raise LinkError(self._gone or "MQTT broker at %s did not acknowledge a packet in %d s" % (
+                self.where, IO_TIMEOUT))
 
     def recv_into(self, buf, timeout_ms):
         if self._c is None or (self._gone is not None and self._q.empty()):
@@ -146,17 +133,22 @@ class MqttPort(MqttPortBase):
         buf[:n] = msg
         return n
 
-    def flush(self, seconds=IO_TIMEOUT):
-        """Waits (at most `seconds`) until the broker acknowledged every packet sent; True if
-        it did."""
+    def _settle(self, keep, seconds):
+        """Waits (at most `seconds`, in short slices so a lost broker is noticed promptly)
+        until no more than `keep` packets sent are unacknowledged; True if so."""
         pending = self._pending
         for _ in range(int(seconds * 10)):
             while pending and pending[0].is_published():
                 pending.popleft()
-            if not pending or self._gone is not None:
+            if len(pending) <= keep or self._gone is not None:
                 break
             pending[0].wait_for_publish(0.1)
-        return not pending
+        return len(pending) <= keep
+
+    def flush(self, seconds=IO_TIMEOUT):
+        """Waits (at most `seconds`) until the broker acknowledged every packet sent; True if
+        it did."""
+        return self._settle(0, seconds)
 
     def close(self):
         if self._c is None:

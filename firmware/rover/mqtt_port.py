@@ -58,10 +58,12 @@ if MICROPYTHON:
                     raise OSError(-1)         # end of stream
                 got += k
 
-        def _skip(self, n):
-            h = memoryview(self._h)
+        def _skip(self, n, scratch=None):
+            # scratch: the caller's receive buffer when there is one (a dropped packet of
+            # kilobytes in a few reads), else the 4-byte header buffer
+            h = scratch if scratch is not None and len(scratch) else memoryview(self._h)
             while n > 0:
-                k = 4 if n > 4 else n
+                k = len(h) if n > len(h) else n
                 self._read(h[:k])
                 n -= k
 
@@ -125,7 +127,7 @@ if MICROPYTHON:
             else:
                 if ours:
                     self.dropped += 1
-                self._skip(n)
+                self._skip(n, into)
             if qos:
                 h[0] = 0x40                   # PUBACK
                 h[1] = 2

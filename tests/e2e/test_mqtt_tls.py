@@ -8,8 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.harness import (BIN, AnchorProc, anchorctl, assert_same_tree, make_src, rover_cmd, run_rover,
-                                   snapshot_of)
+from tests.support.harness import BIN, AnchorProc, anchorctl, assert_same_tree, make_src, run_rover, snapshot_of
 from tests.support.services import OPENSSL, Subscriber, tls_broker
 
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="needs openssl to make the test certificates")
@@ -106,13 +105,6 @@ def test_bad_broker_options_stop_before_anything_is_opened(tmp_path, args, says)
 
 # --- the rover on an mqtts:// link -----------------------------------------------------------
 
-def rover_tls(runtime, link, state, *args, check=True):
-    p = subprocess.run(rover_cmd(runtime, link, "rv", state, *args), capture_output=True, text=True, timeout=120)
-    if check and p.returncode != 0:
-        raise AssertionError("rover failed (%d):\n%s\n%s" % (p.returncode, p.stdout, p.stderr))
-    return p
-
-
 def rover_login(t, pw=None, ca=None):
     return ["--mqtt-user", "rover", "--mqtt-password-file", pw or t["rover_pw"], "--mqtt-ca", ca or t["ca"]]
 
@@ -134,14 +126,15 @@ def test_a_paired_rover_backs_up_and_publishes_over_tls_with_a_password(tls, tmp
         make_src(src, 6, 60_000, 9)
         want = snapshot_of(src)
         link = "mqtts://localhost:%d" % tls["port"]
-        p = rover_tls(runtime, link, state, *rover_login(tls), "backup", src)
+        p = run_rover(runtime, link, "rv", state, *rover_login(tls), "backup", src, timeout=120)
         assert "snapshot 1 committed" in p.stdout, p.stdout
         out = tmp_path / "back"
         anchorctl(a.address, "restore", "rv", "--to", str(out))
         assert_same_tree(want, str(out), 10 ** 9 if runtime == "micropython" else 1)   # its clock: seconds
         f = tmp_path / "msg.txt"
         f.write_bytes(b"pressure 1013\n")
-        p = rover_tls(runtime, link, state, *rover_login(tls), "publish", "rover/p", "--file", str(f))
+        p = run_rover(runtime, link, "rv", state, *rover_login(tls), "publish", "rover/p", "--file", str(f),
+                      timeout=120)
         assert sub.wait(1, timeout=20) and sub.messages[0] == ("rover/p", b"pressure 1013\n")
     finally:
         a.stop()
@@ -168,8 +161,8 @@ def test_a_misconfigured_rover_login_fails_clearly(tls, tmp_path, runtime, case)
         says = "MQTT broker at localhost:%d" % tls["port"]
         if runtime == "micropython":
             says = "the link is mqtts://"
-    p = rover_tls(runtime, link, str(tmp_path / "state"), *args, "publish", "rover/x", "--file", __file__,
-                  check=False)
+    p = run_rover(runtime, link, "rv", str(tmp_path / "state"), *args, "publish", "rover/x", "--file", __file__,
+                  check=False, timeout=120)
     assert p.returncode != 0 and says in p.stderr, (case, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
 
