@@ -83,9 +83,9 @@ def mpy_path(tmp_path):
                      str(tmp_path / "fakes"), ".frozen"])
 
 
-def start_board(tmp_path, root):
+def start_board(tmp_path, root, heap="256K"):
     env = dict(os.environ, MICROPYPATH=mpy_path(tmp_path))
-    proc = subprocess.Popen([MPY, "-X", "heapsize=256K", MAIN], cwd=root, env=env,
+    proc = subprocess.Popen([MPY, "-X", "heapsize=" + heap, MAIN], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
     r = Rover.__new__(Rover)
     r.proc, r.lines, r._buf = proc, [], b""
@@ -138,10 +138,10 @@ def test_main_py_joins_wifi_then_backs_up_and_stops_on_a_signal(tmp_path, anchor
     assert not os.path.exists(os.path.join(root, "state", "lock"))
 
 
-def first_backup_then_stop(tmp_path, root, timeout=60):
+def first_backup_then_stop(tmp_path, root, timeout=60, heap="256K"):
     """Boots the board in `root`, waits for its first snapshot, stops it with SIGINT (its
     clean stop) and checks it exited 0."""
-    r = start_board(tmp_path, root)
+    r = start_board(tmp_path, root, heap)
     try:
         r.wait_line(r"snapshot 1 committed", timeout)
         r.proc.send_signal(signal.SIGINT)
