@@ -228,11 +228,19 @@ if MICROPYTHON:
                 pass
             self._drop()
 
+    # A broker gone away shows as end of stream, or as a reset or broken pipe when it closed
+    # with our bytes unread: the same thing to the person reading the line.
+    _CLOSED = (-1, 32, 103, 104, 107)     # EOF, EPIPE, ECONNABORTED, ECONNRESET, ENOTCONN
+
     def _why(e):
-        if e.args and e.args[0] == -1:
+        n = e.args[0] if e.args else None
+        if n in _CLOSED:
             return "connection closed"
-        if e.args and e.args[0] == 110:
+        if n == 110:
             return "no answer in %d s" % IO_TIMEOUT
+        if isinstance(n, int):
+            import errno
+            return "[Errno %d] %s" % (n, errno.errorcode.get(n, "error"))
         return repr(e)
 
 else:

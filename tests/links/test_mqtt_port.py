@@ -6,6 +6,7 @@ The rover runs on CPython (paho) in most tests and on the real MicroPython inter
 import asyncio
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -691,6 +692,8 @@ HOSTILE = {
     # what the "broker" sends after reading the client's CONNECT -> what the rover says
     "closes at once": (None, "error: MQTT broker at 127.0.0.1:PORT: connection closed (if it takes TLS on this port, "
                              "the link is mqtts://)"),
+    "resets at once": ("RST", "error: MQTT broker at 127.0.0.1:PORT: connection closed (if it takes TLS on this "
+                              "port, the link is mqtts://)"),
     "refuses the login": (b"\x20\x02\x00\x05", "error: MQTT broker at 127.0.0.1:PORT refused the connection: not "
                                                "authorized (check --mqtt-user and --mqtt-password-file)"),
     "endless length": (b"\x20\xff\xff\xff\xff\xff", "error: MQTT broker at 127.0.0.1:PORT sent a malformed packet "
@@ -731,6 +734,9 @@ def test_micropython_rover_against_a_broker_that_breaks_the_protocol(tmp_path, c
             c.settimeout(WAIT)
             seen.append(c.recv(4096))           # CONNECT (and SUBSCRIBE, maybe)
             if answer is None:
+                return
+            if answer == "RST":                 # close with a reset, not an end of stream
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
             c.sendall(answer)
             try:
