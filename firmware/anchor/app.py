@@ -87,7 +87,7 @@ class App:
         for d in self.catalog.damage:
             log.warning("%s", d)
         self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
-        # Relayed bodies wait here until whole; anything left is from a crash mid-transfer.
+        # Uploads the relay sends on wait here until whole; anything left is from a crash.
         self.spool_dir = os.path.join(self.data_dir, "spool")
         os.makedirs(self.spool_dir, exist_ok=True)
         for name in os.listdir(self.spool_dir):
@@ -95,18 +95,19 @@ class App:
 
         self.retention = Retention(self.store, self.catalog, capacity)
         self.watchlist = WatchList()
-        self.capture = Capture(self.store, self.catalog, self.watchlist, self.retention)
         # Every body on its way draws on one budget (--spool-max, 1 GiB by default; never the
-        # last 256 MiB of the filesystem); what is kept afterwards falls under --capacity.
+        # last 256 MiB of the filesystem), whether it is captured as it streams or held in a
+        # spool file; what is kept afterwards falls under --capacity.
         self.spool_room = SpoolRoom(self.spool_dir, self.spool_max)
-        self.regenerator = Regenerator(self.capture, self.watchlist, self.spool_room, relay_timeout)
+        self.capture = Capture(self.store, self.catalog, self.watchlist, self.retention, self.spool_room)
+        self.regenerator = Regenerator(self.capture, self.watchlist, relay_timeout)
         self.backup = BackupService(self.catalog, self.store, self.trees, self.retention, self.watchlist,
                                     self.regenerator)
         self.restore = RestoreService(self.catalog, self.trees, self.store)
         self.relay = RelayService(self.capture if capture else None, self.spool_room, relay_timeout,
                                   relay_max, broker)
         self.admission = Admission()      # the links and proxy clients it holds at once
-        self.http_proxy = HttpProxy(self.catalog, self.capture, self.spool_room, relay_timeout, relay_max,
+        self.http_proxy = HttpProxy(self.catalog, self.capture, relay_timeout, relay_max,
                                     keep_bodies=capture, open=open, admission=self.admission)
         self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
                                       admission=self.admission, restore=self.restore)

@@ -248,6 +248,7 @@ class SessionServer:
             except Exception:
                 log.exception("could not record counters")
             handler.end()
+            relay.end()
             # Chunks that arrived stay useful to a resumed session.
             try:
                 handler.flush()

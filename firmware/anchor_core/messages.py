@@ -168,6 +168,7 @@ ENC_ZLIB = const(1)
 # Capability bits in HELLO/WELCOME.
 CAP_ZLIB = const(1)   # sender can produce zlib DATA (every anchor accepts it)
 CAP_PROVE = const(2)  # rover answers NEED's proof challenges (PROOF) for chunks it holds
+CAP_BODY = const(8)   # rover takes BODY of up to MAX_BODY bytes from the anchor (else 4 KiB)
 # The anchor takes raw names (byte-string paths and link targets that are not UTF-8), paths
 # and targets of up to 4096 bytes, and mtimes anywhere in CBOR's integer range (§3,
 # "Entries"). A rover talking to an anchor without it skips, and lists, what needs it.

@@ -19,13 +19,16 @@ COMPRESSED_SHOWN = 12288
 # and the link read buffer, taken here for the same reason: allocated when the session
 # starts, after the link (and TLS) had broken the heap up, they were what paired backups
 # ran out of.
-RX_PAYLOAD = 4608    # the rover receives small messages and BODY of <= 4096 bytes
+from anchor_core.compat import MICROPYTHON
+# The rover receives small messages and BODY of <= 4096 bytes; a CPython rover, whose heap
+# is not the limit, takes whole BODYs (16 KiB, anchor_core/messages.py CAP_BODY).
+RX_PAYLOAD = 4608 if MICROPYTHON else 16384 + 512
 # A backup receives small messages only (WELCOME, VERDICT and NEED of its batches of 16
 # entries and 64 ids, COMMITTED; an ERROR's 512 characters are at most 2,048 bytes): its
 # receive buffer is half a relay's.
 RX_SMALL = 2304
 RX_OVERHEAD = 16     # RX_* + this: anchor_core/framing.py frame_overhead and some slack
-READ_SIZE = 1024     # bytes read from the link at a time
+READ_SIZE = 1024 if MICROPYTHON else 65536     # bytes read from the link at a time
 
 # A paired rover's secure-channel record buffers, for the same reason: records it makes and
 # records it takes (the anchor seals no more per record), plus anchor_core/secure.py's

@@ -6,7 +6,7 @@ from anchor_core.session import Session
 from rover import buffers
 from rover.linkerror import LinkError
 
-RX_PAYLOAD = buffers.RX_PAYLOAD   # small messages and BODY of <= 4096 bytes
+RX_PAYLOAD = buffers.RX_PAYLOAD   # small messages and BODY (4 KiB; 16 KiB on CPython)
 RX_SMALL = buffers.RX_SMALL       # what a backup receives
 
 
@@ -28,6 +28,7 @@ class Conversation:
         b = buffers.rx
         mine = b is not None and len(b) == rx + buffers.RX_OVERHEAD
         self.sess = Session(states.ROVER, rx, b if mine else rx + buffers.RX_OVERHEAD, buffers.tx, True)
+        self.rx = rx
         self.rxbuf = buffers.rread if mine else bytearray(buffers.READ_SIZE)
         self.cbuf = buffers.chunk
 

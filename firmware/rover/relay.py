@@ -1,12 +1,13 @@
 # Relay requests: the anchor fetches, sends and publishes for the rover over its own
 # uplink and keeps what passes. Bodies stream through the rover's fixed buffers, so their
 # size is bounded by flash, not by the heap.
-from anchor_core.compat import const
+from anchor_core.compat import MICROPYTHON, const
 from anchor_core import messages as m
 from rover import fsys
 from rover.conversation import Conversation, RoverError
 
-BODY_UP = const(4096)         # bytes per BODY the rover sends
+BODY_UP = const(4096)         # bytes per BODY a MicroPython rover sends (its chunk buffer is
+                              # 32 KiB; a CPython one sends MAX_BODY, what every anchor takes)
 
 
 class RelayError(RoverError):
@@ -14,8 +15,12 @@ class RelayError(RoverError):
 
 
 class Relay(Conversation):
+    body_up = BODY_UP if MICROPYTHON else m.MAX_BODY
+
     def open(self):
-        self.hello(None, 0)
+        # CAP_BODY when this conversation's receive buffer takes a whole BODY (a CPython
+        # rover's does; a MicroPython rover's 4.6 KB one takes the anchor's 4 KiB BODYs).
+        self.hello(None, m.CAP_BODY if self.rx >= m.MAX_BODY + 16 else 0)
 
     def _result(self):
         r = self.recv(m.RESULT, m.FAIL)
@@ -63,7 +68,7 @@ class Relay(Conversation):
         mv = memoryview(self.cbuf)
         with open(path, "rb") as f:
             while True:
-                n = f.readinto(mv[:BODY_UP])
+                n = f.readinto(mv[:self.body_up])
                 if not n:
                     break
                 self.send_blob([m.BODY], mv[:n])

@@ -261,6 +261,23 @@ def test_touch_buffered_and_indexed(tmp_path):
         assert s.lru(1) == [(ids[0], s.info(ids[0])["stored_len"], 1)]
 
 
+def test_ingest_with_touch_marks_the_chunks_it_already_held_as_used(tmp_path):
+    items = chunks(6)
+    ids = [cid(x) for x in items]
+    with ChunkStore(str(tmp_path)) as s:
+        s.ingest(items[:4])
+        s.flush()
+        for c in ids[:4]:
+            s.index.touch([c], 1)                                    # long unused
+        s.ingest(items[2:], touch=True)                              # 2 held, 2 new
+        s.ingest(items[:1])                                          # held, not touched
+        s.flush()
+        use = {i: s.info(i)["last_use"] for i in ids}
+        assert use[ids[0]] == use[ids[1]] == 1
+        assert min(use[i] for i in ids[2:]) > 1
+        assert [c for c, _, _ in s.lru(2)] == sorted(ids[:2])
+
+
 def test_automatic_flush_runs_behind_and_stays_readable(tmp_path):
     items = chunks(200, size=(4000, 12000))
     root = str(tmp_path)

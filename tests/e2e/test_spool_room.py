@@ -73,3 +73,42 @@ def test_a_body_past_the_spool_budget_passes_whole_and_is_not_kept(small_spool, 
     assert p.returncode != 0 and "no room" in (p.stdout + p.stderr), (p.stdout, p.stderr)
     assert "/upload/up.bin" not in origin.received
     assert not os.listdir(str(tmp_path / "anchor" / "spool"))
+
+
+def test_an_upload_cut_off_mid_body_gives_its_room_back(small_spool, tmp_path):
+    """A link that drops in the middle of a SEND must not keep its spool file and its share of
+    the budget until the anchor restarts: the next body fits the budget again and is kept."""
+    import socket
+    import time
+    from anchor_core import messages as m
+    from anchor_core import states
+    from anchor_core.session import Session
+    origin, anchor = small_spool
+    s = socket.create_connection(("127.0.0.1", anchor.port), timeout=30)
+    sess = Session(states.ROVER)
+    s.sendall(sess.send(m.hello("sp", None, 0)))
+    for _ in range(100):                     # WELCOME
+        msg = sess.next_event()
+        if msg is not None:
+            break
+        sess.receive_data(s.recv(4096))
+    assert msg[m.MSG_TYPE] == m.WELCOME
+    s.sendall(sess.send(m.send_req("PUT", origin.url("/upload/cut.bin"), 150_000, "application/octet-stream")))
+    for _ in range(30):                      # 120 kB of the 150 kB, then the link is gone
+        s.sendall(sess.send(m.body(b"c" * 4000)))
+    spool = tmp_path / "anchor" / "spool"
+    deadline = time.monotonic() + 30
+    while not os.listdir(str(spool)) and time.monotonic() < deadline:
+        time.sleep(0.01)                     # the anchor has read the upload's start
+    assert os.listdir(str(spool))
+    s.close()
+    while os.listdir(str(spool)) and time.monotonic() < deadline:
+        time.sleep(0.01)                     # the anchor has noticed the link is gone
+    assert not os.listdir(str(spool)), "the cut upload's spool file stayed"
+    body = random.Random(6).randbytes(150_000)
+    origin.files["/after.bin"] = body
+    run_rover("cpython", anchor.link, "sp", str(tmp_path / "state"), "fetch", origin.url("/after.bin"),
+              "--out", str(tmp_path / "after"))
+    assert (tmp_path / "after").read_bytes() == body
+    assert captured(anchor, "sp") == 1       # 150 kB fit the 200 kB budget: none of it was still held
+    assert "/upload/cut.bin" not in origin.received

@@ -83,6 +83,7 @@ class BackupHandler:
         self.needed = set()           # chunk ids asked for and not yet received
         self.proving = {}             # chunk id -> nonce: held from another rover, to be proven
         self.can_prove = False        # the rover answers proof challenges (CAP_PROVE)
+        self.caps = 0                 # HELLO's capability bits
         self.uploaded_set = set()     # chunk ids received this session
         self.in_use = set()           # chunk ids of objects answered "have" this session
         self.unscoped = []            # ...of which not yet durable and in the device's scope
@@ -147,6 +148,7 @@ class BackupHandler:
         self.retention.protect(self.in_use)
         self.device = msg[m.HELLO_DEVICE]
         self.can_prove = bool(msg[m.HELLO_CAPS] & m.CAP_PROVE)
+        self.caps = msg[m.HELLO_CAPS]
         self.dev = self.catalog.device_id(self.device)
         self.catalog.seen(self.dev)
         latest = self.catalog.latest(self.dev)

@@ -1,13 +1,21 @@
 """Capture: every relayed body is chunked like a backup and kept with its provenance.
 
-A body is captured only once it has passed whole (the relay spools it first), so nothing
-half-transferred is ever offered as the content of an object. CPython only.
+A body is cut, hashed and stored while it streams (CaptureStream), so that keeping it costs
+the relay little time after its last byte; it is registered as an object only once it has
+passed whole, so nothing half-transferred is ever offered as the content of an object. The
+chunks of a body that broke off stay in the store as pass-through data (evicted first, least
+recently used; docs/storage.md). CPython only.
 """
-import os
-
 import pyfastcdc
 
 from anchor_core import chunker
+from anchor.services.spool import Claim
+
+# Bytes gathered before they are cut: FastCDC's cut points depend only on the bytes since the
+# chunk's start, so cutting a gathered block and carrying its last (maybe unfinished) chunk
+# into the next block gives the chunks a cut of the whole body gives. 1 MiB is the store's
+# ingest batch: one hashing pass and one compressor job per block.
+CUT_EVERY = 1 << 20
 
 
 def _cutter():
@@ -16,30 +24,103 @@ def _cutter():
 
 
 class Capture:
-    def __init__(self, store, catalog, watchlist, retention):
+    def __init__(self, store, catalog, watchlist, retention, room):
         self.store = store
         self.catalog = catalog
         self.watchlist = watchlist        # woken when a body a backup waits for arrives
         self.retention = retention        # what is stored counts against the budget
+        self.room = room                  # services.spool.SpoolRoom: bodies on their way draw on it
 
-    def record(self, dev, path, prov):
-        """Chunk the spooled body at `path` into the store and register it for device
-        `dev`; returns (object id, size)."""
-        size = os.path.getsize(path)
-        oid = chunker.ObjectId()
-        ids = bytearray()
-        if size:
-            for cid in self.store.ingest(c.data for c in _cutter().cut_file(path)):
-                oid.add(cid)
-                ids += cid
-        oid = oid.finish(size)
+    def stream(self, dev, counted=True):
+        """A body of device `dev` about to pass: write() it, then finish() or discard().
+        counted=False: the body already draws on the spool room (a spool file holds it)."""
+        return CaptureStream(self, dev, counted)
+
+
+class CaptureStream(Claim):
+    """One body being captured as it passes. Its bytes on their way draw on the spool room's
+    budget like a spool file (`kept` turns False when it runs out: the body passes without
+    being kept), and the chunks it has stored are kept from eviction until it ends."""
+
+    def __init__(self, capture, dev, counted=True):
+        Claim.__init__(self, capture.room)
+        self.counted = counted
+        self.capture = capture
+        self.dev = dev
+        self._pieces = []
+        self._gathered = 0
+        self._carry = b""                 # the unfinished last chunk of the block cut before
+        self._cutter = _cutter()
+        self._oid = chunker.ObjectId()
+        self._ids = bytearray()
+        self._holds = set()               # ids stored so far: not evictable while the body passes
+        capture.retention.protect(self._holds)
+        self._open = True
+
+    def write(self, data):
+        if self.counted:
+            if not self.admit(len(data)):
+                return
+        else:
+            self.size += len(data)
+        self._pieces.append(data if type(data) is bytes else bytes(data))
+        self._gathered += len(data)
+        if self._gathered >= CUT_EVERY:
+            self._cut(False)
+
+    def _cut(self, last):
+        block = b"".join([self._carry] + self._pieces) if self._carry or len(self._pieces) != 1 else self._pieces[0]
+        self._pieces = []
+        self._gathered = 0
+        self._carry = b""
+        if not block:
+            return
+        cuts = list(self._cutter.cut_buf(block))
+        if not last:
+            tail = cuts.pop()
+            self._carry = block[tail.offset:]
+        if not cuts:
+            return
+        store = self.capture.store
         # Chunks it shares with older data count as just used: least-recently-used eviction
         # must not take the shared part of what was just captured.
-        if ids:
-            self.store.touch([bytes(ids[i:i + 32]) for i in range(0, len(ids), 32)])
-        # Chunks durable first: the catalog must never name bytes a crash could lose.
-        self.store.flush()
-        self.catalog.record_capture(dev, oid, size, bytes(ids), prov)
-        self.watchlist.captured(dev, oid)
-        self.retention.enforce()
-        return oid, size
+        ids = store.ingest([c.data for c in cuts], touch=True)
+        self._holds.update(ids)
+        oid = self._oid
+        for cid in ids:
+            oid.add(cid)
+            self._ids += cid
+
+    def finish(self, prov):
+        """The body has passed whole: store its last chunks, make them durable and register
+        the object with its provenance. Returns (object id, size), or None if the body was not
+        kept (the room ran out)."""
+        if not self.kept:
+            self.discard()
+            return None
+        try:
+            self._cut(True)
+            cap = self.capture
+            oid = self._oid.finish(self.size)
+            # Chunks durable first: the catalog must never name bytes a crash could lose.
+            cap.store.flush()
+            cap.catalog.record_capture(self.dev, oid, self.size, bytes(self._ids), prov)
+            cap.watchlist.captured(self.dev, oid)
+        finally:
+            self.discard()
+        cap.retention.enforce()
+        return oid, self.size
+
+    def _dropped(self):
+        self._pieces = []
+        self._carry = b""
+
+    def discard(self):
+        """Done with the body, kept or not: its bytes leave the budget and its chunks may be
+        evicted again (unregistered, they are pass-through data)."""
+        if self._open:
+            self._open = False
+            self._pieces = []
+            self._carry = b""
+            self._release()
+            self.capture.retention.release(self._holds)

@@ -221,13 +221,11 @@ def _device(headers, catalog, open_anchor):
 # --- the proxy -----------------------------------------------------------------------------
 
 class HttpProxy:
-    def __init__(self, catalog, capture, spool_room, timeout, max_body, keep_bodies=True, open=False,
-                 admission=None):
+    def __init__(self, catalog, capture, timeout, max_body, keep_bodies=True, open=False, admission=None):
         self.catalog = catalog            # pairings (proxy passwords), device counters
         self.open = open                  # --open: devices that are not paired are served too
         self.admission = admission        # anchor/admission.py: how many clients at most
-        self.capture = capture
-        self.spool_room = spool_room      # services.spool.SpoolRoom: every body draws on it
+        self.capture = capture            # bodies are captured as they stream (services.capture)
         self.timeout = timeout
         self.max_body = max_body
         self.keep_bodies = keep_bodies    # False only to measure capture (anchor serve --no-capture)
@@ -293,9 +291,6 @@ class HttpProxy:
         except (ConnectionError, asyncio.TimeoutError):
             pass
 
-    def _spool(self):
-        return self.spool_room.open("proxy-")
-
     async def _request(self, head, reader, writer):
         """Forward one request; returns whether the client connection may carry another."""
         try:
@@ -357,7 +352,7 @@ class _Exchange:
         self.headers, self.req_framing = headers, req_framing
         self.version, self.client_keep = version, client_keep
         self.counts = {"relay_requests": 1, "proxy_requests": 1}
-        self.spools = []
+        self.keeps = []                   # capture streams of this exchange's bodies
         self.origin_w = None
 
     def _fail(self, why):
@@ -374,21 +369,24 @@ class _Exchange:
     def finish(self):
         if self.origin_w is not None:
             self.origin_w.close()
-        for f in self.spools:
-            f.discard()
+        for k in self.keeps:
+            k.discard()
         self._record_counts()
 
-    def _keep(self, path, prov):
-        oid, size = self.proxy.capture.record(self.dev, path, prov)
+    def _keep(self, cap, prov):
+        done = cap.finish(prov)
+        if done is None:
+            return
+        oid, size = done
         self.counts["captured_objects"] = self.counts.get("captured_objects", 0) + 1
         self.counts["captured_bytes"] = self.counts.get("captured_bytes", 0) + size
         log.info("proxy %s: captured %s %s %s (%d bytes, object %s)", self.device, prov["direction"],
                  prov["method"], prov["target"], size, oid.hex()[:16])
 
-    def _spool(self):
-        f = self.proxy._spool()
-        self.spools.append(f)
-        return f
+    def _stream(self):
+        k = self.proxy.capture.stream(self.dev)
+        self.keeps.append(k)
+        return k
 
     async def run(self, reader, writer):
         netloc = "%s:%d" % (self.host, self.port)
@@ -401,15 +399,16 @@ class _Exchange:
         except OSError as e:
             self._fail(str(e))
             raise HttpError(502, "origin %s unreachable: %s\n" % (netloc, e.strerror or e))
-        spool = await self._forward_request(reader, writer, netloc)
-        if spool is False:
+        cap = await self._forward_request(reader, writer, netloc)
+        if cap is False:
             return False
-        status, reason, rheaders, framing = await self._read_answer(o_reader, netloc, spool)
+        status, reason, rheaders, framing = await self._read_answer(o_reader, netloc, cap)
         return await self._forward_answer(o_reader, writer, netloc, status, reason, rheaders, framing)
 
     async def _forward_request(self, reader, writer, netloc):
-        """Request head, then the body streamed to the origin (and spooled when it is an
-        upload). Returns the spool (None when nothing is kept), False if the client broke off."""
+        """Request head, then the body streamed to the origin (and captured as it passes when
+        it is an upload). Returns the capture (None when nothing is kept), False if the client
+        broke off."""
         target = (self.u.path or "/") + ("?" + self.u.query if self.u.query else "")
         out = ["%s %s HTTP/1.1" % (self.method, target)]
         drop = HOP_BY_HOP | {"host", "content-length"} | set(_get(self.headers, "connection"))
@@ -421,7 +420,7 @@ class _Exchange:
         if "100-continue" in _get(self.headers, "expect"):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         w = self.origin_w
-        spool = self._spool() if self.method in ("PUT", "POST") and self.proxy.keep_bodies else None
+        cap = self._stream() if self.method in ("PUT", "POST") and self.proxy.keep_bodies else None
         sent = 0
         try:
             w.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
@@ -430,8 +429,8 @@ class _Exchange:
                 if sent > self.proxy.max_body:
                     self._fail("upload above relay_max")
                     raise HttpError(413, "body above the relay limit of %d bytes\n" % self.proxy.max_body)
-                if spool is not None:
-                    spool.write(piece)
+                if cap is not None:
+                    cap.write(piece)
                 w.write(_chunk(piece) if chunked else piece)
                 await _timed(w.drain(), self.timeout, "origin")
             if chunked:
@@ -444,9 +443,9 @@ class _Exchange:
                 return False
             raise HttpError(504 if e.timeout else 502, "origin %s stopped taking the request body: %s\n" % (netloc, e))
         self.counts["relay_up_bytes"] = sent
-        return spool
+        return cap
 
-    async def _read_answer(self, o_reader, netloc, spool):
+    async def _read_answer(self, o_reader, netloc, cap):
         """The origin's status and headers (1xx skipped). A whole upload is kept here,
         whatever the origin answers: it is the rover's own bytes (as the relay does)."""
         status, err = 0, None
@@ -478,9 +477,8 @@ class _Exchange:
             err = HttpError(502, "origin %s sent an answer head above %d bytes\n" % (netloc, MAX_HEAD))
         except ValueError as e:
             err = HttpError(502, "origin %s: %s\n" % (netloc, e))
-        if spool is not None and spool.kept:
-            spool.close()
-            self._keep(spool.name, {"direction": "up", "protocol": "http", "method": self.method,
+        if cap is not None:
+            self._keep(cap, {"direction": "up", "protocol": "http", "method": self.method,
                                     "target": self.target, "status": status,
                                     "content_type": _one(self.headers, "content-type")})
         if err is not None:
@@ -489,7 +487,7 @@ class _Exchange:
         return status, first[2] if len(first) > 2 else "", rheaders, framing
 
     async def _forward_answer(self, o_reader, writer, netloc, status, reason, rheaders, framing):
-        """Answer head, then the body streamed to the client (and spooled for a 200 GET).
+        """Answer head, then the body streamed to the client (and captured for a 200 GET).
         Returns whether the client connection may carry another request."""
         keep = self.client_keep
         # Without a length, an HTTP/1.1 client gets chunks, so a break is visible to it;
@@ -510,7 +508,7 @@ class _Exchange:
             back.append("Transfer-Encoding: chunked")
         back += ["Via: 1.1 anchor", "Connection: %s" % ("keep-alive" if keep else "close")]
         writer.write(("\r\n".join(back) + "\r\n\r\n").encode("latin-1"))
-        spool = self._spool() if self.method == "GET" and status == 200 and self.proxy.keep_bodies else None
+        cap = self._stream() if self.method == "GET" and status == 200 and self.proxy.keep_bodies else None
         got = 0
         held = b""
         try:
@@ -519,8 +517,8 @@ class _Exchange:
                     got += len(piece)
                     if got > self.proxy.max_body:
                         raise Broken("origin", "answer above the relay limit of %d bytes" % self.proxy.max_body)
-                    if spool is not None:
-                        spool.write(piece)
+                    if cap is not None:
+                        cap.write(piece)
                     if held:
                         writer.write(_chunk(held) if chunked else held)
                         await _timed(writer.drain(), self.timeout, "client")
@@ -535,9 +533,8 @@ class _Exchange:
         # The last piece is held back until the body is kept and counted, so a client
         # that has the whole body can rely on the anchor having it too.
         self.counts["relay_down_bytes"] = got
-        if spool is not None and spool.kept:
-            spool.close()
-            self._keep(spool.name, {"direction": "down", "protocol": "http", "method": "GET",
+        if cap is not None:
+            self._keep(cap, {"direction": "down", "protocol": "http", "method": "GET",
                                     "target": self.target, "status": status, "etag": _one(rheaders, "etag"),
                                     "last_modified": _one(rheaders, "last-modified"),
                                     "content_type": _one(rheaders, "content-type")})

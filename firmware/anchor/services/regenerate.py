@@ -18,8 +18,8 @@ from anchor.services.relay import _Feed, _http_worker
 log = logging.getLogger("anchor.regenerate")
 
 
-async def _fetch(url, headers, spool, timeout):
-    """GET url into spool; returns the response head (status, size, etag, last-modified,
+async def _fetch(url, headers, keep, timeout):
+    """GET url into `keep` (a capture stream) if it answers 200; returns the response head (status, size, etag, last-modified,
     content type) once the body is whole, or None (the status stays in the log)."""
     feed = _Feed(asyncio.get_running_loop())
     threading.Thread(target=_http_worker, daemon=True,
@@ -33,17 +33,16 @@ async def _fetch(url, headers, spool, timeout):
             item = await feed.get()
             if item[0] != "data":
                 break
-            spool.write(item[1])
+            keep.write(item[1])
         return head if item[0] == "end" else item
     finally:
         feed.cancel.set()
 
 
 class Regenerator:
-    def __init__(self, capture, watchlist, spool_room, timeout):
+    def __init__(self, capture, watchlist, timeout):
         self.capture = capture            # a regenerated body is captured like a relayed one
         self.watchlist = watchlist        # its watch ends at once when regeneration fails
-        self.spool_room = spool_room      # services.spool.SpoolRoom
         self.timeout = timeout            # per request to the origin, as for the relay
 
     @property
@@ -58,34 +57,35 @@ class Regenerator:
         wl = self.watchlist
         url = recipe["url"]
         ok = False
-        spool = self.spool_room.open("regen-")
+        keep = self.capture.stream(dev)
         try:
             # Conditional first: with the ETag of the version captured, a 200 is that version.
             cond = [("If-Match", recipe["etag"])] if recipe.get("etag") else []
-            got = await _fetch(url, cond, spool, self.timeout)
+            got = await _fetch(url, cond, keep, self.timeout)
             if got[0] == "head" and got[1] == 412:
                 # The origin changed. Its new version still shares most chunks with the rover's
                 # copy, so keep it anyway: the rover then uploads only the chunks that differ.
-                spool.restart()
-                got = await _fetch(url, [], spool, self.timeout)
-            spool.close()
-            if got[0] == "head" and got[1] == 200 and not spool.kept:
-                log.info("regenerating %s from %s: no spool room; the rover uploads it",
-                         oid.hex()[:16], url)
-            elif got[0] == "head" and got[1] == 200:
+                # (A 412 has no body for the stream: it is still empty.)
+                got = await _fetch(url, [], keep, self.timeout)
+            if got[0] != "head" or got[1] != 200:
+                log.info("regenerating %s from %s failed: %s", oid.hex()[:16], url, got[1:])
+            else:
                 _, status, _, etag, lastmod, ctype = got
-                new, size = self.capture.record(dev, spool.name, {
+                done = keep.finish({
                     "direction": "regen", "protocol": "http", "method": "GET", "target": url,
                     "status": status, "etag": etag, "last_modified": lastmod, "content_type": ctype})
-                ok = new == oid
-                log.info("regenerated %s from %s: %s", oid.hex()[:16], url,
-                         "same content" if ok else "the origin changed (%d bytes now)" % size)
-            else:
-                log.info("regenerating %s from %s failed: %s", oid.hex()[:16], url, got[1:])
+                if done is None:
+                    log.info("regenerating %s from %s: no spool room; the rover uploads it",
+                             oid.hex()[:16], url)
+                else:
+                    new, size = done
+                    ok = new == oid
+                    log.info("regenerated %s from %s: %s", oid.hex()[:16], url,
+                             "same content" if ok else "the origin changed (%d bytes now)" % size)
         except Exception:
             log.exception("regenerating %s from %s failed", oid.hex()[:16], url)
         finally:
-            spool.discard()
+            keep.discard()
             if not ok:
                 wl.expire(dev, oid)
         return ok

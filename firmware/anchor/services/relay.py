@@ -18,8 +18,10 @@ from anchor_core import messages as m
 
 log = logging.getLogger("anchor.relay")
 
-BODY_DOWN = 4096              # BODY bytes per message to the rover (its receive buffer is 4.6 KB)
-READ_BLOCK = 16384
+BODY_DOWN = 4096              # BODY bytes per message to a rover (a MicroPython one takes 4.6 KB)...
+# ...and to one that said it takes whole BODYs (CAP_BODY: a CPython rover): a quarter of the
+# messages to encode, frame and decode per byte relayed.
+READ_BLOCK = 131072          # origin bytes per hand-over from the worker thread (each costs a GIL switch)
 QUEUE_DEPTH = 8
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 256 << 20
@@ -155,14 +157,14 @@ def _mqtt_publish(broker, topic, path, qos, retain, timeout):
 
 
 class RelayService:
-    """What every relay session shares: where bodies are spooled and kept, the limits, and
+    """What every relay session shares: where uploads are spooled, how bodies are kept, the limits, and
     the broker publishes go to. One RelayHandler per link session (session())."""
 
     def __init__(self, capture, spool_room, timeout=DEFAULT_TIMEOUT, max_body=DEFAULT_MAX_BODY, broker=None):
-        # None only to measure what capture costs (anchor serve --no-capture): bodies are
-        # still spooled as they pass, but never chunked, stored or registered.
+        # None only to measure what capture costs (anchor serve --no-capture): bodies pass
+        # (uploads still through a spool file, to be sent on whole) but are never kept.
         self.capture = capture
-        self.spool_room = spool_room      # services.spool.SpoolRoom: every body draws on it
+        self.spool_room = spool_room      # services.spool.SpoolRoom: uploads wait whole in it
         self.timeout = timeout            # seconds to wait on an origin or the broker
         self.max_body = max_body
         self.broker = broker              # (host, port), or None: publishes fail clearly
@@ -178,8 +180,19 @@ class RelayHandler:
         self.service = service
         self.info = session_info          # gives .dev and .device once HELLO arrived
         self.capture = service.capture
-        self.upload = None                # (kind, request, spool file, bytes so far)
+        self.upload = None                # [kind, request, spool file, bytes so far, capture stream]
         self.counts = {}
+
+    def end(self):
+        """The session is over: an upload cut off mid-body lets go of its spool file and its
+        capture (their bytes leave the spool budget; chunks already stored stay, unregistered,
+        as pass-through data)."""
+        up, self.upload = self.upload, None
+        if up is not None:
+            if up[2] is not None:
+                up[2].discard()
+            if up[4] is not None:
+                up[4].discard()
 
     def _count(self, **kv):
         for k, v in kv.items():
@@ -187,6 +200,11 @@ class RelayHandler:
 
     def _spool(self):
         return self.service.spool_room.open("relay-")
+
+    def _stream(self, counted=True):
+        """The capture of a body about to pass, or None when nothing is kept (--no-capture).
+        counted=False: a spool file already draws on the room for it."""
+        return self.capture.stream(self.info.dev, counted) if self.capture is not None else None
 
     async def handle(self, msg, send):
         t = msg[m.MSG_TYPE]
@@ -198,9 +216,9 @@ class RelayHandler:
             # Refusals (too large, no broker) come as FAIL after the body: the rover streams
             # it first, and the table has no FAIL while it is sending.
             if msg[m.PUBLISH_SIZE if t == m.PUBLISH else m.SEND_SIZE] > self.service.max_body:
-                self.upload = [t, msg, None, 0]
+                self.upload = [t, msg, None, 0, None]
             else:
-                self.upload = [t, msg, self._spool(), 0]
+                self.upload = [t, msg, self._spool(), 0, self._stream(False)]
         elif t == m.BODY:
             up = self.upload
             up[3] += len(msg[m.BODY_DATA])
@@ -209,6 +227,8 @@ class RelayHandler:
                 raise m.ProtocolError(m.E_PROTOCOL, "body longer than the %d bytes announced" % declared)
             if up[2] is not None:
                 up[2].write(msg[m.BODY_DATA])
+                if up[4] is not None:
+                    up[4].write(msg[m.BODY_DATA])
         elif t == m.END:
             await self._finish_upload(msg, send)
 
@@ -217,7 +237,7 @@ class RelayHandler:
     async def _fetch(self, msg, send):
         url = msg[m.FETCH_URL]
         feed = _Feed(asyncio.get_running_loop())
-        spool = self._spool()
+        keep = None
         worker = threading.Thread(target=_http_worker, daemon=True,
                                   args=(feed, "GET", url, msg[m.FETCH_HEADERS], None, self.service.timeout))
         worker.start()
@@ -230,6 +250,9 @@ class RelayHandler:
                 return
             _, status, length, etag, lastmod, ctype = item
             await send(m.result(status, length, etag, lastmod, ctype))
+            step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
+            if status == 200:
+                keep = self._stream()
             total = 0
             while True:
                 item = await feed.get()
@@ -239,9 +262,10 @@ class RelayHandler:
                     if total > self.service.max_body:
                         await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
                         return
-                    spool.write(data)
-                    for off in range(0, len(data), BODY_DOWN):
-                        await send(m.body(data[off:off + BODY_DOWN]))
+                    if keep is not None:
+                        keep.write(data)
+                    for off in range(0, len(data), step):
+                        await send(m.body(data[off:off + step]))
                 elif item[0] == "end":
                     break
                 else:
@@ -249,25 +273,27 @@ class RelayHandler:
                     await send(m.fail(item[1], item[2]))
                     return
             self._count(relay_down_bytes=total, relay_requests=1)
-            spool.close()
-            if status == 200 and spool.kept:
+            if keep is not None:
                 # Kept before END goes out: when the rover has its whole file, so does the
-                # anchor (and its counters say so). On a radio link this costs a few ms/MB.
-                self._capture(spool.name, {"direction": "down", "protocol": "http", "method": "GET",
-                                           "target": url, "status": status, "etag": etag,
-                                           "last_modified": lastmod, "content_type": ctype})
+                # anchor (and its counters say so). Cut and stored as it passed, only the last
+                # block and the flush are left here.
+                self._capture(keep, {"direction": "down", "protocol": "http", "method": "GET",
+                                     "target": url, "status": status, "etag": etag,
+                                     "last_modified": lastmod, "content_type": ctype})
             complete = True
             await send(m.end(total))
         finally:
             feed.cancel.set()
-            spool.discard()
+            if keep is not None:
+                keep.discard()
             if not complete:
                 self._count(relay_failures=1)
 
-    def _capture(self, path, prov):
-        if self.capture is None:
+    def _capture(self, keep, prov):
+        done = keep.finish(prov)
+        if done is None:
             return
-        oid, size = self.capture.record(self.info.dev, path, prov)
+        oid, size = done
         self._count(captured_objects=1, captured_bytes=size)
         log.info("rover %s: captured %s %s %s (%d bytes, object %s)", self.info.device, prov["direction"],
                  prov["method"], prov["target"], size, oid.hex()[:16])
@@ -275,12 +301,14 @@ class RelayHandler:
     # --- send and publish ----------------------------------------------------------------
 
     async def _finish_upload(self, msg, send):
-        kind, req, spool, got = self.upload
+        kind, req, spool, got, keep = self.upload
         self.upload = None
         declared = req[m.PUBLISH_SIZE] if kind == m.PUBLISH else req[m.SEND_SIZE]
         if msg[m.END_SIZE] != got or got != declared:
             if spool is not None:
                 spool.discard()
+            if keep is not None:
+                keep.discard()
             raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d"
                                   % (declared, got, msg[m.END_SIZE]))
         if spool is None:
@@ -289,6 +317,8 @@ class RelayHandler:
         if not spool.kept:
             # The relay sends an upload on only once it holds it whole, and it had no room.
             spool.discard()
+            if keep is not None:
+                keep.discard()
             await send(m.fail(m.F_TOO_LARGE, "the anchor has no room to hold this body now "
                               "(its spool is full); try again later"))
             return
@@ -301,13 +331,16 @@ class RelayHandler:
                 prov = {"direction": "up", "protocol": "http", "method": req[m.SEND_METHOD], "target": req[m.SEND_URL],
                         "content_type": req[m.SEND_TYPE]}
             # Captured whatever the origin says: these are the rover's own bytes, whole.
-            self._capture(spool.name, prov)
+            if keep is not None:
+                self._capture(keep, prov)
             if kind == m.PUBLISH:
                 await self._publish(req, spool.name, send)
             else:
                 await self._send_http(req, spool.name, send)
         finally:
             spool.discard()
+            if keep is not None:
+                keep.discard()
 
     async def _publish(self, req, path, send):
         if self.service.broker is None:

@@ -272,7 +272,7 @@ class ChunkStore:
         self._append(((chunk_id, n, enc, bytes(payload)),), _now_ms())
         return True
 
-    def ingest(self, chunks, batch_bytes=1 << 20):
+    def ingest(self, chunks, batch_bytes=1 << 20, touch=False):
         """Store many raw chunks (bytes-like, e.g. pyfastcdc chunk.data) and return their ids in
         input order; the store ends up as if each had been put() in turn.
 
@@ -282,7 +282,11 @@ class ChunkStore:
         batches may still be compressing when ingest returns, so that consecutive calls (one per
         object) keep the compressor busy; has() and missing() count them, and get(), flush() and
         the rest wait for them. Chunks in read-only buffers (bytes, cut_buf views of bytes) are
-        used in place; others are copied, so the caller may reuse its buffer."""
+        used in place; others are copied, so the caller may reuse its buffer.
+
+        touch=True: chunks the index already held count as used now, as touch() would have
+        them, without touch()'s wait for the batches still being compressed (what is buffered
+        was stored just now and counts as recently used anyway)."""
         self._check_open()
         sha = _sha256
         ids = []
@@ -297,16 +301,16 @@ class ChunkStore:
             if size >= batch_bytes:
                 bids = [sha(r).digest() for r in batch]
                 ids += bids
-                self._start(bids, batch)
+                self._start(bids, batch, touch)
                 batch = []
                 size = 0
         if batch:
             bids = [sha(r).digest() for r in batch]
             ids += bids
-            self._start(bids, batch)
+            self._start(bids, batch, touch)
         return ids
 
-    def _start(self, bids, batch):
+    def _start(self, bids, batch, touch=False):
         """Send the chunks of a hashed batch that the store lacks to the compressor thread, then
         buffer the batches that are done (or wait, if too many are in flight)."""
         pend = self._pending
@@ -314,6 +318,8 @@ class ChunkStore:
         waiting = self._waiting
         ask = [c for c in bids if c not in pend and c not in sealed and c not in waiting]
         known = self.index.present(ask) if ask else ()
+        if touch and known:
+            self.index.touch(list(known), _now_ms())
         new_ids, new_raws = [], []
         for cid, raw in zip(bids, batch):
             if cid in pend or cid in sealed or cid in waiting or cid in known:
