@@ -658,7 +658,9 @@ def decode(payload, views=0):
     return check(msg)
 
 
-def fetch(url, headers=None):
+def fetch(url, headers=None, resume=None):
+    if resume:
+        return [FETCH, url, headers or [], resume]   # [offset, validator] of a cut-off download
     return [FETCH, url, headers or []]
 
 
@@ -670,8 +672,11 @@ def publish(topic, size, qos, retain):
     return [PUBLISH, topic, size, qos, retain]
 
 
-def result(status, size=None, etag=None, last_modified=None, content_type=None):
-    return [RESULT, status, size, etag, last_modified, content_type]
+def result(status, size=None, etag=None, last_modified=None, content_type=None, start=None):
+    r = [RESULT, status, size, etag, last_modified, content_type]
+    if start is not None:
+        r.append(start)   # a resumed FETCH: where in the body the BODYs that follow start
+    return r
 
 
 def body(data):

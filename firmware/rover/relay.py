@@ -5,6 +5,12 @@ from anchor_core.compat import MICROPYTHON, const
 from anchor_core import messages as m
 from rover import fsys
 from rover.conversation import Conversation, RoverError
+from rover.linkerror import LinkError
+
+# RESULT's fields the relay reads beyond anchor_core/messages.py's public ones.
+_RESULT_ETAG = const(3)
+_RESULT_MODIFIED = const(4)
+_RESULT_START = const(6)      # a resumed FETCH: where the BODYs that follow start
 
 BODY_UP = const(4096)         # bytes per BODY a MicroPython rover sends (its chunk buffer is
                               # 32 KiB; a CPython one sends MAX_BODY, what every anchor takes)
@@ -32,12 +38,35 @@ class Relay(Conversation):
         """GET url through the anchor into out_path; returns (status, size).
 
         The body lands in out_path + '.part' and is renamed only once it is whole, so a
-        broken transfer never leaves a file that looks complete."""
-        self.send(m.fetch(url, headers))
+        broken transfer never leaves a file that looks complete. A transfer the link cut
+        keeps its .part and, in .part.tag, the version it is of (ETag, else Last-Modified):
+        the next fetch of the same URL into the same place asks only for the rest."""
+        part = out_path + ".part"
+        tag = part + ".tag"
+        have = 0
+        resume = None
+        if fsys.exists(tag):
+            st = fsys.stat(part)
+            have = st[1] if st else 0
+            with open(tag) as t:
+                v = t.read()
+            if have and v:
+                resume = [have, v]
+        self.send(m.fetch(url, headers, resume))
         r = self._result()
         status, declared = r[m.RESULT_STATUS], r[m.RESULT_SIZE]
-        part = out_path + ".part"
-        f = open(part, "wb") if status == 200 else None
+        start = r[_RESULT_START] if len(r) > _RESULT_START else 0
+        if start and (resume is None or start != have or type(start) is not int):
+            raise RelayError("anchor resumed at byte %s; the rover holds %d" % (start, have))
+        f = None
+        if status == 200:
+            f = open(part, "ab" if start else "wb")
+            if not start:
+                fsys.remove(tag)
+                v = r[_RESULT_ETAG] or r[_RESULT_MODIFIED]
+                if v:                       # without one a cut-off body cannot be resumed
+                    with open(tag, "w") as t:
+                        t.write(v)
         got = 0
         try:
             while True:
@@ -47,21 +76,28 @@ class Relay(Conversation):
                     if f:
                         f.write(msg[m.BODY_DATA])
                 elif msg[m.MSG_TYPE] == m.FAIL:
-                    raise RelayError("transfer broke off after %d bytes: %s" % (got, msg[m.FAIL_TEXT]))
+                    raise RelayError("transfer broke off after %d bytes: %s" % (start + got, msg[m.FAIL_TEXT]))
                 else:
-                    if msg[m.END_SIZE] != got or (declared is not None and declared != got):
-                        raise RelayError("body ended at %d bytes, expected %s" % (got, declared or msg[m.END_SIZE]))
+                    if msg[m.END_SIZE] != got or (declared is not None and declared != start + got):
+                        raise RelayError("body ended at %d bytes, expected %s" % (start + got, declared or msg[m.END_SIZE]))
                     break
+        except LinkError:
+            # The link, not the origin: what arrived stays for the resume.
+            if f:
+                f.close()
+            raise
         except BaseException:
             if f:
                 f.close()
                 fsys.remove(part)
+                fsys.remove(tag)
             raise
         if f is None:
             raise RelayError("HTTP %d from %s" % (status, url))
         f.close()
         fsys.rename(part, out_path)
-        return status, got
+        fsys.remove(tag)
+        return status, start + got
 
     def _stream_file(self, path, size):
         sent = 0

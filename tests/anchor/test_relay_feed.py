@@ -9,6 +9,8 @@ as if it were a failure (m.fail(200, size): 'int' object is not subscriptable)."
 import asyncio
 import threading
 
+import pytest
+
 from anchor.services.relay import QUEUE_DEPTH, _Feed
 
 WAIT = 30.0        # a bound for a hang only; nothing here waits on the clock to proceed
@@ -102,3 +104,19 @@ def test_a_cancelled_feed_releases_its_worker():
 
     results = asyncio.run(main())
     assert results[-1] is False and all(results[:-1])
+
+
+def test_a_resume_field_is_checked_and_a_range_must_be_the_rest():
+    from anchor.services.relay import _range_total, _resume
+    from anchor_core import messages as m
+    url = "http://o/x"
+    assert _resume(m.fetch(url)) is None
+    assert _resume(m.fetch(url, None, [5, '"e"'])) == (5, '"e"')
+    for bad in ([0, '"e"'], [-1, '"e"'], [1 << 41, '"e"'], [5, ""], [5, "x" * 513], [5], "5", [5, 7],
+                [True, '"e"'][:1], [5.0, '"e"']):
+        with pytest.raises(m.ProtocolError):
+            _resume([m.FETCH, url, [], bad])
+    assert _range_total("bytes 100-999/1000", 100) == 1000
+    for bad in ("bytes 0-999/1000", "bytes 100-998/1000", "bytes 100-999/*", "items 100-999/1000", None, "",
+                "bytes x-y/z"):
+        assert _range_total(bad, 100) is None, bad

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import subprocess
+import time
 
 import pytest
 
@@ -141,7 +142,10 @@ def test_broker_down_is_a_clear_error(tmp_path):
         anchor.stop()
 
 
-def test_rover_disconnect_mid_body_captures_nothing(world, tmp_path):
+def test_rover_disconnect_mid_body_the_anchor_keeps_the_whole_body(world, tmp_path):
+    """The link goes in the middle of a download; the origin is still sending: the anchor
+    reads on and keeps the body whole (the rover's resume is served from it, test_relay_resume),
+    and the origin is asked once."""
     origin, _, anchor = world
     origin.files["/huge"] = os.urandom(30_000_000)
     relay = CountingRelay("127.0.0.1", anchor.port)
@@ -157,4 +161,52 @@ def test_rover_disconnect_mid_body_captures_nothing(world, tmp_path):
     origin.files["/after"] = b"x"
     run_rover("micropython", anchor.link, "rv4", str(tmp_path / "st"), "fetch", origin.url("/after"),
               "--out", str(tmp_path / "after"))
-    assert counters(anchor, "rv4")["captured_objects"] == 1    # only /after
+    # (Each look is an anchorctl process: that paces the loop.)
+    deadline = time.monotonic() + 60
+    while counters(anchor, "rv4").get("captured_objects", 0) < 2 and time.monotonic() < deadline:
+        pass
+    c = counters(anchor, "rv4")
+    assert (c["captured_objects"], c["captured_bytes"]) == (2, 30_000_001)      # /huge whole, and /after
+    assert len([r for r in origin.requests if r[1] == "/huge"]) == 1
+
+
+@pytest.mark.parametrize("caps", [0, "CAP_BODY"])
+def test_body_messages_are_as_large_as_the_rover_takes(world, caps):
+    """A rover that sets CAP_BODY gets whole (16 KiB) BODYs; one that does not (a MicroPython
+    rover's receive buffer holds 4.6 KB) never gets more than 4 KiB in one."""
+    import socket
+    from anchor_core import messages as m
+    from anchor_core import states
+    from anchor_core.session import Session
+    origin, broker, anchor = world
+    body = random.Random(8).randbytes(300_000)
+    origin.files["/big.bin"] = body
+    s = socket.create_connection(("127.0.0.1", anchor.port), timeout=30)
+    sess = Session(states.ROVER, m.MAX_BODY + 512)
+    got, sizes = [], []
+
+    def recv():
+        for _ in range(10_000):
+            msg = sess.next_event()
+            if msg is not None:
+                return msg
+            data = s.recv(1 << 16)
+            assert data, "anchor closed the link"
+            sess.receive_data(data)
+        raise AssertionError("no message")
+    try:
+        s.sendall(sess.send(m.hello("bodies", None, m.CAP_BODY if caps else 0)))
+        assert recv()[m.MSG_TYPE] == m.WELCOME
+        s.sendall(sess.send(m.fetch(origin.url("/big.bin"), None)))
+        assert recv()[m.MSG_TYPE] == m.RESULT
+        for _ in range(1000):
+            msg = recv()
+            if msg[m.MSG_TYPE] != m.BODY:
+                break
+            sizes.append(len(msg[m.BODY_DATA]))
+            got.append(bytes(msg[m.BODY_DATA]))
+        assert msg[m.MSG_TYPE] == m.END
+    finally:
+        s.close()
+    assert b"".join(got) == body
+    assert max(sizes) == (m.MAX_BODY if caps else 4096)

@@ -95,6 +95,7 @@ class CountingRelay:
         self._stop = threading.Event()
         self._threads = []
         self._conns = []   # (client, upstream) socket pairs open now, for a cut
+        self._cut_at = None  # cut_down_at()
         t = threading.Thread(target=self._accept, daemon=True)
         t.start()
         if cut_every is not None:
@@ -147,6 +148,12 @@ class CountingRelay:
                 self.down += n
             self._lock.notify_all()
 
+    def cut_down_at(self, n):
+        """Cut every connection once `n` bytes in all have gone anchor -> rover: at most n
+        pass (a radio that drops out at a chosen point of a transfer)."""
+        with self._lock:
+            self._cut_at = n
+
     def _cutter(self):
         lo, hi = self._cut_range
         while not self._stop.wait(self._rng.uniform(lo, hi)):
@@ -191,10 +198,20 @@ class CountingRelay:
                 data = src.recv(self.piece)
                 if not data:
                     break
+                cut = False
+                if not up and self._cut_at is not None:
+                    with self._lock:
+                        if self._cut_at is not None and self.down + len(data) >= self._cut_at:
+                            data = data[:self._cut_at - self.down]
+                            self._cut_at = None
+                            cut = True
                 self._count(len(data), up)
                 if bucket:
                     bucket.take(len(data))
                 dst.sendall(data)
+                if cut:
+                    self.cut()
+                    break
         except OSError:
             pass
         finally:

@@ -21,6 +21,7 @@ class Origin:
         self.received = {}
         self.requests = []
         self.slow_seconds = 3.0
+        self.ranges = True          # answers "Range: bytes=N-" (with If-Range) with 206
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +53,19 @@ class Origin:
                     self.send_header("ETag", etag)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
+                    return
+                rng = self.headers.get("Range", "")
+                if (origin.ranges and rng.startswith("bytes=") and rng.endswith("-")
+                        and self.headers.get("If-Range") in (None, etag)
+                        and rng[6:-1].isdigit() and int(rng[6:-1]) < len(body)):
+                    # The rest of the body from an offset, as a server that takes ranges does.
+                    first = int(rng[6:-1])
+                    self.send_response(206)
+                    self.send_header("Content-Range", "bytes %d-%d/%d" % (first, len(body) - 1, len(body)))
+                    self.send_header("Content-Length", str(len(body) - first))
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    self.wfile.write(body[first:])
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

@@ -70,7 +70,7 @@ class Regenerator:
             if got[0] != "head" or got[1] != 200:
                 log.info("regenerating %s from %s failed: %s", oid.hex()[:16], url, got[1:])
             else:
-                _, status, _, etag, lastmod, ctype = got
+                _, status, _, etag, lastmod, ctype, _ = got
                 done = keep.finish({
                     "direction": "regen", "protocol": "http", "method": "GET", "target": url,
                     "status": status, "etag": etag, "last_modified": lastmod, "content_type": ctype})

@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 256 << 20
 # Messages whose handling awaits the network (the daemon awaits handle() for these).
 RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END, m.WATCHWAIT)
+FETCH_RESUME = 3              # FETCH's optional [offset, validator] (docs/protocol.md §5)
 
 
 class _Feed:
@@ -88,7 +89,7 @@ def _http_worker(feed, method, url, headers, body_path, timeout, read_body=True)
         started = True
         if not feed.put(("head", resp.status, int(length) if length and length.isdigit() else None,
                          resp.getheader("ETag"), resp.getheader("Last-Modified"),
-                         resp.getheader("Content-Type"))):
+                         resp.getheader("Content-Type"), resp.getheader("Content-Range"))):
             return
         declared = int(length) if length and length.isdigit() else None
         total = 0
@@ -154,6 +155,34 @@ def _mqtt_publish(broker, topic, path, qos, retain, timeout):
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def _resume(msg):
+    """FETCH's optional resume field [offset, validator]: the rover holds the body's first
+    `offset` bytes of the version whose ETag (or Last-Modified) is `validator`. Returns
+    (offset, validator) or None; a malformed one breaks the protocol."""
+    if len(msg) <= FETCH_RESUME or msg[FETCH_RESUME] is None:
+        return None
+    r = msg[FETCH_RESUME]
+    if (type(r) is not list or len(r) != 2 or type(r[0]) is not int or not 0 < r[0] <= m.MAX_RELAY
+            or type(r[1]) is not str or not 0 < len(r[1]) <= 512):
+        raise m.ProtocolError(m.E_PROTOCOL, "FETCH resume must be [offset (1..2^40), validator (text)]")
+    return r[0], r[1]
+
+
+def _range_total(crange, start):
+    """The whole body's size from a 206's Content-Range when it starts at `start` and runs to
+    the end; None for any other range."""
+    try:
+        unit, _, rest = (crange or "").partition(" ")
+        span, _, total = rest.partition("/")
+        first, _, last = span.partition("-")
+        first, last, total = int(first), int(last), int(total)
+    except ValueError:
+        return None
+    if unit != "bytes" or first != start or last != total - 1:
+        return None
+    return total
 
 
 class RelayService:
@@ -236,10 +265,18 @@ class RelayHandler:
 
     async def _fetch(self, msg, send):
         url = msg[m.FETCH_URL]
+        resume = _resume(msg)
+        headers = list(msg[m.FETCH_HEADERS])
+        if resume is not None:
+            if await self._from_capture(url, resume, send):
+                return
+            # Not held whole here: the origin sends the rest if it still has that version
+            # (If-Range), else the whole of the new one.
+            headers += [("Range", "bytes=%d-" % resume[0]), ("If-Range", resume[1])]
         feed = _Feed(asyncio.get_running_loop())
         keep = None
         worker = threading.Thread(target=_http_worker, daemon=True,
-                                  args=(feed, "GET", url, msg[m.FETCH_HEADERS], None, self.service.timeout))
+                                  args=(feed, "GET", url, headers, None, self.service.timeout))
         worker.start()
         complete = False
         try:
@@ -248,31 +285,71 @@ class RelayHandler:
                 log.info("rover %s: fetch %s failed: %s", self.info.device, url, item[2])
                 await send(m.fail(item[1], item[2]))
                 return
-            _, status, length, etag, lastmod, ctype = item
-            await send(m.result(status, length, etag, lastmod, ctype))
-            step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
-            if status == 200:
+            _, status, length, etag, lastmod, ctype, crange = item
+            start = skip = 0
+            if resume is not None and status == 206:
+                # The rest only: passed on, not kept (the anchor never had the start of it).
+                start = resume[0]
+                length = _range_total(crange, start)
+                if length is None:
+                    why = "%s answered a range the anchor did not ask for (%s)" % (urlsplit(url).netloc, crange)
+                    log.info("rover %s: fetch %s failed: %s", self.info.device, url, why)
+                    await send(m.fail(m.F_BROKEN, why))
+                    return
+                status = 200
+            elif resume is not None and status == 200 and resume[1] == (etag or lastmod):
+                # The same version, whole (the origin ignored the range): the rover gets the
+                # rest, the anchor keeps all of it.
+                start = skip = resume[0]
                 keep = self._stream()
-            total = 0
+            elif status == 200:
+                keep = self._stream()
+            await send(m.result(status, length, etag, lastmod, ctype, start) if resume is not None
+                       else m.result(status, length, etag, lastmod, ctype))
+            step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
+            total = sent = 0
+            gone = None
             while True:
                 item = await feed.get()
                 if item[0] == "data":
                     data = item[1]
                     total += len(data)
                     if total > self.service.max_body:
-                        await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
+                        if gone is None:
+                            await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
                         return
                     if keep is not None:
                         keep.write(data)
-                    for off in range(0, len(data), step):
-                        await send(m.body(data[off:off + step]))
+                    if gone is not None:
+                        continue
+                    if skip:
+                        if len(data) <= skip:
+                            skip -= len(data)
+                            continue
+                        data = data[skip:]
+                        skip = 0
+                    try:
+                        for off in range(0, len(data), step):
+                            await send(m.body(data[off:off + step]))
+                    except ConnectionError as e:
+                        if keep is None or not keep.kept:
+                            raise
+                        # The link is gone, the origin is not: read on and keep the body whole,
+                        # so that the rover's resume is served from here (and never asks the
+                        # origin twice, nor moves a byte over the link twice).
+                        gone = e
+                        log.info("rover %s: link lost during fetch %s; reading on so the body is kept whole",
+                                 self.info.device, url)
+                        continue
+                    sent += len(data)
                 elif item[0] == "end":
                     break
                 else:
                     log.info("rover %s: fetch %s broke: %s", self.info.device, url, item[2])
-                    await send(m.fail(item[1], item[2]))
+                    if gone is None:
+                        await send(m.fail(item[1], item[2]))
                     return
-            self._count(relay_down_bytes=total, relay_requests=1)
+            self._count(relay_down_bytes=sent, relay_requests=1)
             if keep is not None:
                 # Kept before END goes out: when the rover has its whole file, so does the
                 # anchor (and its counters say so). Cut and stored as it passed, only the last
@@ -280,14 +357,51 @@ class RelayHandler:
                 self._capture(keep, {"direction": "down", "protocol": "http", "method": "GET",
                                      "target": url, "status": status, "etag": etag,
                                      "last_modified": lastmod, "content_type": ctype})
+            if gone is not None:
+                raise gone
             complete = True
-            await send(m.end(total))
+            await send(m.end(sent))
         finally:
             feed.cancel.set()
             if keep is not None:
                 keep.discard()
             if not complete:
                 self._count(relay_failures=1)
+
+    async def _from_capture(self, url, resume, send):
+        """A cut-off download whose body the anchor holds whole (it read on after the link
+        was lost, or fetched it before): the rest, from the store. Returns False when it
+        does not hold it (never captured, another version, or evicted since)."""
+        cap = self.capture
+        if cap is None:
+            return False
+        offset, validator = resume
+        row = cap.catalog.download(self.info.dev, url, validator)
+        if row is None or row[1] < offset:
+            return False
+        oid, size, etag, lastmod, ctype = row
+        ids = cap.catalog.object_chunks(oid)[1]
+        store = cap.store
+        if store.missing(ids):
+            return False
+        await send(m.result(200, size, etag, lastmod, ctype, offset))
+        step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
+        pos = sent = 0
+        for cid in ids:
+            n = store.info(cid)["raw_len"]
+            if pos + n <= offset:
+                pos += n
+                continue
+            data = store.get(cid)[max(0, offset - pos):]
+            pos += n
+            for off in range(0, len(data), step):
+                await send(m.body(data[off:off + step]))
+            sent += len(data)
+        self._count(relay_down_bytes=sent, relay_requests=1, relay_resumed=1)
+        log.info("rover %s: fetch %s resumed at %d from the anchor's copy (%d bytes sent)",
+                 self.info.device, url, offset, sent)
+        await send(m.end(sent))
+        return True
 
     def _capture(self, keep, prov):
         done = keep.finish(prov)

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS captures (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS captures_oid ON captures(oid);
+-- a download cut off by the link resumes from the newest capture of its URL (download())
+CREATE INDEX IF NOT EXISTS captures_target ON captures(device_id, target);
 CREATE TABLE IF NOT EXISTS trees (
     root BLOB PRIMARY KEY,            -- a tree file, by its root digest
     snapshots INTEGER NOT NULL        -- how many snapshots use it
@@ -431,6 +433,15 @@ class Catalog:
             q = "SELECT chunk FROM live_chunks WHERE chunk IN (%s)" % ",".join("?" * len(part))
             out.update(r[0] for r in self.db.execute(q, part))
         return out
+
+    def download(self, dev, url, validator):
+        """The newest whole HTTP download of `url` by `dev` whose ETag (or, without one, its
+        Last-Modified) is `validator`: (oid, size, etag, last_modified, content_type), or None.
+        What a relayed download cut off by the link resumes from."""
+        return self.db.execute(
+            "SELECT oid, size, etag, last_modified, content_type FROM captures WHERE device_id=? AND target=?"
+            " AND protocol='http' AND method='GET' AND status=200 AND (etag=? OR (etag IS NULL AND last_modified=?))"
+            " ORDER BY id DESC LIMIT 1", (dev, url, validator, validator)).fetchone()
 
     def recipe(self, dev, oid):
         """How to fetch an object again: the newest whole HTTP download of it by `dev`."""

@@ -1,0 +1,138 @@
+"""Relayed downloads that resume: a fetch cut off by the link asks for the rest when the rover
+comes back, and nothing the rover already holds crosses the link again (counted at a relay
+socket). The anchor reads on after the cut so that it holds the body whole, and serves the
+rest from its copy without asking the origin twice; when it does not hold it, it asks the
+origin for the rest with a range request, and when the origin changed, the rover gets the
+new version whole."""
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+
+import pytest
+
+from tests.support.harness import AnchorProc, anchorctl, rover_cmd
+from tests.support.linkemu import CountingRelay
+from tests.support.services import Origin
+
+
+
+def framing_allowed(n):
+    """Bytes of the protocol around n body bytes (BODY headers and frames: under 0.5% at 4 KiB
+    per BODY; RESULT, END, HELLO, WELCOME): allowed on top of the body bytes that cross."""
+    return n + n // 200 + 4096
+
+
+def counters(anchor, device):
+    return json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
+
+
+def fetch(runtime, link, state, url, out):
+    return subprocess.run(rover_cmd(runtime, link, "resumer", state, "fetch", url, "--out", out),
+                          capture_output=True, text=True, timeout=120)
+
+
+def gets(origin, path):
+    return [h for (method, p, h) in origin.requests if method == "GET" and p == path]
+
+
+def cut_then_resume(tmp_path, anchor, origin, runtime, path, body, cut, wait_captured=True):
+    # A link slower than loopback, so that the anchor is still sending (its socket buffers
+    # full) when the cut comes, as it would be on a radio.
+    relay = CountingRelay("127.0.0.1", anchor.port, rate=30e6)
+    try:
+        link = "tcp://127.0.0.1:%d" % relay.port
+        out = str(tmp_path / "got.bin")
+        state = str(tmp_path / "state")
+        relay.cut_down_at(cut)
+        p = fetch(runtime, link, state, origin.url(path), out)
+        assert p.returncode != 0, p.stdout + p.stderr
+        have = os.path.getsize(out + ".part")
+        assert 0 < have < len(body) and not os.path.exists(out)
+        assert open(out + ".part", "rb").read() == body[:have]
+        if wait_captured:
+            # The anchor reads on after the cut; the rover comes back once it holds the body.
+            # (Each look is an anchorctl process: that paces the loop.)
+            deadline = time.monotonic() + 60
+            while counters(anchor, "resumer").get("captured_objects", 0) < 1 and time.monotonic() < deadline:
+                pass
+            assert counters(anchor, "resumer").get("captured_objects", 0) == 1
+        relay.reset()
+        p = fetch(runtime, link, state, origin.url(path), out)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return have, relay.down, open(out, "rb").read(), out
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("runtime,seed", [("cpython", 1), ("cpython", 2), ("micropython", 3)])
+def test_a_cut_download_resumes_from_the_anchors_copy(tmp_path, runtime, seed):
+    rnd = random.Random(seed)
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        # Larger than what loopback's socket buffers hold (a few MB), cut in its first third:
+        # the anchor has not read the whole body from the origin when the link goes.
+        body = rnd.randbytes(rnd.randrange(12, 16) << 20)
+        origin.files["/m/a.bin"] = body
+        have, down, got, out = cut_then_resume(tmp_path, anchor, origin, runtime, "/m/a.bin", body,
+                                              rnd.randrange(256 << 10, len(body) // 3))
+        assert got == body
+        assert not os.path.exists(out + ".part") and not os.path.exists(out + ".part.tag")
+        assert len(body) - have <= down <= framing_allowed(len(body) - have), (have, down, len(body))
+        assert len(gets(origin, "/m/a.bin")) == 1              # the rest came from the anchor
+        assert counters(anchor, "resumer").get("relay_resumed") == 1
+    finally:
+        anchor.stop()
+        origin.close()
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_without_the_anchors_copy_the_origin_sends_the_rest(tmp_path, ranges):
+    """--no-capture stands in for an anchor that does not hold the body (it stops reading
+    when the link goes): a range request (If-Range: the version the rover holds) when the
+    origin takes ranges; else the whole body from the origin, and the rover still gets only
+    the rest."""
+    origin = Origin()
+    origin.ranges = ranges
+    anchor = AnchorProc(str(tmp_path / "anchor"), "--no-capture").start()
+    try:
+        body = random.Random(7).randbytes(500_000)
+        origin.files["/m/b.bin"] = body
+        have, down, got, _ = cut_then_resume(tmp_path, anchor, origin, "cpython", "/m/b.bin", body, 200_000,
+                                             wait_captured=False)
+        assert got == body
+        assert len(body) - have <= down <= framing_allowed(len(body) - have), (have, down)
+        second = gets(origin, "/m/b.bin")[1]
+        assert second.get("Range") == "bytes=%d-" % have
+        assert second.get("If-Range") == '"%s"' % hashlib.sha256(body).hexdigest()[:16]   # the origin's ETag
+    finally:
+        anchor.stop()
+        origin.close()
+
+
+def test_a_changed_origin_gives_the_new_version_whole(tmp_path):
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor"), "--no-capture").start()
+    try:
+        rnd = random.Random(9)
+        old, new = rnd.randbytes(400_000), rnd.randbytes(450_000)
+        origin.files["/m/c.bin"] = old
+        relay = CountingRelay("127.0.0.1", anchor.port)
+        try:
+            link = "tcp://127.0.0.1:%d" % relay.port
+            out = str(tmp_path / "c.bin")
+            relay.cut_down_at(100_000)
+            assert fetch("cpython", link, str(tmp_path / "st"), origin.url("/m/c.bin"), out).returncode != 0
+            assert os.path.getsize(out + ".part") > 0
+            origin.files["/m/c.bin"] = new
+            p = fetch("cpython", link, str(tmp_path / "st"), origin.url("/m/c.bin"), out)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert open(out, "rb").read() == new
+        finally:
+            relay.close()
+    finally:
+        anchor.stop()
+        origin.close()
