@@ -276,10 +276,15 @@ def _backup(opts, root, log, t0, url=None, locked=False, prog=None):
                 if ch is not None and (ch.retransmits or ch.dropped):
                     log("radio link: %d packets resent (%d timeouts), %d received dropped"
                         % (ch.retransmits, ch.timeouts, ch.dropped))
+                # These names would keep this link's channel and its buffers alive through
+                # the next attempt: two links' worth did not fit 256 KB once an MQTT link
+                # was lost mid-backup.
+                ch = inner = None
                 try:
                     link.close()
                 except Exception:
                     pass
+                link = None
     dt = time.time() - t0
     if prog and prog.report(s, tx, rx, dt):
         return _EXIT_INCOMPLETE if s["skipped"] else 0
