@@ -49,7 +49,10 @@ class MqttPort(MqttPortBase):
 
         def on_disconnect(client, userdata, flags, reason, props):
             if not self._closing and self._gone is None:
-                self._gone = "lost the MQTT broker at %s: %s" % (self.where, reason)
+                # paho names a connection that just ended (no DISCONNECT from the broker)
+                # "Unspecified error"; say what the MicroPython rover says.
+                why = "connection closed" if reason == 128 or str(reason) == "Unspecified error" else reason
+                self._gone = "lost the MQTT broker at %s: %s" % (self.where, why)
             try:
                 self._q.put_nowait(None)    # wakes a waiting recv_into
             except queue.Full:
