@@ -549,7 +549,9 @@ class Compressor:
     self.out, or -1 when that stream would not be smaller than n, or not smaller than
     max_output (send the chunk raw); the first pass tells, and the second is then skipped.
     always=True returns the stream whatever its size (it always fits self.out; max_output
-    does not apply).  The result stays valid until the next call.  self.btype: the block type
+    does not apply).  probe=True runs the first pass only: the length the stream would have,
+    or -1 as above, with nothing written (half the work).  The result stays valid until the
+    next call.  self.btype: the block type
     of the last stream (0 stored, 1 fixed, 2 dynamic; -1 none).
     """
 
@@ -577,7 +579,7 @@ class Compressor:
         self.st = array("I", bytes(16))
         self.btype = -1
 
-    def compress(self, src, n, always=False):
+    def compress(self, src, n, always=False, probe=False):
         if n < 0 or n > self.max_input or n > len(src):
             raise ValueError("n")
         if always and not self.always_ok:
@@ -612,6 +614,8 @@ class Compressor:
         size = 2 + ((dynamic if btype == 2 else fixed) + 7) // 8
         if size >= lim and not always:
             return -1
+        if probe:
+            return size + 4
         if always and (size >= lim or n + 7 < size):   # a stored block: n + 5 bytes
             btype = 0
         out[0] = 0x78

@@ -562,3 +562,14 @@ def test_max_output_caps_the_buffer_and_sends_raw_what_does_not_fit():
         pass
     else:
         raise AssertionError("always=True accepted without room for it")
+
+
+def test_probe_counts_without_writing():
+    fill_text(BUF, 6000, 12)
+    k = C.compress(BUF, 6000)
+    first = bytes(C.out[:k])
+    C.out[2] = C.out[2] ^ 0xFF
+    assert C.compress(BUF, 6000, False, True) == k   # the same length, counted
+    assert C.out[2] == first[2] ^ 0xFF                # and nothing written
+    fill_random(BUF, 0, 6000, 13)
+    assert C.compress(BUF, 6000, False, True) == -1
