@@ -539,6 +539,24 @@ def _adler(src: ptr8, n: int, out: ptr8, o: int):
     out[o + 3] = a & 255
 
 
+@micropython.viper
+def _start(st: ptr32, lim: int):
+    st[0] = 2   # after the zlib header
+    st[1] = 0
+    st[2] = 0
+    st[3] = lim
+
+
+def _words(size, n):
+    """A zeroed table of n words of `size` bytes.  MicroPython: a bytearray, which the viper
+    functions read as words; it is allocated in place, where array(code, bytes(...)) leaves a
+    hole of its size behind, and five such holes next to the compressor broke up the heap that
+    mbedtls later needs (+2-4 KB on the smallest heap of a paired rover over TLS)."""
+    if MICROPYTHON:
+        return bytearray(size * n)
+    return array("B H I".split()[size >> 1], bytes(size * n))
+
+
 _SLACK = const(64)   # room past the give-up point: one step's bytes and the end of block
 
 
@@ -568,15 +586,15 @@ class Compressor:
         else:
             size = max_input if max_output is None else min(max_output, max_input)
         self.out = bytearray(size + _SLACK)
-        self.head = array("H", bytes(2 * _HASH_SIZE))
+        self.head = _words(2, _HASH_SIZE)
         # the chain links double as the code builders' work space between the passes (a
         # pass reads only links it wrote); CPython's arrays cannot be read as other types
-        self.prev = array("H", bytes(2 * _PREV_SIZE))
-        self.work = self.prev if MICROPYTHON else array("I", bytes(4 * (_TAB_WORK + 32)))
-        self.freq = array("H", bytes(2 * _NSYM))
+        self.prev = _words(2, _PREV_SIZE)
+        self.work = self.prev if MICROPYTHON else _words(4, _TAB_WORK + 32)
+        self.freq = _words(2, _NSYM)
         self.lens = bytearray(_NSYM)
-        self.tab = array("I", bytes(4 * _NSYM))
-        self.st = array("I", bytes(16))
+        self.tab = _words(4, _NSYM)
+        self.st = _words(4, 4)
         self.btype = -1
 
     def compress(self, src, n, always=False, probe=False):
@@ -630,10 +648,7 @@ class Compressor:
             _copy(src, n, out, 7)
             o = 7 + n
         else:
-            st[0] = 2
-            st[1] = 0
-            st[2] = 0
-            st[3] = lim
+            _start(st, lim)
             if btype == 2:
                 _codes(lens, self.tab, work, _C0, 19)
                 _put(out, st, 5, 3)   # BFINAL=1, BTYPE=10
