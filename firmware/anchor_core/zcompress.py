@@ -46,8 +46,6 @@ _PREV_SIZE = const(2048)   # chain links for the last 2,048 positions (a power o
 _PREV_MASK = const(_PREV_SIZE - 1)
 _PROBES = const(32)        # candidates tried per position
 _LAZY = const(32)          # a match this long is taken without looking one position further
-_GOOD = const(8)           # ...and one this long makes that look try a quarter of the probes
-_NICE = const(128)         # a match this long ends the search
 _WINDOW = const(32768)
 _MAX_MATCH = const(258)
 _ADLER_MOD = const(65521)
@@ -137,9 +135,8 @@ def _lz(src: ptr8, n: int, head: ptr16, prev: ptr16, tab: ptr32, freq: ptr16, sy
                 m = n - i
                 if m > _MAX_MATCH:
                     m = _MAX_MATCH
-                nice = _NICE if m > _NICE else m
                 best = 2
-                probes = _PROBES if pl < _GOOD else _PROBES >> 2
+                probes = _PROBES
                 while c >= 0:
                     d = i - c
                     if d > _WINDOW:
@@ -152,7 +149,7 @@ def _lz(src: ptr8, n: int, head: ptr16, prev: ptr16, tab: ptr32, freq: ptr16, sy
                         if ln > best:
                             best = ln
                             cd = d
-                            if ln >= nice:
+                            if ln >= m:
                                 break
                     probes -= 1
                     # prev[c] still holds c's link only while c is among the last _PREV_SIZE
