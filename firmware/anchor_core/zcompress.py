@@ -20,9 +20,9 @@
 #
 # Arithmetic stays inside 32-bit machine words (viper ints on a 32-bit MCU) and below 2**31:
 # the bit buffer holds at most 7 + 20 bits (a code of <= 15 bits and <= 5 extra, or the 13
-# extra bits of a distance after its code is flushed), the hash keeps bits 21..31 of a product
-# (identical whether the multiply wraps or not), table words are below 2**20, sort keys
-# (count << 9 | symbol) below 2**25, and Adler-32 reduces every 3800 bytes.
+# extra bits of a distance after its code is flushed), the hash keeps the top _HASH_BITS bits of
+# a 32-bit product (identical whether the multiply wraps or not), table words are below 2**20,
+# sort keys (count << 9 | symbol) below 2**25, and Adler-32 reduces every 3800 bytes.
 from array import array
 
 from anchor_core.compat import const, MICROPYTHON
