@@ -529,10 +529,10 @@ class Backup(Conversation):
                 enc = m.ENC_ZLIB
                 mv = comp
         elif buffers.compressor is not None and ln > 64:
-            # Our own deflate (fixed Huffman); a photo's first 4 KiB show it won't pay for
-            # an eighth of the cost of trying the whole chunk.
+            # Our own deflate; a photo's first 4 KiB show it won't pay for an eighth of the
+            # cost of trying the whole chunk (probe: the encoder's counting pass only).
             c = buffers.compressor
-            if ln <= _PROBE or c.compress(mv, _PROBE) > 0:
+            if ln <= _PROBE or c.compress(mv, _PROBE, False, True) > 0:
                 k = c.compress(mv, ln)
                 if k > 0:
                     enc = m.ENC_ZLIB

@@ -42,7 +42,8 @@ tx = None
 records = (None, None)   # (seal, open) buffers for one secure link at a time, or Nones: securelink takes its own
 rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at a time)
 rread = None         # bytearray(READ_SIZE)
-compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~45 KB)
+compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~23 KB:
+                     # its output, 4 KiB of hash-chain links, ~3 KB of counts and code tables)
 # A restore (rover/restore.py) compresses nothing and inflates chunks as they arrive: its
 # reads, copies and inflated pieces go through this much, and it takes no compressor.
 RESTORE_CHUNK = 8192

@@ -95,3 +95,85 @@ def test_micropython_mixed_sizes(tmp_path):
             data[rng.randrange(n)] = rng.randrange(256)
         k, out = mpy_compress(tmp_path, bytes(data), always=True)
         assert zlib.decompress(out) == data, n
+
+
+# Compresses every file argv[2:] with anchor_core.zcompress (forced) into FILE.z.
+MANY = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from anchor_core.zcompress import Compressor
+c = Compressor()
+for p in sys.argv[2:]:
+    with open(p, "rb") as f:
+        data = f.read()
+    k = c.compress(data, len(data), True)
+    with open(p + ".z", "wb") as f:
+        f.write(memoryview(c.out)[:k])
+    print(p, k, c.btype)
+"""
+
+
+def sqlite_pages(rng, n):
+    """4 KiB pages of rows (id, timestamp, peer, text) with a header and cell pointers."""
+    out = bytearray()
+    rowid = 1000
+    while len(out) < n:
+        page = bytearray(4096)
+        page[0] = 0x0D
+        off = 4096
+        cells = 0
+        while True:
+            row = b"%s|%d|%s|%s" % (rowid.to_bytes(3, "big"), 1_700_000_000 + rng.randrange(99999),
+                                    rng.choice((b"ana", b"bruno", b"eva")),
+                                    b" ".join(rng.choice((b"ok", b"radio", b"see you", b"battery")) for _ in range(rng.randrange(3, 12))))
+            if off - len(row) < 8 + 2 * (cells + 1):
+                break
+            off -= len(row)
+            page[off:off + len(row)] = row
+            page[8 + 2 * cells:10 + 2 * cells] = off.to_bytes(2, "big")
+            cells += 1
+            rowid += 1
+        page[3] = cells
+        out += page
+    return bytes(out[:n])
+
+
+def test_micropython_streams_of_every_kind_read_by_zlib(tmp_path):
+    rng = random.Random(14)
+    text = text_data(32768, 4)
+    inputs = {
+        "empty": b"", "one": b"\xff", "two": b"ab", "ones": b"\x00" * 32768, "run": b"z" * 1000,
+        "random": rng.randbytes(32768), "random_small": rng.randbytes(100),
+        "text": text, "text_small": text[:500], "text_8k": text[:8192],
+        "binary": bytes((i * 7) & 0xFF if i & 1 else (i >> 2) & 0x0F for i in range(20000)),
+        "sqlite": sqlite_pages(rng, 32768), "sqlite_8k": sqlite_pages(rng, 8192),
+        "mixed": text[:10000] + rng.randbytes(3000) + text[:10000],
+    }
+    paths = []
+    for name, data in inputs.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        paths.append(str(p))
+    proc = subprocess.run([MICROPYTHON, "-X", "heapsize=256K", "-c", MANY, os.path.join(ROOT, "firmware")] + paths,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    types = {}
+    c = Compressor()
+    for line in proc.stdout.split("\n"):
+        if not line:
+            continue
+        p, k, btype = line.split()
+        name = os.path.basename(p)
+        data = inputs[name]
+        out = (tmp_path / (name + ".z")).read_bytes()
+        assert len(out) == int(k)
+        d = zlib.decompressobj()
+        assert d.decompress(out) + d.flush() == data, name
+        assert d.eof and d.unused_data == b""
+        # the plain-Python encoder is the same algorithm, byte for byte
+        assert bytes(c.out[:c.compress(data, len(data), True)]) == out, name
+        types[name] = int(btype)
+        if name in ("text", "text_8k", "sqlite", "sqlite_8k", "binary"):
+            assert len(out) < len(zlib.compress(data, 6)) * 110 // 100, name  # near zlib -6
+    assert len(types) == len(inputs)
+    assert types["text"] == 2 and types["sqlite"] == 2 and types["random"] == 0 and types["one"] == 1
