@@ -184,3 +184,31 @@ def test_pipelined_mqtt_through_a_broker_connection_that_drops_mid_window(tmp_pa
         relay.close()
         anchor.stop()
         broker.close()
+
+
+def test_a_commit_whose_answer_the_link_lost_commits_once(tmp_path):
+    """The link goes after the anchor committed but before COMMITTED reached the rover: the
+    rover resumes and sends the same COMMIT again, and gets the snapshot already made, not a
+    second one. (Counted first: the bytes a whole backup sends down; the cut lets all but the
+    last one through.)"""
+    src = str(tmp_path / "src")
+    make_src(src, 4, 30_000, 8)
+    downs = []
+    for run in ("measure", "cut"):
+        anchor = AnchorProc(str(tmp_path / ("anchor-" + run))).start()
+        relay = CountingRelay("127.0.0.1", anchor.port)
+        try:
+            if run == "cut":
+                relay.cut_down_at(downs[0] - 1)
+            p = subprocess.run(rover_cmd("cpython", "tcp://127.0.0.1:%d" % relay.port, "rover-c",
+                                         str(tmp_path / ("state-" + run)), "backup", src, "--retries", "3"),
+                               capture_output=True, text=True, timeout=120)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert "snapshot 1 committed" in p.stdout, p.stdout
+            downs.append(relay.down)
+            snaps = json.loads(anchorctl(anchor.address, "snapshots", "rover-c", "--json").stdout)
+            assert len(snaps) == 1, snaps
+        finally:
+            relay.close()
+            anchor.stop()
+    assert relay.cuts == 1 and "resuming" in p.stdout, p.stdout

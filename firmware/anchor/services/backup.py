@@ -452,6 +452,25 @@ class BackupHandler:
 
     # --- commit ------------------------------------------------------------------------
 
+    def _committed_unheard(self, root, count, nbytes, about):
+        """The snapshot this COMMIT already made, if its COMMITTED was lost with the link: the
+        latest snapshot is not the parent the rover names (so the rover never heard of it), and
+        has the same parent, tree and description, and is whole. A rover that backs up an
+        unchanged tree on purpose names the latest as its parent and gets a new snapshot."""
+        latest = self.catalog.latest(self.dev)
+        if latest is None or latest == self.parent:
+            return None
+        last = self.catalog.snapshot(self.dev, latest)
+        ab = list(about or []) + [None] * (3 - len(about or []))
+        if (last["parent"] != self.parent or last["root"] != root or last["entries"] != count
+                or last["bytes"] != nbytes or [last["path"], last["host"], last["tag"]] != ab):
+            return None
+        if snapshot_problem(self.catalog, self.trees, self.store, last) is not None:
+            return None        # committing again heals it (the objects' chunk lists, its tree)
+        log.info("rover %s: COMMIT of snapshot %d again (its answer was lost with the link): not "
+                 "committed twice", self.device, latest)
+        return latest
+
     def _commit(self, msg):
         root, n_entries, total = msg[m.COMMIT_ROOT], msg[m.COMMIT_COUNT], msg[m.COMMIT_BYTES]
         if self.needed:
@@ -499,6 +518,9 @@ class BackupHandler:
                                   "hold (%s); run the backup again" % why)
         new_objects = [(oid, size, ids) for oid, (size, ids) in self.declared.items()]
         about = check_about(msg[m.COMMIT_ABOUT]) if len(msg) > m.COMMIT_ABOUT else None
+        again = self._committed_unheard(root, count, nbytes, about)
+        if again is not None:
+            return m.committed(again)
         seq, _pinned = self.catalog.commit_snapshot(self.dev, self.parent, root, count, nbytes, new_objects,
                                                    tree_oids, about)
         self.retention.enforce()
