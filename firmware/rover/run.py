@@ -240,8 +240,6 @@ def step(st, code):
             log("no link answers (%s)" % ", ".join([u for c, u in st[_LINKS]]))
             code = 1
     except KeyboardInterrupt:
-        from rover.run_loop import heap_after_interrupt
-        heap_after_interrupt()
         code = _STOPPED
     return step(st, code)
 

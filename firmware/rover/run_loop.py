@@ -30,25 +30,6 @@ def command(opts, rest):
     return st if type(st) is int else loop(opts, rest[1], st)
 
 
-def heap_after_interrupt():
-    """Unlock the heap if an interrupt left it locked. Seen on the unix port, about 1 stop in
-    10 right after a backup over mqtts://: a SIGINT that lands while the interpreter holds its
-    heap lock comes out as MemoryError "heap is locked" instead of KeyboardInterrupt, or
-    leaves the heap locked, so every allocation after it fails and the run could not log its
-    stop or give its lock back. The rover never locks the heap itself."""
-    if not MICROPYTHON:
-        return
-    try:
-        bytearray(16)
-        return
-    except MemoryError:
-        pass
-    import micropython
-    for _ in range(16):                # the lock nests; heap_unlock gives the depth left
-        if micropython.heap_unlock() == 0:
-            return
-
-
 def loop(opts, root, st):
     """Backups until run.step says the run is over; its exit status."""
     from rover.cli import _backup
@@ -67,10 +48,4 @@ def loop(opts, root, st):
                         unload(sys.modules[k])
             code = _backup(opts, root, st[0], time.time(), code, True)   # st[0]: its log
         except KeyboardInterrupt:
-            heap_after_interrupt()
             code = -1        # run.step says it stopped and gives the lock back
-        except MemoryError as e:
-            if not (e.args and "heap is locked" in e.args[0]):
-                raise        # out of memory: main.py says so in one line
-            heap_after_interrupt()
-            code = -1        # a stop that came in as the interpreter's heap lock (above)

@@ -145,9 +145,8 @@ def first_backup_then_stop(tmp_path, root, timeout=60, heap="256K"):
     try:
         r.wait_line(r"snapshot 1 committed", timeout)
         # The unix port's interpreter can lose a SIGINT that lands inside its own locked
-        # sections (a socket finaliser run by the GC swallows the KeyboardInterrupt; seen about
-        # 1 stop in 15 right after a backup over mqtts://): as a person at a terminal would,
-        # press it again if the first did not stop the board within 5 s.
+        # sections (seen about 1 stop in 15 right after a backup over mqtts://): as a person
+        # at a terminal would, press it again if the first did not stop the board within 5 s.
         for _ in range(6):
             r.proc.send_signal(signal.SIGINT)
             try:
