@@ -69,7 +69,8 @@ class CaptureStream(Claim):
             self._cut(False)
 
     def _cut(self, last):
-        block = b"".join([self._carry] + self._pieces) if self._carry or len(self._pieces) != 1 else self._pieces[0]
+        pieces = [self._carry] + self._pieces if self._carry else self._pieces
+        block = pieces[0] if len(pieces) == 1 else b"".join(pieces)     # one piece: no copy
         self._pieces = []
         self._gathered = 0
         self._carry = b""
@@ -98,9 +99,9 @@ class CaptureStream(Claim):
         if not self.kept:
             self.discard()
             return None
+        cap = self.capture
         try:
             self._cut(True)
-            cap = self.capture
             oid = self._oid.finish(self.size)
             # Chunks durable first: the catalog must never name bytes a crash could lose.
             cap.store.flush()

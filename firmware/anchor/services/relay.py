@@ -306,7 +306,6 @@ class RelayHandler:
                 keep = self._stream()
             await send(m.result(status, length, etag, lastmod, ctype, start) if resume is not None
                        else m.result(status, length, etag, lastmod, ctype))
-            step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
             total = sent = 0
             gone = None
             while True:
@@ -329,8 +328,7 @@ class RelayHandler:
                         data = data[skip:]
                         skip = 0
                     try:
-                        for off in range(0, len(data), step):
-                            await send(m.body(data[off:off + step]))
+                        await self._send_body(data, send)
                     except ConnectionError as e:
                         if keep is None or not keep.kept:
                             raise
@@ -368,6 +366,12 @@ class RelayHandler:
             if not complete:
                 self._count(relay_failures=1)
 
+    async def _send_body(self, data, send):
+        """`data` to the rover as BODYs as large as it takes (CAP_BODY: 16 KiB, else 4 KiB)."""
+        step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
+        for off in range(0, len(data), step):
+            await send(m.body(data[off:off + step]))
+
     async def _from_capture(self, url, resume, send):
         """A cut-off download whose body the anchor holds whole (it read on after the link
         was lost, or fetched it before): the rest, from the store. Returns False when it
@@ -385,7 +389,6 @@ class RelayHandler:
         if store.missing(ids):
             return False
         await send(m.result(200, size, etag, lastmod, ctype, offset))
-        step = m.MAX_BODY if self.info.caps & m.CAP_BODY else BODY_DOWN
         pos = sent = 0
         for cid in ids:
             n = store.info(cid)["raw_len"]
@@ -394,8 +397,7 @@ class RelayHandler:
                 continue
             data = store.get(cid)[max(0, offset - pos):]
             pos += n
-            for off in range(0, len(data), step):
-                await send(m.body(data[off:off + step]))
+            await self._send_body(data, send)
             sent += len(data)
         self._count(relay_down_bytes=sent, relay_requests=1, relay_resumed=1)
         log.info("rover %s: fetch %s resumed at %d from the anchor's copy (%d bytes sent)",
