@@ -14,11 +14,9 @@ import time
 
 import pytest
 
-from tests.support.harness import AnchorProc, anchorctl, make_tree, rover_cmd, run_rover
+from tests.support.harness import AnchorProc, RawRover, anchorctl, make_tree, rover_cmd, run_rover
 from anchor_core import handshake
 from anchor_core import messages as m
-from anchor_core import states
-from anchor_core.session import Session
 
 NOFILE = 256          # the anchor's descriptor limit in the flood tests
 SILENT = 1100         # silent connections: more than the limit allows
@@ -181,32 +179,13 @@ def test_a_refusal_does_not_tell_which_names_are_paired(tmp_path):
     assert known_rest == unknown_rest and known_rest, (known_rest, unknown_rest)
 
 
-class Raw:
-    def __init__(self, port, source="127.0.0.1"):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
-        self.sess = Session(states.ROVER)
-
-    def send(self, msg):
-        self.s.sendall(self.sess.send(msg))
-
-    def reply(self):
-        while True:
-            msg = self.sess.next_event()
-            if msg is not None:
-                return msg
-            data = self.s.recv(1 << 20)
-            if not data:
-                return None
-            self.sess.receive_data(data)
-
-
 def test_a_manifest_cannot_grow_the_anchor_without_bound(tmp_path):
     """ENTRIES batches with long paths, one after another, never committed: the anchor ends
     the session with E_TOO_LARGE, its peak RSS bounded, and serves the next rover."""
     a = AnchorProc(str(tmp_path / "anchor")).start()
     try:
         before, _ = rss(a.proc.pid)
-        c = Raw(a.port)
+        c = RawRover(a.port)
         c.send(m.hello("hoarder", None, 0))
         assert c.reply()[0] == m.WELCOME
         tail = "/" + "p" * 50           # a frame holds 36 KiB: 256 entries of ~120 bytes
@@ -295,7 +274,7 @@ def test_a_flood_of_bad_links_does_not_fill_the_log(tmp_path, secure):
             s.close()
         # the anchor still serves another address (the flooding one may hold its share of
         # sessions until the anchor has read their garbage)
-        c = Raw(a.port, "127.0.0.2")
+        c = RawRover(a.port, "127.0.0.2")
         if secure:
             c.s.sendall(b"GET / HTTP/1.1\r\n\r\n")
         else:

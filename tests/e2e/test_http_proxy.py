@@ -3,7 +3,6 @@ the real loopback Origin, Python's own HTTP clients. What passes whole is captur
 relayed body (a later backup uploads nothing for it); what breaks off is not."""
 import base64
 import http.client
-import json
 import os
 import random
 import socket
@@ -13,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.support.harness import AnchorProc, anchorctl, run_rover
+from tests.support.harness import AnchorProc, counters, run_rover
 from tests.support.services import Origin, free_port
 from anchor.storage.catalog import Catalog
 
@@ -129,9 +128,6 @@ def raw(port, data):
             out += b
     return out
 
-
-def counters(anchor, device):
-    return json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
 
 
 def captures(anchor):

@@ -1,16 +1,14 @@
 """Relay end to end: the rover under MicroPython fetches, sends and publishes through the
 anchor (real HTTP origin, real mosquitto), then backs up; the backup takes the relayed
 content from the anchor's capture instead of the link."""
-import json
 import os
 import random
 import subprocess
-import time
 
 import pytest
 
-from tests.support.harness import (AnchorProc, anchorctl, assert_same_tree, rover_cmd, run_rover,
-    snapshot_of)
+from tests.support.harness import (AnchorProc, anchorctl, RawRover, assert_same_tree, counters, rover_cmd, run_rover,
+    snapshot_of, wait_counter)
 from tests.support.linkemu import CountingRelay
 from tests.support.services import Broker, Origin, Subscriber, free_port
 
@@ -25,9 +23,6 @@ def world(tmp_path):
     broker.close()
     origin.close()
 
-
-def counters(anchor, device):
-    return json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
 
 
 def test_relay_then_backup_sends_only_novel_bytes(world, tmp_path):
@@ -161,11 +156,7 @@ def test_rover_disconnect_mid_body_the_anchor_keeps_the_whole_body(world, tmp_pa
     origin.files["/after"] = b"x"
     run_rover("micropython", anchor.link, "rv4", str(tmp_path / "st"), "fetch", origin.url("/after"),
               "--out", str(tmp_path / "after"))
-    # (Each look is an anchorctl process: that paces the loop.)
-    deadline = time.monotonic() + 60
-    while counters(anchor, "rv4").get("captured_objects", 0) < 2 and time.monotonic() < deadline:
-        pass
-    c = counters(anchor, "rv4")
+    c = wait_counter(anchor, "rv4", "captured_objects", 2)
     assert (c["captured_objects"], c["captured_bytes"]) == (2, 30_000_001)      # /huge whole, and /after
     assert len([r for r in origin.requests if r[1] == "/huge"]) == 1
 
@@ -174,39 +165,25 @@ def test_rover_disconnect_mid_body_the_anchor_keeps_the_whole_body(world, tmp_pa
 def test_body_messages_are_as_large_as_the_rover_takes(world, caps):
     """A rover that sets CAP_BODY gets whole (16 KiB) BODYs; one that does not (a MicroPython
     rover's receive buffer holds 4.6 KB) never gets more than 4 KiB in one."""
-    import socket
     from anchor_core import messages as m
-    from anchor_core import states
-    from anchor_core.session import Session
     origin, broker, anchor = world
     body = random.Random(8).randbytes(300_000)
     origin.files["/big.bin"] = body
-    s = socket.create_connection(("127.0.0.1", anchor.port), timeout=30)
-    sess = Session(states.ROVER, m.MAX_BODY + 512)
+    c = RawRover(anchor.port, max_payload=m.MAX_BODY + 512)
     got, sizes = [], []
-
-    def recv():
-        for _ in range(10_000):
-            msg = sess.next_event()
-            if msg is not None:
-                return msg
-            data = s.recv(1 << 16)
-            assert data, "anchor closed the link"
-            sess.receive_data(data)
-        raise AssertionError("no message")
     try:
-        s.sendall(sess.send(m.hello("bodies", None, m.CAP_BODY if caps else 0)))
-        assert recv()[m.MSG_TYPE] == m.WELCOME
-        s.sendall(sess.send(m.fetch(origin.url("/big.bin"), None)))
-        assert recv()[m.MSG_TYPE] == m.RESULT
+        c.send(m.hello("bodies", None, m.CAP_BODY if caps else 0))
+        assert c.reply()[m.MSG_TYPE] == m.WELCOME
+        c.send(m.fetch(origin.url("/big.bin"), None))
+        assert c.reply()[m.MSG_TYPE] == m.RESULT
         for _ in range(1000):
-            msg = recv()
+            msg = c.reply()
             if msg[m.MSG_TYPE] != m.BODY:
                 break
             sizes.append(len(msg[m.BODY_DATA]))
             got.append(bytes(msg[m.BODY_DATA]))
         assert msg[m.MSG_TYPE] == m.END
     finally:
-        s.close()
+        c.close()
     assert b"".join(got) == body
     assert max(sizes) == (m.MAX_BODY if caps else 4096)

@@ -5,15 +5,13 @@ rest from its copy without asking the origin twice; when it does not hold it, it
 origin for the rest with a range request, and when the origin changed, the rover gets the
 new version whole."""
 import hashlib
-import json
 import os
 import random
 import subprocess
-import time
 
 import pytest
 
-from tests.support.harness import AnchorProc, anchorctl, rover_cmd
+from tests.support.harness import AnchorProc, counters, rover_cmd, wait_counter
 from tests.support.linkemu import CountingRelay
 from tests.support.services import Origin
 
@@ -24,9 +22,6 @@ def framing_allowed(n):
     per BODY; RESULT, END, HELLO, WELCOME): allowed on top of the body bytes that cross."""
     return n + n // 200 + 4096
 
-
-def counters(anchor, device):
-    return json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
 
 
 def fetch(runtime, link, state, url, out):
@@ -54,11 +49,7 @@ def cut_then_resume(tmp_path, anchor, origin, runtime, path, body, cut, wait_cap
         assert open(out + ".part", "rb").read() == body[:have]
         if wait_captured:
             # The anchor reads on after the cut; the rover comes back once it holds the body.
-            # (Each look is an anchorctl process: that paces the loop.)
-            deadline = time.monotonic() + 60
-            while counters(anchor, "resumer").get("captured_objects", 0) < 1 and time.monotonic() < deadline:
-                pass
-            assert counters(anchor, "resumer").get("captured_objects", 0) == 1
+            assert wait_counter(anchor, "resumer", "captured_objects", 1).get("captured_objects") == 1
         relay.reset()
         p = fetch(runtime, link, state, origin.url(path), out)
         assert p.returncode == 0, p.stdout + p.stderr

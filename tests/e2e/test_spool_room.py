@@ -1,14 +1,13 @@
 """Relayed bodies wait in the spool until whole, and the spool has a budget: past it a body
 still passes whole but is not kept (so a flood of large bodies cannot fill the card the store
 lives on), and an upload the relay must hold whole is refused with the reason."""
-import json
 import os
 import random
 
 import pytest
 
 from anchor.services.spool import SpoolRoom
-from tests.support.harness import AnchorProc, anchorctl, run_rover
+from tests.support.harness import AnchorProc, RawRover, counters, run_rover
 from tests.support.services import Origin
 
 
@@ -49,8 +48,7 @@ def small_spool(tmp_path):
 
 
 def captured(anchor, device):
-    d = json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
-    return d.get("captured_objects", 0)
+    return counters(anchor, device).get("captured_objects", 0)
 
 
 def test_a_body_past_the_spool_budget_passes_whole_and_is_not_kept(small_spool, tmp_path):
@@ -78,30 +76,21 @@ def test_a_body_past_the_spool_budget_passes_whole_and_is_not_kept(small_spool, 
 def test_an_upload_cut_off_mid_body_gives_its_room_back(small_spool, tmp_path):
     """A link that drops in the middle of a SEND must not keep its spool file and its share of
     the budget until the anchor restarts: the next body fits the budget again and is kept."""
-    import socket
     import time
     from anchor_core import messages as m
-    from anchor_core import states
-    from anchor_core.session import Session
     origin, anchor = small_spool
-    s = socket.create_connection(("127.0.0.1", anchor.port), timeout=30)
-    sess = Session(states.ROVER)
-    s.sendall(sess.send(m.hello("sp", None, 0)))
-    for _ in range(100):                     # WELCOME
-        msg = sess.next_event()
-        if msg is not None:
-            break
-        sess.receive_data(s.recv(4096))
-    assert msg[m.MSG_TYPE] == m.WELCOME
-    s.sendall(sess.send(m.send_req("PUT", origin.url("/upload/cut.bin"), 150_000, "application/octet-stream")))
+    c = RawRover(anchor.port)
+    c.send(m.hello("sp", None, 0))
+    assert c.reply()[m.MSG_TYPE] == m.WELCOME
+    c.send(m.send_req("PUT", origin.url("/upload/cut.bin"), 150_000, "application/octet-stream"))
     for _ in range(30):                      # 120 kB of the 150 kB, then the link is gone
-        s.sendall(sess.send(m.body(b"c" * 4000)))
+        c.send(m.body(b"c" * 4000))
     spool = tmp_path / "anchor" / "spool"
     deadline = time.monotonic() + 30
     while not os.listdir(str(spool)) and time.monotonic() < deadline:
         time.sleep(0.01)                     # the anchor has read the upload's start
     assert os.listdir(str(spool))
-    s.close()
+    c.close()
     while os.listdir(str(spool)) and time.monotonic() < deadline:
         time.sleep(0.01)                     # the anchor has noticed the link is gone
     assert not os.listdir(str(spool)), "the cut upload's spool file stayed"

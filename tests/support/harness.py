@@ -120,6 +120,54 @@ def anchorctl(address, *args, check=True, timeout=300):
     return p
 
 
+class RawRover:
+    """A rover's end of a session on a plain TCP link, spoken message by message (tests that
+    need what a rover would not send, or to stop at a chosen point)."""
+
+    def __init__(self, port, source="127.0.0.1", max_payload=None):
+        import socket
+        from anchor_core import states
+        from anchor_core.session import Session
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+        self.sess = Session(states.ROVER) if max_payload is None else Session(states.ROVER, max_payload)
+
+    def send(self, msg):
+        self.s.sendall(self.sess.send(msg))
+
+    def reply(self):
+        """The next message, or None when the anchor closed the link; bounded by the socket's
+        timeout and a count of reads."""
+        for _ in range(100_000):
+            msg = self.sess.next_event()
+            if msg is not None:
+                return msg
+            data = self.s.recv(1 << 20)
+            if not data:
+                return None
+            self.sess.receive_data(data)
+        raise AssertionError("no whole message in 100,000 reads")
+
+    def close(self):
+        self.s.close()
+
+
+def counters(anchor, device):
+    """The anchor's counters of one device (anchorctl stats), {} for a device it never saw."""
+    import json
+    return json.loads(anchorctl(anchor.address, "stats", "--json").stdout)["devices"].get(device, {})
+
+
+def wait_counter(anchor, device, name, at_least, timeout=60):
+    """The device's counters once counter `name` reaches `at_least` (work the anchor finishes
+    after the rover has gone: a capture read on after a cut); bounded by `timeout`. Each look
+    is an anchorctl process, which paces the loop."""
+    deadline = time.monotonic() + timeout
+    c = counters(anchor, device)
+    while c.get(name, 0) < at_least and time.monotonic() < deadline:
+        c = counters(anchor, device)
+    return c
+
+
 def make_tree(root, n_files, total_bytes, seed=1, depth=4):
     """A deterministic tree: nested folders, empty files, text-like and random files."""
     rnd = random.Random(seed)
