@@ -98,12 +98,14 @@ del _make_tables, _LEN_BASE, _DIST_BASE, _ORDER  # a rover's heap keeps only the
 
 @micropython.viper
 def _lz(src: ptr8, n: int, head: ptr16, prev: ptr16, tab: ptr32, freq: ptr16, sym: ptr8,
-        bx: ptr32, out: ptr8, st: ptr32, emit: int) -> int:
+        bx: ptr32, out: ptr8, st: ptr32, emit: int, sink) -> int:
     """The matcher.  emit=0: counts every symbol into freq (cleared first, end of block
     included) and returns the number of extra bits.  emit=1: writes the symbols with the codes
     in tab after the stream so far (st: [0] bytes, [1] bit buffer, [2] its bits), then the end
     of block and the last partial byte, and returns the stream length, or -1 once it reaches
-    st[3] (not expected: the size was counted)."""
+    st[3] (not expected: the size was counted).  emit=2: as 1, but out is a staging buffer:
+    each time st[3] bytes are in it, sink(k) takes out[:k] and writing starts over at 0; the
+    bytes still in out at the end are returned."""
     i = 0
     while i < _HASH_SIZE:
         head[i] = 0
@@ -229,7 +231,10 @@ def _lz(src: ptr8, n: int, head: ptr16, prev: ptr16, tab: ptr32, freq: ptr16, sy
                 bb >>= 8
                 bc -= 8
             if o >= lim:
-                return -1
+                if emit == 1:
+                    return -1
+                sink(o)
+                o = 0
     if avail:
         s = src[n - 1]
         if emit == 0:
@@ -248,7 +253,7 @@ def _lz(src: ptr8, n: int, head: ptr16, prev: ptr16, tab: ptr32, freq: ptr16, sy
         o += 1
         bb >>= 8
         bc -= 8
-    if o >= lim:
+    if o >= lim and emit == 1:
         return -1
     return o
 
@@ -555,6 +560,9 @@ def _words(size, n):
 
 
 _SLACK = const(64)   # room past the give-up point: one step's bytes and the end of block
+# stream(): the staging buffer holds a dynamic block's header (at most ~560 bytes: 17 bits,
+# 19 x 3 bits, 316 code lengths of up to 7 + 7 bits) before the first piece goes
+_STREAM_MIN = const(1024)
 
 
 class Compressor:
@@ -566,8 +574,14 @@ class Compressor:
     always=True returns the stream whatever its size (it always fits self.out; max_output
     does not apply).  probe=True runs the first pass only: the length the stream would have,
     or -1 as above, with nothing written (half the work).  The result stays valid until the
-    next call.  self.btype: the block type
-    of the last stream (0 stored, 1 fixed, 2 dynamic; -1 none).
+    next call.  self.btype: the block type of the last stream (0 stored, 1 fixed, 2 dynamic;
+    -1 none).
+
+    plan(src, n, streamed=True) then stream(src, n, write) give the same stream in pieces
+    through a staging buffer instead: the length is known after the first pass, so a sender
+    can put it in a message header before the second pass writes a byte, and self.out need
+    not hold a whole compressed chunk (the rover's 2 KiB instead of 16: the heap it spares
+    is the channel's send window, docs/decisions.md).
     """
 
     def __init__(self, max_input=32768, always=True, max_output=None):
@@ -593,8 +607,22 @@ class Compressor:
         self.tab = _words(4, _NSYM)
         self.st = _words(4, 4)
         self.btype = -1
+        self._plan = None    # plan()'s findings for the second pass
+        self._write = None
+        self._sent = 0
 
     def compress(self, src, n, always=False, probe=False):
+        k = self.plan(src, n, always)
+        if k < 0 or probe:
+            return k
+        o = self._emit(src, n, 1)
+        _adler(src, n, self.out, o)
+        return o + 4
+
+    def plan(self, src, n, always=False, streamed=False):
+        """The first pass: the length the stream of src[:n] will have, or -1 as compress()
+        gives it (with streamed=True only "not smaller than n" counts: the stream will go
+        out through stream(), so max_output does not bound it).  stream() may follow."""
         if n < 0 or n > self.max_input or n > len(src):
             raise ValueError("n")
         if always and not self.always_ok:
@@ -603,12 +631,17 @@ class Compressor:
         freq = self.freq
         lens = self.lens
         work = self.work
-        st = self.st
         # the 4-byte Adler-32 trailer follows the deflate data
-        lim = len(out) - 4 if always else min(n, len(out) - _SLACK) - 4
+        if always:
+            lim = len(out) - 4
+        elif streamed:
+            lim = n - 4
+        else:
+            lim = min(n, len(out) - _SLACK) - 4
         self.btype = -1
+        self._plan = None
         # pass 1: the symbols' counts, and every block type's size in bits
-        xb = _lz(src, n, self.head, self.prev, self.tab, freq, _SYM, _BX, out, st, 0)
+        xb = _lz(src, n, self.head, self.prev, self.tab, freq, _SYM, _BX, out, self.st, 0, None)
         _fixed_lens(lens)
         fixed = 3 + _bits(freq, lens, 0, _C0) + xb
         _huff(freq, lens, work, 0, _D0, 15)
@@ -619,7 +652,7 @@ class Compressor:
         nd = 30
         while lens[_D0 + nd - 1] == 0:
             nd -= 1
-        rx = _rle(lens, nl, nd, freq, self.tab, out, st, 0)
+        rx = _rle(lens, nl, nd, freq, self.tab, out, self.st, 0)
         _huff(freq, lens, work, _C0, 19, 7)
         nc = 19
         while nc > 4 and lens[_C0 + _SYM[_S_ORDER + nc - 1]] == 0:
@@ -629,10 +662,47 @@ class Compressor:
         size = 2 + ((dynamic if btype == 2 else fixed) + 7) // 8
         if size >= lim and not always:
             return -1
-        if probe:
-            return size + 4
         if always and (size >= lim or n + 7 < size):   # a stored block: n + 5 bytes
             btype = 0
+            size = n + 5 + 2
+        self._plan = (btype, nl, nd, nc, size, n, lim)
+        return size + 4
+
+    def stream(self, src, n, write):
+        """The second pass after plan(src, n, streamed=True) gave a length: the stream in
+        pieces of up to len(self.out) - 64 bytes, each passed to write(memoryview) while
+        self.out holds it (a memoryview into self.out, valid only during the call).  So the
+        compressed chunk never has to fit in memory whole: self.out is a small staging buffer.
+        Returns the length, which is what plan() said."""
+        if len(self.out) < _STREAM_MIN:
+            raise ValueError("self.out too small to stream through")
+        self._write = write
+        self._sent = 0
+        o = self._emit(src, n, 2)
+        if o + 4 > len(self.out):
+            self._flush(o)
+            o = 0
+        _adler(src, n, self.out, o)
+        self._flush(o + 4)
+        self._write = None
+        if self._sent != self._plan[4] + 4:
+            raise RuntimeError("zcompress: streamed %d, counted %d" % (self._sent, self._plan[4] + 4))
+        return self._sent
+
+    def _flush(self, k):
+        self._sent += k
+        self._write(memoryview(self.out)[:k])
+
+    def _emit(self, src, n, emit):
+        """Pass 2 (emit 1: whole into self.out; 2: through _flush); returns the bytes left in
+        self.out before the Adler-32 trailer."""
+        if self._plan is None or self._plan[5] != n:
+            raise ValueError("no plan() for this input")
+        btype, nl, nd, nc, size, _, lim = self._plan
+        out = self.out
+        lens = self.lens
+        work = self.work
+        st = self.st
         out[0] = 0x78
         out[1] = 0x01
         if btype == 0:
@@ -645,7 +715,7 @@ class Compressor:
             _copy(src, n, out, 7)
             o = 7 + n
         else:
-            _start(st, lim)
+            _start(st, lim if emit == 1 else len(out) - _SLACK)
             if btype == 2:
                 _codes(lens, self.tab, work, _C0, 19)
                 _put(out, st, 5, 3)   # BFINAL=1, BTYPE=10
@@ -654,15 +724,15 @@ class Compressor:
                 _put(out, st, nc - 4, 4)
                 for k in range(nc):
                     _put(out, st, lens[_C0 + _SYM[_S_ORDER + k]], 3)
-                _rle(lens, nl, nd, freq, self.tab, out, st, 1)
+                _rle(lens, nl, nd, self.freq, self.tab, out, st, 1)
             else:
                 _fixed_lens(lens)
                 _put(out, st, 3, 3)   # BFINAL=1, BTYPE=01
             _codes(lens, self.tab, work, 0, _D0)
             _codes(lens, self.tab, work, _D0, 30)
-            o = _lz(src, n, self.head, self.prev, self.tab, freq, _SYM, _BX, out, st, 1)
-            if o < 0 or o != size:
+            o = _lz(src, n, self.head, self.prev, self.tab, self.freq, _SYM, _BX, out, st, emit,
+                    self._flush if emit == 2 else None)
+            if o < 0 or (emit == 1 and o != size):
                 raise RuntimeError("zcompress: size %d, counted %d" % (o, size))
-        _adler(src, n, out, o)
         self.btype = btype
-        return o + 4
+        return o

@@ -10,6 +10,9 @@ import anchor_core.zcompress as zc
 from anchor_core.zcompress import Compressor, HASH_BITS
 
 MAX = 32768 + 300  # room for a match at distance 32768 (and 32769) of length 258
+# streams through a staging buffer as small as stream() takes; made first, so that its small
+# tables do not sit between the big buffers (the inflater needs 32 KiB in one piece)
+S = Compressor(MAX, False, 1024)
 C = Compressor(MAX)  # one for every test (its buffers are the big allocation)
 BUF = bytearray(MAX)  # test inputs are built in here
 DST = bytearray(1024)  # decompressed output passes through it (MicroPython: 256 KB heap)
@@ -573,3 +576,102 @@ def test_probe_counts_without_writing():
     assert C.out[2] == first[2] ^ 0xFF                # and nothing written
     fill_random(BUF, 0, 6000, 13)
     assert C.compress(BUF, 6000, False, True) == -1
+
+
+class Pieces:
+    """A write() for Compressor.stream(): keeps a SHA-256 and the length of what it was given
+    (the pieces are views into the compressor's buffer, valid only during the call), and the
+    largest piece."""
+
+    def __init__(self, fail_at=-1):
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.calls = 0
+        self.largest = 0
+        self.fail_at = fail_at
+
+    def __call__(self, mv):
+        if self.calls == self.fail_at:
+            raise OSError(32, "link gone")
+        self.calls += 1
+        self.h.update(mv)
+        self.n += len(mv)
+        if len(mv) > self.largest:
+            self.largest = len(mv)
+
+
+
+def test_streamed_pieces_are_the_whole_stream():
+    # Text, a mix and noise that barely shrinks, at lengths around the staging buffer's: the
+    # pieces joined are byte for byte what compress() writes whole, and plan() said the length.
+    cases = 0
+    for seed, n, kind in ((1, 900, 0), (2, 1100, 0), (3, 5000, 0), (4, 32768, 0), (5, 20000, 1),
+                          (6, 32768, 2), (7, 3000, 2)):
+        if kind == 0:
+            fill_text(BUF, n, seed)
+        elif kind == 1:
+            fill_text(BUF, n, seed)
+            fill_random(BUF, n // 2, n // 2 + 3000, seed)
+        else:
+            fill_random(BUF, 0, n, seed, 200)   # 56 byte values: shrinks a little
+        whole = C.compress(BUF, n)
+        planned = S.plan(BUF, n, False, True)
+        if whole < 0:
+            if planned >= 0:
+                raise AssertionError("plan() and compress() disagree at n=%d" % n)
+            continue
+        ref = hashlib.sha256(memoryview(C.out)[:whole]).digest()
+        if planned != whole:
+            raise AssertionError("plan() said %d, compress() wrote %d" % (planned, whole))
+        p = Pieces()
+        got = S.stream(BUF, n, p)
+        if got != whole or p.n != whole or p.h.digest() != ref:
+            raise AssertionError("streamed %d/%d bytes differ from the whole %d (n=%d)" % (got, p.n, whole, n))
+        if p.largest > len(S.out) or (whole > len(S.out) and p.calls < 2):
+            raise AssertionError("pieces of %d in %d calls for %d bytes" % (p.largest, p.calls, whole))
+        cases += 1
+    if cases < 5:
+        raise AssertionError("only %d cases compressed" % cases)
+
+
+def test_plan_for_a_stream_is_bounded_by_the_input_not_the_buffer():
+    # A chunk that shrinks only to 20 KB is still worth sending compressed through a 1 KiB
+    # staging buffer; compress() into that buffer alone gives it up.
+    fill_text(BUF, 12000, 21)
+    fill_random(BUF, 12000, 32000, 22)
+    assert S.compress(BUF, 32000) == -1
+    k = S.plan(BUF, 32000, False, True)
+    assert 1024 < k < 32000
+    p = Pieces()
+    assert S.stream(BUF, 32000, p) == k == p.n
+    fill_random(BUF, 0, 32000, 23)
+    assert S.plan(BUF, 32000, False, True) == -1   # noise: not smaller than the input
+
+
+def test_stream_needs_its_plan_and_passes_write_errors_on():
+    fill_text(BUF, 8000, 31)
+    assert S.plan(BUF, 8000, False, True) > 0
+    try:
+        S.stream(BUF, 7999, Pieces())
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("streamed another length than planned")
+    p = Pieces(fail_at=1)
+    try:
+        S.stream(BUF, 8000, p)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a failing write was swallowed")
+    # the compressor is whole after that: the next chunk streams as it should
+    k = S.plan(BUF, 8000, False, True)
+    q = Pieces()
+    assert S.stream(BUF, 8000, q) == k == q.n
+    assert C.compress(BUF, 8000) == k and q.h.digest() == hashlib.sha256(memoryview(C.out)[:k]).digest()
+    try:
+        Compressor(4000, False, 512).stream(BUF, 100, Pieces())
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("streamed through a buffer smaller than a block header")
