@@ -64,12 +64,23 @@ def frame_around(prefix, body, max_payload=MAX_PAYLOAD):
     Lets a sender put a large body (a chunk) on the link straight from its own buffer,
     with no copy: on a 256 KB heap, two extra 32 KiB copies per chunk do not fit.
     """
-    n = len(prefix) + len(body)
+    head, crc = frame_open(prefix, len(body), max_payload)
+    return head, frame_tail(crc32(body, crc))
+
+
+def frame_open(prefix, n, max_payload=MAX_PAYLOAD):
+    """(head, crc) for a frame of payload prefix + a body of n bytes that the sender writes
+    in pieces after head, each passed through crc = crc32(piece, crc); frame_tail(crc) ends
+    it.  A body made as it goes out (a chunk compressed through a small buffer) never has to
+    be whole in memory."""
+    n += len(prefix)
     if n > max_payload or n > 0xFFFF:
         raise ValueError("payload of %d bytes exceeds %d" % (n, max_payload))
-    crc = crc32(body, crc32(prefix)) & 0xFFFFFFFF
-    return (struct.pack(">BBHH", 0xA7, 0x5C, n, n ^ 0xFFFF) + bytes(prefix),
-            struct.pack(">I", crc))
+    return (struct.pack(">BBHH", 0xA7, 0x5C, n, n ^ 0xFFFF) + bytes(prefix), crc32(prefix))
+
+
+def frame_tail(crc):
+    return struct.pack(">I", crc & 0xFFFFFFFF)
 
 
 class Deframer:

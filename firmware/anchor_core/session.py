@@ -99,14 +99,21 @@ class Session:
     def send_blob(self, fields, body):
         """A message whose last field is `body` (DATA, BODY), without copying the body:
         returns (head, tail) to write around it."""
+        head, crc = self.send_blob_open(fields, len(body))
+        return head, framing.frame_tail(framing.crc32(body, crc))
+
+    def send_blob_open(self, fields, n):
+        """As send_blob, for a body of n bytes the caller writes in pieces after head:
+        returns (head, crc); each piece goes through crc = framing.crc32(piece, crc), and
+        framing.frame_tail(crc) follows the last."""
         m.check(fields + [b""])
-        if len(body) > m.blob_limit(fields[0]):
+        if n > m.blob_limit(fields[0]):
             raise m.ProtocolError(m.E_TOO_LARGE, "%s payload too large" % m.NAMES.get(fields[0], fields[0]))
         self._advance(self.role, fields)
-        head, tail = framing.frame_around(m.blob_prefix(fields, len(body)), body)
-        self.bytes_out += len(head) + len(body) + len(tail)
-        self.purpose_bytes[m.purpose(fields[0])] += len(head) + len(body) + len(tail)
-        return head, tail
+        head, crc = framing.frame_open(m.blob_prefix(fields, n), n)
+        self.bytes_out += len(head) + n + 4
+        self.purpose_bytes[m.purpose(fields[0])] += len(head) + n + 4
+        return head, crc
 
     # --- rules -------------------------------------------------------------------------
 

@@ -298,3 +298,27 @@ def test_a_given_buffer_is_the_one_used():
         raise AssertionError("a buffer too small for one frame was taken")
     except ValueError:
         pass
+
+
+def test_a_body_framed_in_pieces_is_the_frame_of_the_whole():
+    # frame_open/frame_tail (a chunk compressed as it goes out) and frame_around make the
+    # frame encode_frame makes of prefix + body, and the deframer takes it back.
+    from anchor_core.framing import frame_around, frame_open, frame_tail
+    prefix = b"\x83\x05\x58\x20" + bytes(32)
+    body = bytes(range(256)) * 3
+    whole = encode_frame(prefix + body)
+    head, tail = frame_around(prefix, body)
+    assert head + body + tail == whole
+    head, crc = frame_open(prefix, len(body))
+    mv = memoryview(body)
+    for a, b in ((0, 1), (1, 300), (300, 301), (301, 768)):
+        crc = crc32(mv[a:b], crc)
+    assert head + body + frame_tail(crc) == whole
+    d = Deframer(1024)
+    assert feed_all(d, whole) == [prefix + body]
+    try:
+        frame_open(prefix, MAX_PAYLOAD)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a frame over the limit was opened")
