@@ -55,8 +55,9 @@ class _Ring:
     """Fixed-size byte FIFO: the only per-stream memory, allocated once."""
 
     def __init__(self, size):
-        self.buf = bytearray(size)
-        self.size = size
+        # size: a length, or a bytearray lent by the application (taken while its heap was whole)
+        self.buf = bytearray(size) if type(size) is int else size
+        self.size = len(self.buf)
         self.head = 0
         self.count = 0
 
@@ -134,6 +135,7 @@ class _Flight:
 
 
 MAX_INFLIGHT = const(48)
+_TX_SPARE = const(2048)    # the send ring of a second stream while the lent one is in use
 
 
 class Channel:
@@ -141,7 +143,8 @@ class Channel:
 
     mtu: largest packet the port carries; overhead: bytes the port adds per packet;
     rx_window: wire bytes this end can hold unread (a UART buffer); rx_buffer and
-    tx_buffer: per-stream byte buffers; tx_window: the most wire bytes this end may keep
+    tx_buffer: per-stream byte buffers (tx_buffer may be a bytearray: the send ring of one
+    stream at a time, the others get _TX_SPARE bytes); tx_window: the most wire bytes this end may keep
     in flight. Within it the channel keeps about the link's bandwidth-delay product in
     flight and no more (`cwnd`, adjusted once per round trip from how far the RTT rises
     above the least seen, as TCP Vegas does): bytes beyond that only queue in the link,
@@ -255,9 +258,18 @@ class Channel:
             raise ChannelError("channel not open")
         if sid in self.streams or sid < 0 or sid >= MAX_STREAMS:
             raise ChannelError("stream %d busy or out of range" % sid)
-        s = _Stream(self.rx_buffer, self.tx_buffer)
+        s = self._stream()
         self.streams[sid] = s
         return sid
+
+    def _stream(self):
+        b = self.tx_buffer
+        if type(b) is not int:
+            for o in self.streams.values():
+                if o.tx.buf is b:
+                    b = _TX_SPARE
+                    break
+        return _Stream(self.rx_buffer, b)
 
     def free_stream_id(self, urgent=False):
         base = URGENT if urgent else 0
@@ -413,7 +425,7 @@ class Channel:
                     self.rcv_nxt = (self.rcv_nxt + 1) & 0xFFFF
                     self.ack_due = 0
                     return
-                s = _Stream(self.rx_buffer, self.tx_buffer)
+                s = self._stream()
                 self.streams[sid] = s
                 self._accepted.append(sid)
             body = memoryview(pkt)[HEADER:]

@@ -375,3 +375,30 @@ def test_a_dead_anchor_end_resets_a_rover_that_still_talks():
     sim.run_until(lambda: sim.r.state == c.DEAD, 5000)
     assert "reset" in sim.r.error
     assert sim.now - start < 1000
+
+
+def test_a_lent_send_ring_serves_one_stream_at_a_time():
+    # The rover lends the channel the 16 KiB it took at start-up: the first stream sends
+    # through it (and keeps that much in flight), a second open at the same time gets a ring
+    # of its own, and once the first is gone the next stream has the lent ring again.
+    ring = bytearray(16384)
+    r = c.Channel(True, 256, overhead=10, tx_buffer=ring, tx_window=16384, rx_buffer=2048)
+    a = c.Channel(False, 256, overhead=10, rx_window=16384, rx_buffer=16384)
+    sim = Sim(r, a, up=Wire(latency=60, rate=20), down=Wire(latency=60, rate=20))
+    connect(sim)
+    sid = r.open_stream(1)
+    other = r.open_stream(2)
+    assert r.streams[sid].tx.buf is ring and r.streams[sid].tx.size == 16384
+    assert r.streams[other].tx.buf is not ring and r.streams[other].tx.size == 2048
+    data = pattern(40000, 7)
+    t0 = sim.now
+    got, _ = pump_bytes(sim, r, a, sid, data)
+    assert got == data
+    wire = 40000 * 266 // 248
+    assert wire / (sim.now - t0) >= 20 * 0.75, (wire / (sim.now - t0), r.cwnd)
+    r.close_stream(sid)
+    sim.run_until(lambda: a.read_into(1, bytearray(8)) == -1, 5000)
+    a.close_stream(1)
+    sim.run_until(lambda: sid not in r.streams, 5000)
+    third = r.open_stream(3)
+    assert r.streams[third].tx.buf is ring and r.streams[third].tx.count == 0
