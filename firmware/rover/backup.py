@@ -530,13 +530,18 @@ class Backup(Conversation):
                 mv = comp
         elif buffers.compressor is not None and ln > 64:
             # Our own deflate; a photo's first 4 KiB show it won't pay for an eighth of the
-            # cost of trying the whole chunk (probe: the encoder's counting pass only).
+            # cost of trying the whole chunk (probe: the encoder's counting pass only). The
+            # stream goes onto the link in pieces as the second pass writes them.
             c = buffers.compressor
-            if ln <= _PROBE or c.compress(mv, _PROBE, False, True) > 0:
-                k = c.compress(mv, ln)
+            if ln <= _PROBE or c.plan(mv, _PROBE, False, True) > 0:
+                k = c.plan(mv, ln, False, True)
                 if k > 0:
-                    enc = m.ENC_ZLIB
-                    mv = memoryview(c.out)[:k]
+                    self.send_compressed([m.DATA, cid, m.ENC_ZLIB], c, mv, ln, k)
+                    self._count_sent(k)
+                    return
         self.send_blob([m.DATA, cid, enc], mv)
+        self._count_sent(len(mv))
+
+    def _count_sent(self, k):
         self.stats["chunks_sent"] += 1
-        self.stats["data_bytes_sent"] += len(mv)
+        self.stats["data_bytes_sent"] += k

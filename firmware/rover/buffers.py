@@ -2,17 +2,23 @@
 # firmware leaves the heap in pieces (a 32 KiB block is the first thing that stops fitting).
 CHUNK_SIZE = 32768   # anchor_core.chunker.MAX_SIZE: file reads while hashing, one chunk to upload
 TX_SIZE = 8192       # every message the rover sends is encoded here
-# The compressor's output buffer: half a whole chunk, so that the rover fits 256 KB on a
-# radio link (docs/decisions.md, "The rover's 256 KB heap"). Chunks average 8 KiB; only those
-# over 16 KiB that do not shrink below it go raw because of it. Measured with the rover's own
-# compressor: 1.67 MB of source text and docs, and a 1.5 MB SQLite file, compress to the same
-# bytes with 16 KiB as with 20 KiB (12 KiB: 3-4% more).
-COMPRESSED_MAX = 16384
-# ...and 12 KiB when the rover shows progress (a terminal, or --json) or backs up over TLS
-# (mqtts://): the progress module's code takes ~7 KB, mbedtls ~4 KB more. Measured with the
-# rover's compressor: 12 KiB gives the same bytes on 1.9 MB of source text and 4.5% more on
-# a 2.2 MB SQLite file (8 KiB: 20-23% more on both; docs/decisions.md).
-COMPRESSED_SHOWN = 12288
+# The compressor's staging buffer: a compressed chunk goes onto the link in pieces of this
+# size as the encoder's second pass writes them (its length is known after the first pass),
+# so no buffer holds a whole compressed chunk. It was 16 KiB (12 KiB with progress shown or
+# over TLS), which sent raw the chunks that did not shrink below it; the 14 KiB it spares is
+# what buys the send window over MQTT (MQTT_RING; docs/decisions.md).
+STREAM_OUT = 2048
+# A MicroPython rover's send window over an MQTT broker: the channel's tx ring holds what is
+# in flight until the anchor acknowledges it. Over cellular (100 kB/s, 50 ms each way,
+# tools/bench-goodput) 2 KiB moved 17.7% of the link, 8 KiB 70.6%, 12 KiB 84.4%, 16 KiB
+# 85.2%. Taken at start-up with the other buffers, while the heap is whole; other links keep
+# the channel's 2 KiB.
+MQTT_RING = 12288
+# ...taken later, when the link opens (a board's main.py cannot know its link before it
+# reads rover.json), only if this much heap stays free besides: a board running frozen
+# firmware has ~55 KB more than the unix port's 256K with .mpy files (docs/rover.md), where
+# a paired MQTT backup keeps ~18 KB free without the ring at its peak.
+RING_RESERVE = 49152
 
 
 # A session's receive buffer (anchor_core/framing.py Deframer: one frame and its overhead)
@@ -42,8 +48,10 @@ tx = None
 records = (None, None)   # (seal, open) buffers for one secure link at a time, or Nones: securelink takes its own
 rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at a time)
 rread = None         # bytearray(READ_SIZE)
-compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~23 KB:
-                     # its output, 4 KiB of hash-chain links, ~3 KB of counts and code tables)
+compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~9 KB:
+                     # its staging buffer, 4 KiB of hash-chain links, ~3 KB of counts and code tables)
+ring = None          # bytearray(MQTT_RING) for the MQTT channel's send window; 0: none (the
+                     # channel's 2 KiB); None: not decided (a board's link opens take it)
 # A restore (rover/restore.py) compresses nothing and inflates chunks as they arrive: its
 # reads, copies and inflated pieces go through this much, and it takes no compressor.
 RESTORE_CHUNK = 8192
@@ -65,12 +73,12 @@ def tty():
         return False
 
 
-def allocate(restore=False, out=0, rx_payload=0, paired=False):
-    """out: the compressor's output size (default COMPRESSED_MAX); rx_payload: the largest
-    message the rover's conversations will take (RX_SMALL or RX_PAYLOAD; 0: none taken
-    here, each conversation takes its own); paired: the rover has a pairing key, so its
-    links are secured (records)."""
-    global chunk, tx, compressor, inflate_room, rx, rread, records
+def allocate(restore=False, rx_payload=0, paired=False, mqtt=0):
+    """rx_payload: the largest message the rover's conversations will take (RX_SMALL or
+    RX_PAYLOAD; 0: none taken here, each conversation takes its own); paired: the rover has
+    a pairing key, so its links are secured (records); mqtt: 1 the link is an MQTT broker
+    (take the send window's ring), -1 an MQTT broker with no room for it."""
+    global chunk, tx, compressor, inflate_room, rx, rread, records, ring
     if chunk is None:
         chunk = bytearray(RESTORE_CHUNK if restore else CHUNK_SIZE)
         tx = bytearray(TX_SIZE)
@@ -79,6 +87,8 @@ def allocate(restore=False, out=0, rx_payload=0, paired=False):
         if rx_payload:
             rx = bytearray(rx_payload + RX_OVERHEAD)
             rread = bytearray(READ_SIZE)
+        if mqtt and MICROPYTHON:
+            ring = bytearray(MQTT_RING) if mqtt > 0 else 0
         if restore:
             try:
                 import zlib  # noqa: F401  (CPython inflates with zlib: no reserve)
@@ -89,30 +99,32 @@ def allocate(restore=False, out=0, rx_payload=0, paired=False):
             import zlib  # noqa: F401  (CPython: the rover compresses with zlib instead)
         except ImportError:
             from anchor_core.zcompress import Compressor
-            # Chunks go raw unless smaller; over COMPRESSED_MAX only if they shrink below it.
-            compressor = Compressor(CHUNK_SIZE, False, out or COMPRESSED_MAX)
+            # Chunks go raw unless smaller; the stream goes out through STREAM_OUT.
+            compressor = Compressor(CHUNK_SIZE, False, STREAM_OUT)
 
 
 def start(argv):
     """main.py's first step: take what the command will hold for its whole length while the
-    heap is in one piece. A restore takes other buffers; a backup that shows progress, or
-    goes over TLS, a smaller compressor output."""
+    heap is in one piece. A restore takes other buffers."""
     import os
-    out = 0
     paired = False
+    mqtt = 0
     # Opening a link leaves the heap in pieces of a few KB (and mbedtls over TLS in smaller
     # ones): the session's receive buffers and a paired rover's record buffers, taken after
     # it, were what backups over serial, MQTT and TLS ran out of.
     rx = RX_SMALL if "backup" in argv or "run" in argv else RX_PAYLOAD
     for a in argv:
-        if "mqtts://" in a:
-            out = COMPRESSED_SHOWN
-    if "--json" in argv or ("-q" not in argv and "--quiet" not in argv and tty()):
-        out = COMPRESSED_SHOWN
+        if a.startswith("mqtt://") or a.startswith("mqtts://"):
+            mqtt = 1
+    # Shown progress keeps its code on the heap (~7 KB) and a thread drawing it: a paired
+    # MQTT backup then needed 267,776 B with the ring, so it goes without (2 KiB in flight,
+    # 17.7% of a cellular hop instead of 84%; a board shows no progress).
+    if mqtt and ("--json" in argv or ("-q" not in argv and "--quiet" not in argv and tty())):
+        mqtt = -1
     for i in range(len(argv) - 1):
         if argv[i] == "--state":
             try:
                 paired = os.stat(argv[i + 1] + "/pairing.key")[6] > 0
             except OSError:
                 pass
-    allocate("restore" in argv, out, rx, paired)
+    allocate("restore" in argv, rx, paired, mqtt)

@@ -1,5 +1,6 @@
 # One session with the anchor over a link: the rover's half of the sans-I/O core, plus
 # the buffers it reuses. Backups and relay requests are both conversations.
+from anchor_core import framing
 from anchor_core import messages as m
 from anchor_core import states
 from anchor_core.session import Session
@@ -40,6 +41,18 @@ class Conversation:
         self.link.write(head)
         self.link.write(body)
         self.link.write(tail)
+
+    def send_compressed(self, fields, c, src, n, size):
+        """A message whose last field is the zlib stream of src[:n] that compressor c planned
+        (size bytes): its pieces go onto the link as the compressor makes them."""
+        head, self._crc = self.sess.send_blob_open(fields, size)
+        self.link.write(head)
+        c.stream(src, n, self._piece)
+        self.link.write(framing.frame_tail(self._crc))
+
+    def _piece(self, mv):
+        self._crc = framing.crc32(mv, self._crc)
+        self.link.write(mv)
 
     def recv(self, *expected):
         """The next message from the anchor, which must be of one of the expected types.

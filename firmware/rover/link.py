@@ -84,14 +84,30 @@ def _mqtt(url, device, urgent):
             raise BadAddress("--mqtt-password-file %s: %s" % (pw_file, e))
     if ca is not None and not tls:
         raise BadAddress("--mqtt-ca is for an mqtts:// link, not %s" % url)
-    # A broker over cellular holds a round trip of 100 ms or more: the 2 KiB a MicroPython
-    # rover's heap affords per stream is a fifth of what fills 100 kB/s at 50 ms each way.
-    # CPython keeps up to the anchor's whole window in flight (the channel's cwnd finds
-    # the link's own share of it).
+    # A broker over cellular holds a round trip of 100 ms or more: a MicroPython rover keeps
+    # up to 12 KiB in flight (rover/buffers.py MQTT_RING), CPython up to the anchor's whole
+    # window (the channel's cwnd finds the link's own share of either).
     port = MqttPort(host, port_no, device, opts.get("mtu"), (ca or "") if tls else None, user, password)
     if MICROPYTHON:
-        return over_channel(port, urgent)
+        return over_channel(port, urgent, tx_buffer=_mqtt_ring())
     return over_channel(port, urgent, tx_buffer=65535, tx_window=65535)
+
+
+def _mqtt_ring():
+    """The MQTT send ring main.py took at start-up, or one taken now (a board's main.py does
+    not know its link before rover.json is read) if the heap can spare it; else the
+    channel's 2 KiB (a fifth of the goodput over cellular)."""
+    import gc
+    from rover import buffers
+    if buffers.ring is None:
+        gc.collect()
+        buffers.ring = 0
+        if gc.mem_free() >= buffers.MQTT_RING + buffers.RING_RESERVE:
+            try:
+                buffers.ring = bytearray(buffers.MQTT_RING)
+            except MemoryError:
+                pass
+    return buffers.ring or 2048
 
 
 def _ble(url, device, urgent, adapter=None, **kw):

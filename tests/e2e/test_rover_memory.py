@@ -10,7 +10,7 @@ from tests.support.harness import ROVER_MPY, AnchorProc, anchorctl, make_tree
 
 
 
-@pytest.mark.parametrize("heap", ["64K", "120K", "180K"])
+@pytest.mark.parametrize("heap", ["64K", "120K", "160K"])
 def test_a_heap_too_small_is_one_line_and_changes_nothing(tmp_path, heap):
     a = AnchorProc(str(tmp_path / "anchor")).start()
     try:
