@@ -20,9 +20,24 @@ DST = bytearray(1024)  # decompressed output passes through it (MicroPython: 256
 if MICROPYTHON:
     import deflate
 
+    class _Reader(io.IOBase):
+        """A stream over a buffer, read in place: io.BytesIO would copy a 33 KiB stream, and
+        that copy and the inflater's 32 KiB window each need a run of the heap that long, which
+        after this module is compiled it holds only by luck."""
+
+        def __init__(self, buf):
+            self.mv = memoryview(buf)
+            self.pos = 0
+
+        def readinto(self, b):
+            k = min(len(b), len(self.mv) - self.pos)
+            b[:k] = self.mv[self.pos:self.pos + k]
+            self.pos += k
+            return k
+
     def inflate_digest(stream):
         """sha256 of the decompressed stream, read through DST (no big allocations)."""
-        d = deflate.DeflateIO(io.BytesIO(stream), deflate.ZLIB)
+        d = deflate.DeflateIO(_Reader(stream), deflate.ZLIB)
         h = hashlib.sha256()
         mv = memoryview(DST)
         n = 0
@@ -392,7 +407,9 @@ def check(n, always=False):
     """Round trip of BUF[:n] through the platform's zlib, and through the decoder above."""
     k = roundtrip(BUF, n, always)
     if k > 0:
-        inf = Inflated(C.out[:k], False)
+        # read in place: a copy (33 KiB at most) would live on in `inf` while the caller's next
+        # round trip wants a 32 KiB run of the heap for the inflater's window
+        inf = Inflated(memoryview(C.out)[:k], False)
         assert inf.out_len == n and inf.btype == C.btype, (n, inf.btype, C.btype)
         return k, inf
     return k, None
