@@ -1,0 +1,312 @@
+# Sub-chunk deltas: a changed chunk sent as its difference from the chunk it replaces.
+#
+# The anchor holds the old chunk (the base).  It sends the base's block signatures; the
+# rover finds those blocks in the new chunk with a rolling checksum and answers with copy
+# and literal instructions; the anchor rebuilds the chunk and keeps it only if it hashes to
+# its id.  The idea is rsync's (a cheap rolling sum finds candidates, a strong hash confirms
+# them), sized for a radio: at most MAX_BLOCKS blocks per base, 8 bytes of signature each.
+#
+# Signatures (docs/protocol.md, "Sub-chunk deltas"): per full block of the base, in order,
+#   a (u16 BE) = sum of the block's bytes mod 2**16
+#   b (u16 BE) = sum of (blk - k) * byte[k] mod 2**16
+#   the first 4 bytes of SHA-256 of the block
+# (a base's last, partial block has none: the bytes it held come as literals.)
+#
+# Instructions: unsigned LEB128 varints.  v even: v >> 1 literal bytes follow (at least 1);
+# v odd: copy v >> 1 blocks (at least 1) of the base, the first block's index follows.
+#
+# MicroPython: the rolling scan and the table fill are @micropython.viper over preallocated
+# buffers (the table is 16-bit words lent by the caller: the rover lends its compressor's
+# chain table, idle between chunks); nothing here grows with the chunk.  CPython runs the
+# same functions as plain Python.
+import hashlib
+
+from anchor_core.compat import const, MICROPYTHON
+
+if MICROPYTHON:
+    import micropython
+else:
+    class micropython:  # noqa: N801  (CPython: the viper functions run as plain Python)
+        @staticmethod
+        def viper(f):
+            return f
+
+    ptr8 = ptr16 = ptr32 = None  # viper's pointer annotations
+
+MAX_BLOCKS = const(256)   # signatures of one base: at most 2 KiB, one BASE message
+SIG = const(8)            # bytes of signature per block
+_STRONG = const(4)        # bytes of SHA-256 per block
+MIN_BLOCK = const(64)
+MAX_BLOCK = const(4096)
+TABLE_WORDS = const(1024)  # the encoder's lookup table: 16-bit words, >= 2 * MAX_BLOCKS
+_NONE = const(0x7FFFFFFF)  # st[2]: the rolling sums hold no window
+
+
+def block_size(n):
+    """The block size for a base of n bytes: the power of two nearest sqrt(8 n) from below
+    (signature bytes n / blk * 8 balance the literal a changed block costs, ~blk), raised
+    until the base has at most MAX_BLOCKS blocks."""
+    blk = MIN_BLOCK
+    while blk < MAX_BLOCK and (blk * 2) * (blk * 2) <= 8 * n:
+        blk *= 2
+    while blk < MAX_BLOCK and n // blk > MAX_BLOCKS:
+        blk *= 2
+    return blk
+
+
+def _sums(mv, blk):
+    a = 0
+    b = 0
+    for k in range(blk):
+        x = mv[k]
+        a += x
+        b += (blk - k) * x
+    return a & 0xFFFF, b & 0xFFFF
+
+
+def signatures(base, blk):
+    """The signatures of base's full blocks (bytes, SIG per block)."""
+    mv = memoryview(base)
+    nb = len(base) // blk
+    if nb > MAX_BLOCKS or blk < MIN_BLOCK or blk > MAX_BLOCK:
+        raise ValueError("delta: %d blocks of %d bytes is outside the limits" % (nb, blk))
+    out = bytearray(nb * SIG)
+    for i in range(nb):
+        blkmv = mv[i * blk:(i + 1) * blk]
+        a, b = _sums(blkmv, blk)
+        o = i * SIG
+        out[o] = a >> 8
+        out[o + 1] = a & 0xFF
+        out[o + 2] = b >> 8
+        out[o + 3] = b & 0xFF
+        out[o + 4:o + SIG] = hashlib.sha256(blkmv).digest()[:_STRONG]
+    return bytes(out)
+
+
+@micropython.viper
+def _fill(tab: ptr16, mask: int, sigs: ptr8, nb: int):
+    i = 0
+    while i <= mask:
+        tab[i] = 0
+        i += 1
+    i = 0
+    while i < nb:
+        o = i * 8
+        a = (sigs[o] << 8) | sigs[o + 1]
+        b = (sigs[o + 2] << 8) | sigs[o + 3]
+        h = (a + b * 31) & mask
+        while tab[h] != 0:
+            h = (h + 1) & mask
+        tab[h] = i + 1
+        i += 1
+
+
+@micropython.viper
+def _scan(src: ptr8, pos: int, end: int, blk: int, st: ptr32, sigs: ptr8, tab: ptr16,
+          mask: int) -> int:
+    # The first window start >= pos whose rolling sums equal some block's (st[3]: that
+    # block), or -1.  st[0], st[1] carry the sums of the window at st[2] between calls.
+    if pos + blk > end:
+        return -1
+    a = int(st[0])
+    b = int(st[1])
+    if int(st[2]) == pos - 1 and pos > 0:
+        x = src[pos - 1]
+        a = (a - x + src[pos + blk - 1]) & 0xFFFF
+        b = (b - blk * x + a) & 0xFFFF
+    elif int(st[2]) != pos:
+        a = 0
+        b = 0
+        k = 0
+        while k < blk:
+            x = src[pos + k]
+            a += x
+            b += (blk - k) * x
+            k += 1
+        a &= 0xFFFF
+        b &= 0xFFFF
+    while True:
+        h = (a + b * 31) & mask
+        while tab[h] != 0:
+            i = tab[h] - 1
+            o = i * 8
+            if ((sigs[o] << 8) | sigs[o + 1]) == a and ((sigs[o + 2] << 8) | sigs[o + 3]) == b:
+                st[0] = a
+                st[1] = b
+                st[2] = pos
+                st[3] = i
+                return pos
+            h = (h + 1) & mask
+        if pos + blk >= end:
+            st[2] = _NONE
+            return -1
+        x = src[pos]
+        a = (a - x + src[pos + blk]) & 0xFFFF
+        b = (b - blk * x + a) & 0xFFFF
+        pos += 1
+
+
+def _varint(out, o, v):
+    """v into out at o as LEB128; the new offset, or -1 if out has no room."""
+    lim = len(out)
+    while True:
+        if o >= lim:
+            return -1
+        if v < 0x80:
+            out[o] = v
+            return o + 1
+        out[o] = (v & 0x7F) | 0x80
+        v >>= 7
+        o += 1
+
+
+class Encoder:
+    """The rover's side: instructions that turn the base into src[:n]."""
+
+    def __init__(self, table=None):
+        if table is None:
+            from array import array
+            table = array("H", bytes(2 * TABLE_WORDS))
+        words = len(table) // 2 if MICROPYTHON else len(table)
+        mask = 1
+        while mask * 2 <= words and mask * 2 <= TABLE_WORDS:
+            mask *= 2
+        if mask < 2 * MAX_BLOCKS:
+            raise ValueError("delta: table of %d words is too small" % words)
+        self.tab = table
+        self.mask = mask - 1
+        self.st = bytearray(16) if MICROPYTHON else [0, 0, 0, 0]
+
+    def encode(self, src, n, blk, sigs, out):
+        """Instructions into out; their length, or -1 if they do not fit out (the chunk
+        changed too much for a delta to pay)."""
+        nb = len(sigs) // SIG
+        if nb > MAX_BLOCKS or nb * SIG != len(sigs) or blk < MIN_BLOCK or blk > MAX_BLOCK:
+            raise ValueError("delta: bad signatures")
+        mv = memoryview(src)
+        st = self.st
+        _fill(self.tab, self.mask, sigs, nb)
+        _set(st, 2, _NONE)
+        o = 0
+        lit = 0            # start of the bytes not yet covered
+        pos = 0
+        run_i = 0          # the pending copy: blocks run_i .. run_i + run_n - 1
+        run_n = 0
+        while True:
+            p = _scan(mv, pos, n, blk, st, sigs, self.tab, self.mask)
+            if p < 0:
+                break
+            i = _get(st, 3)
+            so = i * SIG + 4
+            if hashlib.sha256(mv[p:p + blk]).digest()[:_STRONG] != sigs[so:so + _STRONG]:
+                pos = p + 1
+                continue
+            if p > lit or (run_n and i != run_i + run_n):
+                if run_n:
+                    o = _copy(out, o, run_i, run_n)
+                    run_n = 0
+                if p > lit:
+                    o = _literal(out, o, mv, lit, p)
+                if o < 0:
+                    return -1
+            if run_n:
+                run_n += 1
+            else:
+                run_i = i
+                run_n = 1
+            pos = lit = p + blk
+            _set(st, 2, _NONE)
+        if run_n:
+            o = _copy(out, o, run_i, run_n)
+        if o >= 0 and n > lit:
+            o = _literal(out, o, mv, lit, n)
+        return o
+
+
+def _get(st, i):
+    if MICROPYTHON:
+        return st[4 * i] | st[4 * i + 1] << 8 | st[4 * i + 2] << 16 | st[4 * i + 3] << 24
+    return st[i]
+
+
+def _set(st, i, v):
+    if MICROPYTHON:
+        for k in range(4):
+            st[4 * i + k] = (v >> (8 * k)) & 0xFF
+    else:
+        st[i] = v
+
+
+def _copy(out, o, first, count):
+    if o < 0:
+        return -1
+    o = _varint(out, o, count << 1 | 1)
+    return _varint(out, o, first) if o >= 0 else -1
+
+
+def _literal(out, o, mv, start, end):
+    if o < 0:
+        return -1
+    k = end - start
+    o = _varint(out, o, k << 1)
+    if o < 0 or o + k > len(out):
+        return -1
+    out[o:o + k] = mv[start:end]
+    return o + k
+
+
+def apply(base, blk, ops, size):
+    """The anchor's side: the chunk the instructions build from base, as bytes.  Raises
+    ValueError on instructions that reach outside the base or past `size` bytes."""
+    nb = len(base) // blk
+    bmv = memoryview(base)
+    omv = memoryview(ops)
+    out = bytearray(size)
+    o = 0
+    i = 0
+    n = len(ops)
+    while i < n:
+        v = 0
+        shift = 0
+        while True:
+            if i >= n or shift > 28:
+                raise ValueError("delta: instruction cut short")
+            x = omv[i]
+            i += 1
+            v |= (x & 0x7F) << shift
+            shift += 7
+            if not x & 0x80:
+                break
+        k = v >> 1
+        if k == 0:
+            raise ValueError("delta: empty instruction")
+        if v & 1:
+            first = 0
+            shift = 0
+            while True:
+                if i >= n or shift > 28:
+                    raise ValueError("delta: copy cut short")
+                x = omv[i]
+                i += 1
+                first |= (x & 0x7F) << shift
+                shift += 7
+                if not x & 0x80:
+                    break
+            if first + k > nb:
+                raise ValueError("delta: copy of blocks %d..%d of a base of %d"
+                                 % (first, first + k - 1, nb))
+            ln = k * blk
+            src = bmv[first * blk:first * blk + ln]
+        else:
+            ln = k
+            if i + ln > n:
+                raise ValueError("delta: literal runs past the instructions")
+            src = omv[i:i + ln]
+            i += ln
+        if o + ln > size:
+            raise ValueError("delta: builds more than %d bytes" % size)
+        out[o:o + ln] = src
+        o += ln
+    if o != size:
+        raise ValueError("delta: builds %d bytes, not %d" % (o, size))
+    return bytes(out)
