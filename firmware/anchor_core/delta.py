@@ -39,7 +39,7 @@ _STRONG = const(4)        # bytes of SHA-256 per block
 MIN_BLOCK = const(64)
 MAX_BLOCK = const(4096)
 TABLE_WORDS = const(1024)  # the encoder's lookup table: 16-bit words, >= 2 * MAX_BLOCKS
-_NONE = const(0x7FFFFFFF)  # st[2]: the rolling sums hold no window
+_NONE = const(0xFFFFF)  # st[2]: the rolling sums hold no window (past any chunk position)
 
 
 def block_size(n):
@@ -165,8 +165,11 @@ class Encoder:
 
     def __init__(self, table=None):
         if table is None:
-            from array import array
-            table = array("H", bytes(2 * TABLE_WORDS))
+            if MICROPYTHON:
+                table = bytearray(2 * TABLE_WORDS)
+            else:
+                from array import array
+                table = array("H", bytes(2 * TABLE_WORDS))
         words = len(table) // 2 if MICROPYTHON else len(table)
         mask = 1
         while mask * 2 <= words and mask * 2 <= TABLE_WORDS:
@@ -310,3 +313,64 @@ def apply(base, blk, ops, size):
     if o != size:
         raise ValueError("delta: builds %d bytes, not %d" % (o, size))
     return bytes(out)
+
+
+# --- messages (docs/protocol.md, "Sub-chunk deltas") ---------------------------------------
+# Installed into messages.py and states.py by install(), as the restore's are: a rover that
+# is never offered a base never loads this module.
+BASEQ = const(33)     # rover: [chunk id]: the signatures of the base the anchor named for it
+BASE = const(34)      # anchor: [chunk id, block size, signatures]; block size 0: no base now
+DELTA = const(35)     # rover: [chunk id, size, instructions]
+DELTAOK = const(36)   # anchor: [chunk id, bool]: stored; false: send the chunk whole (DATA)
+D_AWAIT_BASE = const(16)   # anchor owes BASE for the last BASEQ
+D_AWAIT_OK = const(17)     # anchor owes DELTAOK for the last DELTA
+MAX_CHUNK = const(65536)
+
+
+def install():
+    from anchor_core import messages as m
+    from anchor_core import states as st
+    if BASEQ in m.NAMES:
+        return
+    for t, name in ((BASEQ, "BASEQ"), (BASE, "BASE"), (DELTA, "DELTA"), (DELTAOK, "DELTAOK")):
+        m.NAMES[t] = name
+    st.name_states(D_AWAIT_BASE, ("D_AWAIT_BASE", "D_AWAIT_OK"))
+    tr = st.TRANSITIONS
+    tr[(st.READY, st.ROVER, BASEQ)] = D_AWAIT_BASE
+    tr[(D_AWAIT_BASE, st.ANCHOR, BASE)] = st.READY
+    tr[(st.READY, st.ROVER, DELTA)] = D_AWAIT_OK
+    tr[(D_AWAIT_OK, st.ANCHOR, DELTAOK)] = st.READY
+    prev = m._ext
+
+    def ext(msg):
+        if BASEQ <= msg[0] <= DELTAOK:
+            return check(msg)
+        if prev is None:
+            m._fail("unknown message type %d" % msg[0])
+        return prev(msg)
+    m._ext = ext
+
+
+def check(msg):
+    """messages.check() for the delta's types; raises ProtocolError."""
+    from anchor_core import messages as m
+    t = msg[0]
+    if len(msg) < (2, 4, 4, 3)[t - BASEQ]:
+        m._fail("%s too short" % m.NAMES[t])
+    if type(msg[1]) is not bytes or len(msg[1]) != 32:
+        m._fail("chunk id must be 32 bytes")
+    if t == BASE:
+        blk, sigs = msg[2], msg[3]
+        if type(blk) is not int or (blk and (blk < MIN_BLOCK or blk > MAX_BLOCK or blk & (blk - 1))):
+            m._fail("block size must be 0 or a power of two in [%d, %d]" % (MIN_BLOCK, MAX_BLOCK))
+        if type(sigs) is not bytes or len(sigs) % SIG or len(sigs) > MAX_BLOCKS * SIG:
+            m._fail("signatures must be bytes, %d per block, at most %d blocks" % (SIG, MAX_BLOCKS))
+    elif t == DELTA:
+        if type(msg[2]) is not int or msg[2] < 1 or msg[2] > MAX_CHUNK:
+            m._fail("delta size must be in [1, %d]" % MAX_CHUNK)
+        if type(msg[3]) is not bytes or len(msg[3]) > MAX_CHUNK + 1024:
+            m._fail("delta instructions must be bytes of at most %d" % (MAX_CHUNK + 1024), m.E_TOO_LARGE)
+    elif t == DELTAOK:
+        if type(msg[2]) is not bool:
+            m._fail("DELTAOK's verdict must be a bool")
+    return msg

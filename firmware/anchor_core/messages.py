@@ -169,6 +169,7 @@ ENC_ZLIB = const(1)
 CAP_ZLIB = const(1)   # sender can produce zlib DATA (every anchor accepts it)
 CAP_PROVE = const(2)  # rover answers NEED's proof challenges (PROOF) for chunks it holds
 CAP_BODY = const(8)   # rover takes BODY of up to MAX_BODY bytes from the anchor (else 4 KiB)
+CAP_DELTA = const(16)  # rover sends changed chunks as deltas against a base (anchor_core/delta.py)
 # The anchor takes raw names (byte-string paths and link targets that are not UTF-8), paths
 # and targets of up to 4096 bytes, and mtimes anywhere in CBOR's integer range (§3,
 # "Entries"). A rover talking to an anchor without it skips, and lists, what needs it.
@@ -392,7 +393,11 @@ def proof(chunk_id, tag):
     return [PROOF, chunk_id, tag]
 
 
-def need(parts, challenge=None):
+def need(parts, challenge=None, bases=None):
+    # bases: per part, the positions of wanted chunks the anchor holds an old version of
+    # (anchor_core/delta.py); only for a rover that said CAP_DELTA
+    if bases:
+        return [NEED, parts, challenge or None, bases]
     if challenge:
         return [NEED, parts, challenge]
     return [NEED, parts]
@@ -560,7 +565,14 @@ def check(msg):
             _int(p[_PART_START], 0, 1 << 40, "chunk index")
             for i in _list(p[_PART_WANTED], MAX_IDS, "needed"):
                 _int(i, 0, MAX_IDS - 1, "needed index")
-        if n > NEED_CHALLENGE:
+        if n > NEED_CHALLENGE + 1:
+            # positions per part of wanted chunks with an old version at the anchor (delta.py)
+            if len(_list(msg[NEED_CHALLENGE + 1], MAX_ENTRIES, "base parts")) != len(msg[NEED_PARTS]):
+                _fail("bases must list positions for every need part")
+            for q in msg[NEED_CHALLENGE + 1]:
+                for i in _list(q, MAX_IDS, "positions with a base"):
+                    _int(i, 0, MAX_IDS - 1, "position with a base")
+        if n > NEED_CHALLENGE and msg[NEED_CHALLENGE] is not None:
             # [nonce, [positions to prove, per part]]: chunks the anchor holds from another
             # rover, matched only once this one proves it has the bytes (PROOF)
             pr = msg[NEED_CHALLENGE]

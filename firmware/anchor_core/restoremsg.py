@@ -53,7 +53,7 @@ def install():
                     (SEEDLIST, "SEEDLIST"), (SEEDEND, "SEEDEND"), (RPUT, "RPUT"), (RCOPY, "RCOPY"),
                     (RDATA, "RDATA"), (RDEL, "RDEL"), (RDONE, "RDONE"), (RTOTAL, "RTOTAL")):
         m.NAMES[t] = name
-    st.STATE_NAMES = st.STATE_NAMES + ("R_ASKED", "R_SEEDING", "R_AWAIT_ASK", "R_PLAN")
+    st.name_states(R_ASKED, ("R_ASKED", "R_SEEDING", "R_AWAIT_ASK", "R_PLAN"))
     tr = st.TRANSITIONS
     tr[(st.READY, st.ROVER, RESTORE)] = R_ASKED
     tr[(R_ASKED, st.ANCHOR, RSNAP)] = R_SEEDING
@@ -66,7 +66,13 @@ def install():
         tr[(R_PLAN, st.ANCHOR, t)] = R_PLAN
     tr[(R_PLAN, st.ANCHOR, RDONE)] = st.READY
     tr[(R_PLAN, st.ANCHOR, m.FAIL)] = st.READY
-    m._ext = check
+    prev = m._ext     # another extension's checks (anchor_core/delta.py) stay in force
+
+    def ext(msg):
+        if RESTORE <= msg[0] <= RTOTAL or prev is None:
+            return check(msg)
+        return prev(msg)
+    m._ext = ext
 
 
 def _path(p, empty=False):

@@ -138,6 +138,10 @@ class Session:
             self._request = (24, msg[1])
         elif t == 24:
             self._expect(t, msg[1])
+        elif t == 33 or t == 35:       # delta.BASEQ, DELTA: answered by BASE, DELTAOK of that chunk
+            self._request = (t + 1, msg[1])
+        elif t == 34 or t == 36:
+            self._expect(t, msg[1])
         self.state = nxt
 
     def _expect(self, t, key):

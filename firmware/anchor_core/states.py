@@ -57,6 +57,17 @@ TRANSITIONS = {
 }
 
 
+def name_states(first, names):
+    """Names for states numbered from `first` (an extension's: restoremsg.py, delta.py),
+    whichever extension installs first."""
+    global STATE_NAMES
+    have = list(STATE_NAMES)
+    while len(have) < first + len(names):
+        have.append("STATE_%d" % len(have))
+    have[first:first + len(names)] = names
+    STATE_NAMES = tuple(have)
+
+
 def next_state(state, sender, mtype):
     """The state after `sender` sends a message of `mtype`, or -1 if not allowed."""
     if mtype == m.ERROR:

@@ -71,6 +71,10 @@ _PART_IDS = const(2)
 _PART_WANTED = const(2)
 
 
+_DELTA_MIN = const(512)    # smaller chunks go whole: a block of signatures is 64 bytes of them
+_DELTA_OUT = const(4096)   # a CPython rover's instructions; a larger delta pays too little
+
+
 class _Skip(Exception):
     pass
 
@@ -108,7 +112,9 @@ class Backup(Conversation):
         self.cfile = None
         self.cpath = state_dir + "/batch.chunks"
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
-                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0}
+                      "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0,
+                      "chunks_delta": 0, "delta_sig_bytes": 0}
+        self._dl = None          # anchor_core.delta once a NEED offered a base; False: no room
 
     def skip(self, rel, code, arg):
         from rover import notstored
@@ -147,7 +153,7 @@ class Backup(Conversation):
             self.racy = st[4]
         unload(state)
         state = st = None
-        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE)
+        w = self.hello(parent, (m.CAP_ZLIB if (zlib or buffers.compressor) else 0) | m.CAP_PROVE | m.CAP_DELTA)
         self.names = len(w) > _WELCOME_CAPS and bool(w[_WELCOME_CAPS] & _CAP_NAMES)
         if parent is not None and not w[m.WELCOME_PARENT_OK]:
             self.log("anchor does not hold snapshot %d; describing the whole tree" % parent)
@@ -474,9 +480,10 @@ class Backup(Conversation):
         self.send(m.chunklist(parts))
         msg = self.recv(m.NEED)          # the session checked it echoes these parts
         need = msg[m.NEED_PARTS]
-        if len(msg) > m.NEED_CHALLENGE:
+        if len(msg) > m.NEED_CHALLENGE and msg[m.NEED_CHALLENGE] is not None:
             self._prove(recs, parts, msg[m.NEED_CHALLENGE][m.CHALLENGE_NONCE],
                         msg[m.NEED_CHALLENGE][m.CHALLENGE_POSITIONS])
+        bases = msg[m.NEED_CHALLENGE + 1] if len(msg) > m.NEED_CHALLENGE + 1 else None
         for k in range(len(parts)):
             wanted = need[k][_PART_WANTED]
             if not wanted:
@@ -489,7 +496,7 @@ class Backup(Conversation):
                     if i >= len(ids):
                         raise RoverError("anchor asked for chunk %d of a list of %d" % (i, len(ids)))
                     off, ln, cid = self._read_rec(recs, first + start + i)
-                    self._send_chunk(f, path, off, ln, cid)
+                    self._send_chunk(f, path, off, ln, cid, bases is not None and i in bases[k])
             finally:
                 f.close()
 
@@ -517,11 +524,13 @@ class Backup(Conversation):
             finally:
                 f.close()
 
-    def _send_chunk(self, f, path, off, ln, cid):
+    def _send_chunk(self, f, path, off, ln, cid, based=False):
         f.seek(off)
         mv = memoryview(self.cbuf)[:ln]
         if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
             self._changed(path)
+        if based and ln >= _DELTA_MIN and self._send_delta(cid, mv, ln):
+            return
         enc = m.ENC_RAW
         if zlib is not None:
             comp = zlib.compress(mv, 6)
@@ -541,6 +550,56 @@ class Backup(Conversation):
                     return
         self.send_blob([m.DATA, cid, enc], mv)
         self._count_sent(len(mv))
+
+    def _send_delta(self, cid, mv, ln):
+        """The chunk as a delta against the old chunk the anchor named (NEED's bases), if
+        that is smaller than the chunk as DATA would carry it; True once the anchor rebuilt
+        it.  The signatures cost a round trip (BASEQ, BASE) and the verdict another."""
+        d = self._deltas()
+        if d is None:
+            return False
+        self.send([d.BASEQ, cid])
+        b = self.recv(d.BASE)
+        blk, sigs = b[2], b[3]
+        self.stats["delta_sig_bytes"] += len(sigs)
+        if not blk:
+            return False
+        c = buffers.compressor
+        out = c.out if c is not None else self._dout
+        k = self._denc.encode(mv, ln, blk, sigs, out)
+        if k < 0:
+            return False
+        if zlib is not None:
+            if len(zlib.compress(mv, 6)) <= k:
+                return False
+        elif c is not None and k > ln // 4:
+            # maybe compression does better: its counting pass says (and takes the table)
+            p = c.plan(mv, ln, False, True)
+            if 0 < p <= k:
+                return False
+            k = self._denc.encode(mv, ln, blk, sigs, out)
+        self.send([d.DELTA, cid, ln, bytes(memoryview(out)[:k])])
+        if not self.recv(d.DELTAOK)[2]:
+            self.log("the anchor could not rebuild a chunk from its delta; sending it whole")
+            return False
+        self.stats["chunks_delta"] += 1
+        self._count_sent(k)
+        return True
+
+    def _deltas(self):
+        if self._dl is None:
+            try:
+                from anchor_core import delta
+                delta.install()
+                c = buffers.compressor
+                # a MicroPython rover lends the compressor's chain table and staging buffer,
+                # idle between chunks; its instructions are at most that buffer
+                self._denc = delta.Encoder(c.prev if c is not None else None)
+                self._dout = None if c is not None else bytearray(_DELTA_OUT)
+                self._dl = delta
+            except MemoryError:
+                self._dl = False
+        return self._dl or None
 
     def _count_sent(self, k):
         self.stats["chunks_sent"] += 1

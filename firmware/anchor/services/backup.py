@@ -6,10 +6,12 @@ arrive (so a resumed session never re-sends them), and nothing becomes part of a
 until COMMIT, which checks the whole tree against the rover's root digest first. CPython only.
 """
 import asyncio
+import hashlib
 import logging
 import os
 
 from anchor_core import chunker
+from anchor_core import delta
 from anchor_core import messages as m
 from anchor_core.hmac256 import hmac_sha256
 from anchor_core.secure import equal
@@ -22,6 +24,7 @@ FLUSH_BYTES = 1 << 20   # received bytes between flushes: an SD erase block or s
 WATCH_SECONDS = 600     # how long queued data may take to pass through (docs/protocol.md section 6)
 
 log = logging.getLogger("anchor.backup")
+delta.install()
 
 # What a session may hold in the anchor's memory until COMMIT (docs/protocol.md section 4,
 # "Session limits"): the manifest delta, the objects it names, their chunk lists and the
@@ -84,6 +87,13 @@ class BackupHandler:
         self.proving = {}             # chunk id -> nonce: held from another rover, to be proven
         self.can_prove = False        # the rover answers proof challenges (CAP_PROVE)
         self.caps = 0                 # HELLO's capability bits
+        self.can_delta = False        # the rover sends changed chunks as deltas (CAP_DELTA)
+        self.parent_walk = None       # the parent tree, read along with the manifest
+        self.parent_rec = None        # ...its record at or after the last path asked about
+        self.old_of = {}              # oid -> oid of the parent snapshot's file at its path
+        self.old_lists = {}           # old oid -> (its chunk ids, set of them)
+        self.bases = {}               # needed chunk id -> the old chunk it may be a delta of
+        self.base_sent = {}           # chunk id -> block size of the signatures sent (BASE)
         self.uploaded_set = set()     # chunk ids received this session
         self.in_use = set()           # chunk ids of objects answered "have" this session
         self.unscoped = []            # ...of which not yet durable and in the device's scope
@@ -134,6 +144,10 @@ class BackupHandler:
         if t == m.PROOF:
             self._proof(msg)
             return []
+        if t == delta.BASEQ:
+            return [self._baseq(msg)]
+        if t == delta.DELTA:
+            return [self._delta(msg)]
         if t == m.COMMIT:
             return [self._commit(msg)]
         if t == m.ERROR:
@@ -148,6 +162,7 @@ class BackupHandler:
         self.retention.protect(self.in_use)
         self.device = msg[m.HELLO_DEVICE]
         self.can_prove = bool(msg[m.HELLO_CAPS] & m.CAP_PROVE)
+        self.can_delta = bool(msg[m.HELLO_CAPS] & m.CAP_DELTA)
         self.caps = msg[m.HELLO_CAPS]
         self.dev = self.catalog.device_id(self.device)
         self.catalog.seen(self.dev)
@@ -171,7 +186,7 @@ class BackupHandler:
         self.parent = parent
         log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
                  "ok" if ok else ("unknown" if snap is None else "damaged"), latest)
-        return m.welcome(latest, ok, m.CAP_ZLIB | m._CAP_NAMES)
+        return m.welcome(latest, ok, m.CAP_ZLIB | m._CAP_NAMES | m.CAP_DELTA)
 
     # --- manifest ----------------------------------------------------------------------
 
@@ -221,7 +236,31 @@ class BackupHandler:
                 continue
             self.wanted[i] = oid
             wanted.append(i)
+            old = self._old_version(e[m.ENTRY_PATH], key)
+            if old is not None and old != oid:
+                self.old_of[oid] = old
         return m.verdict(msg[m.ENTRIES_SEQ], wanted, watched)
+
+    def _old_version(self, path, key):
+        """The object id the parent snapshot held at `path` (a file), or None.  The manifest
+        comes in canonical order, so the parent tree is read along with it, once."""
+        if not self.can_delta or self.parent is None:
+            return None
+        try:
+            if self.parent_walk is None:
+                snap = self.catalog.snapshot(self.dev, self.parent)
+                self.parent_walk = self.trees.read(snap["root"] if snap else None)
+                self.parent_rec = next(self.parent_walk, None)
+            rec = self.parent_rec
+            while rec is not None and m.path_key(rec[m.REC_PATH]) < key:
+                rec = self.parent_rec = next(self.parent_walk, None)
+        except TreeError as e:
+            log.warning("rover %s: no deltas this session: %s", self.device, e)
+            self.can_delta = False
+            return None
+        if rec is None or rec[m.REC_PATH] != path or rec[m.REC_TYPE] != m.T_FILE:
+            return None
+        return rec[m.REC_OID]
 
     def _recipe(self, oid):
         if not self.catalog.device_has_object(self.dev, oid):
@@ -253,16 +292,19 @@ class BackupHandler:
         estimate = 0
         self.nonce = os.urandom(16) if self.can_prove else None
         prove = []
+        bases = []
         for index, start, ids, last in (p[:4] for p in msg[m.CHUNKLIST_PARTS]):
             oid = self.wanted.get(index)
             if oid is None or oid in self.declared:
                 raise m.ProtocolError(m.E_PROTOCOL, "chunk list for entry %d, which was not asked for" % index)
             size = self.expected[oid]
+            old = self.old_of.get(oid)
             needed, challenged = self._list_part(oid, start, ids, last)
             if needed:
                 estimate += self._estimate(oid, size, len(needed), last)
             out.append(m.need_part(index, start, needed))
             prove.append(challenged)
+            bases.append(self._bases(oid, old, start, ids, needed) if old is not None and needed else [])
         if estimate:
             # Before the upload: will what this NEED asks for fit? An estimate from the file
             # sizes (scaled by how well this session's chunks compressed so far); _data makes
@@ -272,9 +314,48 @@ class BackupHandler:
             except retention.StoreFull as e:
                 log.warning("rover %s: %s", self.device, e.text())
                 raise m.ProtocolError(m.E_FULL, e.text())
-        if any(prove):
-            return m.need(out, [self.nonce, prove])
-        return m.need(out)
+        return m.need(out, [self.nonce, prove] if any(prove) else None, bases if any(bases) else None)
+
+    def _bases(self, oid, old, start, ids, needed):
+        """Positions (in this part) of needed chunks the rover may send as deltas, each
+        against the old version's chunk in the same place: after the nearest chunk before it
+        that both versions hold (or before the nearest such chunk after it), else at the
+        same index.  Only when the versions share a chunk or the old one is at most two
+        chunks long: a file whose every chunk is new (a photo replaced) gets whole chunks."""
+        got = self.old_lists.get(old)
+        if got is None:
+            info = self.catalog.object_chunks(old)
+            if info is None:
+                return []
+            old_ids = info[self.catalog.OBJECT_CHUNKS]
+            self._charge(CHUNK_COST * len(old_ids))
+            got = self.old_lists[old] = (old_ids, dict((c, i) for i, c in enumerate(old_ids)))
+        old_ids, where = got
+        if len(old_ids) > 2 and not any(c in where for c in ids):
+            known = self.declared.get(oid) or (None, self.declaring.get(oid, b""))
+            if not any(bytes(known[1][k:k + 32]) in where for k in range(0, len(known[1]), 32)):
+                return []
+        out = []
+        for i in needed:
+            pos = None
+            for j in range(i - 1, -1, -1):
+                if ids[j] in where:
+                    pos = where[ids[j]] + (i - j)
+                    break
+            if pos is None:
+                for j in range(i + 1, len(ids)):
+                    if ids[j] in where:
+                        pos = where[ids[j]] - (j - i)
+                        break
+            if pos is None or not 0 <= pos < len(old_ids):
+                pos = start + i
+            if pos >= len(old_ids):
+                continue
+            base = old_ids[pos]
+            if base != ids[i] and self.store.has(base):
+                self.bases[ids[i]] = base
+                out.append(i)
+        return out
 
     def _estimate(self, oid, size, n, last):
         """Store bytes of n chunks of object `oid` (of `size` bytes): the object's mean chunk
@@ -345,6 +426,43 @@ class BackupHandler:
         self.counts["chunks_proven"] = self.counts.get("chunks_proven", 0) + 1
         self.counts["supplied_proven"] = self.counts.get("supplied_proven", 0) + len(raw)
 
+    def _baseq(self, msg):
+        cid = msg[1]
+        base = self.bases.get(cid)
+        if base is None or cid not in self.needed:
+            raise m.ProtocolError(m.E_PROTOCOL, "BASEQ for chunk %s, which was offered no base" % cid.hex()[:16])
+        raw = self.store.get(base)
+        if raw is None or len(raw) < delta.MIN_BLOCK:
+            return [delta.BASE, cid, 0, b""]          # gone since NEED: the rover sends it whole
+        blk = delta.block_size(len(raw))
+        sigs = delta.signatures(raw, blk)
+        self.base_sent[cid] = blk
+        self.counts["delta_sig_bytes"] = self.counts.get("delta_sig_bytes", 0) + len(sigs)
+        return [delta.BASE, cid, blk, sigs]
+
+    def _delta(self, msg):
+        cid, size, ops = msg[1], msg[2], msg[3]
+        blk = self.base_sent.pop(cid, None)
+        if blk is None or cid not in self.needed:
+            raise m.ProtocolError(m.E_PROTOCOL, "DELTA for chunk %s without its BASE" % cid.hex()[:16])
+        raw = self.store.get(self.bases[cid])
+        if raw is None:
+            return [delta.DELTAOK, cid, False]
+        try:
+            new = delta.apply(raw, blk, ops, size)
+        except ValueError as e:
+            raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: %s" % (cid.hex()[:16], e))
+        if hashlib.sha256(new).digest() != cid:
+            # the base was not what the rover's signatures matched (a collision of the weak
+            # and short strong sums): nothing is stored, the rover sends the chunk whole
+            log.info("rover %s: delta of chunk %s does not rebuild it; asking for the whole chunk",
+                     self.device, cid.hex()[:16])
+            self.counts["delta_refused"] = self.counts.get("delta_refused", 0) + 1
+            return [delta.DELTAOK, cid, False]
+        self._accept(cid, m.ENC_RAW, new, len(ops))
+        self.counts["chunks_delta"] = self.counts.get("chunks_delta", 0) + 1
+        return [delta.DELTAOK, cid, True]
+
     def _data(self, msg):
         cid, enc, payload = msg[m.DATA_ID], msg[m.DATA_ENC], msg[m.DATA_PAYLOAD]
         if cid in self.proving:
@@ -353,6 +471,11 @@ class BackupHandler:
             self.needed.add(cid)
         if cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "chunk %s was not asked for" % cid.hex()[:16])
+        self._accept(cid, enc, payload, len(payload))
+
+    def _accept(self, cid, enc, payload, radio):
+        """Store a needed chunk that came as `radio` bytes (DATA's payload, DELTA's
+        instructions)."""
         # At most this much once stored: the payload as it came, or the raw bytes when they
         # are smaller. Room first (evicting pass-through data), then the bytes.
         nbytes = retention.RECORD + len(payload)
@@ -376,10 +499,10 @@ class BackupHandler:
         self.uploaded_set.add(cid)
         self.unscoped.append(cid)
         self.unflushed += len(payload)
-        self.counts["backup_rx_data"] += len(payload)
+        self.counts["backup_rx_data"] += radio
         self.counts["chunks_uploaded"] += 1
         self.counts["raw_uploaded"] += raw_len
-        self.rx_sent += len(payload)
+        self.rx_sent += radio
         self.rx_raw += raw_len
         self.counts["supplied_uploaded"] = self.counts.get("supplied_uploaded", 0) + raw_len
         if self.unflushed >= FLUSH_BYTES:
