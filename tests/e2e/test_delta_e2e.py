@@ -214,3 +214,99 @@ def test_hostile_deltas_are_refused_with_the_reason(anchor, tmp_path, case):
     # nothing of the refused session was committed
     snaps = json.loads(anchorctl(anchor.address, "snapshots", "r1", "--json").stdout)
     assert [x["id"] for x in snaps] == [1]
+
+
+class SwappingRelay:
+    """A neighbour on an open link: relays one rover at a time to the anchor, and in every
+    BASE the anchor sends, swaps the signatures of blocks 0 and 1 (re-framed, so the frame
+    checks pass).  The rover then copies the wrong block: its delta cannot rebuild the chunk."""
+
+    def __init__(self, anchor_port):
+        import socket
+        import threading
+        self.anchor_port = anchor_port
+        self.lst = socket.socket()
+        self.lst.bind(("127.0.0.1", 0))
+        self.lst.listen(4)
+        self.port = self.lst.getsockname()[1]
+        self.swapped = 0
+        self.threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                r, _ = self.lst.accept()
+            except OSError:
+                return
+            a = socket.create_connection(("127.0.0.1", self.anchor_port), timeout=60)
+            r.settimeout(60)
+            for src, dst, tamper in ((r, a, False), (a, r, True)):
+                t = threading.Thread(target=self._pump, args=(src, dst, tamper), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src, dst, tamper):
+        from anchor_core import cbor, framing
+        d = framing.Deframer()
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not tamper:
+                    dst.sendall(data)
+                    continue
+                d.receive_data(data)
+                for _ in range(10_000):
+                    p = d.next_frame()
+                    if p is None:
+                        break
+                    msg = cbor.decode(p)
+                    if msg[0] == delta.BASE and len(msg[3]) >= 2 * delta.SIG:
+                        s = msg[3]
+                        msg[3] = s[8:16] + s[:8] + s[16:]
+                        self.swapped += 1
+                        p = cbor.encode(msg)
+                    dst.sendall(framing.encode_frame(p))
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.lst.close()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_rover_whose_delta_is_refused_sends_the_chunk_whole(anchor, tmp_path, runtime):
+    v1, v2 = database_versions()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "db.bin").write_bytes(v1)
+    state = str(tmp_path / "state")
+    relay = SwappingRelay(anchor.port)
+    try:
+        link = "tcp://127.0.0.1:%d" % relay.port
+        run_rover(runtime, link, "r1", state, "backup", str(src))
+        (src / "db.bin").write_bytes(v2)
+        p = run_rover(runtime, link, "r1", state, "backup", str(src))
+    finally:
+        relay.close()
+    assert "snapshot 2 committed" in p.stdout, p.stdout
+    assert "could not rebuild a chunk from its delta; sending it whole" in p.stdout + p.stderr
+    assert relay.swapped >= 1
+    c = counters(anchor, "r1")
+    assert c.get("delta_refused", 0) >= 1 and c.get("chunks_delta", 0) == 0, c
+    out = str(tmp_path / "restore")
+    anchorctl(anchor.address, "restore", "r1", "2", "--to", out)
+    assert open(os.path.join(out, "db.bin"), "rb").read() == v2
