@@ -7,7 +7,10 @@ paired rover (secure channel, channel, compressor, and for MQTT the rover's MQTT
 mqtts mbedtls too) completes a first backup, to 1 KiB. Two trees: "batches" fills whole
 batches (12 x 100 kB random files and 20 text notes: 33 entries, ~150 chunks); "phone" is the
 phone-like tree of tests/e2e/test_rover_restore.py (seed 4: photos, a SQLite-like file,
-notes in folders), which needs ~1.5 KB more and is what a test ran out of. Prints one JSON
+notes in folders), which needs ~1.5 KB more and is what a test ran out of; "edited" is the
+phone tree backed up once with room to spare, then edited in place (bytes overwritten in the
+database file and two notes), and the heap bisected for the second backup, which must send
+sub-chunk deltas (the anchor counts them; a rover that fell back to whole chunks fails). Prints one JSON
 line per link and tree: {"bench": "rover_heap", "link", "tree", "min_heap_bytes",
 "margin_bytes" (256 KiB minus that), "trials"}.
 
@@ -41,7 +44,7 @@ def trial(mpy, kind, heap, args=(), tree="batches"):
     """True if the paired rover completes a first backup with `heap` bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
-        if tree == "phone":
+        if tree in ("phone", "edited"):
             from tests.e2e.test_rover_restore import make_phone
             make_phone(src, seed=4)
         else:
@@ -72,14 +75,36 @@ def trial(mpy, kind, heap, args=(), tree="batches"):
             p = rover(mpy, LIMIT * 2, "tcp://unused:1", state, "pair", code)
             if p.returncode != 0:
                 raise SystemExit("pairing failed: " + p.stdout + p.stderr)
+            snap = 1
+            if tree == "edited":
+                p = rover(mpy, LIMIT * 2, link, state, *login, "backup", src, "--retries", "0")
+                if "snapshot 1 committed" not in p.stdout:
+                    raise SystemExit("first backup failed: " + p.stdout + p.stderr)
+                edit(src)
+                snap = 2
             p = rover(mpy, heap, link, state, *login, "backup", src, "--retries", "0", *args)
-            return p.returncode == 0 and ('"type": "summary"' in p.stdout if args else "snapshot 1 committed" in p.stdout)
+            done = p.returncode == 0 and ('"type": "summary"' in p.stdout if args
+                                          else "snapshot %d committed" % snap in p.stdout)
+            if done and tree == "edited":
+                stats = json.loads(anchorctl(anchor.address, "stats", "--json").stdout)
+                done = stats["devices"]["rover-h"].get("chunks_delta", 0) > 0
+            return done
         finally:
             anchor.stop()
             if emu:
                 emu.close()
             if broker:
                 broker.close()
+
+
+def edit(src):
+    """Bytes overwritten in place: three places in the database file, a word in two notes."""
+    for rel, spots in (("app/db/store.db", (1000, 90000, 150000)), ("notes/n01.txt", (300,)),
+                       ("notes/n05.txt", (700,))):
+        with open(os.path.join(src, rel), "r+b") as f:
+            for at in spots:
+                f.seek(at)
+                f.write(b"EDITED")
 
 
 def smallest(mpy, kind, lo=128 * 1024, hi=LIMIT + 64 * 1024, args=(), tree="batches"):

@@ -435,6 +435,8 @@ def blob_limit(t):
         return _DATA_LIMIT
     if t == BODY:
         return MAX_BODY
+    if t == 35:           # anchor_core/delta.py DELTA: the instructions, as DATA's payload
+        return _DATA_LIMIT
     return -1
 
 

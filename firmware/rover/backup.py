@@ -578,7 +578,7 @@ class Backup(Conversation):
             if 0 < p <= k:
                 return False
             k = self._denc.encode(mv, ln, blk, sigs, out)
-        self.send([d.DELTA, cid, ln, bytes(memoryview(out)[:k])])
+        self.send_blob([d.DELTA, cid, ln], memoryview(out)[:k])
         if not self.recv(d.DELTAOK)[2]:
             self.log("the anchor could not rebuild a chunk from its delta; sending it whole")
             return False

@@ -1,9 +1,9 @@
-# anchor_core.delta: signatures of a base, the rover's rolling-checksum encoder, the anchor's
-# rebuild.  Plain functions: runs under pytest (CPython) and under tests/core/mpy_runner.py
+# anchor_core.delta and .deltabase: signatures of a base, the rover's rolling-checksum encoder,
+# the anchor's rebuild.  Plain functions: runs under pytest (CPython) and under tests/core/mpy_runner.py
 # (MicroPython, 256 KB heap, the viper scan), so no pytest imports.
 import hashlib
 
-from anchor_core import delta
+from anchor_core import delta, deltabase
 from anchor_core.compat import MICROPYTHON
 
 N = 16384
@@ -43,31 +43,31 @@ def fill_random(buf, start, end, seed):
 
 
 def round_trip(base_n, new_n, out=OUT):
-    blk = delta.block_size(base_n)
-    sigs = delta.signatures(memoryview(BASE)[:base_n], blk)
+    blk = deltabase.block_size(base_n)
+    sigs = deltabase.signatures(memoryview(BASE)[:base_n], blk)
     k = ENC.encode(NEW, new_n, blk, sigs, out)
     if k < 0:
         return k, blk
-    got = delta.apply(bytes(BASE[:base_n]), blk, memoryview(out)[:k], new_n)
+    got = deltabase.apply(bytes(BASE[:base_n]), blk, memoryview(out)[:k], new_n)
     if hashlib.sha256(got).digest() != hashlib.sha256(memoryview(NEW)[:new_n]).digest():
         raise AssertionError("rebuilt chunk differs")
     return k, blk
 
 
 def test_block_sizes():
-    assert delta.block_size(100) == 64
-    assert delta.block_size(2048) == 128
-    assert delta.block_size(8192) == 256
-    assert delta.block_size(65536) == 512
+    assert deltabase.block_size(100) == 64
+    assert deltabase.block_size(2048) == 128
+    assert deltabase.block_size(8192) == 256
+    assert deltabase.block_size(65536) == 512
     for n in (1, 64, 1000, 8192, 30000, 65536, 1 << 20):
-        blk = delta.block_size(n)
+        blk = deltabase.block_size(n)
         assert delta.MIN_BLOCK <= blk <= delta.MAX_BLOCK
         assert n // blk <= delta.MAX_BLOCKS or blk == delta.MAX_BLOCK
 
 
 def test_signatures_are_eight_bytes_per_full_block():
     fill_pages(BASE, 8200, 1)
-    sigs = delta.signatures(memoryview(BASE)[:8200], 256)
+    sigs = deltabase.signatures(memoryview(BASE)[:8200], 256)
     assert len(sigs) == 32 * delta.SIG         # the 8 bytes past 32 blocks have none
     blk0 = memoryview(BASE)[:256]
     assert sigs[4:8] == hashlib.sha256(blk0).digest()[:4]
@@ -117,7 +117,7 @@ def test_nothing_in_common_does_not_fit_a_small_out():
 def test_repeated_blocks_and_reordered_blocks():
     fill_pages(BASE, 4096, 8)
     # the base's blocks in another order, one of them twice
-    blk = delta.block_size(4096)                 # 128
+    blk = deltabase.block_size(4096)                 # 128
     order = (5, 4, 3, 3, 0, 1, 2, 31, 30)
     for j, b in enumerate(order):
         NEW[j * blk:(j + 1) * blk] = BASE[b * blk:(b + 1) * blk]
@@ -136,19 +136,19 @@ def test_a_wrong_base_is_caught_by_the_hash():
     fill_pages(BASE, 8192, 10)
     NEW[:8192] = BASE[:8192]
     NEW[4000:4004] = b"edit"
-    blk = delta.block_size(8192)
-    sigs = delta.signatures(memoryview(BASE)[:8192], blk)
+    blk = deltabase.block_size(8192)
+    sigs = deltabase.signatures(memoryview(BASE)[:8192], blk)
     k = ENC.encode(NEW, 8192, blk, sigs, OUT)
     assert 0 < k < 1024
     other = bytearray(BASE[:8192])
     other[100:110] = b"0123456789"               # the anchor's old chunk is not this base
-    got = delta.apply(bytes(other), blk, memoryview(OUT)[:k], 8192)
+    got = deltabase.apply(bytes(other), blk, memoryview(OUT)[:k], 8192)
     assert hashlib.sha256(got).digest() != hashlib.sha256(memoryview(NEW)[:8192]).digest()
 
 
 def rejects(base, blk, ops, size, word):
     try:
-        delta.apply(base, blk, ops, size)
+        deltabase.apply(base, blk, ops, size)
     except ValueError as e:
         if word not in str(e):
             raise AssertionError("%r does not say %r" % (str(e), word))
@@ -167,7 +167,7 @@ def test_apply_rejects_what_a_hostile_rover_could_send():
     rejects(base, 128, bytes((0x03, 0)), 64, "more than")           # 128 B into 64
     rejects(base, 128, bytes((0x03, 0)), 200, "not 200")            # 128 B, 200 promised
     rejects(base, 128, bytes((0xFF,) * 6), 1, "cut short")          # varint past 28 bits
-    assert delta.apply(base, 128, bytes((0x05, 1, 0x04, 7, 8)), 258) == base[128:384] + b"\x07\x08"
+    assert deltabase.apply(base, 128, bytes((0x05, 1, 0x04, 7, 8)), 258) == base[128:384] + b"\x07\x08"
 
 
 def test_encoder_refuses_bad_signatures():

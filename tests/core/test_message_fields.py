@@ -80,6 +80,11 @@ def test_a_message_one_field_short_is_refused():
         [rm.RPUT, "d", m.T_DIR, 0, 0, 0o755, None, None, rm.H_WRITE, 0, None], [rm.RCOPY, 0, "f", 0, 1],
         [rm.RDATA, cid, m.ENC_RAW, 1, 1, b"x"], [rm.RDEL, "f"], [rm.RDONE, 0, 0, 0, 0], [rm.RTOTAL, 0, 0, 0],
     ]
+    # and the sub-chunk delta's (anchor_core/delta.py)
+    from anchor_core import delta
+    delta.install()
+    shortest += [[delta.BASEQ, cid], [delta.BASE, cid, 0, b""], [delta.DELTA, cid, 1, b"\x02x"],
+                 [delta.DELTAOK, cid, True]]
     assert sorted(msg[m.MSG_TYPE] for msg in shortest) == list(range(1, len(m.NAMES) + 1))
     for msg in shortest:
         m.check(msg)

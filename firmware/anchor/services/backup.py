@@ -12,6 +12,7 @@ import os
 
 from anchor_core import chunker
 from anchor_core import delta
+from anchor_core import deltabase
 from anchor_core import messages as m
 from anchor_core.hmac256 import hmac_sha256
 from anchor_core.secure import equal
@@ -434,8 +435,8 @@ class BackupHandler:
         raw = self.store.get(base)
         if raw is None or len(raw) < delta.MIN_BLOCK:
             return [delta.BASE, cid, 0, b""]          # gone since NEED: the rover sends it whole
-        blk = delta.block_size(len(raw))
-        sigs = delta.signatures(raw, blk)
+        blk = deltabase.block_size(len(raw))
+        sigs = deltabase.signatures(raw, blk)
         self.base_sent[cid] = blk
         self.counts["delta_sig_bytes"] = self.counts.get("delta_sig_bytes", 0) + len(sigs)
         return [delta.BASE, cid, blk, sigs]
@@ -449,7 +450,7 @@ class BackupHandler:
         if raw is None:
             return [delta.DELTAOK, cid, False]
         try:
-            new = delta.apply(raw, blk, ops, size)
+            new = deltabase.apply(raw, blk, ops, size)
         except ValueError as e:
             raise m.ProtocolError(m.E_BAD_DATA, "chunk %s: %s" % (cid.hex()[:16], e))
         if hashlib.sha256(new).digest() != cid:
