@@ -10,7 +10,8 @@ phone-like tree of tests/e2e/test_rover_restore.py (seed 4: photos, a SQLite-lik
 notes in folders), which needs ~1.5 KB more and is what a test ran out of; "edited" is the
 phone tree backed up once with room to spare, then edited in place (bytes overwritten in the
 database file and two notes), and the heap bisected for the second backup, which must send
-sub-chunk deltas (the anchor counts them; a rover that fell back to whole chunks fails). Prints one JSON
+sub-chunk deltas (the anchor counts them; a rover that fell back to whole chunks fails);
+"second" is the same second backup, which may send whole chunks. Prints one JSON
 line per link and tree: {"bench": "rover_heap", "link", "tree", "min_heap_bytes",
 "margin_bytes" (256 KiB minus that), "trials"}.
 
@@ -44,7 +45,7 @@ def trial(mpy, kind, heap, args=(), tree="batches"):
     """True if the paired rover completes a first backup with `heap` bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "src")
-        if tree in ("phone", "edited"):
+        if tree in ("phone", "edited", "second"):
             from tests.e2e.test_rover_restore import make_phone
             make_phone(src, seed=4)
         else:
@@ -76,7 +77,7 @@ def trial(mpy, kind, heap, args=(), tree="batches"):
             if p.returncode != 0:
                 raise SystemExit("pairing failed: " + p.stdout + p.stderr)
             snap = 1
-            if tree == "edited":
+            if tree in ("edited", "second"):
                 p = rover(mpy, LIMIT * 2, link, state, *login, "backup", src, "--retries", "0")
                 if "snapshot 1 committed" not in p.stdout:
                     raise SystemExit("first backup failed: " + p.stdout + p.stderr)

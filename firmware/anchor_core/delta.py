@@ -267,7 +267,8 @@ def check(msg):
         blk, sigs = msg[2], msg[3]
         if type(blk) is not int or (blk and (blk < MIN_BLOCK or blk > MAX_BLOCK or blk & (blk - 1))):
             m._fail("block size must be 0 or a power of two in [%d, %d]" % (MIN_BLOCK, MAX_BLOCK))
-        if type(sigs) is not bytes or len(sigs) % SIG or len(sigs) > MAX_BLOCKS * SIG:
+        # a view into a rover's receive buffer (session.py zero_copy), or bytes
+        if type(sigs) not in (bytes, memoryview) or len(sigs) % SIG or len(sigs) > MAX_BLOCKS * SIG:
             m._fail("signatures must be bytes, %d per block, at most %d blocks" % (SIG, MAX_BLOCKS))
     elif t == DELTA:
         if type(msg[2]) is not int or msg[2] < 1 or msg[2] > MAX_CHUNK:

@@ -18,7 +18,7 @@ class Session:
         self.peer = st.ANCHOR if role == st.ROVER else st.ROVER
         self.state = st.START
         self._deframer = framing.Deframer(max_payload, buffer_size, zero_copy)
-        self._views = 1024 if zero_copy else 0
+        self._views = 256 if zero_copy else 0     # byte strings this long come as views
         self._pending = b""          # bytes the deframer had no room for yet
         # With tx_buffer, send() encodes into one preallocated buffer and returns a
         # memoryview of it, valid until the next send (the rover's heap cannot afford a

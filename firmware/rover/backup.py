@@ -73,6 +73,8 @@ _PART_WANTED = const(2)
 
 _DELTA_MIN = const(512)    # smaller chunks go whole: a block of signatures is 64 bytes of them
 _DELTA_OUT = const(4096)   # a CPython rover's instructions; a larger delta pays too little
+_DELTA_ROOM = const(8192)  # free heap a MicroPython rover wants before it asks for a base
+_mem_free = getattr(gc, "mem_free", None)
 
 
 class _Skip(Exception):
@@ -558,6 +560,12 @@ class Backup(Conversation):
         d = self._deltas()
         if d is None:
             return False
+        if _mem_free is not None:
+            # BASE's signatures (up to 2 KiB) and what decoding and encoding allocate must
+            # fit: a MemoryError past BASEQ would end the backup, a whole chunk does not
+            gc.collect()
+            if _mem_free() < _DELTA_ROOM:
+                return False
         self.send([d.BASEQ, cid])
         b = self.recv(d.BASE)
         blk, sigs = b[2], b[3]

@@ -94,8 +94,8 @@ class Progress:
                 Backup._flush_batch(self)
                 prog.flushed()
 
-            def _send_chunk(self, f, path, off, ln, cid):
-                Backup._send_chunk(self, f, path, off, ln, cid)
+            def _send_chunk(self, f, path, off, ln, cid, based=False):
+                Backup._send_chunk(self, f, path, off, ln, cid, based)
                 prog.sent(ln)
 
             def _wait_for_watched(self):
