@@ -228,10 +228,10 @@ _P_RELAY = const(2)
 
 def purpose(t):
     """What a message type's bytes on the link are for: control, backup or relay."""
+    if FETCH <= t <= FAIL or t >= 40:    # from 40 on: a resumed upload (resumemsg.py)
+        return _P_RELAY
     if ENTRIES <= t <= DATA or t >= WATCHWAIT:     # from 21 on: a restore (restoremsg.py)
         return _P_BACKUP
-    if FETCH <= t <= FAIL:
-        return _P_RELAY
     return _P_CONTROL
 
 

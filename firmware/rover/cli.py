@@ -120,6 +120,7 @@ def main(argv=None):
         try:
             from rover.relay import Relay
             r = Relay(link, opts["device"], log)
+            r.state = opts["state"]
             r.open()
             if cmd == "fetch":
                 status, size = r.fetch(rest[1], opts["out"])

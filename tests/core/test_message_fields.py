@@ -80,12 +80,15 @@ def test_a_message_one_field_short_is_refused():
         [rm.RPUT, "d", m.T_DIR, 0, 0, 0o755, None, None, rm.H_WRITE, 0, None], [rm.RCOPY, 0, "f", 0, 1],
         [rm.RDATA, cid, m.ENC_RAW, 1, 1, b"x"], [rm.RDEL, "f"], [rm.RDONE, 0, 0, 0, 0], [rm.RTOTAL, 0, 0, 0],
     ]
-    # and the sub-chunk delta's (anchor_core/delta.py)
+    # and the sub-chunk delta's (anchor_core/delta.py) and resumed uploads' (anchor_core/resumemsg.py)
     from anchor_core import delta
+    from anchor_core import resumemsg as um
     delta.install()
+    um.install()
     shortest += [[delta.BASEQ, cid], [delta.BASE, cid, 0, b""], [delta.DELTA, cid, 1, b"\x02x"],
-                 [delta.DELTAOK, cid, True]]
-    assert sorted(msg[m.MSG_TYPE] for msg in shortest) == list(range(1, len(m.NAMES) + 1))
+                 [delta.DELTAOK, cid, True],
+                 um.upask(b"u" * um.ID_SIZE), um.held(b"u" * um.ID_SIZE, 0, cid)]
+    assert sorted(msg[m.MSG_TYPE] for msg in shortest) == sorted(m.NAMES)
     for msg in shortest:
         m.check(msg)
         try:
@@ -94,7 +97,7 @@ def test_a_message_one_field_short_is_refused():
             assert e.code == m.E_PROTOCOL
         else:
             assert False, "accepted %r" % (msg[:-1],)
-    for t in (0, -1, len(m.NAMES) + 1, 1 << 70):
+    for t in (0, -1, 37, max(m.NAMES) + 1, 1 << 70):
         try:
             m.check([t, 1, 2, 3, 4, 5, 6])
         except m.ProtocolError as e:

@@ -96,6 +96,7 @@ class CountingRelay:
         self._threads = []
         self._conns = []   # (client, upstream) socket pairs open now, for a cut
         self._cut_at = None  # cut_down_at()
+        self._cut_up_at = None  # cut_up_at()
         t = threading.Thread(target=self._accept, daemon=True)
         t.start()
         if cut_every is not None:
@@ -154,6 +155,12 @@ class CountingRelay:
         with self._lock:
             self._cut_at = n
 
+    def cut_up_at(self, n):
+        """Cut every connection once `n` bytes in all have gone rover -> anchor (counted
+        across connections, like `up`): at most n pass."""
+        with self._lock:
+            self._cut_up_at = n
+
     def _cutter(self):
         lo, hi = self._cut_range
         while not self._stop.wait(self._rng.uniform(lo, hi)):
@@ -204,6 +211,12 @@ class CountingRelay:
                         if self._cut_at is not None and self.down + len(data) >= self._cut_at:
                             data = data[:self._cut_at - self.down]
                             self._cut_at = None
+                            cut = True
+                elif up and self._cut_up_at is not None:
+                    with self._lock:
+                        if self._cut_up_at is not None and self.up + len(data) >= self._cut_up_at:
+                            data = data[:self._cut_up_at - self.up]
+                            self._cut_up_at = None
                             cut = True
                 self._count(len(data), up)
                 if bucket:

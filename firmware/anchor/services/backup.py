@@ -14,6 +14,7 @@ from anchor_core import chunker
 from anchor_core import delta
 from anchor_core import deltabase
 from anchor_core import messages as m
+from anchor_core import resumemsg
 from anchor_core.hmac256 import hmac_sha256
 from anchor_core.secure import equal
 from anchor.storage.chunks import StoreError
@@ -187,7 +188,7 @@ class BackupHandler:
         self.parent = parent
         log.info("rover %s: backup session, parent %s (%s), latest %s", self.device, msg[m.HELLO_PARENT],
                  "ok" if ok else ("unknown" if snap is None else "damaged"), latest)
-        return m.welcome(latest, ok, m.CAP_ZLIB | m._CAP_NAMES | m.CAP_DELTA)
+        return m.welcome(latest, ok, m.CAP_ZLIB | m._CAP_NAMES | m.CAP_DELTA | resumemsg.CAP_UPRESUME)
 
     # --- manifest ----------------------------------------------------------------------
 

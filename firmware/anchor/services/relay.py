@@ -7,14 +7,19 @@ read instead of filling the anchor's memory. Every body that passes whole is cap
 CPython only.
 """
 import asyncio
+import hashlib
 import http.client
 import logging
 import os
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 from anchor_core import messages as m
+from anchor_core import resumemsg
+
+resumemsg.install()
 
 log = logging.getLogger("anchor.relay")
 
@@ -26,8 +31,18 @@ QUEUE_DEPTH = 8
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BODY = 256 << 20
 # Messages whose handling awaits the network (the daemon awaits handle() for these).
-RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END, m.WATCHWAIT)
+RELAY_TYPES = (m.FETCH, m.SEND, m.PUBLISH, m.BODY, m.END, m.WATCHWAIT, resumemsg.UPASK)
 FETCH_RESUME = 3              # FETCH's optional [offset, validator] (docs/protocol.md §5)
+# An upload the link cut off (SEND or PUBLISH with an upload id) is held for its rover to
+# come back and send the rest: this long, at most this many per device and in all (the
+# oldest goes first). Its bytes stay drawn on the spool budget while held.
+HOLD_SECONDS = 600.0
+HOLD_PER_DEVICE = 2
+HOLD_MAX = 8
+# A resume of an upload another session of the rover is still receiving (its link is gone but
+# the anchor has not seen it close yet, or is reading what arrived before the cut) waits this
+# long for that session to end, then takes the upload from it.
+TAKEOVER_WAIT = 5.0
 
 
 class _Feed:
@@ -185,6 +200,42 @@ def _range_total(crange, start):
     return total
 
 
+def _digest(path, n):
+    """SHA-256 of the first n bytes of a held upload's spool file (what HELD tells the
+    rover, which checks it against its own file before it sends the rest)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while n > 0:
+            b = f.read(min(n, 1 << 20))
+            if not b:
+                raise OSError("spool file %s is shorter than what it should hold" % path)
+            h.update(b)
+            n -= len(b)
+    return h.digest()
+
+
+class _Upload:
+    """One SEND or PUBLISH body on its way in from the rover."""
+    __slots__ = ("kind", "req", "declared", "spool", "keep", "got", "start", "uid", "refused")
+
+    def __init__(self, kind, req, spool, keep, uid=None, got=0):
+        self.kind = kind
+        self.req = req
+        self.declared = req[m.PUBLISH_SIZE] if kind == m.PUBLISH else req[m.SEND_SIZE]
+        self.spool = spool                # None: passed over (too large, or a refused resume)
+        self.keep = keep                  # its capture as it passes, or None
+        self.uid = uid                    # the rover's upload id: kept when the link is cut
+        self.got = got                    # bytes of the body received, this session and before
+        self.start = got                  # ... of which before this session
+        self.refused = None               # why a resume was refused (FAIL after END)
+
+    def discard(self):
+        if self.spool is not None:
+            self.spool.discard()
+        if self.keep is not None:
+            self.keep.discard()
+
+
 class RelayService:
     """What every relay session shares: where uploads are spooled, how bodies are kept, the limits, and
     the broker publishes go to. One RelayHandler per link session (session())."""
@@ -197,6 +248,48 @@ class RelayService:
         self.timeout = timeout            # seconds to wait on an origin or the broker
         self.max_body = max_body
         self.broker = broker              # (host, port), or None: publishes fail clearly
+        self.hold_seconds = HOLD_SECONDS  # 0: a cut upload is dropped, as before resumes
+        self.held = {}                    # (device, upload id) -> (since, _Upload), oldest first
+        self.active = {}                  # (device, upload id) -> RelayHandler receiving it now
+
+    # --- uploads held for a rover to come back --------------------------------------------
+
+    def hold(self, dev, up):
+        """Keep a cut-off upload (its spool file and capture) until its rover resumes it."""
+        self.expire()
+        self.drop(dev, up.uid)
+        mine = [k for k in self.held if k[0] == dev]
+        while len(mine) >= HOLD_PER_DEVICE:
+            self.drop(*mine.pop(0))
+        while len(self.held) >= HOLD_MAX:
+            self.drop(*next(iter(self.held)))
+        up.spool.f.flush()
+        self.held[(dev, up.uid)] = (time.monotonic(), up)
+
+    def held_upload(self, dev, uid):
+        """The upload `uid` of device `dev` held here, or None (another device's never shows)."""
+        self.expire()
+        h = self.held.get((dev, uid))
+        return h[1] if h else None
+
+    def take(self, dev, uid):
+        return self.held.pop((dev, uid))[1]
+
+    def drop(self, dev, uid):
+        h = self.held.pop((dev, uid), None)
+        if h is not None:
+            h[1].discard()
+
+    def expire(self):
+        now = time.monotonic()
+        for k in [k for k, (since, _) in self.held.items() if now - since > self.hold_seconds]:
+            log.info("relay: upload %s of device %s held %g s without a resume; dropped", k[1].hex(), k[0],
+                     self.hold_seconds)
+            self.drop(*k)
+
+    def close(self):
+        for k in list(self.held):
+            self.drop(*k)
 
     def session(self, backup):
         """The relay of one link session; `backup` (its BackupHandler) names the device and
@@ -209,19 +302,52 @@ class RelayHandler:
         self.service = service
         self.info = session_info          # gives .dev and .device once HELLO arrived
         self.capture = service.capture
-        self.upload = None                # [kind, request, spool file, bytes so far, capture stream]
+        self.upload = None                # the _Upload coming in
         self.counts = {}
+        self.ended = asyncio.Event()      # set when the session is over (end())
 
     def end(self):
-        """The session is over: an upload cut off mid-body lets go of its spool file and its
+        """The session is over. An upload cut off mid-body that has an upload id is held for
+        its rover to resume (RelayService.hold); any other lets go of its spool file and its
         capture (their bytes leave the spool budget; chunks already stored stay, unregistered,
         as pass-through data)."""
+        self.ended.set()
+        up = self._let_go()
+        if up is None:
+            return
+        if (up.uid is not None and up.spool is not None and up.spool.kept and up.refused is None
+                and 0 < up.got < up.declared and self.service.hold_seconds > 0):
+            self.service.hold(self.info.dev, up)
+            log.info("rover %s: link lost after %d of %d bytes of upload %s; held for a resume",
+                     self.info.device, up.got, up.declared, up.uid.hex())
+            return
+        up.discard()
+
+    def _let_go(self):
+        """The upload this session receives, which it no longer does."""
         up, self.upload = self.upload, None
-        if up is not None:
-            if up[2] is not None:
-                up[2].discard()
-            if up[4] is not None:
-                up[4].discard()
+        if up is not None and up.uid is not None and self.service.active.get((self.info.dev, up.uid)) is self:
+            del self.service.active[(self.info.dev, up.uid)]
+        return up
+
+    async def _settle(self, uid):
+        """Before a resume of `uid` is answered: the rover's older session that was receiving
+        it has ended (its upload is held now), or it is taken from that session."""
+        key = (self.info.dev, uid)
+        other = self.service.active.get(key)
+        if other is None or other is self:
+            return
+        try:
+            await asyncio.wait_for(other.ended.wait(), TAKEOVER_WAIT)
+        except asyncio.TimeoutError:
+            pass
+        if self.service.active.get(key) is other:
+            up = other._let_go()
+            other.upload = _Upload(up.kind, up.req, None, None, None, up.got)    # what still comes there is dropped
+            if up.spool is not None and up.spool.kept and up.refused is None and 0 < up.got < up.declared:
+                self.service.hold(self.info.dev, up)
+            else:
+                up.discard()
 
     def _count(self, **kv):
         for k, v in kv.items():
@@ -242,24 +368,71 @@ class RelayHandler:
         elif t == m.FETCH:
             await self._fetch(msg, send)
         elif t in (m.SEND, m.PUBLISH):
-            # Refusals (too large, no broker) come as FAIL after the body: the rover streams
-            # it first, and the table has no FAIL while it is sending.
+            # Refusals (too large, no broker, a resume of what is not held) come as FAIL after
+            # the body: the rover streams it first, and the table has no FAIL while it sends.
+            u = resumemsg.upload_field(msg)
+            uid, offset = u if u is not None else (None, 0)
+            if uid is not None:
+                await self._settle(uid)
             if msg[m.PUBLISH_SIZE if t == m.PUBLISH else m.SEND_SIZE] > self.service.max_body:
-                self.upload = [t, msg, None, 0, None]
+                self.upload = _Upload(t, msg, None, None, None, offset)
+            elif offset:
+                self.upload = self._resumed(t, msg, uid, offset)
             else:
-                self.upload = [t, msg, self._spool(), 0, self._stream(False)]
+                if uid is not None:
+                    self.service.drop(self.info.dev, uid)     # the rover starts that body over
+                self.upload = _Upload(t, msg, self._spool(), self._stream(False), uid)
+            if self.upload.uid is not None:
+                self.service.active[(self.info.dev, uid)] = self
         elif t == m.BODY:
             up = self.upload
-            up[3] += len(msg[m.BODY_DATA])
-            declared = up[1][m.PUBLISH_SIZE] if up[0] == m.PUBLISH else up[1][m.SEND_SIZE]
-            if up[3] > declared:
-                raise m.ProtocolError(m.E_PROTOCOL, "body longer than the %d bytes announced" % declared)
-            if up[2] is not None:
-                up[2].write(msg[m.BODY_DATA])
-                if up[4] is not None:
-                    up[4].write(msg[m.BODY_DATA])
+            up.got += len(msg[m.BODY_DATA])
+            if up.got > up.declared:
+                raise m.ProtocolError(m.E_PROTOCOL, "body longer than the %d bytes announced" % up.declared)
+            if up.spool is not None:
+                up.spool.write(msg[m.BODY_DATA])
+                if up.keep is not None:
+                    up.keep.write(msg[m.BODY_DATA])
         elif t == m.END:
             await self._finish_upload(msg, send)
+        elif t == resumemsg.UPASK:
+            await self._upask(msg, send)
+
+    # --- uploads that resume -------------------------------------------------------------
+
+    def _resumed(self, t, msg, uid, offset):
+        """SEND or PUBLISH with [upload id, offset > 0]: the rest of a held upload. Anything
+        that does not continue exactly what is held here is refused after END, and what is
+        held stays as it was."""
+        up = self.service.held_upload(self.info.dev, uid)
+        why = None
+        if up is None:
+            why = "this anchor holds no upload %s of this rover" % uid.hex()
+        elif up.kind != t or up.req[1:5] != msg[1:5]:
+            why = "upload %s was another request" % uid.hex()
+        elif up.got != offset:
+            why = "the anchor holds %d bytes of upload %s, not %d" % (up.got, uid.hex(), offset)
+        if why is not None:
+            refused = _Upload(t, msg, None, None, None, offset)
+            refused.refused = why
+            return refused
+        self.service.take(self.info.dev, uid)
+        up.req = msg
+        up.start = up.got
+        log.info("rover %s: upload %s resumes at byte %d of %d", self.info.device, uid.hex(), offset, up.declared)
+        return up
+
+    async def _upask(self, msg, send):
+        uid = msg[1]
+        await self._settle(uid)
+        up = self.service.held_upload(self.info.dev, uid)
+        if up is None:
+            await send(m.fail(resumemsg.F_RESUME, "this anchor holds no upload %s of this rover (never begun "
+                              "here, finished, or dropped after %g s)" % (uid.hex(), self.service.hold_seconds)))
+            return
+        n = up.got
+        digest = await asyncio.get_running_loop().run_in_executor(None, _digest, up.spool.name, n)
+        await send(resumemsg.held(uid, n, digest))
 
     # --- fetch -------------------------------------------------------------------------
 
@@ -381,8 +554,15 @@ class RelayHandler:
             return False
         offset, validator = resume
         row = cap.catalog.download(self.info.dev, url, validator)
-        if row is None or row[1] < offset:
+        if row is None:
             return False
+        if row[1] < offset:
+            # That version is known here and is shorter: the rover's bytes are not a start of it.
+            why = "resume at byte %d is past the end of the %d-byte body of that version" % (offset, row[1])
+            log.info("rover %s: fetch %s: %s", self.info.device, url, why)
+            self._count(relay_failures=1)
+            await send(m.fail(resumemsg.F_RESUME, why))
+            return True
         oid, size, etag, lastmod, ctype = row
         ids = cap.catalog.object_chunks(oid)[1]
         store = cap.store
@@ -417,16 +597,17 @@ class RelayHandler:
     # --- send and publish ----------------------------------------------------------------
 
     async def _finish_upload(self, msg, send):
-        kind, req, spool, got, keep = self.upload
-        self.upload = None
-        declared = req[m.PUBLISH_SIZE] if kind == m.PUBLISH else req[m.SEND_SIZE]
+        up = self._let_go()
+        kind, req, spool, got, keep, declared = up.kind, up.req, up.spool, up.got, up.keep, up.declared
         if msg[m.END_SIZE] != got or got != declared:
-            if spool is not None:
-                spool.discard()
-            if keep is not None:
-                keep.discard()
+            up.discard()
             raise m.ProtocolError(m.E_PROTOCOL, "body of %d bytes announced, %d sent, END says %d"
                                   % (declared, got, msg[m.END_SIZE]))
+        if up.refused is not None:
+            log.info("rover %s: resumed upload refused: %s", self.info.device, up.refused)
+            self._count(relay_failures=1)
+            await send(m.fail(resumemsg.F_RESUME, up.refused))
+            return
         if spool is None:
             await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
             return
@@ -440,7 +621,9 @@ class RelayHandler:
             return
         spool.close()
         try:
-            self._count(relay_up_bytes=got, relay_requests=1)
+            self._count(relay_up_bytes=got - up.start, relay_requests=1)
+            if up.start:
+                self._count(relay_resumed=1)
             if kind == m.PUBLISH:
                 prov = {"direction": "up", "protocol": "mqtt", "method": "PUBLISH", "target": req[m.PUBLISH_TOPIC]}
             else:
