@@ -86,6 +86,7 @@ class Relay(Conversation):
                     with open(tag, "w") as t:
                         t.write(v)
         got = 0
+        kept = False
         try:
             while True:
                 msg = self.recv(m.BODY, m.END, m.FAIL)
@@ -94,6 +95,9 @@ class Relay(Conversation):
                     if f:
                         f.write(msg[m.BODY_DATA])
                 elif msg[m.MSG_TYPE] == m.FAIL:
+                    # The origin broke off: what arrived is the start of that version, kept for
+                    # a resume. Any other failure (the anchor's check of it, say) starts over.
+                    kept = msg[1] == m.F_BROKEN
                     raise RelayError("transfer broke off after %d bytes: %s" % (start + got, msg[m.FAIL_TEXT]))
                 else:
                     if msg[m.END_SIZE] != got or (declared is not None and declared != start + got):
@@ -107,8 +111,9 @@ class Relay(Conversation):
         except BaseException:
             if f:
                 f.close()
-                fsys.remove(part)
-                fsys.remove(tag)
+                if not kept:
+                    fsys.remove(part)
+                    fsys.remove(tag)
             raise
         if f is None:
             raise RelayError("HTTP %d from %s" % (status, url))

@@ -184,3 +184,104 @@ def test_a_cut_upload_resumes_with_no_byte_sent_twice(tmp_path, runtime, seed):
         relay.close()
         anchor.stop()
         origin.close()
+
+
+# --- downloads the anchor holds only the start of ---------------------------------------------
+
+def cut_partial(tmp_path, anchor, origin, path, body, cut_link, cut_origin):
+    """A fetch whose link is cut after `cut_link` bytes down and whose origin then stops after
+    `cut_origin` bytes of the body: the rover holds less than the anchor, which keeps what it
+    read on. Returns (relay, link, state, out, bytes the rover holds)."""
+    origin.cut_once[path] = cut_origin
+    relay = CountingRelay("127.0.0.1", anchor.port, rate=30e6)
+    link = "tcp://127.0.0.1:%d" % relay.port
+    out, state = str(tmp_path / "got.bin"), str(tmp_path / "state")
+    relay.cut_down_at(cut_link)
+    p = fetch("cpython", link, state, origin.url(path), out)
+    assert p.returncode != 0, p.stdout + p.stderr
+    have = os.path.getsize(out + ".part")
+    assert 0 < have < cut_origin and open(out + ".part", "rb").read() == body[:have]
+    # The anchor read on until the origin stopped, and kept those bytes (a failed request).
+    assert wait_counter(anchor, "resumer", "relay_failures", 1).get("relay_failures") == 1
+    relay.reset()
+    return relay, link, state, out, have
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_a_partial_capture_serves_its_part_and_asks_the_origin_for_the_rest(tmp_path, seed):
+    rnd = random.Random(seed)
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        body = rnd.randbytes(rnd.randrange(3 << 20, 4 << 20))
+        origin.files["/p/a.bin"] = body
+        stop = rnd.randrange(len(body) // 2, len(body) - (256 << 10))
+        relay, link, state, out, have = cut_partial(tmp_path, anchor, origin, "/p/a.bin", body,
+                                                    rnd.randrange(64 << 10, 512 << 10), stop)
+        try:
+            p = fetch("cpython", link, state, origin.url("/p/a.bin"), out)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert open(out, "rb").read() == body
+            # Nothing the rover held came down again; the origin was asked only for what
+            # neither held, and the anchor's capture of the body is whole now.
+            assert len(body) - have <= relay.down <= framing_allowed(len(body) - have), (have, relay.down)
+            second = gets(origin, "/p/a.bin")[1:]
+            assert [h.get("Range") for h in second] == ["bytes=%d-" % stop]
+            c = counters(anchor, "resumer")
+            assert c.get("captured_objects") == 1 and c.get("captured_bytes") == len(body)
+            print("download %d B: rover held %d, anchor %d; %d B down at the relay socket on resume" % (
+                len(body), have, stop, relay.down))
+        finally:
+            relay.close()
+    finally:
+        anchor.stop()
+        origin.close()
+
+
+def test_an_origin_that_ignores_ranges_is_checked_against_the_partial_capture(tmp_path):
+    origin = Origin()
+    origin.ranges = False
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        body = random.Random(31).randbytes(2 << 20)
+        origin.files["/p/b.bin"] = body
+        relay, link, state, out, have = cut_partial(tmp_path, anchor, origin, "/p/b.bin", body, 200_000, 1 << 20)
+        try:
+            p = fetch("cpython", link, state, origin.url("/p/b.bin"), out)
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert open(out, "rb").read() == body
+            assert len(body) - have <= relay.down <= framing_allowed(len(body) - have), (have, relay.down)
+            assert counters(anchor, "resumer").get("captured_objects") == 1
+        finally:
+            relay.close()
+    finally:
+        anchor.stop()
+        origin.close()
+
+
+def test_an_origin_whose_bytes_changed_under_the_same_etag_fails_clearly(tmp_path):
+    """The anchor compares what the origin sends again with the start it holds: other bytes
+    under the same validator are refused (F_RESUME) and the rover starts the file over."""
+    origin = Origin()
+    origin.ranges = False
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    try:
+        rnd = random.Random(41)
+        old, new = rnd.randbytes(2 << 20), rnd.randbytes(2 << 20)
+        origin.files["/p/c.bin"] = old
+        origin.etags["/p/c.bin"] = '"same"'
+        relay, link, state, out, have = cut_partial(tmp_path, anchor, origin, "/p/c.bin", old, 200_000, 1 << 20)
+        try:
+            origin.files["/p/c.bin"] = new
+            p = fetch("cpython", link, state, origin.url("/p/c.bin"), out)
+            assert p.returncode != 0 and "other bytes under the same validator" in p.stderr, p.stdout + p.stderr
+            assert not os.path.exists(out + ".part") and not os.path.exists(out)
+            assert relay.down < 4096                       # no byte of either version came down
+            assert counters(anchor, "resumer").get("captured_objects", 0) == 0
+            p = fetch("cpython", link, state, origin.url("/p/c.bin"), out)
+            assert p.returncode == 0 and open(out, "rb").read() == new, p.stdout + p.stderr
+        finally:
+            relay.close()
+    finally:
+        anchor.stop()
+        origin.close()

@@ -22,6 +22,8 @@ class Origin:
         self.requests = []
         self.slow_seconds = 3.0
         self.ranges = True          # answers "Range: bytes=N-" (with If-Range) with 206
+        self.cut_once = {}          # path -> n: the next 200 answer of path stops after n bytes
+        self.etags = {}             # path -> ETag to give instead of the content's (an origin that lies)
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,7 +44,7 @@ class Origin:
                     self.end_headers()
                     self.wfile.write(msg)
                     return
-                etag = '"%s"' % hashlib.sha256(body).hexdigest()[:16]
+                etag = origin.etags.get(self.path) or '"%s"' % hashlib.sha256(body).hexdigest()[:16]
                 if self.headers.get("If-Match") not in (None, etag):
                     self.send_response(412)
                     self.send_header("Content-Length", "0")
@@ -73,8 +75,9 @@ class Origin:
                 self.send_header("Last-Modified", "Wed, 21 Oct 2026 07:28:00 GMT")
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                if self.path.startswith("/broken/"):
-                    self.wfile.write(body[:len(body) // 2])
+                cut = origin.cut_once.pop(self.path, None)
+                if cut is not None or self.path.startswith("/broken/"):
+                    self.wfile.write(body[:len(body) // 2 if cut is None else cut])
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -92,6 +92,31 @@ class CaptureStream(Claim):
             oid.add(cid)
             self._ids += cid
 
+    def read(self, start, end=None):
+        """The body's bytes from `start` to `end` (default: all it has taken so far), in
+        pieces: stored chunks, then what waits to be cut. For a body that broke off and is
+        resumed (services.relay): not while bytes are still being written."""
+        end = self.size if end is None else min(end, self.size)
+        pos = 0
+        store = self.capture.store
+        ids = self._ids
+        for i in range(0, len(ids), 32):
+            if pos >= end:
+                return
+            cid = bytes(ids[i:i + 32])
+            n = store.info(cid)["raw_len"]
+            if pos + n > start:
+                data = store.get(cid)
+                yield data[max(0, start - pos):end - pos]
+            pos += n
+        for piece in ([self._carry] if self._carry else []) + self._pieces:
+            if pos >= end:
+                return
+            n = len(piece)
+            if pos + n > start:
+                yield piece[max(0, start - pos):end - pos]
+            pos += n
+
     def finish(self, prov):
         """The body has passed whole: store its last chunks, make them durable and register
         the object with its provenance. Returns (object id, size), or None if the body was not

@@ -185,6 +185,14 @@ def _resume(msg):
     return r[0], r[1]
 
 
+def _prefix_digest(stream):
+    """SHA-256 of what a partial capture holds (the start of a body)."""
+    h = hashlib.sha256()
+    for piece in stream.read(0):
+        h.update(piece)
+    return h.digest()
+
+
 def _range_total(crange, start):
     """The whole body's size from a 206's Content-Range when it starts at `start` and runs to
     the end; None for any other range."""
@@ -251,6 +259,8 @@ class RelayService:
         self.hold_seconds = HOLD_SECONDS  # 0: a cut upload is dropped, as before resumes
         self.held = {}                    # (device, upload id) -> (since, _Upload), oldest first
         self.active = {}                  # (device, upload id) -> RelayHandler receiving it now
+        self.reads = {}                   # (device, url, validator) -> Event: a fetch being kept
+        self.partial = {}                 # (device, url, validator) -> (since, CaptureStream)
 
     # --- uploads held for a rover to come back --------------------------------------------
 
@@ -290,6 +300,53 @@ class RelayService:
     def close(self):
         for k in list(self.held):
             self.drop(*k)
+        for k in list(self.partial):
+            self.partial.pop(k)[1].discard()
+
+    # --- downloads: read on after a cut, and what broke off ---------------------------------
+
+    def reading(self, dev, url, validator):
+        """A fetch of that version is under way and kept: a resume of it waits for its end."""
+        key = (dev, url, validator)
+        self.reads[key] = self.reads.get(key) or asyncio.Event()
+        return key
+
+    def read_on_over(self, key):
+        ev = self.reads.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    async def read_on_done(self, dev, url, validator):
+        """Wait (at most the relay timeout) for a fetch of that version still reading on after
+        its rover's link was cut: once it ends, the body is held whole (or its start is)."""
+        ev = self.reads.get((dev, url, validator))
+        if ev is not None:
+            try:
+                await asyncio.wait_for(ev.wait(), self.timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def hold_partial(self, key, stream):
+        """The start of a body whose origin broke off (a CaptureStream, its chunks stored):
+        kept like a held upload, for a resume to serve and to complete with a range request."""
+        now = time.monotonic()
+        for k in [k for k, (since, _) in self.partial.items() if now - since > self.hold_seconds or k == key]:
+            self.partial.pop(k)[1].discard()
+        mine = [k for k in self.partial if k[0] == key[0]]
+        while len(mine) >= HOLD_PER_DEVICE:
+            self.partial.pop(mine.pop(0))[1].discard()
+        while len(self.partial) >= HOLD_MAX:
+            self.partial.pop(next(iter(self.partial)))[1].discard()
+        self.partial[key] = (now, stream)
+
+    def take_partial(self, dev, url, validator):
+        h = self.partial.pop((dev, url, validator), None)
+        if h is None:
+            return None
+        if time.monotonic() - h[0] > self.hold_seconds:
+            h[1].discard()
+            return None
+        return h[1]
 
     def session(self, backup):
         """The relay of one link session; `backup` (its BackupHandler) names the device and
@@ -440,18 +497,24 @@ class RelayHandler:
         url = msg[m.FETCH_URL]
         resume = _resume(msg)
         headers = list(msg[m.FETCH_HEADERS])
+        part = None         # a capture of that version that broke off: its first part.size bytes
         if resume is not None:
+            # A read-on of that very body (the rover's last session, cut) may still be on.
+            await self.service.read_on_done(self.info.dev, url, resume[1])
             if await self._from_capture(url, resume, send):
                 return
-            # Not held whole here: the origin sends the rest if it still has that version
-            # (If-Range), else the whole of the new one.
-            headers += [("Range", "bytes=%d-" % resume[0]), ("If-Range", resume[1])]
+            part = self.service.take_partial(self.info.dev, url, resume[1])
+            # The origin sends what neither the anchor nor the rover holds, if it still has
+            # that version (If-Range), else the whole of the new one.
+            frm = part.size if part is not None else resume[0]
+            headers += [("Range", "bytes=%d-" % frm), ("If-Range", resume[1])]
         feed = _Feed(asyncio.get_running_loop())
         keep = None
         worker = threading.Thread(target=_http_worker, daemon=True,
                                   args=(feed, "GET", url, headers, None, self.service.timeout))
         worker.start()
         complete = False
+        key = None
         try:
             item = await feed.get()
             if item[0] == "fail":
@@ -460,26 +523,51 @@ class RelayHandler:
                 return
             _, status, length, etag, lastmod, ctype, crange = item
             start = skip = 0
+            held = None     # (from, to): bytes for the rover from the anchor's partial capture
+            check = None    # an origin that ignored the range: its first bytes must be part's
             if resume is not None and status == 206:
-                # The rest only: passed on, not kept (the anchor never had the start of it).
+                # The rest only. Kept when the anchor holds the start (part): the capture goes
+                # on from where it broke off; else passed on and not kept.
                 start = resume[0]
-                length = _range_total(crange, start)
+                length = _range_total(crange, frm)
                 if length is None:
                     why = "%s answered a range the anchor did not ask for (%s)" % (urlsplit(url).netloc, crange)
                     log.info("rover %s: fetch %s failed: %s", self.info.device, url, why)
                     await send(m.fail(m.F_BROKEN, why))
                     return
                 status = 200
+                if part is not None:
+                    keep, part = part, None
+                    skip = max(0, start - keep.size)
+                    if start < keep.size:
+                        held = (start, keep.size)
             elif resume is not None and status == 200 and resume[1] == (etag or lastmod):
                 # The same version, whole (the origin ignored the range): the rover gets the
-                # rest, the anchor keeps all of it.
+                # rest, the anchor keeps all of it. With a partial capture, the origin's first
+                # bytes must be those (checked), and the capture goes on after them.
                 start = skip = resume[0]
-                keep = self._stream()
+                if part is not None:
+                    keep, part = part, None
+                    check = [hashlib.sha256(), keep.size, _prefix_digest(keep), keep.size]
+                    skip = 0
+                else:
+                    keep = self._stream()
             elif status == 200:
                 keep = self._stream()
+            if part is not None:
+                # Another version, or an error: what the anchor held of that version is of no use.
+                part.discard()
+                part = None
+            if keep is not None and (etag or lastmod):
+                key = self.service.reading(self.info.dev, url, etag or lastmod)
             await send(m.result(status, length, etag, lastmod, ctype, start) if resume is not None
                        else m.result(status, length, etag, lastmod, ctype))
             total = sent = 0
+            if held is not None:
+                for data in keep.read(*held):
+                    await self._send_body(data, send)
+                    sent += len(data)
+                held = None
             gone = None
             while True:
                 item = await feed.get()
@@ -490,6 +578,29 @@ class RelayHandler:
                         if gone is None:
                             await send(m.fail(m.F_TOO_LARGE, "body above the relay limit of %d bytes" % self.service.max_body))
                         return
+                    if check is not None:
+                        # The bytes the anchor held, again: compared, not kept twice.
+                        n = min(len(data), check[1])
+                        check[0].update(data[:n])
+                        check[1] -= n
+                        data = data[n:]
+                        if check[1] == 0:
+                            if check[0].digest() != check[2]:
+                                why = ("%s sent other bytes under the same validator than the anchor "
+                                       "holds; the download starts over" % urlsplit(url).netloc)
+                                log.info("rover %s: fetch %s: %s", self.info.device, url, why)
+                                if gone is None:
+                                    await send(m.fail(resumemsg.F_RESUME, why))
+                                return
+                            psize, check = check[3], None
+                            if start < psize and gone is None:
+                                # Checked: the rover's missing bytes the anchor held, from its copy.
+                                for b in keep.read(start, psize):
+                                    await self._send_body(b, send)
+                                    sent += len(b)
+                            skip = max(0, start - psize)
+                        if not data:
+                            continue
                     if keep is not None:
                         keep.write(data)
                     if gone is not None:
@@ -517,10 +628,24 @@ class RelayHandler:
                     break
                 else:
                     log.info("rover %s: fetch %s broke: %s", self.info.device, url, item[2])
+                    if keep is not None and key is not None and keep.kept and check is None and keep.size:
+                        # What passed is the start of that version: a resume takes it from here
+                        # and asks the origin for the rest only.
+                        self.service.hold_partial(key, keep)
+                        log.info("rover %s: kept the first %d bytes of %s for a resume", self.info.device,
+                                 keep.size, url)
+                        keep = None
                     if gone is None:
                         await send(m.fail(item[1], item[2]))
                     return
+            if check is not None:
+                why = "%s sent a body shorter than what the anchor holds of it" % urlsplit(url).netloc
+                if gone is None:
+                    await send(m.fail(resumemsg.F_RESUME, why))
+                return
             self._count(relay_down_bytes=sent, relay_requests=1)
+            if resume is not None and start:
+                self._count(relay_resumed=1)
             if keep is not None:
                 # Kept before END goes out: when the rover has its whole file, so does the
                 # anchor (and its counters say so). Cut and stored as it passed, only the last
@@ -536,6 +661,12 @@ class RelayHandler:
             feed.cancel.set()
             if keep is not None:
                 keep.discard()
+            if part is not None:
+                # Not used (the origin failed, or sent another version): kept for a next try
+                # only while it is that version's start, which a new version's answer ends.
+                self.service.hold_partial((self.info.dev, url, resume[1]), part)
+            if key is not None:
+                self.service.read_on_over(key)
             if not complete:
                 self._count(relay_failures=1)
 
