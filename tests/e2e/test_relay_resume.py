@@ -285,3 +285,150 @@ def test_an_origin_whose_bytes_changed_under_the_same_etag_fails_clearly(tmp_pat
     finally:
         anchor.stop()
         origin.close()
+
+
+@pytest.mark.parametrize("runtime,seed", [("cpython", 51), ("micropython", 52)])
+def test_a_download_cut_again_and_again_sends_no_byte_twice(tmp_path, runtime, seed):
+    """Several cuts at seeded points of one download, the rover coming straight back each time
+    (while the anchor may still be reading on): counted at the relay socket across every
+    connection, the body comes down once, plus framing and at most the BODY frame each cut
+    tore; the origin is asked once."""
+    rnd = random.Random(seed)
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    relay = CountingRelay("127.0.0.1", anchor.port, rate=30e6)
+    try:
+        body = rnd.randbytes(rnd.randrange(6 << 20, 8 << 20))
+        origin.files["/m/d.bin"] = body
+        link = "tcp://127.0.0.1:%d" % relay.port
+        out, state = str(tmp_path / "d.bin"), str(tmp_path / "state")
+        cuts = sorted(rnd.sample(range(128 << 10, len(body) - (128 << 10), 64 << 10), 3))
+        for i, at in enumerate(cuts):
+            relay.cut_down_at(at)
+            p = fetch(runtime, link, state, origin.url("/m/d.bin"), out)
+            assert p.returncode != 0, p.stdout + p.stderr
+            assert relay.cuts == i + 1
+            assert open(out + ".part", "rb").read() == body[:os.path.getsize(out + ".part")]
+        p = fetch(runtime, link, state, origin.url("/m/d.bin"), out)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert open(out, "rb").read() == body
+        assert len(gets(origin, "/m/d.bin")) == 1
+        torn = len(cuts) * (16384 + 64)
+        assert len(body) <= relay.down <= framing_allowed(len(body)) + torn, (relay.down, len(body), cuts)
+        print("download %d B, %d cuts: %d B down at the relay socket (%+d)" % (
+            len(body), len(cuts), relay.down, relay.down - len(body)))
+    finally:
+        relay.close()
+        anchor.stop()
+        origin.close()
+
+
+# --- resumes that do not fit -----------------------------------------------------------------
+
+def raw_session(anchor, device):
+    from anchor_core import messages as m
+    from anchor_core import resumemsg
+    from tests.support.harness import RawRover
+    resumemsg.install()
+    r = RawRover(anchor.port)
+    r.send(m.hello(device, None, 0))
+    w = r.reply()
+    assert w[0] == m.WELCOME and w[4] & resumemsg.CAP_UPRESUME
+    return r
+
+
+def test_resumes_that_do_not_fit_are_refused_and_change_nothing(tmp_path):
+    """An unknown upload id, another rover's id, an offset the anchor does not hold, an offset
+    past the end of the body (a protocol error), and a download resume past the end of the
+    anchor's copy: each gets a clear answer, and the held upload, the origin and the store are
+    as they were: the rover that owns the upload still sends only its rest."""
+    from anchor_core import messages as m
+    from anchor_core import resumemsg
+    origin = Origin()
+    anchor = AnchorProc(str(tmp_path / "anchor")).start()
+    relay = CountingRelay("127.0.0.1", anchor.port)
+    try:
+        body = random.Random(61).randbytes(1 << 20)
+        src = tmp_path / "up.bin"
+        src.write_bytes(body)
+        url = origin.url("/up/h.bin")
+        link = "tcp://127.0.0.1:%d" % relay.port
+        state = str(tmp_path / "state")
+        relay.cut_up_at(400_000)
+        assert send("cpython", link, state, str(src), url, device="owner").returncode != 0
+        uid = open(os.path.join(state, "relay-upload"), "rb").read()
+        assert len(uid) == resumemsg.ID_SIZE
+
+        # Unknown id, and the owner's id from another rover: nothing held for them.
+        other = raw_session(anchor, "intruder")
+        for u in (b"\0" * resumemsg.ID_SIZE, uid):
+            other.send(resumemsg.upask(u))
+            f = other.reply()
+            assert f[0] == m.FAIL and f[1] == resumemsg.F_RESUME and "holds no upload" in f[2], f
+        # The other rover sends "the rest" under the owner's id: refused after its END.
+        req = m.send_req("PUT", url, len(body), "application/octet-stream") + [[uid, 393216]]
+        other.send(req)
+        other.send(m.body(body[393216:393216 + 1000]))
+        other.send(m.end(393216 + 1000))
+        # (END's size must be the body's: the anchor says so as a protocol error, closing)
+        e = other.reply()
+        assert e[0] == m.ERROR and "announced" in e[2], e
+        other.close()
+
+        other = raw_session(anchor, "intruder")
+        rest = body[393216:]
+        other.send(req)
+        for i in range(0, len(rest), 16384):
+            other.send(m.body(rest[i:i + 16384]))
+        other.send(m.end(len(body)))
+        f = other.reply()
+        assert f[0] == m.FAIL and f[1] == resumemsg.F_RESUME and "holds no upload" in f[2], f
+        # An offset past the end of the body breaks the protocol.
+        other.send(m.send_req("PUT", url, 10, "text/plain") + [[uid, 11]])
+        e = other.reply()
+        assert e[0] == m.ERROR and "past the end" in e[2], e
+        other.close()
+
+        # The owner with an offset the anchor does not hold: refused after END, nothing moved.
+        own = raw_session(anchor, "owner")
+        own.send(resumemsg.upask(uid))
+        h = own.reply()
+        assert h[0] == resumemsg.HELD and h[1] == uid and 0 < h[2] <= 400_000
+        held = h[2]
+        assert h[3] == hashlib.sha256(body[:held]).digest()
+        own.send(m.send_req("PUT", url, len(body), "application/octet-stream") + [[uid, held - 1]])
+        own.send(m.body(body[held - 1:held + 9]))
+        own.send(m.end(held + 9))
+        assert own.reply()[0] == m.ERROR     # END short of the body: a protocol error
+        own.close()
+        own = raw_session(anchor, "owner")
+        own.send(resumemsg.upask(uid))
+        assert own.reply()[2] == held        # still held, and still as much
+        own.close()
+        assert puts(origin, "/up/h.bin") == []
+
+        # The owner comes back: only the rest crosses, and the origin gets the body once.
+        relay.reset()
+        p = send("cpython", link, state, str(src), url, device="owner")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert origin.received["/up/h.bin"] == body and len(puts(origin, "/up/h.bin")) == 1
+        assert len(body) - held <= relay.up <= framing_allowed(len(body) - held), (relay.up, held)
+
+        # A download resumed past the end of the version the anchor holds.
+        origin.files["/m/e.bin"] = body
+        out = str(tmp_path / "e.bin")
+        assert fetch("cpython", link, state, origin.url("/m/e.bin"), out).returncode == 0
+        before = counters(anchor, "resumer")
+        r = raw_session(anchor, "resumer")
+        etag = '"%s"' % hashlib.sha256(body).hexdigest()[:16]
+        r.send(m.fetch(origin.url("/m/e.bin"), [], [len(body) + 1, etag]))
+        f = r.reply()
+        assert f[0] == m.FAIL and f[1] == resumemsg.F_RESUME and "past the end" in f[2], f
+        r.close()
+        assert len(gets(origin, "/m/e.bin")) == 1
+        after = counters(anchor, "resumer")
+        assert after.get("captured_objects") == before.get("captured_objects") == 1
+    finally:
+        relay.close()
+        anchor.stop()
+        origin.close()
