@@ -188,7 +188,7 @@ def test_a_cut_upload_resumes_with_no_byte_sent_twice(tmp_path, runtime, seed):
 
 # --- downloads the anchor holds only the start of ---------------------------------------------
 
-def cut_partial(tmp_path, anchor, origin, path, body, cut_link, cut_origin):
+def cut_partial(tmp_path, anchor, origin, path, body, cut_link, cut_origin, runtime="cpython"):
     """A fetch whose link is cut after `cut_link` bytes down and whose origin then stops after
     `cut_origin` bytes of the body: the rover holds less than the anchor, which keeps what it
     read on. Returns (relay, link, state, out, bytes the rover holds)."""
@@ -197,7 +197,7 @@ def cut_partial(tmp_path, anchor, origin, path, body, cut_link, cut_origin):
     link = "tcp://127.0.0.1:%d" % relay.port
     out, state = str(tmp_path / "got.bin"), str(tmp_path / "state")
     relay.cut_down_at(cut_link)
-    p = fetch("cpython", link, state, origin.url(path), out)
+    p = fetch(runtime, link, state, origin.url(path), out)
     assert p.returncode != 0, p.stdout + p.stderr
     have = os.path.getsize(out + ".part")
     assert 0 < have < cut_origin and open(out + ".part", "rb").read() == body[:have]
@@ -207,8 +207,8 @@ def cut_partial(tmp_path, anchor, origin, path, body, cut_link, cut_origin):
     return relay, link, state, out, have
 
 
-@pytest.mark.parametrize("seed", [21, 22])
-def test_a_partial_capture_serves_its_part_and_asks_the_origin_for_the_rest(tmp_path, seed):
+@pytest.mark.parametrize("runtime,seed", [("cpython", 21), ("cpython", 22), ("micropython", 23)])
+def test_a_partial_capture_serves_its_part_and_asks_the_origin_for_the_rest(tmp_path, runtime, seed):
     rnd = random.Random(seed)
     origin = Origin()
     anchor = AnchorProc(str(tmp_path / "anchor")).start()
@@ -217,9 +217,9 @@ def test_a_partial_capture_serves_its_part_and_asks_the_origin_for_the_rest(tmp_
         origin.files["/p/a.bin"] = body
         stop = rnd.randrange(len(body) // 2, len(body) - (256 << 10))
         relay, link, state, out, have = cut_partial(tmp_path, anchor, origin, "/p/a.bin", body,
-                                                    rnd.randrange(64 << 10, 512 << 10), stop)
+                                                    rnd.randrange(64 << 10, 512 << 10), stop, runtime)
         try:
-            p = fetch("cpython", link, state, origin.url("/p/a.bin"), out)
+            p = fetch(runtime, link, state, origin.url("/p/a.bin"), out)
             assert p.returncode == 0, p.stdout + p.stderr
             assert open(out, "rb").read() == body
             # Nothing the rover held came down again; the origin was asked only for what
@@ -432,3 +432,35 @@ def test_resumes_that_do_not_fit_are_refused_and_change_nothing(tmp_path):
         relay.close()
         anchor.stop()
         origin.close()
+
+
+def test_a_cut_publish_resumes_and_the_broker_gets_it_once(tmp_path):
+    """PUBLISH carries the upload id too: a payload cut off mid-way is held, the rover sends
+    the rest, and the broker delivers one message, whole."""
+    from tests.support.services import Broker, Subscriber
+    broker = Broker(str(tmp_path))
+    anchor = AnchorProc(str(tmp_path / "anchor"), "--broker", broker.url).start()
+    relay = CountingRelay("127.0.0.1", anchor.port)
+    sub = Subscriber(broker.port, "rover/#")
+    try:
+        payload = random.Random(71).randbytes(600_000)
+        src = tmp_path / "log.bin"
+        src.write_bytes(payload)
+        link = "tcp://127.0.0.1:%d" % relay.port
+        state = str(tmp_path / "state")
+        relay.cut_up_at(250_000)
+        p = subprocess.run(rover_cmd("micropython", link, "resumer", state, "publish", "rover/log", "--file", str(src)),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0, p.stdout + p.stderr
+        p = subprocess.run(rover_cmd("micropython", link, "resumer", state, "publish", "rover/log", "--file", str(src)),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert sub.wait(1), "broker never delivered the message"
+        assert sub.messages == [("rover/log", payload)]
+        assert len(payload) <= relay.up <= framing_allowed(len(payload)) + 4096 + 64, relay.up
+        assert counters(anchor, "resumer").get("relay_resumed") == 1
+    finally:
+        sub.close()
+        relay.close()
+        anchor.stop()
+        broker.close()
