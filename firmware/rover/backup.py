@@ -146,7 +146,7 @@ class Backup(Conversation):
         # changes from here on has an mtime at least this (less the margin).
         racy_from = state.scan_start(self.state_dir) - _RACY_MARGIN
         tree_path = self.state_dir + "/tree"
-        st = None if self.full else state.load_state(self.state_dir, self.device, self.log)
+        st = None if self.full else state.load_state(self.state_dir, self.device, self.log, self.cbuf)
         parent = st[2] if st else None
         if parent is not None and not state.verify_tree(tree_path, st[3]):
             self.log("the local copy of snapshot %d is damaged: describing the whole tree" % parent)
