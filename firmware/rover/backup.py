@@ -597,7 +597,9 @@ class Backup(Conversation):
     def _deltas(self):
         if self._dl is None:
             try:
-                from anchor_core import delta
+                delta = buffers.delta
+                if delta is None:
+                    from anchor_core import delta
                 delta.install()
                 c = buffers.compressor
                 # a MicroPython rover lends the compressor's chain table and staging buffer,

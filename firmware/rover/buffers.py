@@ -50,6 +50,7 @@ rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at
 rread = None         # bytearray(READ_SIZE)
 compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~9 KB:
                      # its staging buffer, 4 KiB of hash-chain links, ~3 KB of counts and code tables)
+delta = None         # anchor_core.delta, loaded by start() for a backup with a parent
 ring = None          # bytearray(MQTT_RING) for the MQTT channel's send window; 0: none (the
                      # channel's 2 KiB); None: not decided (a board's link opens take it)
 # A restore (rover/restore.py) compresses nothing and inflates chunks as they arrive: its
@@ -121,10 +122,26 @@ def start(argv):
     # 17.7% of a cellular hop instead of 84%; a board shows no progress).
     if mqtt and ("--json" in argv or ("-q" not in argv and "--quiet" not in argv and tty())):
         mqtt = -1
+    state = None
     for i in range(len(argv) - 1):
         if argv[i] == "--state":
+            state = argv[i + 1]
             try:
                 paired = os.stat(argv[i + 1] + "/pairing.key")[6] > 0
             except OSError:
                 pass
     allocate("restore" in argv, rx, paired, mqtt)
+    if state is not None and ("backup" in argv or "run" in argv):
+        # A backup with a parent may be offered bases for sub-chunk deltas (anchor_core/
+        # delta.py). Loaded when the first one comes, deep in the upload, the module did not
+        # fit: a paired MQTT rover's heap there was 21 KB free in pieces of at most 288 bytes.
+        # So it is loaded now, while the heap is whole (4.5 KB, 1.1 KB installed), and only
+        # when the state folder holds a parent: a first backup never gets a base.
+        try:
+            os.stat(state + "/state.cbor")
+        except OSError:
+            return
+        global delta
+        from anchor_core import delta as d
+        d.install()
+        delta = d

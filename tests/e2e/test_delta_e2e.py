@@ -315,9 +315,8 @@ def test_a_rover_whose_delta_is_refused_sends_the_chunk_whole(anchor, tmp_path, 
 @pytest.mark.parametrize("kind", ["serial", "mqtt"])
 def test_a_paired_256k_rover_backs_up_its_edits_over_a_radio_link(tmp_path, kind):
     """The 256 KB MicroPython rover, paired, over a serial radio and an MQTT broker: the second
-    backup of a tree edited in place commits and restores whole. Over serial the changed chunks
-    go as deltas; over MQTT the send window leaves the unix port's heap (which also holds the
-    firmware's bytecode) too little for them there, and whole chunks go (docs/rover.md)."""
+    backup of a tree edited in place sends its changed chunks as deltas, commits and restores
+    whole."""
     import subprocess
     from tests.e2e.test_rover_restore import make_phone
     from tests.support.harness import rover_cmd, snapshot_of
@@ -348,8 +347,7 @@ def test_a_paired_256k_rover_backs_up_its_edits_over_a_radio_link(tmp_path, kind
         p = run_rover("micropython", link, "hand", state, "backup", src)
         assert "snapshot 2 committed" in p.stdout, p.stdout
         c = counters(a, "hand")
-        if kind == "serial":
-            assert c.get("chunks_delta", 0) >= 3, c
+        assert c.get("chunks_delta", 0) >= 3, c
         out = str(tmp_path / "restore")
         anchorctl(a.address, "restore", "hand", "2", "--to", out)
         assert open(os.path.join(out, "app/db/store.db"), "rb").read() == want
