@@ -9,6 +9,15 @@ except ImportError:
         return x
 
 
+if MICROPYTHON:
+    import micropython  # noqa: F401
+else:
+    class micropython:  # noqa: N801  (CPython: @micropython.viper functions run as plain Python)
+        @staticmethod
+        def viper(f):
+            return f
+
+
 def unload(module):
     """Forget a module that was imported for a moment (a MicroPython rover's heap holds the
     bytecode of every module still referenced): drop it from sys.modules and from its

@@ -21,17 +21,10 @@
 # same functions as plain Python.
 import hashlib
 
-from anchor_core.compat import const, MICROPYTHON
+from anchor_core.compat import const, micropython, MICROPYTHON
 
-if MICROPYTHON:
-    import micropython
-else:
-    class micropython:  # noqa: N801  (CPython: the viper functions run as plain Python)
-        @staticmethod
-        def viper(f):
-            return f
-
-    ptr8 = ptr16 = ptr32 = None  # viper's pointer annotations
+if not MICROPYTHON:
+    ptr8 = ptr16 = ptr32 = None  # viper's pointer annotations (CPython: plain Python)
 
 MAX_BLOCKS = const(256)   # signatures of one base: at most 2 KiB, one BASE message
 SIG = const(8)            # bytes of signature per block
@@ -244,15 +237,7 @@ def install():
     tr[(D_AWAIT_BASE, st.ANCHOR, BASE)] = st.READY
     tr[(st.READY, st.ROVER, DELTA)] = D_AWAIT_OK
     tr[(D_AWAIT_OK, st.ANCHOR, DELTAOK)] = st.READY
-    prev = m._ext
-
-    def ext(msg):
-        if BASEQ <= msg[0] <= DELTAOK:
-            return check(msg)
-        if prev is None:
-            m._fail("unknown message type %d" % msg[0])
-        return prev(msg)
-    m._ext = ext
+    m.extend(BASEQ, DELTAOK, check)
 
 
 def check(msg):

@@ -51,6 +51,21 @@ def signatures(base, blk):
     return bytes(out)
 
 
+def _varint(mv, i, n, what):
+    """The LEB128 varint at mv[i] and the offset after it (at most 28 bits, before n)."""
+    v = 0
+    shift = 0
+    while True:
+        if i >= n or shift > 28:
+            raise ValueError("delta: %s cut short" % what)
+        x = mv[i]
+        i += 1
+        v |= (x & 0x7F) << shift
+        shift += 7
+        if not x & 0x80:
+            return v, i
+
+
 def apply(base, blk, ops, size):
     """The anchor's side: the chunk the instructions build from base, as bytes.  Raises
     ValueError on instructions that reach outside the base or past `size` bytes."""
@@ -62,32 +77,12 @@ def apply(base, blk, ops, size):
     i = 0
     n = len(ops)
     while i < n:
-        v = 0
-        shift = 0
-        while True:
-            if i >= n or shift > 28:
-                raise ValueError("delta: instruction cut short")
-            x = omv[i]
-            i += 1
-            v |= (x & 0x7F) << shift
-            shift += 7
-            if not x & 0x80:
-                break
+        v, i = _varint(omv, i, n, "instruction")
         k = v >> 1
         if k == 0:
             raise ValueError("delta: empty instruction")
         if v & 1:
-            first = 0
-            shift = 0
-            while True:
-                if i >= n or shift > 28:
-                    raise ValueError("delta: copy cut short")
-                x = omv[i]
-                i += 1
-                first |= (x & 0x7F) << shift
-                shift += 7
-                if not x & 0x80:
-                    break
+            first, i = _varint(omv, i, n, "copy")
             if first + k > nb:
                 raise ValueError("delta: copy of blocks %d..%d of a base of %d"
                                  % (first, first + k - 1, nb))

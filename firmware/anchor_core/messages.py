@@ -499,8 +499,23 @@ _MIN_FIELDS = bytes((
 ))
 
 
-# The restore's checks, once anchor_core/restoremsg.py is installed (a backup never loads it).
+# The checks of the extensions' types (restoremsg.py, delta.py, resumemsg.py), once installed:
+# modules a rover loads only when it needs them.
 _ext = None
+
+
+def extend(lo, hi, check_fn):
+    """Have check() pass message types lo..hi to check_fn (an extension's install())."""
+    global _ext
+    prev = _ext
+
+    def ext(msg):
+        if lo <= msg[0] <= hi:
+            return check_fn(msg)
+        if prev is None:
+            _fail("unknown message type %d" % msg[0])
+        return prev(msg)
+    _ext = ext
 
 
 def check(msg):

@@ -66,13 +66,7 @@ def install():
         tr[(R_PLAN, st.ANCHOR, t)] = R_PLAN
     tr[(R_PLAN, st.ANCHOR, RDONE)] = st.READY
     tr[(R_PLAN, st.ANCHOR, m.FAIL)] = st.READY
-    prev = m._ext     # another extension's checks (anchor_core/delta.py) stay in force
-
-    def ext(msg):
-        if RESTORE <= msg[0] <= RTOTAL or prev is None:
-            return check(msg)
-        return prev(msg)
-    m._ext = ext
+    m.extend(RESTORE, RTOTAL, check)
 
 
 def _path(p, empty=False):

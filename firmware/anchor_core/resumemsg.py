@@ -31,15 +31,7 @@ def install():
     tr[(st.READY, st.ROVER, UPASK)] = U_AWAIT_HELD
     tr[(U_AWAIT_HELD, st.ANCHOR, HELD)] = st.READY
     tr[(U_AWAIT_HELD, st.ANCHOR, m.FAIL)] = st.READY
-    prev = m._ext     # the restore's and the delta's checks stay in force
-
-    def ext(msg):
-        if UPASK <= msg[0] <= HELD:
-            return check(msg)
-        if prev is None:
-            m._fail("unknown message type %d" % msg[0])
-        return prev(msg)
-    m._ext = ext
+    m.extend(UPASK, HELD, check)
 
 
 def check(msg):

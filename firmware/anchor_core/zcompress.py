@@ -25,17 +25,10 @@
 # sort keys (count << 9 | symbol) below 2**25, and Adler-32 reduces every 3800 bytes.
 from array import array
 
-from anchor_core.compat import const, MICROPYTHON
+from anchor_core.compat import const, micropython, MICROPYTHON
 
-if MICROPYTHON:
-    import micropython
-else:
-    class micropython:  # noqa: N801  (CPython: the viper functions run as plain Python)
-        @staticmethod
-        def viper(f):
-            return f
-
-    ptr8 = ptr16 = ptr32 = None  # viper's pointer annotations
+if not MICROPYTHON:
+    ptr8 = ptr16 = ptr32 = None  # viper's pointer annotations (CPython: plain Python)
 
 _HASH_BITS = const(8)     # 256 heads: with chains, more buy little (docs/decisions.md)
 _HASH_SIZE = const(1 << _HASH_BITS)

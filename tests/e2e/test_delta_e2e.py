@@ -317,28 +317,10 @@ def test_a_paired_256k_rover_backs_up_its_edits_over_a_radio_link(tmp_path, kind
     """The 256 KB MicroPython rover, paired, over a serial radio and an MQTT broker: the second
     backup of a tree edited in place sends its changed chunks as deltas, commits and restores
     whole."""
-    import subprocess
     from tests.e2e.test_rover_restore import make_phone
-    from tests.support.harness import rover_cmd, snapshot_of
-    from tests.support.linkemu import PtyLink
-    from tests.support.services import Broker
+    from tests.support.harness import paired_radio, snapshot_of
     from tools.bench_rover_heap import edit
-    emu = broker = None
-    if kind == "serial":
-        emu = PtyLink(rate=2_000_000, seed=5)
-        extra = ["--serial", emu.anchor_link + ":115200"]
-        link = "serial:%s:115200" % emu.rover_link
-    else:
-        broker = Broker(str(tmp_path))
-        extra = ["--broker", broker.url]
-        link = "mqtt://127.0.0.1:%d" % broker.port
-    a = AnchorProc(str(tmp_path / "anchor"), *extra, secure=True).start()
-    try:
-        state = str(tmp_path / "state")
-        code = json.loads(anchorctl(a.address, "pair", "hand", "--json").stdout)["code"]
-        p = subprocess.run(rover_cmd("micropython", "tcp://unused:1", "hand", state, "pair", code),
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0, p.stdout + p.stderr
+    with paired_radio(tmp_path, kind, "hand") as (a, link, state):
         src = str(tmp_path / "data")
         make_phone(src, seed=4)
         run_rover("micropython", link, "hand", state, "backup", src)
@@ -356,9 +338,3 @@ def test_a_paired_256k_rover_backs_up_its_edits_over_a_radio_link(tmp_path, kind
         for rel in mine:
             if os.path.isfile(os.path.join(src, rel)):
                 assert open(os.path.join(out, rel), "rb").read() == open(os.path.join(src, rel), "rb").read(), rel
-    finally:
-        a.stop()
-        if emu:
-            emu.close()
-        if broker:
-            broker.close()

@@ -1,7 +1,6 @@
 """A rover restores over its own link (docs/protocol.md §9): what it still holds in --to, or in
 a --seed folder, is reused, and only the chunks it holds nowhere cross the link, compressed.
 Both runtimes; bytes counted at a relay socket between the rover and the anchor."""
-import hashlib
 import os
 import random
 import shutil
@@ -351,27 +350,8 @@ def test_only_a_paired_rover_restores_and_only_its_own_data(tmp_path, runtime):
 def test_a_paired_micropython_rover_restores_over_a_radio_link(tmp_path, kind):
     """The 256 KB rover, paired (secure channel), over the channel of a serial radio and of an
     MQTT broker: a wiped folder comes back whole."""
-    import json
-    import subprocess
-    from tests.support.harness import anchorctl, rover_cmd
-    from tests.support.linkemu import PtyLink
-    from tests.support.services import Broker
-    emu = broker = None
-    if kind == "serial":
-        emu = PtyLink(rate=2_000_000, seed=5)
-        extra = ["--serial", emu.anchor_link + ":115200"]
-        link = "serial:%s:115200" % emu.rover_link
-    else:
-        broker = Broker(str(tmp_path))
-        extra = ["--broker", broker.url]
-        link = "mqtt://127.0.0.1:%d" % broker.port
-    a = AnchorProc(str(tmp_path / "anchor"), *extra, secure=True).start()
-    try:
-        state = str(tmp_path / "state")
-        code = json.loads(anchorctl(a.address, "pair", "hand", "--json").stdout)["code"]
-        p = subprocess.run(rover_cmd("micropython", "tcp://unused:1", "hand", state, "pair", code),
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 0, p.stdout + p.stderr
+    from tests.support.harness import paired_radio
+    with paired_radio(tmp_path, kind, "hand") as (a, link, state):
         src = str(tmp_path / "data")
         make_phone(src, seed=4)
         want = snapshot_of(src)
@@ -380,12 +360,6 @@ def test_a_paired_micropython_rover_restores_over_a_radio_link(tmp_path, kind):
         r = run_rover("micropython", link, "hand", state, "restore", "--to", src)
         assert "snapshot 1 restored" in r.stdout, r.stdout
         _same_content(want, src)
-    finally:
-        a.stop()
-        if emu:
-            emu.close()
-        if broker:
-            broker.close()
 
 
 def test_the_rover_never_copies_through_a_symlink(tmp_path):

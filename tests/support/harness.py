@@ -1,5 +1,6 @@
 """Shared pieces of the end-to-end tests: a real anchor process, rovers on both runtimes,
 trees to back up, and byte-for-byte comparison."""
+import contextlib
 import glob
 import os
 import random
@@ -261,3 +262,35 @@ def damage(data_dir, data):
                 f.write(bytes([buf[at + 10] ^ 0xFF]))
                 return
     raise AssertionError("the bytes to damage are not in any segment")
+
+
+@contextlib.contextmanager
+def paired_radio(tmp_path, kind, device):
+    """(anchor, link, state) of a secure anchor with a MicroPython rover `device` paired to it,
+    over a serial radio (the pty emulator) or an MQTT broker (mosquitto); all stopped after."""
+    import json
+    from tests.support.linkemu import PtyLink
+    from tests.support.services import Broker
+    emu = broker = None
+    if kind == "serial":
+        emu = PtyLink(rate=2_000_000, seed=5)
+        extra = ["--serial", emu.anchor_link + ":115200"]
+        link = "serial:%s:115200" % emu.rover_link
+    else:
+        broker = Broker(str(tmp_path))
+        extra = ["--broker", broker.url]
+        link = "mqtt://127.0.0.1:%d" % broker.port
+    a = AnchorProc(str(tmp_path / "anchor"), *extra, secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        code = json.loads(anchorctl(a.address, "pair", device, "--json").stdout)["code"]
+        p = subprocess.run(rover_cmd("micropython", "tcp://unused:1", device, state, "pair", code),
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        yield a, link, state
+    finally:
+        a.stop()
+        if emu:
+            emu.close()
+        if broker:
+            broker.close()
