@@ -72,9 +72,6 @@ _PART_WANTED = const(2)
 
 
 _DELTA_MIN = const(512)    # smaller chunks go whole: a block of signatures is 64 bytes of them
-_DELTA_OUT = const(4096)   # a CPython rover's instructions; a larger delta pays too little
-_DELTA_ROOM = const(8192)  # free heap a MicroPython rover wants before it asks for a base
-_mem_free = getattr(gc, "mem_free", None)
 
 
 class _Skip(Exception):
@@ -116,7 +113,7 @@ class Backup(Conversation):
         self.stats = {"entries": 0, "bytes": 0, "changed": 0, "deleted": 0, "hashed_bytes": 0,
                       "chunks_sent": 0, "data_bytes_sent": 0, "snapshot": None, "skipped": 0,
                       "chunks_delta": 0, "delta_sig_bytes": 0}
-        self._dl = None          # anchor_core.delta once a NEED offered a base; False: no room
+        self._ds = None          # rover.deltasend.Sender once a NEED offered a base; False: no room
 
     def skip(self, rel, code, arg):
         from rover import notstored
@@ -531,8 +528,13 @@ class Backup(Conversation):
         mv = memoryview(self.cbuf)[:ln]
         if f.readinto(mv) != ln or hashlib.sha256(mv).digest() != cid:
             self._changed(path)
-        if based and ln >= _DELTA_MIN and self._send_delta(cid, mv, ln):
-            return
+        if based and ln >= _DELTA_MIN:
+            ds = self._delta_sender()
+            k = ds.send(self, cid, mv, ln) if ds is not None else -1
+            if k >= 0:
+                self.stats["chunks_delta"] += 1
+                self._count_sent(k)
+                return
         enc = m.ENC_RAW
         if zlib is not None:
             comp = zlib.compress(mv, 6)
@@ -553,63 +555,16 @@ class Backup(Conversation):
         self.send_blob([m.DATA, cid, enc], mv)
         self._count_sent(len(mv))
 
-    def _send_delta(self, cid, mv, ln):
-        """The chunk as a delta against the old chunk the anchor named (NEED's bases), if
-        that is smaller than the chunk as DATA would carry it; True once the anchor rebuilt
-        it.  The signatures cost a round trip (BASEQ, BASE) and the verdict another."""
-        d = self._deltas()
-        if d is None:
-            return False
-        if _mem_free is not None:
-            # BASE's signatures (up to 2 KiB) and what decoding and encoding allocate must
-            # fit: a MemoryError past BASEQ would end the backup, a whole chunk does not
-            gc.collect()
-            if _mem_free() < _DELTA_ROOM:
-                return False
-        self.send([d.BASEQ, cid])
-        b = self.recv(d.BASE)
-        blk, sigs = b[2], b[3]
-        self.stats["delta_sig_bytes"] += len(sigs)
-        if not blk:
-            return False
-        c = buffers.compressor
-        out = c.out if c is not None else self._dout
-        k = self._denc.encode(mv, ln, blk, sigs, out)
-        if k < 0:
-            return False
-        if zlib is not None:
-            if len(zlib.compress(mv, 6)) <= k:
-                return False
-        elif c is not None and k > ln // 4:
-            # maybe compression does better: its counting pass says (and takes the table)
-            p = c.plan(mv, ln, False, True)
-            if 0 < p <= k:
-                return False
-            k = self._denc.encode(mv, ln, blk, sigs, out)
-        self.send_blob([d.DELTA, cid, ln], memoryview(out)[:k])
-        if not self.recv(d.DELTAOK)[2]:
-            self.log("the anchor could not rebuild a chunk from its delta; sending it whole")
-            return False
-        self.stats["chunks_delta"] += 1
-        self._count_sent(k)
-        return True
-
-    def _deltas(self):
-        if self._dl is None:
+    def _delta_sender(self):
+        if self._ds is None:
             try:
-                delta = buffers.delta
-                if delta is None:
-                    from anchor_core import delta
-                delta.install()
-                c = buffers.compressor
-                # a MicroPython rover lends the compressor's chain table and staging buffer,
-                # idle between chunks; its instructions are at most that buffer
-                self._denc = delta.Encoder(c.prev if c is not None else None)
-                self._dout = None if c is not None else bytearray(_DELTA_OUT)
-                self._dl = delta
+                d = buffers.delta
+                if d is None:
+                    from rover import deltasend as d
+                self._ds = d.Sender(buffers.compressor)
             except MemoryError:
-                self._dl = False
-        return self._dl or None
+                self._ds = False
+        return self._ds or None
 
     def _count_sent(self, k):
         self.stats["chunks_sent"] += 1

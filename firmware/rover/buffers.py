@@ -50,7 +50,7 @@ rx = None            # bytearray(RX_* + RX_OVERHEAD), for a conversation (one at
 rread = None         # bytearray(READ_SIZE)
 compressor = None    # anchor_core.zcompress.Compressor where the runtime has no zlib (~9 KB:
                      # its staging buffer, 4 KiB of hash-chain links, ~3 KB of counts and code tables)
-delta = None         # anchor_core.delta, loaded by start() for a backup with a parent
+delta = None         # rover.deltasend (and anchor_core.delta), loaded by start() for a backup with a parent
 ring = None          # bytearray(MQTT_RING) for the MQTT channel's send window; 0: none (the
                      # channel's 2 KiB); None: not decided (a board's link opens take it)
 # A restore (rover/restore.py) compresses nothing and inflates chunks as they arrive: its
@@ -135,13 +135,13 @@ def start(argv):
         # A backup with a parent may be offered bases for sub-chunk deltas (anchor_core/
         # delta.py). Loaded when the first one comes, deep in the upload, the module did not
         # fit: a paired MQTT rover's heap there was 21 KB free in pieces of at most 288 bytes.
-        # So it is loaded now, while the heap is whole (4.5 KB, 1.1 KB installed), and only
+        # So it is loaded now, while the heap is whole (with rover/deltasend.py), and only
         # when the state folder holds a parent: a first backup never gets a base.
         try:
             os.stat(state + "/state.cbor")
         except OSError:
             return
         global delta
-        from anchor_core import delta as d
-        d.install()
-        delta = d
+        from rover import deltasend
+        deltasend.delta.install()    # its message types: the tables grow now, not mid-upload
+        delta = deltasend
