@@ -11,23 +11,10 @@ import pytest
 
 from anchor.fleet import packs
 from anchor.fleet.objects import ObjectStoreError, S3Objects
-from tests.support.seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_ports
+from tests.support.seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, free_ports
 
 SEAL = bytes(range(32))
 CONTENT = bytes(range(32, 64))
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    s = SeaweedS3(str(tmp_path_factory.mktemp("seaweed")))
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def objects(s3, request):
-    # each test its own prefix: tests share one store, never each other's keys
-    return s3.objects(prefix="t-%s/" % request.node.name)
 
 
 def test_an_object_is_created_once_and_whole(objects):
