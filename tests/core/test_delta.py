@@ -5,6 +5,7 @@ import hashlib
 
 from anchor_core import delta, deltabase
 from anchor_core.compat import MICROPYTHON
+from prng import xorshift
 
 N = 16384
 BASE = bytearray(N)
@@ -12,15 +13,6 @@ NEW = bytearray(N + 512)
 OUT = bytearray(4096)
 TABLE = bytearray(2 * delta.TABLE_WORDS) if MICROPYTHON else None
 ENC = delta.Encoder(TABLE)
-
-
-def xorshift(seed):
-    x = seed & 0xFFFFFFFF or 1
-    while True:
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        yield x
 
 
 def fill_pages(buf, n, seed):

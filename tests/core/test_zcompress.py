@@ -8,6 +8,7 @@ import io
 from anchor_core.compat import MICROPYTHON
 import anchor_core.zcompress as zc
 from anchor_core.zcompress import Compressor, HASH_BITS
+from prng import xorshift
 
 MAX = 32768 + 300  # room for a match at distance 32768 (and 32769) of length 258
 # streams through a staging buffer as small as stream() takes; made first, so that its small
@@ -62,15 +63,6 @@ def adler32(src, n):
         a = (a + src[i]) % 65521
         b = (b + a) % 65521
     return (b << 16) | a
-
-
-def xorshift(seed):
-    x = seed & 0xFFFFFFFF or 1
-    while True:
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        yield x
 
 
 def fill_random(buf, start, end, seed, lo=0):
