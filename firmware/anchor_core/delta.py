@@ -20,6 +20,7 @@
 # chain table, idle between chunks); nothing here grows with the chunk.  CPython runs the
 # same functions as plain Python.
 import hashlib
+from array import array
 
 from anchor_core.compat import const, micropython, MICROPYTHON
 
@@ -120,7 +121,6 @@ class Encoder:
             if MICROPYTHON:
                 table = bytearray(2 * TABLE_WORDS)
             else:
-                from array import array
                 table = array("H", bytes(2 * TABLE_WORDS))
         words = len(table) // 2 if MICROPYTHON else len(table)
         mask = 1
@@ -130,7 +130,7 @@ class Encoder:
             raise ValueError("delta: table of %d words is too small" % words)
         self.tab = table
         self.mask = mask - 1
-        self.st = bytearray(16) if MICROPYTHON else [0, 0, 0, 0]
+        self.st = array("i", (0, 0, 0, 0))   # the scan's state: sums, their window, the block
 
     def encode(self, src, n, blk, sigs, out):
         """Instructions into out; their length, or -1 if they do not fit out (the chunk
@@ -141,7 +141,7 @@ class Encoder:
         mv = memoryview(src)
         st = self.st
         _fill(self.tab, self.mask, sigs, nb)
-        _set(st, 2, _NONE)
+        st[2] = _NONE
         o = 0
         lit = 0            # start of the bytes not yet covered
         pos = 0
@@ -151,7 +151,7 @@ class Encoder:
             p = _scan(mv, pos, n, blk, st, sigs, self.tab, self.mask)
             if p < 0:
                 break
-            i = _get(st, 3)
+            i = st[3]
             so = i * SIG + 4
             if hashlib.sha256(mv[p:p + blk]).digest()[:_STRONG] != sigs[so:so + _STRONG]:
                 pos = p + 1
@@ -170,26 +170,12 @@ class Encoder:
                 run_i = i
                 run_n = 1
             pos = lit = p + blk
-            _set(st, 2, _NONE)
+            st[2] = _NONE
         if run_n:
             o = _copy(out, o, run_i, run_n)
         if o >= 0 and n > lit:
             o = _literal(out, o, mv, lit, n)
         return o
-
-
-def _get(st, i):
-    if MICROPYTHON:
-        return st[4 * i] | st[4 * i + 1] << 8 | st[4 * i + 2] << 16 | st[4 * i + 3] << 24
-    return st[i]
-
-
-def _set(st, i, v):
-    if MICROPYTHON:
-        for k in range(4):
-            st[4 * i + k] = (v >> (8 * k)) & 0xFF
-    else:
-        st[i] = v
 
 
 def _copy(out, o, first, count):
@@ -208,8 +194,6 @@ def _literal(out, o, mv, start, end):
         return -1
     out[o:o + k] = mv[start:end]
     return o + k
-
-
 
 
 # --- messages (docs/protocol.md, "Sub-chunk deltas") ---------------------------------------
