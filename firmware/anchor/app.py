@@ -56,8 +56,10 @@ class App:
     relayed bodies then pass without being kept, and later backups must upload them."""
 
     def __init__(self, data_dir, broker=None, relay_timeout=DEFAULT_TIMEOUT, relay_max=DEFAULT_MAX_BODY,
-                 capture=True, capacity=None, open=False, spool_max=None):
+                 capture=True, capacity=None, open=False, spool_max=None, fleet=None):
         self.data_dir = os.path.abspath(data_dir)
+        self.fleet_config = fleet         # anchor.fleet.service.FleetConfig, or None: one box alone
+        self.fleet = None
         self.open = open
         self.capturing = capture
         self.spool_max = spool_max
@@ -87,13 +89,20 @@ class App:
         for d in self.catalog.damage:
             log.warning("%s", d)
         self.trees = TreeStore(os.path.join(self.data_dir, "trees"))
+        self.local_store = self.store     # flash alone: what retention evicts from
+        if self.fleet_config is not None:
+            from anchor.fleet.service import Fleet
+            self.fleet = Fleet(self.data_dir, self.fleet_config, self.catalog, self.store, self.trees)
+            # The services read through the fleet: a chunk in the store counts as held, and is
+            # read from there when flash no longer has it (or never had it).
+            self.store = self.fleet.store
         # Uploads the relay sends on wait here until whole; anything left is from a crash.
         self.spool_dir = os.path.join(self.data_dir, "spool")
         os.makedirs(self.spool_dir, exist_ok=True)
         for name in os.listdir(self.spool_dir):
             os.unlink(os.path.join(self.spool_dir, name))
 
-        self.retention = Retention(self.store, self.catalog, capacity)
+        self.retention = Retention(self.local_store, self.catalog, capacity)
         self.watchlist = WatchList()
         # Every body on its way draws on one budget (--spool-max, 1 GiB by default; never the
         # last 256 MiB of the filesystem), whether it is captured as it streams or held in a
@@ -111,6 +120,7 @@ class App:
                                     keep_bodies=capture, open=open, admission=self.admission)
         self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
                                       admission=self.admission, restore=self.restore)
+        self.sessions.fleet = self.fleet
 
     def _check_version(self):
         p = os.path.join(self.data_dir, "ANCHOR-DATA")
@@ -128,7 +138,9 @@ class App:
 
     def close(self):
         try:
-            self.store.close()
+            self.local_store.close()
             self.catalog.close()
+            if self.fleet is not None:
+                self.fleet.close()
         finally:
             self.lock.release()

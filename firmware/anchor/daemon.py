@@ -56,6 +56,7 @@ class SessionServer:
         self.streams = {}                 # task -> writer
         self.channel_links = {}           # port name -> its latest links.chanlink.ChannelConnection
         self.sessions_total = 0
+        self.fleet = None                 # anchor.fleet.service.Fleet of a fleet anchor (App sets it)
 
     # --- one rover link ----------------------------------------------------------------
 
@@ -122,6 +123,10 @@ class SessionServer:
         try:
             if device is None:
                 return await self._serve_session(reader, writer, None)
+            if self.fleet is not None:
+                # Before its HELLO: the snapshots other anchors of the fleet made for it, so the
+                # backup builds on the newest and HAVE counts what the fleet holds.
+                await self.fleet.visit(device)
             live = self.secure_writers.setdefault(device, set())
             live.add(writer)
             try:
@@ -300,6 +305,7 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
     app.retention.enforce()     # a smaller --capacity than last time applies at once
     sessions = app.sessions
     opened = []
+    background = []
     watchdog = None
     try:
         # First, so a management path that is taken stops the anchor before it serves anyone.
@@ -330,11 +336,16 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
         where = "rovers on tcp://%s:%d" % (listen_host, port)
         notifier.send("READY=1", "STATUS=serving " + where)
         watchdog = asyncio.get_running_loop().create_task(_keepalive(notifier, sessions, where))
+        if app.fleet is not None:
+            background.append(asyncio.get_running_loop().create_task(app.fleet.run()))
+            app.fleet.offload_now()       # what was committed while the anchor was down
         await stop.wait()
         notifier.send("STOPPING=1", "STATUS=stopping: closing links and flushing the store")
     finally:
         if watchdog is not None:
             watchdog.cancel()
+        for task in background:
+            task.cancel()
         for lst in opened:
             aclose = getattr(lst, "aclose", None)
             if aclose is not None:

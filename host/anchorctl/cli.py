@@ -273,6 +273,45 @@ def cmd_watch(c, a):
         print("%-16s %-40s %10s  %6.0f s left" % (r["device"], r["path"], _size(r["size"]), r["seconds_left"]))
 
 
+def cmd_fleet(c, a):
+    if a.what == "new-key":
+        from anchor.fleet import keys
+        if not a.file:
+            raise AnchorError("anchorctl fleet new-key FILE: say where to write the key")
+        try:
+            keys.write_key_file(a.file, keys.new_key())
+        except FileExistsError:
+            raise AnchorError("%s exists: a fleet key is never written over (the fleet's data would "
+                              "become unreadable to this anchor)" % a.file)
+        except OSError as e:
+            raise AnchorError("%s: %s" % (a.file, e.strerror or e))
+        out = {"key_file": a.file}
+        if not a.json:
+            print("fleet key written to %s (mode 0600): copy it to every anchor of the fleet, "
+                  "and keep a copy off the anchors: without it the store's data cannot be read" % a.file)
+        return out
+    if a.what == "offload":
+        r = c.fleet_offload()
+        if not a.json:
+            print("offload pass started (state: %s); anchorctl fleet status shows its progress" % r["state"])
+        return r
+    r = c.fleet_status()
+    if a.json:
+        return r
+    print("fleet %s in %s; this anchor %s: %s" % (r["fleet"], r["store"], r["anchor"], r["state"]))
+    print("local (flash):  %d chunks, %s" % (r["local"]["chunks"], _size(r["local"]["bytes"])))
+    print("offloaded:      %d chunks, %s" % (r["offloaded"]["chunks"], _size(r["offloaded"]["bytes"])))
+    pend = r["pending"]
+    print("pending:        %d snapshot%s%s" % (pend["snapshots"], "" if pend["snapshots"] == 1 else "s",
+                                               (" (" + ", ".join(pend["devices"]) + ")") if pend["devices"] else ""))
+    print("last pass:      %s" % _when(r["last_pass"]))
+    if r.get("not_offloaded"):
+        print("not offloaded:  %s: %s" % (", ".join(r["not_offloaded"]["devices"]), r["not_offloaded"]["why"]))
+    if r["last_error"]:
+        print("last error:     %s" % r["last_error"])
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="anchorctl", description="Manage an Anchor gateway")
     ap.add_argument("--anchor", default=None,
@@ -340,6 +379,10 @@ def main(argv=None):
                    help="quarantine bad or lost chunks (the next backup of a rover that still has them "
                         "uploads them again), rewrite damaged segment headers, rebuild a damaged index")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
+    p = add("fleet", cmd_fleet, "the fleet tier: status (local, offloaded, pending), offload (a pass now: "
+            "the uplink is cheap), new-key FILE (a fleet key for `anchor serve --fleet-key-file`)")
+    p.add_argument("what", nargs="?", choices=("status", "offload", "new-key"), default="status")
+    p.add_argument("file", nargs="?", default=None, help="new-key: the file to write")
     a = ap.parse_args(argv)
     status = 0
     try:

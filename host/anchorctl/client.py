@@ -136,6 +136,12 @@ class Client:
             return self._call("/v1/verify?repair=1", "POST")
         return self._json("/v1/verify")
 
+    def fleet_status(self):
+        return self._json("/v1/fleet")
+
+    def fleet_offload(self):
+        return self._call("/v1/fleet/offload", "POST")
+
     def watch(self):
         return self._json("/v1/watch")
 

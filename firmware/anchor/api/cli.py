@@ -62,7 +62,8 @@ def _token(path):
 # came from: (key, parse). A list (--serial) is checked item by item.
 CHECKS = (("listen", parse_tcp), ("mgmt", parse_unix), ("broker", parse_mqtt), ("proxy", parse_tcp),
           ("serial", parse_serial), ("capacity", _size), ("spool-max", _size),
-          ("relay-timeout", parse_seconds), ("http", parse_tcp), ("http-token-file", _token))
+          ("relay-timeout", parse_seconds), ("http", parse_tcp), ("http-token-file", _token),
+          ("fleet-rate", _size), ("fleet-interval", parse_seconds))
 
 
 def build_parser():
@@ -108,6 +109,22 @@ def build_parser():
     sp.add_argument("--spool-max", default="1G",
                     help="bytes of relayed bodies held at once while they pass (default %(default)s); past it, "
                          "or within 256 MiB of a full disk, a body passes without being kept")
+    sp.add_argument("--fleet", default=None, metavar="s3://BUCKET",
+                    help="share this anchor's backups with the other anchors of a fleet through this "
+                         "S3 bucket (docs/fleet.md); needs --fleet-endpoint and --fleet-key-file")
+    sp.add_argument("--fleet-endpoint", default=None, metavar="URL", help="the S3 store's address, e.g. https://s3.example.net")
+    sp.add_argument("--fleet-key-file", default=None, metavar="FILE",
+                    help="the fleet key (mode 0600; `anchorctl fleet new-key FILE` makes one, every anchor of the fleet gets a copy)")
+    sp.add_argument("--fleet-credentials-file", default=None, metavar="FILE",
+                    help="TOML with access_key and secret_key for the store (default: AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY from the environment; never on the command line)")
+    sp.add_argument("--fleet-rate", default=None, metavar="BYTES",
+                    help="offload at most this many bytes a second on average, e.g. 500K (default: no limit)")
+    sp.add_argument("--fleet-window", default=None, metavar="HH:MM-HH:MM",
+                    help="offload only in this local time window, when the uplink is cheap (default: any time; "
+                         "`anchorctl fleet offload` starts a pass at once)")
+    sp.add_argument("--fleet-interval", type=float, default=300.0,
+                    help="seconds between offload passes (default %(default)s)")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
     sp.add_argument("--ready-file", default=None, help="write the bound port here once listening (for scripts)")
     sp.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
@@ -214,6 +231,16 @@ def main(argv=None):
     spool_max = _size(args.spool_max)
     http = parse_tcp(args.http) if args.http else None
     http_token = _token(args.http_token_file) if args.http_token_file else None
+    fleet = None
+    if args.fleet or args.fleet_endpoint or args.fleet_key_file:
+        from anchor.fleet.service import FleetConfig, FleetConfigError
+        try:
+            fleet = FleetConfig(args.fleet, args.fleet_endpoint, args.fleet_key_file, args.fleet_credentials_file,
+                                rate=_size(args.fleet_rate) if args.fleet_rate else None,
+                                window=args.fleet_window, interval=args.fleet_interval)
+        except FleetConfigError as e:
+            print("anchor: %s" % e, file=sys.stderr, flush=True)
+            return 2
 
     from anchor.app import App
     from anchor.daemon import BindError, serve
@@ -223,7 +250,7 @@ def main(argv=None):
     try:
         clear_stale_socket(mgmt)     # before the data is opened: a taken path changes nothing
         app = App(args.data, broker=broker, relay_timeout=args.relay_timeout, capture=not args.no_capture,
-                  capacity=capacity, open=args.open, spool_max=spool_max)
+                  capacity=capacity, open=args.open, spool_max=spool_max, fleet=fleet)
     except (DataDirBusy, SocketPathBusy) as e:
         print("anchor: %s" % e, file=sys.stderr, flush=True)
         return 2

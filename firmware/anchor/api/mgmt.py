@@ -202,6 +202,16 @@ class Api:
                     raise ApiError(400, "POST /v1/verify repairs: say repair=1")
                 return self._json(self.verify(repair=True))
             return self._json(self.verify())
+        if segs[1] == "fleet":
+            fleet = self.app.fleet
+            if fleet is None:
+                raise ApiError(404, "this anchor is not part of a fleet (anchor serve --fleet)")
+            if segs[2:] == [] and method == "GET":
+                return self._json(fleet.status())
+            if segs[2:] == ["offload"] and method == "POST":
+                fleet.offload_now()
+                return self._json({"offload": "started", "state": fleet.state})
+            raise ApiError(404, "no such endpoint")
         if segs[1:] == ["watch"]:
             return self._json(self.app.watchlist.listing())
         if segs[1] == "devices" and len(segs) >= 4 and segs[3] == "snapshots":

@@ -7,7 +7,8 @@ Objects, every one written once:
   idx/<n>/<anchor>-<seq>    entries an anchor offloaded while epoch n was current
   compacted/<c>             every entry of epochs <= c, merged (created once, If-None-Match)
 Index objects are sealed like packs (ChaCha20-Poly1305 under the fleet's index key) and hold
-CBOR [[device id, chunk id, pack name, offset, length], ...] sorted by device, then chunk.
+CBOR [[device id, chunk id, pack name, offset, length, raw length], ...] sorted by device, then
+chunk (entries without the raw length, five fields, are read too).
 
 Why no lock is needed: a writer puts an index object into the epoch it last read as current,
 at most WRITE_WINDOW seconds after reading it (an offload that takes longer reads again). So
@@ -147,7 +148,7 @@ class FleetIndex:
         return keys
 
     def load(self, device=None):
-        """{(device, chunk id): (pack, offset, length)}, of one device or all."""
+        """{(device, chunk id): (pack, offset, length[, raw length])}, of one device or all."""
         c = self._compacted()
         entries = []
         if c >= 0:
@@ -157,7 +158,9 @@ class FleetIndex:
             entries.extend(got)
         for key in self._sources(1 << 62, c):
             entries.extend(self._open(key) or ())
-        return dict(((d, k), (p, o, ln)) for d, k, p, o, ln in entries if device is None or d == device)
+        # An entry is (device, chunk id, pack, offset, length[, raw length]): the value is
+        # everything after the key, so entries of either length read the same way.
+        return dict(((e[0], e[1]), tuple(e[2:])) for e in entries if device is None or e[0] == device)
 
     def compact(self):
         """Merge every settled epoch not yet compacted into compacted/<c>; then delete what an

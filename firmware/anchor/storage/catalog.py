@@ -269,10 +269,13 @@ class Catalog:
             db.execute("ROLLBACK")
             raise
 
-    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, tree_oids, about=None):
+    def commit_snapshot(self, dev, parent, root, entries, total, new_objects, tree_oids, about=None,
+                        seq=None, created=None):
         """One transaction: the objects this backup declared, the snapshot, and what it keeps
         alive. new_objects: iterable of (oid, size, chunk_ids_bytes); tree_oids: the object
-        ids in the snapshot's tree. Returns (snapshot number, chunks that became pinned)."""
+        ids in the snapshot's tree. Returns (snapshot number, chunks that became pinned).
+        seq, created: a snapshot another anchor of the fleet committed, taken over with its
+        number and time (CatalogError if this anchor has that number already)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -286,12 +289,16 @@ class Catalog:
                 db.execute("INSERT OR IGNORE INTO device_objects VALUES (?, ?)", (dev, oid))
                 db.executemany("INSERT OR IGNORE INTO device_chunks VALUES (?, ?, 0)",
                                ((dev, ids[i:i + 32]) for i in range(0, len(ids), 32)))
+            if seq is None:
+                seq = (self.latest(dev) or 0) + 1
+            elif self.snapshot(dev, seq) is not None:
+                raise CatalogError("snapshot %d of this device exists here already" % seq)
             pinned = self._tree_ref(root, tree_oids)
-            seq = (self.latest(dev) or 0) + 1
             about = (list(about or ()) + [None, None, None])[:3]
             db.execute("INSERT INTO snapshots (device_id, seq, parent, created, root, entries, bytes, "
                        "root_path, host, tag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (dev, seq, parent, time.time(), root, entries, total, *about))
+                       (dev, seq, parent, time.time() if created is None else created, root, entries,
+                        total, *about))
             self._count_change()
             db.execute("COMMIT")
         except BaseException:

@@ -74,6 +74,30 @@ class TreeStore:
                 os.close(dfd)
         return digest, count, total
 
+    def install(self, digest, data):
+        """Put a whole tree file (as another anchor of the fleet wrote it) under its digest:
+        written beside, checked to hash to `digest`, then renamed; TreeError if it does not."""
+        tmp = os.path.join(self.root, ".in-%d" % os.getpid())
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            h = hashlib.sha256()
+            for enc in self._encodings_of(tmp, digest):
+                h.update(enc)
+            if h.digest() != digest:
+                raise TreeError("tree %s from the fleet store hashes to %s" % (digest.hex()[:16], h.hexdigest()[:16]))
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        os.rename(tmp, self.path(digest))
+        dfd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def check(self, digest):
         """Read tree `digest` whole and re-hash it: its number of entries when it is the tree
         its name says, else TreeError naming what is wrong. Records are not decoded (that
@@ -115,7 +139,9 @@ class TreeStore:
 
     def _encodings(self, digest):
         """Yield the CBOR encoding of each record of a tree, streaming."""
-        p = self.path(digest)
+        return self._encodings_of(self.path(digest), digest)
+
+    def _encodings_of(self, p, digest):
         try:
             f = open(p, "rb")
         except FileNotFoundError:

@@ -1,0 +1,174 @@
+"""Offload: committed snapshots and the chunks they hold go to the fleet store, in the
+background (docs/fleet.md, sections 2 and 4). CPython only.
+
+Order, per snapshot, so that nothing in the store ever names what is not there:
+  1. the chunks the store does not hold yet, sealed into packs; each pack PUT whole
+  2. an index object naming the pack's chunks (after its pack); then the local `remote` rows,
+     which make the chunks evictable from flash
+  3. the snapshot's tree and its object list; then the snapshot record, created once
+An anchor killed between 1 and 2 leaves a pack nobody names (swept by fleet/gc.py a day
+later); its chunks are packed again on the next pass. A snapshot is marked offloaded here
+only after 3.
+
+The event loop builds packs (reading flash, compressing, sealing: ~16 MiB at a time) and a
+thread does the PUTs, paced to `rate` bytes per second on average. Devices whose pairing this
+anchor does not hold (an --open anchor's plain rovers) are not offloaded: their data would
+have no device key to be sealed under."""
+import asyncio
+import logging
+import time
+
+from anchor.fleet import devdata, packs
+from anchor.fleet.remote import pack_key
+from anchor.storage.chunks import StoreError
+
+log = logging.getLogger("anchor")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS offloaded (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    how TEXT NOT NULL,                -- 'offloaded', 'imported' (from the store), 'conflict'
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+"""
+YIELD_EVERY = 64            # chunks packed between two turns of the event loop
+
+
+class Offloader:
+    def __init__(self, db, objects, keys, index, remote, catalog, store, trees, rate=None, now=time.time):
+        self.db = db
+        self.objects = objects
+        self.keys = keys
+        self.index = index
+        self.remote = remote
+        self.catalog = catalog
+        self.store = store            # flash only: what is offloaded must be read from here
+        self.trees = trees
+        self.rate = rate              # bytes per second to the store, None: as fast as it goes
+        self.now = now
+        self.totals = {"packs": 0, "chunks": 0, "bytes": 0, "snapshots": 0, "requests": 0,
+                       "seconds": 0.0}
+        self.last_error = None
+        db.executescript(_SCHEMA)
+
+    def mark(self, device, seq, how):
+        self.db.execute("INSERT OR REPLACE INTO offloaded VALUES (?, ?, ?, ?)", (device, seq, self.now(), how))
+
+    def done(self, device):
+        return set(r[0] for r in self.db.execute("SELECT seq FROM offloaded WHERE device=?", (device,)))
+
+    def pending(self):
+        """[(device name, snapshot)] of committed snapshots not yet in the store, oldest first
+        per device; and the names of devices that cannot be offloaded (no pairing here)."""
+        out = []
+        unpaired = []
+        for d in self.catalog.devices():
+            name = d["device"]
+            if not d["snapshots"]:
+                continue
+            done = self.done(name)
+            snaps = [s for s in self.catalog.snapshots(self.catalog.device_id(name, create=False))
+                     if s["id"] not in done]
+            if not snaps:
+                continue
+            if self.remote.device_key(name) is None:
+                secret = self.catalog.pairing_key(name)
+                if secret is None:
+                    unpaired.append(name)
+                    continue
+                self.remote.learn_device(name, secret)
+            out += [(name, s) for s in snaps]
+        return out, unpaired
+
+    async def run_once(self):
+        """Offload every pending snapshot; the number offloaded. ObjectStoreError when the
+        store cannot be reached (what was done stays done)."""
+        todo, _ = self.pending()
+        n = 0
+        for name, snap in todo:
+            await self.offload_snapshot(name, snap)
+            n += 1
+        return n
+
+    async def _put(self, key, data, create_once=True):
+        t0 = time.monotonic()
+        made = await asyncio.to_thread(self.objects.put_once, key, data)
+        self.totals["requests"] += 1
+        took = time.monotonic() - t0
+        self.totals["seconds"] += took
+        if self.rate:
+            # Paced on average: a pack is one PUT, so the link sees bursts of one pack.
+            rest = len(data) / self.rate - took
+            if rest > 0:
+                await asyncio.sleep(rest)
+        return made
+
+    async def offload_snapshot(self, name, snap):
+        did = self.keys.device_id(name)
+        dkey = self.remote.device_key(name)
+        rows = self.catalog.tree_chunk_lists(snap["root"])
+        seen = set()
+        todo = []
+        for _, _, ids in rows:
+            for i in range(0, len(ids), 32):
+                c = bytes(ids[i:i + 32])
+                if c not in seen:
+                    seen.add(c)
+                    todo.append(c)
+        there = self.remote.present(todo, device=name)
+        todo = [c for c in todo if c not in there]
+        writer = None
+        packed = []                   # (sha, keyed id, offset, sealed length, raw length)
+        for k, c in enumerate(todo):
+            try:
+                raw = self.store.get(c)
+            except StoreError as e:
+                raise StoreError("snapshot %d of %s cannot be offloaded: %s" % (snap["id"], name, e))
+            if writer is None:
+                writer = packs.PackWriter(dkey, self.keys.content)
+            kid, off, length = writer.add(raw)
+            packed.append((c, kid, off, length, len(raw)))
+            if writer.full():
+                await self._finish_pack(name, did, writer, packed)
+                writer, packed = None, []
+            if k % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        if writer is not None:
+            await self._finish_pack(name, did, writer, packed)
+        root = snap["root"]
+        with open(self.trees.path(root), "rb") as f:
+            tree = f.read()
+        tkey = devdata.tree_key(did, root)
+        await self._put(tkey, devdata.seal(dkey, devdata.KIND_TREE, tkey, tree))
+        okey = devdata.objs_key(did, root)
+        await self._put(okey, devdata.seal(dkey, devdata.KIND_OBJS, okey, devdata.objs_list(rows)))
+        skey = devdata.snap_key(did, snap["id"])
+        made = await self._put(skey, devdata.seal(dkey, devdata.KIND_SNAP, skey, devdata.snap_record(snap)))
+        how = "offloaded"
+        if not made:
+            # Ours from a pass cut short after this PUT, or another anchor's snapshot of the
+            # same number (the rover backed up to two anchors that had not shared yet).
+            got = await asyncio.to_thread(self.objects.get, skey)
+            other = devdata.read_snap_record(skey, devdata.unseal(dkey, devdata.KIND_SNAP, skey, got))
+            if other["root"] != root:
+                how = "conflict"
+                log.error("fleet: snapshot %d of %s is another anchor's in the store (tree %s, here %s); "
+                          "this one stays on this anchor only", snap["id"], name,
+                          other["root"].hex()[:16], root.hex()[:16])
+        self.mark(name, snap["id"], how)
+        self.totals["snapshots"] += 1
+        log.info("fleet: snapshot %d of %s %s (%d chunks were new to the store)", snap["id"], name, how, len(todo))
+
+    async def _finish_pack(self, name, did, writer, packed):
+        data = writer.data()
+        await self._put(pack_key(writer.name), data)
+        # Only once the pack is whole in the store may an index object name it.
+        await asyncio.to_thread(self.index.write, [(did, kid, writer.name, off, ln, raw)
+                                                   for _, kid, off, ln, raw in packed])
+        self.totals["requests"] += 2           # the epoch listing and the index object
+        self.remote.add([(c, name, writer.name, off, ln, raw) for c, _, off, ln, raw in packed])
+        self.totals["packs"] += 1
+        self.totals["chunks"] += len(packed)
+        self.totals["bytes"] += len(data)

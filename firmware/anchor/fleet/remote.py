@@ -1,0 +1,167 @@
+"""Chunks this anchor can read from the fleet store, and the chunk store with the fleet
+behind it. CPython only.
+
+`remote` (in DATA/fleet.sqlite) says where in the store each chunk is that this anchor
+offloaded or learned from the fleet index for a device it serves: pack, offset, sealed length,
+raw length, and the device whose key sealed it. `device_keys` keeps each such device's key:
+derived from the pairing secret once, it stays readable here after an unpair, so a snapshot
+whose chunks left flash for the store can still be restored (docs/fleet.md, section 3).
+
+TieredStore is the ChunkStore the services see on a fleet anchor: has/missing/info count a
+chunk held in the store as held, and get() reads it from there (one range GET, unsealed and
+checked against its id) when flash does not hold it. Writes, eviction and the store's own
+checks go to flash alone."""
+import logging
+import threading
+
+from anchor.fleet import packs
+from anchor.storage.chunks import StoreError
+
+log = logging.getLogger("anchor")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS remote (
+    chunk BLOB NOT NULL,              -- SHA-256 of the chunk
+    device TEXT NOT NULL,             -- whose key sealed this copy (one copy per device)
+    pack TEXT NOT NULL,
+    off INTEGER NOT NULL,
+    len INTEGER NOT NULL,             -- sealed length in the pack
+    raw INTEGER NOT NULL,             -- the chunk's own length
+    PRIMARY KEY (chunk, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_keys (device TEXT PRIMARY KEY, key BLOB NOT NULL);
+"""
+
+
+def pack_key(name):
+    return "packs/%s/%s" % (name[:2], name)
+
+
+class RemoteChunks:
+    def __init__(self, db, objects, keys):
+        self.db = db
+        self.objects = objects
+        self.keys = keys
+        self.reads = 0                # chunks read from the store (status, tests)
+        self.damaged = 0
+        self._lock = threading.Lock()  # rows are written by the loop, read by restore threads too
+        db.executescript(_SCHEMA)
+
+    # --- device keys -----------------------------------------------------------------
+
+    def learn_device(self, name, pairing_secret):
+        key = self.keys.device_key(name, pairing_secret)
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO device_keys VALUES (?, ?)", (name, key))
+        return key
+
+    def device_key(self, name):
+        with self._lock:
+            row = self.db.execute("SELECT key FROM device_keys WHERE device=?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    # --- where chunks are ------------------------------------------------------------
+
+    def add(self, rows):
+        """rows: (chunk sha, device, pack, offset, sealed length, raw length)."""
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN")
+            try:
+                db.executemany("INSERT OR IGNORE INTO remote VALUES (?, ?, ?, ?, ?, ?)", rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def forget(self, chunk, device):
+        with self._lock:
+            self.db.execute("DELETE FROM remote WHERE chunk=? AND device=?", (bytes(chunk), device))
+
+    def has(self, chunk):
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM remote WHERE chunk=? LIMIT 1", (bytes(chunk),)).fetchone() is not None
+
+    def present(self, ids, device=None):
+        """The ids among `ids` the store holds (sealed for `device`, if given), as a set."""
+        out = set()
+        ids = [bytes(c) for c in ids]
+        extra = "" if device is None else " AND device=?"
+        with self._lock:
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                q = "SELECT chunk FROM remote WHERE chunk IN (%s)%s" % (",".join("?" * len(part)), extra)
+                out.update(bytes(r[0]) for r in self.db.execute(q, part + ([device] if device else [])))
+        return out
+
+    def where(self, chunk):
+        with self._lock:
+            # any copy whose device key this anchor holds
+            row = self.db.execute("SELECT r.device, r.pack, r.off, r.len, r.raw FROM remote r JOIN device_keys k "
+                                  "ON k.device = r.device WHERE r.chunk=? LIMIT 1", (bytes(chunk),)).fetchone()
+        return row
+
+    def count(self):
+        with self._lock:
+            n, b = self.db.execute("SELECT count(DISTINCT chunk), coalesce(sum(raw), 0) FROM remote").fetchone()
+        return n, b
+
+    def read(self, chunk):
+        """The chunk's bytes from the store; StoreError if it is not there or not right (a
+        damaged copy is forgotten here, so the next offload of a holder puts it back)."""
+        chunk = bytes(chunk)
+        row = self.where(chunk)
+        if row is None:
+            raise StoreError("chunk %s is not stored here nor in the fleet store" % chunk.hex())
+        device, name, off, length, _ = row
+        key = self.device_key(device)
+        if key is None:
+            raise StoreError("chunk %s is in the fleet store sealed for %s, whose key this anchor "
+                             "does not hold" % (chunk.hex()[:16], device))
+        try:
+            raw = packs.read_chunk(self.objects, pack_key(name), name, off, length, key, self.keys.content, chunk)
+        except packs.DamagedObject as e:
+            self.damaged += 1
+            self.forget(chunk, device)
+            log.error("fleet: %s; forgotten, a holder offloads it again", e)
+            raise StoreError("chunk %s: the fleet store's copy is damaged (%s)" % (chunk.hex()[:16], e))
+        except Exception as e:      # unreachable store: the caller reports it like a missing chunk
+            raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
+        self.reads += 1
+        return raw
+
+
+class TieredStore:
+    def __init__(self, local, remote):
+        self.local = local
+        self.remote = remote
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+    def has(self, chunk_id):
+        return self.local.has(chunk_id) or self.remote.has(chunk_id)
+
+    def missing(self, chunk_ids):
+        ids = list(chunk_ids)
+        gone = self.local.missing(ids)
+        if not gone:
+            return gone
+        there = self.remote.present([ids[i] for i in gone])
+        return [i for i in gone if bytes(ids[i]) not in there]
+
+    def get(self, chunk_id):
+        try:
+            return self.local.get(chunk_id)
+        except StoreError:
+            if not self.remote.has(chunk_id):
+                raise
+        return self.remote.read(chunk_id)
+
+    def info(self, chunk_id):
+        got = self.local.info(chunk_id)
+        if got is None:
+            row = self.remote.where(chunk_id)
+            if row is not None:
+                return {"raw_len": row[4], "stored_len": 0, "remote": True}
+        return got

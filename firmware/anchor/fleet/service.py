@@ -1,0 +1,207 @@
+"""The fleet tier on one anchor: its configuration, the background offload, taking a rover's
+snapshots over from the store when it arrives, and the status `anchorctl fleet status` shows.
+CPython only."""
+import asyncio
+import logging
+import os
+import time
+import tomllib
+from urllib.parse import urlparse
+
+from anchor.fleet import keys as fkeys
+from anchor.fleet.index import FleetIndex
+from anchor.fleet.objects import ObjectStoreError, S3Objects
+from anchor.fleet.offload import Offloader
+from anchor.fleet.remote import RemoteChunks, TieredStore
+from anchor.fleet.state import anchor_id, open_state
+from anchor.fleet.sync import DeviceSync
+from anchor.storage.chunks import StoreError
+
+log = logging.getLogger("anchor")
+
+DEFAULT_INTERVAL = 300.0       # seconds between offload passes when nothing asks for one
+SYNC_SECONDS = 20.0            # a rover's first contact waits at most this for the store
+MAX_BACKOFF = 600.0
+
+
+class FleetConfigError(Exception):
+    pass
+
+
+class FleetConfig:
+    """What `anchor serve --fleet s3://BUCKET --fleet-endpoint URL --fleet-key-file FILE`
+    says, with the store's credentials from --fleet-credentials-file (TOML: access_key,
+    secret_key, optional region) or the environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows them."""
+
+    def __init__(self, url, endpoint, key_file, credentials_file=None, rate=None, window=None,
+                 interval=DEFAULT_INTERVAL, env=None):
+        env = os.environ if env is None else env
+        u = urlparse(url or "")
+        if u.scheme != "s3" or not u.netloc or u.path not in ("", "/"):
+            raise FleetConfigError("--fleet wants s3://BUCKET, got %r" % url)
+        self.bucket = u.netloc
+        if not endpoint or urlparse(endpoint).scheme not in ("http", "https"):
+            raise FleetConfigError("--fleet-endpoint wants the store's http:// or https:// address, got %r" % endpoint)
+        self.endpoint = endpoint
+        if not key_file:
+            raise FleetConfigError("--fleet needs --fleet-key-file (anchorctl fleet new-key FILE makes one)")
+        try:
+            self.key = fkeys.read_key_file(key_file)
+        except fkeys.FleetKeyError as e:
+            raise FleetConfigError(str(e))
+        self.region = "us-east-1"
+        if credentials_file:
+            try:
+                with open(credentials_file, "rb") as f:
+                    cred = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise FleetConfigError("%s: cannot read the store's credentials: %s" % (credentials_file, e))
+            self.access_key, self.secret_key = cred.get("access_key"), cred.get("secret_key")
+            self.region = cred.get("region", self.region)
+            if not isinstance(self.access_key, str) or not isinstance(self.secret_key, str):
+                raise FleetConfigError("%s: wants access_key = \"...\" and secret_key = \"...\"" % credentials_file)
+        else:
+            self.access_key = env.get("AWS_ACCESS_KEY_ID")
+            self.secret_key = env.get("AWS_SECRET_ACCESS_KEY")
+            if not self.access_key or not self.secret_key:
+                raise FleetConfigError("the fleet store's credentials: --fleet-credentials-file FILE, or "
+                                       "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        self.rate = rate
+        self.window = parse_window(window) if window else None
+        self.interval = interval
+
+
+def parse_window(text):
+    """'HH:MM-HH:MM' (local time; may wrap past midnight) -> (start minute, end minute)."""
+    try:
+        a, b = text.split("-")
+        mins = []
+        for t in (a, b):
+            h, m = t.strip().split(":")
+            h, m = int(h), int(m)
+            if not (0 <= h < 24 and 0 <= m < 60):
+                raise ValueError
+            mins.append(h * 60 + m)
+    except ValueError:
+        raise FleetConfigError("--fleet-window wants HH:MM-HH:MM, e.g. 01:00-05:30, got %r" % text)
+    if mins[0] == mins[1]:
+        raise FleetConfigError("--fleet-window %r is empty" % text)
+    return tuple(mins)
+
+
+def in_window(window, when):
+    if window is None:
+        return True
+    t = time.localtime(when)
+    m = t.tm_hour * 60 + t.tm_min
+    a, b = window
+    return a <= m < b if a < b else (m >= a or m < b)
+
+
+class Fleet:
+    def __init__(self, data_dir, config, catalog, store, trees, objects=None, now=time.time):
+        self.config = config
+        self.catalog = catalog
+        self.now = now
+        self.db = open_state(data_dir)
+        self.anchor_id = anchor_id(self.db)
+        self.keys = fkeys.FleetKeys(config.key)
+        self.objects = objects or S3Objects(config.bucket, config.endpoint, config.access_key, config.secret_key,
+                                            region=config.region, prefix=self.keys.prefix())
+        self.index = FleetIndex(self.objects, self.keys.index, self.anchor_id, now)
+        self.remote = RemoteChunks(self.db, self.objects, self.keys)
+        self.local = store
+        self.store = TieredStore(store, self.remote)
+        self.offloader = Offloader(self.db, self.objects, self.keys, self.index, self.remote, catalog, store,
+                                   trees, rate=config.rate, now=now)
+        self.sync = DeviceSync(self.objects, self.keys, self.index, self.remote, self.offloader, catalog, trees)
+        self.wake = asyncio.Event()     # "the link is cheap now": anchorctl fleet offload
+        self.forced = False
+        self.state = "idle"
+        self.last_pass = None
+        self.last_error = None
+        self.passes = 0
+
+    # --- offload in the background ----------------------------------------------------
+
+    def offload_now(self):
+        """Run a pass now, whatever the window says (the operator knows the link is cheap)."""
+        self.forced = True
+        self.wake.set()
+
+    async def run(self):
+        backoff = 5.0
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.config.interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+            forced, self.forced = self.forced, False
+            if not forced and not in_window(self.config.window, self.now()):
+                self.state = "waiting for the offload window"
+                continue
+            ok = await self.run_pass()
+            if ok:
+                backoff = 5.0
+            else:
+                # The store is away: try again sooner than the interval, backing off.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                self.wake.set()
+
+    async def run_pass(self):
+        """One offload pass; True if it got everything pending into the store."""
+        self.state = "offloading"
+        try:
+            n = await self.offloader.run_once()
+        except (ObjectStoreError, StoreError, OSError) as e:
+            self.last_error = "%s: %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.now())), e)
+            self.state = "store unreachable; retrying" if isinstance(e, ObjectStoreError) else "offload failed"
+            log.warning("fleet: offload stopped: %s", e)
+            return False
+        self.passes += 1
+        self.last_pass = self.now()
+        self.last_error = None
+        self.state = "idle"
+        if n:
+            log.info("fleet: offload pass: %d snapshot%s into the store", n, "" if n == 1 else "s")
+        return True
+
+    # --- a rover arrives ---------------------------------------------------------------
+
+    async def visit(self, device):
+        """A paired rover is here: take over what other anchors offloaded for it since. Store
+        trouble is logged, never fatal: the backup then answers from flash alone."""
+        secret = self.catalog.pairing_key(device)
+        if secret is None:
+            return []
+        try:
+            plan = await asyncio.wait_for(asyncio.to_thread(self.sync.fetch, device, secret,
+                                                            self.sync.known(device)), SYNC_SECONDS)
+        except Exception as e:          # unreachable, slow (timeout), damaged: flash alone
+            log.warning("fleet: cannot look for %s's snapshots in the store: %s", device, e or "timed out")
+            return []
+        return self.sync.apply(plan)
+
+    # --- status ------------------------------------------------------------------------
+
+    def status(self):
+        pending, unpaired = self.offloader.pending()
+        offloaded_n, offloaded_bytes = self.remote.count()
+        st = self.local.stats()
+        return {"store": "%s/%s" % (self.config.endpoint, self.config.bucket), "fleet": self.keys.fleet_id,
+                "anchor": self.anchor_id, "state": self.state, "last_pass": self.last_pass,
+                "last_error": self.last_error, "window": self.config.window,
+                "local": {"chunks": st["chunks"], "bytes": st["raw_bytes"], "stored_bytes": st["stored_bytes"]},
+                "offloaded": {"chunks": offloaded_n, "bytes": offloaded_bytes},
+                "pending": {"snapshots": len(pending),
+                            "devices": sorted(set(n for n, _ in pending))},
+                "not_offloaded": {"devices": unpaired,
+                                  "why": "no pairing here: no device key to seal their data under"} if unpaired else None,
+                "imported_snapshots": self.sync.imported, "read_from_store": self.remote.reads,
+                "damaged_reads": self.remote.damaged, "totals": dict(self.offloader.totals)}
+
+    def close(self):
+        self.db.close()
