@@ -102,7 +102,8 @@ class App:
         for name in os.listdir(self.spool_dir):
             os.unlink(os.path.join(self.spool_dir, name))
 
-        self.retention = Retention(self.local_store, self.catalog, capacity)
+        self.retention = Retention(self.local_store, self.catalog, capacity,
+                                   self.fleet.remote.present if self.fleet is not None else None)
         self.watchlist = WatchList()
         # Every body on its way draws on one budget (--spool-max, 1 GiB by default; never the
         # last 256 MiB of the filesystem), whether it is captured as it streams or held in a

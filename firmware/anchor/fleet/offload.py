@@ -13,7 +13,14 @@ only after 3.
 The event loop builds packs (reading flash, compressing, sealing: ~16 MiB at a time) and a
 thread does the PUTs, paced to `rate` bytes per second on average. Devices whose pairing this
 anchor does not hold (an --open anchor's plain rovers) are not offloaded: their data would
-have no device key to be sealed under."""
+have no device key to be sealed under.
+
+Pass-through data (captured relay bodies) is offloaded too, by policy: "all" (the default: an
+origin may change or vanish, and a backup that needs the body is then served from the store
+rather than the origin), "no-recipe" (only bodies that cannot be fetched again: uploads and
+publishes), or "none". A pack is counted as safely in the store only after it is read back: its
+length, and its own index unsealed from its tail (docs/fleet.md, section 2); only then may the
+chunks in it leave flash."""
 import asyncio
 import logging
 import time
@@ -25,6 +32,7 @@ from anchor.storage.chunks import StoreError
 log = logging.getLogger("anchor")
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS offloaded_captures (device TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offloaded (
     device TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -37,7 +45,8 @@ YIELD_EVERY = 64            # chunks packed between two turns of the event loop
 
 
 class Offloader:
-    def __init__(self, db, objects, keys, index, remote, catalog, store, trees, rate=None, now=time.time):
+    def __init__(self, db, objects, keys, index, remote, catalog, store, trees, rate=None, now=time.time,
+                 captures="all"):
         self.db = db
         self.objects = objects
         self.keys = keys
@@ -47,6 +56,7 @@ class Offloader:
         self.store = store            # flash only: what is offloaded must be read from here
         self.trees = trees
         self.rate = rate              # bytes per second to the store, None: as fast as it goes
+        self.captures = captures      # "all", "no-recipe" or "none"
         self.now = now
         self.totals = {"packs": 0, "chunks": 0, "bytes": 0, "snapshots": 0, "requests": 0,
                        "seconds": 0.0}
@@ -83,14 +93,76 @@ class Offloader:
         return out, unpaired
 
     async def run_once(self):
-        """Offload every pending snapshot; the number offloaded. ObjectStoreError when the
-        store cannot be reached (what was done stays done)."""
+        """Offload every pending snapshot, then the captures by policy; the number of
+        snapshots offloaded. ObjectStoreError when the store cannot be reached (what was done
+        stays done)."""
         todo, _ = self.pending()
         n = 0
         for name, snap in todo:
             await self.offload_snapshot(name, snap)
             n += 1
+        if self.captures != "none":
+            for name in self.catalog.paired():
+                await self.offload_captures(name)
         return n
+
+    async def offload_captures(self, name):
+        dev = self.catalog.device_id(name, create=False)
+        if dev is None:
+            return
+        if self.remote.device_key(name) is None:
+            self.remote.learn_device(name, self.catalog.pairing_key(name))
+        row = self.db.execute("SELECT last FROM offloaded_captures WHERE device=?", (name,)).fetchone()
+        last = row[0] if row else 0
+        while True:
+            rows = self.catalog.captures_after(dev, last)
+            if not rows:
+                return
+            ids = []
+            for cap, oid, chunks in rows:
+                if self.captures == "no-recipe" and self.catalog.recipe(dev, oid) is not None:
+                    continue
+                ids += [bytes(chunks[i:i + 32]) for i in range(0, len(chunks), 32)]
+            # A chunk evicted before it was offloaded (pass-through data goes first) is skipped:
+            # a later backup that needs it regenerates it from its origin, as before.
+            await self._pack(name, ids, skip_missing=True)
+            last = rows[-1][0]
+            self.db.execute("INSERT OR REPLACE INTO offloaded_captures VALUES (?, ?)", (name, last))
+
+    async def _pack(self, name, ids, skip_missing=False):
+        """Put the chunks among `ids` that the store does not hold for `name` into packs.
+        A chunk flash does not hold: StoreError, or skipped with skip_missing."""
+        did = self.keys.device_id(name)
+        dkey = self.remote.device_key(name)
+        seen = set()
+        todo = []
+        for c in ids:
+            if c not in seen:
+                seen.add(c)
+                todo.append(c)
+        there = self.remote.present(todo, device=name)
+        todo = [c for c in todo if c not in there]
+        writer = None
+        packed = []                   # (sha, keyed id, offset, sealed length, raw length)
+        for k, c in enumerate(todo):
+            try:
+                raw = self.store.get(c)
+            except StoreError:
+                if not skip_missing:
+                    raise
+                continue
+            if writer is None:
+                writer = packs.PackWriter(dkey, self.keys.content)
+            kid, off, length = writer.add(raw)
+            packed.append((c, kid, off, length, len(raw)))
+            if writer.full():
+                await self._finish_pack(name, did, dkey, writer, packed)
+                writer, packed = None, []
+            if k % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        if writer is not None:
+            await self._finish_pack(name, did, dkey, writer, packed)
+        return len(todo)
 
     async def _put(self, key, data, create_once=True):
         t0 = time.monotonic()
@@ -109,34 +181,10 @@ class Offloader:
         did = self.keys.device_id(name)
         dkey = self.remote.device_key(name)
         rows = self.catalog.tree_chunk_lists(snap["root"])
-        seen = set()
-        todo = []
-        for _, _, ids in rows:
-            for i in range(0, len(ids), 32):
-                c = bytes(ids[i:i + 32])
-                if c not in seen:
-                    seen.add(c)
-                    todo.append(c)
-        there = self.remote.present(todo, device=name)
-        todo = [c for c in todo if c not in there]
-        writer = None
-        packed = []                   # (sha, keyed id, offset, sealed length, raw length)
-        for k, c in enumerate(todo):
-            try:
-                raw = self.store.get(c)
-            except StoreError as e:
-                raise StoreError("snapshot %d of %s cannot be offloaded: %s" % (snap["id"], name, e))
-            if writer is None:
-                writer = packs.PackWriter(dkey, self.keys.content)
-            kid, off, length = writer.add(raw)
-            packed.append((c, kid, off, length, len(raw)))
-            if writer.full():
-                await self._finish_pack(name, did, writer, packed)
-                writer, packed = None, []
-            if k % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
-        if writer is not None:
-            await self._finish_pack(name, did, writer, packed)
+        try:
+            new = await self._pack(name, [bytes(ids[i:i + 32]) for _, _, ids in rows for i in range(0, len(ids), 32)])
+        except StoreError as e:
+            raise StoreError("snapshot %d of %s cannot be offloaded: %s" % (snap["id"], name, e))
         root = snap["root"]
         with open(self.trees.path(root), "rb") as f:
             tree = f.read()
@@ -159,12 +207,20 @@ class Offloader:
                           other["root"].hex()[:16], root.hex()[:16])
         self.mark(name, snap["id"], how)
         self.totals["snapshots"] += 1
-        log.info("fleet: snapshot %d of %s %s (%d chunks were new to the store)", snap["id"], name, how, len(todo))
+        log.info("fleet: snapshot %d of %s %s (%d chunks were new to the store)", snap["id"], name, how, new)
 
-    async def _finish_pack(self, name, did, writer, packed):
+    async def _finish_pack(self, name, did, dkey, writer, packed):
         data = writer.data()
-        await self._put(pack_key(writer.name), data)
-        # Only once the pack is whole in the store may an index object name it.
+        key = pack_key(writer.name)
+        await self._put(key, data)
+        # Read back before anything names it or flash lets go of its chunks: the store has it
+        # whole (length) and its own index unseals from its tail with what was written.
+        size = await asyncio.to_thread(self.objects.size, key)
+        back = await asyncio.to_thread(packs.read_index, self.objects, key, writer.name, dkey)
+        self.totals["requests"] += 5
+        if size != len(data) or back != [(kid, off, ln) for _, kid, off, ln, _ in packed]:
+            raise packs.DamagedObject("pack %s did not read back as written (%s bytes of %d)"
+                                      % (writer.name, size, len(data)))
         await asyncio.to_thread(self.index.write, [(did, kid, writer.name, off, ln, raw)
                                                    for _, kid, off, ln, raw in packed])
         self.totals["requests"] += 2           # the epoch listing and the index object

@@ -12,6 +12,7 @@ from anchor.fleet import keys as fkeys
 from anchor.fleet.index import FleetIndex
 from anchor.fleet.objects import ObjectStoreError, S3Objects
 from anchor.fleet.offload import Offloader
+from anchor.fleet.packs import DamagedObject
 from anchor.fleet.remote import RemoteChunks, TieredStore
 from anchor.fleet.state import anchor_id, open_state
 from anchor.fleet.sync import DeviceSync
@@ -156,7 +157,7 @@ class Fleet:
         self.state = "offloading"
         try:
             n = await self.offloader.run_once()
-        except (ObjectStoreError, StoreError, OSError) as e:
+        except (ObjectStoreError, StoreError, DamagedObject, OSError) as e:
             self.last_error = "%s: %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.now())), e)
             self.state = "store unreachable; retrying" if isinstance(e, ObjectStoreError) else "offload failed"
             log.warning("fleet: offload stopped: %s", e)

@@ -482,6 +482,13 @@ class Catalog:
             raise
         return cur.lastrowid
 
+    def captures_after(self, dev, after, limit=1000):
+        """[(capture id, object id, chunk ids concatenated)] of the device's captures after
+        capture id `after`, oldest first (the fleet's offload walks them)."""
+        return self.db.execute(
+            "SELECT c.id, c.oid, o.chunks FROM captures c JOIN objects o ON o.oid = c.oid "
+            "WHERE c.device_id=? AND c.id>? ORDER BY c.id LIMIT ?", (dev, after, limit)).fetchall()
+
     def captures(self, dev=None):
         q = ("SELECT d.name, c.direction, c.protocol, c.method, c.target, c.time, c.status, c.etag,"
              " c.last_modified, c.content_type, c.oid, c.size FROM captures c JOIN devices d ON d.id = c.device_id")

@@ -70,10 +70,14 @@ def parse_size(text):
 
 
 class Retention:
-    def __init__(self, store, catalog, capacity):
+    def __init__(self, store, catalog, capacity, offloaded=None):
         self.store = store
         self.catalog = catalog
         self.capacity = capacity
+        # On a fleet anchor: ids -> the set of those safely in the fleet store (read back
+        # after their PUT). Those may leave flash even if a snapshot keeps them: a restore
+        # reads them from the store (docs/fleet.md, section 4).
+        self.offloaded = offloaded
         self.totals = {"evicted_chunks": 0, "evicted_bytes": 0, "compactions": 0, "reclaimed_bytes": 0}
         # Chunks open backup sessions have received or answered "have" for: not pinned yet
         # (that happens at COMMIT), but evicting them would fail the commit.
@@ -108,7 +112,8 @@ class Retention:
         return self._evict(st["live_bytes"], int(self.capacity * LOW_WATER))
 
     def _evict(self, live, target):
-        """Evict chunks no snapshot keeps and no session holds, least recently used first, until
+        """Evict chunks no snapshot keeps (or that are in the fleet store) and no session holds,
+        least recently used first, until
         the store's live bytes (now `live`) are at most `target`; then compact."""
         store = self.store
         catalog = self.catalog
@@ -122,6 +127,8 @@ class Retention:
                 break
             cursor = (page[-1][2], page[-1][0])
             keep = catalog.live_among([c for c, _, _ in page])
+            if keep and self.offloaded is not None:
+                keep -= self.offloaded(keep)
             take = []
             for c, n, _ in page:
                 if c in keep or self._busy(c):
@@ -160,7 +167,11 @@ class Retention:
         catalog = self.catalog
         store.flush()
         live = store.record_bytes()
-        pinned = store.record_bytes(catalog.live_chunks())
+        kept = catalog.live_chunks()
+        if self.offloaded is not None:
+            kept = set(kept)
+            kept -= self.offloaded(kept)
+        pinned = store.record_bytes(kept)
         busy = set()
         for s in self.in_use:
             busy.update(s)

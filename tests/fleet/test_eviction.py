@@ -1,0 +1,56 @@
+"""Flash bounds what is local, not history: once offloaded (and read back), chunks a snapshot
+keeps may be evicted; restores read them from the fleet store, and a backup that needs a
+relayed body again is answered from the store instead of its origin or the radio."""
+import os
+import random
+
+from tests.fleet.anchors import offload, pair, stats, status, uploaded
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
+from tests.support.services import Origin
+
+
+def test_offloaded_chunks_leave_flash_and_are_served_from_the_store(fleet, tmp_path):
+    origin = Origin()
+    rnd = random.Random(15)
+    origin.files["/a.bin"] = rnd.randbytes(800_000)
+    origin.files["/b.bin"] = rnd.randbytes(900_000)
+    a = AnchorProc(str(tmp_path / "a"), "--capacity", "1500K", *fleet.args(), secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        pair(a, "g", state)
+        root = tmp_path / "rover"
+        root.mkdir()
+        (root / "own.bin").write_bytes(rnd.randbytes(500_000))
+        run_rover("cpython", a.link, "g", state, "fetch", origin.url("/a.bin"), "--out", str(root / "a.bin"))
+        p = run_rover("cpython", a.link, "g", state, "backup", str(root))
+        assert uploaded(p.stdout)[1] < 600_000, p.stdout          # a.bin came from the capture
+        st = offload(a)
+        assert st["offloaded"]["chunks"] >= st["local"]["chunks"] > 100, st
+        # A later download pushes the snapshot's chunks out of the 1.5 MB budget: allowed now
+        # that the store holds them.
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        run_rover("cpython", a.link, "g", state, "fetch", origin.url("/b.bin"), "--out", str(other / "b.bin"))
+        s = stats(a)
+        assert s["retention"]["evicted_chunks"] > 50, s["retention"]
+        assert s["store"]["live_bytes"] <= 1500 * 1024, s["store"]
+
+        out = str(tmp_path / "restored")
+        anchorctl(a.address, "restore", "g", "--to", out)
+        assert_same_tree(snapshot_of(str(root)), out, 10 ** 9)
+        assert status(a)["read_from_store"] > 50
+
+        # The same body at a new path: without the store it would be fetched from its origin
+        # again (regeneration); now the anchor answers HAVE from the store.
+        gets = len([r for r in origin.requests if r[1] == "/a.bin"])
+        os.link(root / "a.bin", root / "copy.bin")
+        p = run_rover("cpython", a.link, "g", state, "backup", str(root))
+        assert uploaded(p.stdout) == (0, 0), p.stdout
+        assert len([r for r in origin.requests if r[1] == "/a.bin"]) == gets
+        assert stats(a)["devices"]["g"].get("supplied_regenerated", 0) == 0
+        out2 = str(tmp_path / "restored2")
+        anchorctl(a.address, "restore", "g", "--to", out2)
+        assert_same_tree(snapshot_of(str(root)), out2, 10 ** 9)
+    finally:
+        a.stop()
+        origin.close()
