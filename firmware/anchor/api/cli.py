@@ -123,6 +123,10 @@ def build_parser():
     sp.add_argument("--fleet-window", default=None, metavar="HH:MM-HH:MM",
                     help="offload only in this local time window, when the uplink is cheap (default: any time; "
                          "`anchorctl fleet offload` starts a pass at once)")
+    sp.add_argument("--fleet-captures", default="all", choices=("all", "no-recipe", "none"),
+                    help="relayed bodies offloaded too: all (default), no-recipe (only those that cannot be fetched "
+                         "from their origin again: uploads, publishes), or none")
+    sp.add_argument("--fleet-pack-bytes", type=int, default=None, help=argparse.SUPPRESS)  # tests: small packs
     sp.add_argument("--fleet-interval", type=float, default=300.0,
                     help="seconds between offload passes (default %(default)s)")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
@@ -237,7 +241,8 @@ def main(argv=None):
         try:
             fleet = FleetConfig(args.fleet, args.fleet_endpoint, args.fleet_key_file, args.fleet_credentials_file,
                                 rate=_size(args.fleet_rate) if args.fleet_rate else None,
-                                window=args.fleet_window, interval=args.fleet_interval)
+                                window=args.fleet_window, interval=args.fleet_interval,
+                                captures=args.fleet_captures, pack_bytes=args.fleet_pack_bytes)
         except FleetConfigError as e:
             print("anchor: %s" % e, file=sys.stderr, flush=True)
             return 2

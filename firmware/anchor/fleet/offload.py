@@ -46,7 +46,7 @@ YIELD_EVERY = 64            # chunks packed between two turns of the event loop
 
 class Offloader:
     def __init__(self, db, objects, keys, index, remote, catalog, store, trees, rate=None, now=time.time,
-                 captures="all"):
+                 captures="all", pack_bytes=None):
         self.db = db
         self.objects = objects
         self.keys = keys
@@ -57,6 +57,7 @@ class Offloader:
         self.trees = trees
         self.rate = rate              # bytes per second to the store, None: as fast as it goes
         self.captures = captures      # "all", "no-recipe" or "none"
+        self.pack_bytes = pack_bytes or packs.TARGET_BYTES
         self.now = now
         self.totals = {"packs": 0, "chunks": 0, "bytes": 0, "snapshots": 0, "requests": 0,
                        "seconds": 0.0}
@@ -152,7 +153,7 @@ class Offloader:
                     raise
                 continue
             if writer is None:
-                writer = packs.PackWriter(dkey, self.keys.content)
+                writer = packs.PackWriter(dkey, self.keys.content, self.pack_bytes)
             kid, off, length = writer.add(raw)
             packed.append((c, kid, off, length, len(raw)))
             if writer.full():

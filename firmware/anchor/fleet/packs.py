@@ -59,7 +59,8 @@ def _open(aead, sealed, aad, what):
 class PackWriter:
     """Chunks into one pack. add() until full(); then name and data()."""
 
-    def __init__(self, seal_key, content_key):
+    def __init__(self, seal_key, content_key, target=TARGET_BYTES):
+        self.target = target
         self.aead = ChaCha20Poly1305(seal_key)
         self.content_key = content_key
         self.name = os.urandom(16).hex()
@@ -80,7 +81,7 @@ class PackWriter:
         return tuple(entry)
 
     def full(self):
-        return self.size >= TARGET_BYTES
+        return self.size >= self.target
 
     def data(self):
         index = _seal(self.aead, cbor2.dumps(self.entries), b"index" + self.name.encode())

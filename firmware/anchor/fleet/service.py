@@ -36,7 +36,7 @@ class FleetConfig:
     AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows them."""
 
     def __init__(self, url, endpoint, key_file, credentials_file=None, rate=None, window=None,
-                 interval=DEFAULT_INTERVAL, env=None):
+                 interval=DEFAULT_INTERVAL, env=None, captures="all", pack_bytes=None):
         env = os.environ if env is None else env
         u = urlparse(url or "")
         if u.scheme != "s3" or not u.netloc or u.path not in ("", "/"):
@@ -71,6 +71,10 @@ class FleetConfig:
         self.rate = rate
         self.window = parse_window(window) if window else None
         self.interval = interval
+        if captures not in ("all", "no-recipe", "none"):
+            raise FleetConfigError("--fleet-captures is all, no-recipe or none, not %r" % captures)
+        self.captures = captures
+        self.pack_bytes = pack_bytes
 
 
 def parse_window(text):
@@ -115,7 +119,8 @@ class Fleet:
         self.local = store
         self.store = TieredStore(store, self.remote)
         self.offloader = Offloader(self.db, self.objects, self.keys, self.index, self.remote, catalog, store,
-                                   trees, rate=config.rate, now=now)
+                                   trees, rate=config.rate, now=now, captures=config.captures,
+                                   pack_bytes=config.pack_bytes)
         self.sync = DeviceSync(self.objects, self.keys, self.index, self.remote, self.offloader, catalog, trees)
         self.wake = asyncio.Event()     # "the link is cheap now": anchorctl fleet offload
         self.forced = False
