@@ -138,24 +138,27 @@ class Fleet:
 
     async def run(self):
         backoff = 5.0
+        delay = self.config.interval
         while True:
+            # Woken by the interval, by a commit's or the operator's request, or, after a
+            # failed pass, by the backoff: an operator's request never waits for the backoff.
             try:
-                await asyncio.wait_for(self.wake.wait(), self.config.interval)
+                await asyncio.wait_for(self.wake.wait(), delay)
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
             forced, self.forced = self.forced, False
             if not forced and not in_window(self.config.window, self.now()):
                 self.state = "waiting for the offload window"
+                delay = self.config.interval
                 continue
-            ok = await self.run_pass()
-            if ok:
+            if await self.run_pass():
                 backoff = 5.0
+                delay = self.config.interval
             else:
                 # The store is away: try again sooner than the interval, backing off.
-                await asyncio.sleep(backoff)
+                delay = backoff
                 backoff = min(backoff * 2, MAX_BACKOFF)
-                self.wake.set()
 
     async def run_pass(self):
         """One offload pass; True if it got everything pending into the store."""
