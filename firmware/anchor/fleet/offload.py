@@ -32,6 +32,7 @@ from anchor.storage.chunks import StoreError
 log = logging.getLogger("anchor")
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS bad_packs (pack TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS offloaded_captures (device TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS offloaded (
     device TEXT NOT NULL,
@@ -97,6 +98,7 @@ class Offloader:
         """Offload every pending snapshot, then the captures by policy; the number of
         snapshots offloaded. ObjectStoreError when the store cannot be reached (what was done
         stays done)."""
+        await self.repair()
         todo, _ = self.pending()
         n = 0
         for name, snap in todo:
@@ -105,6 +107,27 @@ class Offloader:
         if self.captures != "none":
             for name in self.catalog.paired():
                 await self.offload_captures(name)
+        return n
+
+    async def repair(self):
+        """Packs some anchor found damaged (`bad/<pack>`): the chunks of them this anchor
+        knows are forgotten, and those its flash still holds are offloaded again; the
+        number offloaded again."""
+        bad = [k.rsplit("/", 1)[1] for k, _ in await asyncio.to_thread(self.objects.list, "bad/")]
+        seen = set(r[0] for r in self.db.execute("SELECT pack FROM bad_packs"))
+        n = 0
+        for pack in bad:
+            if pack in seen:
+                continue
+            byd = {}
+            for c, d in self.remote.in_pack(pack):
+                self.remote.forget(c, d)
+                byd.setdefault(d, []).append(c)
+            for d, ids in byd.items():
+                n += await self._pack(d, ids, skip_missing=True)
+            self.db.execute("INSERT OR IGNORE INTO bad_packs VALUES (?, ?)", (pack, self.now()))
+            if byd:
+                log.warning("fleet: pack %s is damaged; %d of its chunks offloaded again from flash", pack, n)
         return n
 
     async def offload_captures(self, name):

@@ -44,6 +44,8 @@ class RemoteChunks:
         self.keys = keys
         self.reads = 0                # chunks read from the store (status, tests)
         self.damaged = 0
+        self.on_damage = None         # pack name -> None: tell the fleet a pack is damaged
+        self.relearn = None           # chunk -> bool: look for copies in the index again
         self._lock = threading.Lock()  # rows are written by the loop, read by restore threads too
         db.executescript(_SCHEMA)
 
@@ -106,29 +108,47 @@ class RemoteChunks:
             n, b = self.db.execute("SELECT count(DISTINCT chunk), coalesce(sum(raw), 0) FROM remote").fetchone()
         return n, b
 
-    def read(self, chunk):
-        """The chunk's bytes from the store; StoreError if it is not there or not right (a
-        damaged copy is forgotten here, so the next offload of a holder puts it back)."""
+    def rows(self, chunk):
+        """Every copy of the chunk this anchor can unseal: (device, pack, offset, length, raw)."""
+        with self._lock:
+            return self.db.execute("SELECT r.device, r.pack, r.off, r.len, r.raw FROM remote r JOIN device_keys k "
+                                   "ON k.device = r.device WHERE r.chunk=?", (bytes(chunk),)).fetchall()
+
+    def in_pack(self, pack):
+        """[(chunk, device)] this anchor knows in pack `pack`."""
+        with self._lock:
+            return [(bytes(c), d) for c, d in self.db.execute("SELECT chunk, device FROM remote WHERE pack=?", (pack,))]
+
+    def read(self, chunk, relearn=None):
+        """The chunk's bytes from the store; StoreError if it is not there or not right. A
+        damaged copy is forgotten and reported (on_damage: the pack's holders offload its
+        chunks again), then the next copy is tried; `relearn(chunk)` may find copies this
+        anchor did not know of (the index, read again)."""
         chunk = bytes(chunk)
-        row = self.where(chunk)
-        if row is None:
-            raise StoreError("chunk %s is not stored here nor in the fleet store" % chunk.hex())
-        device, name, off, length, _ = row
-        key = self.device_key(device)
-        if key is None:
-            raise StoreError("chunk %s is in the fleet store sealed for %s, whose key this anchor "
-                             "does not hold" % (chunk.hex()[:16], device))
-        try:
-            raw = packs.read_chunk(self.objects, pack_key(name), name, off, length, key, self.keys.content, chunk)
-        except packs.DamagedObject as e:
-            self.damaged += 1
-            self.forget(chunk, device)
-            log.error("fleet: %s; forgotten, a holder offloads it again", e)
-            raise StoreError("chunk %s: the fleet store's copy is damaged (%s)" % (chunk.hex()[:16], e))
-        except Exception as e:      # unreachable store: the caller reports it like a missing chunk
-            raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
-        self.reads += 1
-        return raw
+        why = None
+        for attempt in range(2):
+            for device, name, off, length, _ in self.rows(chunk):
+                key = self.device_key(device)
+                try:
+                    raw = packs.read_chunk(self.objects, pack_key(name), name, off, length, key,
+                                           self.keys.content, chunk)
+                except packs.DamagedObject as e:
+                    self.damaged += 1
+                    self.forget(chunk, device)
+                    why = str(e)
+                    log.error("fleet: %s; forgotten here, and its holders are asked to offload it again", e)
+                    if self.on_damage is not None:
+                        self.on_damage(name)
+                    continue
+                except Exception as e:      # unreachable store: reported like a missing chunk
+                    raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
+                self.reads += 1
+                return raw
+            if attempt or relearn is None or not relearn(chunk):
+                break
+        if why is not None:
+            raise StoreError("chunk %s: the fleet store's copy is damaged (%s)" % (chunk.hex()[:16], why))
+        raise StoreError("chunk %s is not stored here nor in the fleet store" % chunk.hex())
 
 
 class TieredStore:
@@ -156,7 +176,7 @@ class TieredStore:
         except StoreError:
             if not self.remote.has(chunk_id):
                 raise
-        return self.remote.read(chunk_id)
+        return self.remote.read(chunk_id, self.remote.relearn)
 
     def info(self, chunk_id):
         got = self.local.info(chunk_id)

@@ -116,6 +116,8 @@ class Fleet:
                                             region=config.region, prefix=self.keys.prefix())
         self.index = FleetIndex(self.objects, self.keys.index, self.anchor_id, now)
         self.remote = RemoteChunks(self.db, self.objects, self.keys)
+        self.remote.on_damage = self.report_damage
+        self.remote.relearn = self.relearn
         self.local = store
         self.store = TieredStore(store, self.remote)
         self.offloader = Offloader(self.db, self.objects, self.keys, self.index, self.remote, catalog, store,
@@ -177,6 +179,33 @@ class Fleet:
         if n:
             log.info("fleet: offload pass: %d snapshot%s into the store", n, "" if n == 1 else "s")
         return True
+
+    # --- damage --------------------------------------------------------------------------
+
+    def report_damage(self, pack):
+        """A pack that did not unseal or hash right: `bad/<pack>` tells every anchor; those
+        whose flash still holds its chunks offload them again (Offloader.repair)."""
+        try:
+            self.objects.put_once("bad/" + pack, b"")
+        except ObjectStoreError as e:
+            log.warning("fleet: cannot report damaged pack %s: %s", pack, e)
+
+    def relearn(self, chunk):
+        """Copies of `chunk` the index names that this anchor did not know (another anchor
+        offloaded it again after a damage), for devices whose key it holds; True if any."""
+        from anchor.fleet.packs import keyed_id
+        kid = keyed_id(self.keys.content, chunk)
+        mine = dict((self.keys.device_id(n), n) for n, in self.db.execute("SELECT device FROM device_keys"))
+        try:
+            bad = set(k.rsplit("/", 1)[1] for k, _ in self.objects.list("bad/"))
+            entries = self.index.load()
+        except (ObjectStoreError, DamagedObject) as e:
+            log.warning("fleet: cannot read the index again: %s", e)
+            return False
+        rows = [(chunk, mine[d], v[0], v[1], v[2], v[3]) for (d, k), v in entries.items()
+                if k == kid and d in mine and v[0] not in bad and len(v) >= 4]
+        self.remote.add(rows)
+        return bool(rows)
 
     # --- a rover arrives ---------------------------------------------------------------
 
