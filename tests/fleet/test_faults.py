@@ -33,8 +33,9 @@ def test_store_away_backups_and_restores_go_on_and_offload_resumes(fleet, s3, tm
         make_tree(src, 20, 600_000, seed=3)
         run_rover("cpython", a.link, "r", state, "backup", src)
         anchorctl(a.address, "fleet", "offload")
-        st = wait(lambda: (lambda s: s if s["last_error"] else None)(status(a)), 60, "an offload error")
-        assert "unreachable" in st["state"] and st["pending"]["snapshots"] == 1, st
+        st = wait(lambda: (lambda s: s if s["last_error"] and "unreachable" in s["state"] else None)(status(a)),
+                  60, "an offload error")
+        assert st["pending"]["snapshots"] == 1, st
         assert gate.refused > 0
         out = str(tmp_path / "out")
         anchorctl(a.address, "restore", "r", "--to", out)          # from flash, store or not
