@@ -103,3 +103,30 @@ def test_a_damaged_chunk_list_in_the_catalog_is_found_not_restored_as_other_byte
     assert got["a.bin"][1] is None
     assert b"".join(app.restore.content(m.tree_record("a.bin", m.T_FILE, len(a), MTIME, 0o644, oid_a),
                                         got["a.bin"][0])) == a
+
+
+def test_a_base_gone_between_need_and_its_delta_means_the_whole_chunk(app):
+    # The old chunk NEED offered as a base is dropped before the rover asks for it (evicted,
+    # quarantined, or not readable from a fleet store now): BASE says "none" and a DELTA is
+    # refused, never an error that ends the backup.
+    from anchor_core import delta
+    rnd = random.Random(3)
+    old = bytearray(rnd.randbytes(40_000))
+    back_up(app, "phone", {"db.bin": bytes(old)})
+    new = bytearray(old)
+    new[20_000:20_010] = b"0123456789"
+    new = bytes(new)
+    h = app.backup.session()
+    assert h.handle(m.hello("phone", 1, m.CAP_ZLIB | m.CAP_DELTA))[0][m.WELCOME_PARENT_OK]
+    v = h.handle(m.entries(0, [m.put_entry("db.bin", m.T_FILE, len(new), MTIME, 0o644, _oid(new))]))[0]
+    cs = chunks_of(new)
+    need = h.handle(m.chunklist([m.list_part(i, 0, [c for _, _, c in cs], True) for i in v[2]]))[0]
+    assert len(need) > 3 and need[3][0], need
+    i = need[3][0][0]
+    cid = cs[i][2]
+    app.store.drop(list(h.bases.values()))
+    b = h.handle([delta.BASEQ, cid])[0]
+    assert b == [delta.BASE, cid, 0, b""], b
+    with pytest.raises(m.ProtocolError):          # no BASE with signatures: no DELTA
+        h.handle([delta.DELTA, cid, cs[i][1], b"\x00"])
+    h.end()

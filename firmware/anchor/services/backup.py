@@ -96,6 +96,7 @@ class BackupHandler:
         self.old_lists = {}           # old oid -> (its chunk ids, set of them)
         self.bases = {}               # needed chunk id -> the old chunk it may be a delta of
         self.base_sent = {}           # chunk id -> block size of the signatures sent (BASE)
+        self.base_slot = None         # (old chunk id, its bytes): read for BASE, used by DELTA
         self.uploaded_set = set()     # chunk ids received this session
         self.in_use = set()           # chunk ids of objects answered "have" this session
         self.unscoped = []            # ...of which not yet durable and in the device's scope
@@ -433,7 +434,7 @@ class BackupHandler:
         base = self.bases.get(cid)
         if base is None or cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "BASEQ for chunk %s, which was offered no base" % cid.hex()[:16])
-        raw = self.store.get(base)
+        raw = self._base_bytes(base)
         if raw is None or len(raw) < delta.MIN_BLOCK:
             return [delta.BASE, cid, 0, b""]          # gone since NEED: the rover sends it whole
         blk = deltabase.block_size(len(raw))
@@ -442,12 +443,28 @@ class BackupHandler:
         self.counts["delta_sig_bytes"] = self.counts.get("delta_sig_bytes", 0) + len(sigs)
         return [delta.BASE, cid, blk, sigs]
 
+    def _base_bytes(self, base):
+        """The old chunk a delta is against, or None if it is gone since NEED (evicted, or on a
+        fleet anchor not readable from the store now): the rover then sends the chunk whole.
+        The chunk last read is kept for the DELTA that follows its BASE."""
+        slot = self.base_slot
+        if slot is not None and slot[0] == base:
+            return slot[1]
+        try:
+            raw = self.store.get(base)
+        except StoreError as e:
+            log.info("rover %s: base chunk %s cannot be read (%s); the chunk goes whole", self.device,
+                     base.hex()[:16], e)
+            return None
+        self.base_slot = (base, raw)
+        return raw
+
     def _delta(self, msg):
         cid, size, ops = msg[1], msg[2], msg[3]
         blk = self.base_sent.pop(cid, None)
         if blk is None or cid not in self.needed:
             raise m.ProtocolError(m.E_PROTOCOL, "DELTA for chunk %s without its BASE" % cid.hex()[:16])
-        raw = self.store.get(self.bases[cid])
+        raw = self._base_bytes(self.bases[cid])
         if raw is None:
             return [delta.DELTAOK, cid, False]
         try:
