@@ -130,3 +130,22 @@ def test_a_base_gone_between_need_and_its_delta_means_the_whole_chunk(app):
     with pytest.raises(m.ProtocolError):          # no BASE with signatures: no DELTA
         h.handle([delta.DELTA, cid, cs[i][1], b"\x00"])
     h.end()
+
+
+def test_a_challenged_chunk_gone_before_its_proof_is_reported_missing(app):
+    from anchor_core.hmac256 import hmac_sha256
+    data = random.Random(4).randbytes(30_000)
+    back_up(app, "first", {"same.bin": data})
+    h = app.backup.session()
+    h.handle(m.hello("second", None, m.CAP_PROVE))
+    v = h.handle(m.entries(0, [m.put_entry("same.bin", m.T_FILE, len(data), MTIME, 0o644, _oid(data))]))[0]
+    cs = chunks_of(data)
+    need = h.handle(m.chunklist([m.list_part(i, 0, [c for _, _, c in cs], True) for i in v[2]]))[0]
+    nonce, prove = need[2]
+    k = prove[0][0]
+    app.store.drop([cs[k][2]])
+    off, ln, cid = cs[k]
+    with pytest.raises(m.ProtocolError) as e:
+        h.handle(m.proof(cid, hmac_sha256(nonce, data[off:off + ln])[:m.PROOF_TAG]))
+    assert e.value.code == m.E_MISSING and "went from the store" in e.value.text
+    h.end()

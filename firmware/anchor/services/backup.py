@@ -417,9 +417,11 @@ class BackupHandler:
         nonce = self.proving.pop(cid, None)
         if nonce is None:
             raise m.ProtocolError(m.E_PROTOCOL, "proof for chunk %s, which was not challenged" % cid.hex()[:16])
-        raw = self.store.get(cid)
-        if raw is None:
-            raise m.ProtocolError(m.E_MISSING, "chunk %s went from the store during the backup" % cid.hex()[:16])
+        try:
+            raw = self.store.get(cid)
+        except StoreError as e:
+            raise m.ProtocolError(m.E_MISSING, "chunk %s went from the store during the backup: %s"
+                                  % (cid.hex()[:16], e))
         if not equal(hmac_sha256(nonce, raw)[:m.PROOF_TAG], tag):
             raise m.ProtocolError(m.E_BAD_DATA, "proof of possession failed for chunk %s: the rover does "
                                   "not hold these bytes" % cid.hex()[:16])

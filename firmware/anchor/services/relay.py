@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from anchor_core import messages as m
 from anchor_core import resumemsg
+from anchor.storage.chunks import StoreError
 
 resumemsg.install()
 
@@ -706,7 +707,16 @@ class RelayHandler:
             if pos + n <= offset:
                 pos += n
                 continue
-            data = store.get(cid)[max(0, offset - pos):]
+            try:
+                data = store.get(cid)[max(0, offset - pos):]
+            except StoreError as e:
+                # Gone or unreadable since the check (a fleet store away): the body breaks off
+                # here as an origin's would, and the rover may resume it later.
+                log.warning("rover %s: fetch %s from the anchor's copy broke at byte %d: %s",
+                            self.info.device, url, pos, e)
+                self._count(relay_failures=1)
+                await send(m.fail(m.F_BROKEN, "the anchor's copy cannot be read: %s" % e))
+                return True
             pos += n
             await self._send_body(data, send)
             sent += len(data)
