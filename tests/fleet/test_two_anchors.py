@@ -1,0 +1,71 @@
+"""Two anchors, one bucket: a rover paired on anchor A backs up to A, A offloads, and the same
+rover, never paired with B, backs up to B: B knows it from the store, answers HAVE for what A
+offloaded, and restores it (to anchorctl and over the rover's link) from the store, bit-exact,
+without its flash ever holding those chunks. Radio bytes are counted at a relay socket."""
+import json
+import os
+import shutil
+
+from tests.fleet.anchors import offload, pair, status, uploaded
+from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover, snapshot_of
+from tests.support.linkemu import CountingRelay
+
+
+def counted_backup(anchor, state, src):
+    relay = CountingRelay("127.0.0.1", anchor.port)
+    try:
+        p = run_rover("cpython", "tcp://127.0.0.1:%d" % relay.port, "r", state, "backup", src)
+        return p.stdout, relay.up + relay.down
+    finally:
+        relay.close()
+
+
+def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
+    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), secure=True).start()
+    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        pair(a, "r", state)
+        src = str(tmp_path / "src")
+        make_tree(src, 40, 3_000_000, seed=7)
+        p = run_rover("cpython", a.link, "r", state, "backup", src)
+        first = uploaded(p.stdout)
+        st = offload(a)
+        assert st["offloaded"]["chunks"] == st["local"]["chunks"] == first[0], (st, first)
+
+        # The rover's day: a folder renamed, a file copied, a file grown at its end.
+        names = sorted(os.listdir(src))
+        dirs = [n for n in names if os.path.isdir(os.path.join(src, n))]
+        files = [n for n in names if os.path.isfile(os.path.join(src, n))]
+        os.rename(os.path.join(src, dirs[0]), os.path.join(src, dirs[0] + "-renamed"))
+        shutil.copyfile(os.path.join(src, files[0]), os.path.join(src, "copy-of-" + files[0]))
+        with open(os.path.join(src, files[1]), "ab") as f:
+            f.write(b"one more line\n")
+
+        # What that backup costs at an anchor that holds everything (A, from a copy of the
+        # rover's state), then the same backup at B, which holds nothing on flash.
+        ref_state = str(tmp_path / "ref-state")
+        shutil.copytree(state, ref_state)
+        out_a, radio_a = counted_backup(a, ref_state, src)
+        out_b, radio_b = counted_backup(b, state, src)
+        print(json.dumps({"radio_bytes_at_a": radio_a, "radio_bytes_at_b": radio_b,
+                          "first_backup_chunks": first[0], "first_backup_bytes": first[1]}))
+        assert uploaded(out_b) == uploaded(out_a), (out_a, out_b)
+        assert uploaded(out_b)[0] <= 2, out_b                       # the grown file's last chunk(s)
+        assert radio_b <= radio_a * 1.05, (radio_a, radio_b)
+
+        sb = status(b)
+        assert sb["imported_snapshots"] == 1, sb
+        assert sb["local"]["chunks"] == uploaded(out_b)[0], sb      # B's flash: only what was new
+
+        out = str(tmp_path / "restored")
+        anchorctl(b.address, "restore", "r", "--to", out)
+        assert_same_tree(snapshot_of(src), out)
+        over_link = str(tmp_path / "over-link")
+        run_rover("cpython", b.link, "r", state, "restore", "--to", over_link)
+        assert_same_tree(snapshot_of(src), over_link)
+        assert status(b)["read_from_store"] >= first[0]
+        assert status(b)["local"]["chunks"] == uploaded(out_b)[0]   # restores did not fill flash
+    finally:
+        a.stop()
+        b.stop()
