@@ -73,18 +73,23 @@ class S3Objects:
         except Exception as e:
             raise self._fail("cannot look at", key, e)
 
-    def list(self, prefix):
-        """[(key, size)] of the objects whose key starts with prefix, in key order."""
-        out = []
+    def _list(self, prefix):
         n = len(self.prefix)
         try:
-            for batch in obstore.list(self.store, prefix=self.prefix + prefix):
-                for o in batch:
-                    out.append((o["path"][n:], o["size"]))
+            return [(o["path"][n:], o) for batch in obstore.list(self.store, prefix=self.prefix + prefix)
+                    for o in batch]
         except Exception as e:
             raise self._fail("cannot list", prefix, e)
-        out.sort()
-        return out
+
+    def list(self, prefix):
+        """[(key, size)] of the objects whose key starts with prefix, in key order."""
+        return sorted((key, o["size"]) for key, o in self._list(prefix))
+
+    def list_meta(self, prefix):
+        """[(key, size, last modified)] of the objects whose key starts with prefix, in key
+        order; last modified as Unix time by the store's own clock (what garbage collection
+        goes by, fleet/gc.py: an anchor's clock may be off, the store's is one for all)."""
+        return sorted((key, o["size"], o["last_modified"].timestamp()) for key, o in self._list(prefix))
 
     def delete(self, key):
         try:
