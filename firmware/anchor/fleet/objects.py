@@ -15,6 +15,11 @@ class ObjectStoreError(Exception):
     """The store could not be reached or refused a request; the text says which and why."""
 
 
+class ObjectMissing(ObjectStoreError):
+    """A range read of an object that is not there (deleted by garbage collection, or never
+    written whole)."""
+
+
 class S3Objects:
     def __init__(self, bucket, endpoint, access_key, secret_key, region="us-east-1", prefix="",
                  timeout=30.0, retries=2):
@@ -58,6 +63,8 @@ class S3Objects:
         """Bytes [start, end) of the object; ObjectStoreError if it has not that many."""
         try:
             got = bytes(obstore.get_range(self.store, self.prefix + key, start=start, end=end))
+        except (FileNotFoundError, oe.NotFoundError) as e:
+            raise ObjectMissing("no object %s at %s (%s)" % (key, self.where, str(e).split("\n")[0][:200]))
         except Exception as e:
             raise self._fail("cannot read bytes %d-%d of" % (start, end), key, e)
         if len(got) != end - start:

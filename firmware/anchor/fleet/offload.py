@@ -26,6 +26,7 @@ import logging
 import time
 
 from anchor.fleet import devdata, packs
+from anchor.fleet.objects import ObjectStoreError
 from anchor.fleet.remote import pack_key
 from anchor.storage.chunks import StoreError
 
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS offloaded (
 ) WITHOUT ROWID;
 """
 YIELD_EVERY = 64            # chunks packed between two turns of the event loop
+# From a pack's PUT to the index object naming it, at most this long (half the index's write
+# window, well inside the day fleet/gc.py waits before sweeping a pack nobody names); a pass
+# that took longer (a frozen anchor, a store that crawled) names nothing and packs again.
+PACK_DEADLINE = 1800.0
 
 
 class Offloader:
@@ -236,6 +241,7 @@ class Offloader:
     async def _finish_pack(self, name, did, dkey, writer, packed):
         data = writer.data()
         key = pack_key(writer.name)
+        started = time.monotonic()
         await self._put(key, data)
         # Read back before anything names it or flash lets go of its chunks: the store has it
         # whole (length) and its own index unseals from its tail with what was written.
@@ -245,6 +251,10 @@ class Offloader:
         if size != len(data) or back != [(kid, off, ln) for _, kid, off, ln, _ in packed]:
             raise packs.DamagedObject("pack %s did not read back as written (%s bytes of %d)"
                                       % (writer.name, size, len(data)))
+        if time.monotonic() - started > PACK_DEADLINE:
+            raise ObjectStoreError("pack %s took %.0f s from its PUT to its index (deadline %.0f s): not named; "
+                                   "packed again on the next pass" % (writer.name, time.monotonic() - started,
+                                                                       PACK_DEADLINE))
         await asyncio.to_thread(self.index.write, [(did, kid, writer.name, off, ln, raw)
                                                    for _, kid, off, ln, raw in packed])
         self.totals["requests"] += 2           # the epoch listing and the index object

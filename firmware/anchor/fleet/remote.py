@@ -15,6 +15,7 @@ import logging
 import threading
 
 from anchor.fleet import packs
+from anchor.fleet.objects import ObjectMissing
 from anchor.storage.chunks import StoreError
 
 log = logging.getLogger("anchor")
@@ -140,6 +141,13 @@ class RemoteChunks:
                     if self.on_damage is not None:
                         self.on_damage(name)
                     continue
+                except ObjectMissing as e:
+                    # Swept: another anchor's copy won the compaction and GC removed this one.
+                    # Forgotten here; the index names the copy that is kept.
+                    self.forget(chunk, device)
+                    why = str(e)
+                    log.warning("fleet: %s; looking for another copy", e)
+                    continue
                 except Exception as e:      # unreachable store: reported like a missing chunk
                     raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
                 self.reads += 1
@@ -147,7 +155,7 @@ class RemoteChunks:
             if attempt or relearn is None or not relearn(chunk):
                 break
         if why is not None:
-            raise StoreError("chunk %s: the fleet store's copy is damaged (%s)" % (chunk.hex()[:16], why))
+            raise StoreError("chunk %s: the fleet store's copy is damaged or gone (%s)" % (chunk.hex()[:16], why))
         raise StoreError("chunk %s is not stored here nor in the fleet store" % chunk.hex())
 
 

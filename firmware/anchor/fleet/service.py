@@ -8,6 +8,7 @@ import time
 import tomllib
 from urllib.parse import urlparse
 
+from anchor.fleet import gc
 from anchor.fleet import keys as fkeys
 from anchor.fleet.index import FleetIndex
 from anchor.fleet.objects import ObjectStoreError, S3Objects
@@ -130,6 +131,8 @@ class Fleet:
         self.last_pass = None
         self.last_error = None
         self.passes = 0
+        self.last_upkeep = None
+        self.swept = None               # what the last sweep of unnamed packs did
 
     # --- offload in the background ----------------------------------------------------
 
@@ -173,12 +176,28 @@ class Fleet:
             log.warning("fleet: offload stopped: %s", e)
             return False
         self.passes += 1
-        self.last_pass = self.now()
         self.last_error = None
+        await self.maintain()
+        self.last_pass = self.now()
         self.state = "idle"
         if n:
             log.info("fleet: offload pass: %d snapshot%s into the store", n, "" if n == 1 else "s")
         return True
+
+    async def maintain(self):
+        """The index's upkeep, after a pass: the epoch advanced when full or old; once a day
+        (per anchor; per fleet, the gc/<day> object) compaction and the sweep of packs nobody
+        names. Trouble is logged, never fatal: any anchor may do it next time."""
+        self.state = "index upkeep"
+        try:
+            await asyncio.to_thread(self.index.maybe_advance)
+            day = time.strftime("%Y-%m-%d", time.gmtime(self.now()))
+            if self.last_upkeep != day:
+                self.last_upkeep = day
+                await asyncio.to_thread(self.index.compact)
+                self.swept = await asyncio.to_thread(gc.sweep, self.objects, self.index, self.now)
+        except (ObjectStoreError, DamagedObject) as e:
+            log.warning("fleet: index upkeep stopped: %s", e)
 
     # --- damage --------------------------------------------------------------------------
 
@@ -239,7 +258,8 @@ class Fleet:
                 "not_offloaded": {"devices": unpaired,
                                   "why": "no pairing here: no device key to seal their data under"} if unpaired else None,
                 "imported_snapshots": self.sync.imported, "read_from_store": self.remote.reads,
-                "damaged_reads": self.remote.damaged, "totals": dict(self.offloader.totals)}
+                "damaged_reads": self.remote.damaged, "totals": dict(self.offloader.totals),
+                "gc": self.swept}
 
     def close(self):
         self.db.close()
