@@ -40,10 +40,10 @@ def test_a_swept_copy_is_forgotten_and_the_indexed_one_read(remote):
     remote.add([(cid, "d", "00" * 16, 16, good[4], len(raw))])     # a pack that is not there
     asked = []
 
-    def relearn(c):
-        asked.append(c)
+    def relearn(cs):
+        asked.extend(cs)
         remote.add([good])
-        return True
+        return set(cs)
     assert remote.read(cid, relearn) == raw
     assert asked == [cid]
     assert [r[1] for r in remote.rows(cid)] == [good[2]]           # the gone copy is forgotten
@@ -61,7 +61,7 @@ def test_a_damaged_copy_is_reported_and_without_another_the_error_says_so(remote
     reported = []
     remote.on_damage = reported.append
     with pytest.raises(StoreError, match="damaged or gone"):
-        remote.read(row[0], lambda c: False)
+        remote.read(row[0], lambda cs: set())
     assert reported == [row[2]] and remote.damaged == 1 and remote.rows(row[0]) == []
     with pytest.raises(StoreError, match="not stored here nor in the fleet store"):
         remote.read(row[0])

@@ -69,3 +69,65 @@ def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_two_anchors_offload_the_same_chunks_at_once_and_a_third_restores(fleet, tmp_path):
+    a, b, c = (AnchorProc(str(tmp_path / n), *fleet.args(), secure=True).start() for n in "abc")
+    try:
+        state = str(tmp_path / "state")
+        pair(a, "r", state)
+        src = str(tmp_path / "src")
+        make_tree(src, 30, 2_000_000, seed=8)
+        run_rover("cpython", a.link, "r", state, "backup", src)
+        # Before A offloads, the rover reaches B: B knows it from the store but holds none of
+        # its data, so the rover uploads it all again and B commits the same tree.
+        p = run_rover("cpython", b.link, "r", state, "backup", src)
+        assert uploaded(p.stdout)[0] > 100, p.stdout
+        # Both offload the same chunks at once.
+        anchorctl(a.address, "fleet", "offload")
+        sa, sb = offload(b), offload(a)
+        assert sa["last_error"] is None and sb["last_error"] is None, (sa, sb)
+        assert sa["totals"]["packs"] >= 1 and sb["totals"]["packs"] >= 1      # two copies, both fine
+        out_c, radio_c = counted_backup(c, state, src)
+        assert uploaded(out_c) == (0, 0), out_c
+        assert status(c)["local"]["chunks"] == 0
+        out = str(tmp_path / "restored")
+        anchorctl(c.address, "restore", "r", "--to", out)
+        assert_same_tree(snapshot_of(src), out)
+    finally:
+        for x in (a, b, c):
+            x.stop()
+
+
+def test_a_damaged_pack_is_offloaded_again_by_the_anchor_that_still_holds_it(fleet, tmp_path):
+    import obstore
+    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), secure=True).start()
+    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        pair(a, "r", state)
+        src = str(tmp_path / "src")
+        make_tree(src, 30, 1_500_000, seed=9)
+        run_rover("cpython", a.link, "r", state, "backup", src)
+        offload(a)
+        run_rover("cpython", b.link, "r", state, "backup", src)     # B takes the snapshots over
+        # The store changes a pack behind the anchors' backs (same length, other bytes).
+        objects = fleet.objects()
+        (key, size), = [o for o in objects.list("packs/")]
+        data = bytearray(objects.get(key))
+        for k in range(1000, size - 1000, 50_000):
+            data[k] ^= 0xFF
+        obstore.put(objects.store, objects.prefix + key, bytes(data))
+        out = str(tmp_path / "restored")
+        p = anchorctl(b.address, "restore", "r", "--to", out, check=False)
+        assert p.returncode == 3 and "damaged" in p.stderr, (p.returncode, p.stderr)
+        assert status(b)["damaged_reads"] > 0
+        assert objects.list("bad/"), "B did not report the damaged pack"
+        # A still holds those chunks on flash: its next pass offloads them again.
+        offload(a)
+        out2 = str(tmp_path / "restored2")
+        anchorctl(b.address, "restore", "r", "--to", out2)
+        assert_same_tree(snapshot_of(src), out2)
+    finally:
+        a.stop()
+        b.stop()

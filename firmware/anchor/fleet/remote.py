@@ -46,7 +46,8 @@ class RemoteChunks:
         self.reads = 0                # chunks read from the store (status, tests)
         self.damaged = 0
         self.on_damage = None         # pack name -> None: tell the fleet a pack is damaged
-        self.relearn = None           # chunk -> bool: look for copies in the index again
+        self.relearn = None           # [chunks] -> set found: look for copies in the index again
+        self.forgotten = set()        # chunks whose copy was found damaged or gone: relearn them
         self._lock = threading.Lock()  # rows are written by the loop, read by restore threads too
         db.executescript(_SCHEMA)
 
@@ -78,6 +79,7 @@ class RemoteChunks:
                 raise
 
     def forget(self, chunk, device):
+        self.forgotten.add(bytes(chunk))
         with self._lock:
             self.db.execute("DELETE FROM remote WHERE chunk=? AND device=?", (bytes(chunk), device))
 
@@ -124,7 +126,7 @@ class RemoteChunks:
         """The chunk's bytes from the store; StoreError if it is not there or not right. A
         damaged copy is forgotten and reported (on_damage: the pack's holders offload its
         chunks again), then the next copy is tried; `relearn(chunk)` may find copies this
-        anchor did not know of (the index, read again)."""
+        anchor did not know of (the index, read again: [chunks] -> set of those found)."""
         chunk = bytes(chunk)
         why = None
         for attempt in range(2):
@@ -152,7 +154,7 @@ class RemoteChunks:
                     raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
                 self.reads += 1
                 return raw
-            if attempt or relearn is None or not relearn(chunk):
+            if attempt or relearn is None or not relearn([chunk]):
                 break
         if why is not None:
             raise StoreError("chunk %s: the fleet store's copy is damaged or gone (%s)" % (chunk.hex()[:16], why))
@@ -175,8 +177,16 @@ class TieredStore:
         gone = self.local.missing(ids)
         if not gone:
             return gone
-        there = self.remote.present([ids[i] for i in gone])
-        return [i for i in gone if bytes(ids[i]) not in there]
+        remote = self.remote
+        there = remote.present([ids[i] for i in gone])
+        gone = [i for i in gone if bytes(ids[i]) not in there]
+        # Copies found damaged or gone earlier: another anchor may have offloaded them again
+        # since (one index read for all of them; only for these, never for chunks simply lost).
+        again = [bytes(ids[i]) for i in gone if bytes(ids[i]) in remote.forgotten]
+        if again and remote.relearn is not None:
+            found = remote.relearn(again)
+            gone = [i for i in gone if bytes(ids[i]) not in found]
+        return gone
 
     def get(self, chunk_id):
         try:

@@ -209,22 +209,25 @@ class Fleet:
         except ObjectStoreError as e:
             log.warning("fleet: cannot report damaged pack %s: %s", pack, e)
 
-    def relearn(self, chunk):
-        """Copies of `chunk` the index names that this anchor did not know (another anchor
-        offloaded it again after a damage), for devices whose key it holds; True if any."""
+    def relearn(self, chunks):
+        """Copies of `chunks` the index names that this anchor did not know (another anchor
+        offloaded them again after a damage), for devices whose key it holds: added to the
+        local rows; the set of chunks found. One read of the index for all of them."""
         from anchor.fleet.packs import keyed_id
-        kid = keyed_id(self.keys.content, chunk)
+        want = dict((keyed_id(self.keys.content, bytes(c)), bytes(c)) for c in chunks)
         mine = dict((self.keys.device_id(n), n) for n, in self.db.execute("SELECT device FROM device_keys"))
         try:
             bad = set(k.rsplit("/", 1)[1] for k, _ in self.objects.list("bad/"))
             entries = self.index.load()
         except (ObjectStoreError, DamagedObject) as e:
             log.warning("fleet: cannot read the index again: %s", e)
-            return False
-        rows = [(chunk, mine[d], v[0], v[1], v[2], v[3]) for (d, k), v in entries.items()
-                if k == kid and d in mine and v[0] not in bad and len(v) >= 4]
+            return set()
+        rows = [(want[k], mine[d], v[0], v[1], v[2], v[3]) for (d, k), v in entries.items()
+                if k in want and d in mine and v[0] not in bad and len(v) >= 4]
         self.remote.add(rows)
-        return bool(rows)
+        found = set(r[0] for r in rows)
+        self.remote.forgotten -= found
+        return found
 
     # --- a rover arrives ---------------------------------------------------------------
 
