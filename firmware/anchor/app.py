@@ -122,6 +122,8 @@ class App:
         self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
                                       admission=self.admission, restore=self.restore)
         self.sessions.fleet = self.fleet
+        self.fleet_pairings = self.fleet.pairings if self.fleet is not None else None
+        self.sessions.fleet_pairings = self.fleet_pairings
 
     def _check_version(self):
         p = os.path.join(self.data_dir, "ANCHOR-DATA")

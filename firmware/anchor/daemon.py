@@ -57,6 +57,7 @@ class SessionServer:
         self.channel_links = {}           # port name -> its latest links.chanlink.ChannelConnection
         self.sessions_total = 0
         self.fleet = None                 # anchor.fleet.service.Fleet of a fleet anchor (App sets it)
+        self.fleet_pairings = None        # ...and its pairings (fleet/pairings.py): read at handshakes
 
     # --- one rover link ----------------------------------------------------------------
 
@@ -337,7 +338,10 @@ async def serve(app, listen_host, listen_port, mgmt_path=None, ready=None, proxy
         notifier.send("READY=1", "STATUS=serving " + where)
         watchdog = asyncio.get_running_loop().create_task(_keepalive(notifier, sessions, where))
         if app.fleet is not None:
+            from anchor.fleet import pairings
             background.append(asyncio.get_running_loop().create_task(app.fleet.run()))
+            background.append(asyncio.get_running_loop().create_task(pairings.watch(
+                app.fleet.pairings, app.catalog, sessions.revoke, app.fleet.config.pairing_poll)))
             app.fleet.offload_now()       # what was committed while the anchor was down
         await stop.wait()
         notifier.send("STOPPING=1", "STATUS=stopping: closing links and flushing the store")

@@ -2,6 +2,7 @@
 (anchor_core/handshake.py) that tells a paired rover from anything else on the radio, and wraps the
 reader/writer to open and seal records, so `SessionServer.serve_stream` runs the same session over
 them as over a plain stream."""
+import asyncio
 import logging
 import os
 
@@ -14,6 +15,10 @@ log = logging.getLogger("anchor.secure")
 # failed proof, a plain link): one answer, so that it tells a stranger nothing.
 REFUSED = ("refused: this anchor serves paired rovers only: pair it (anchorctl pair DEVICE; "
            "rover ... pair CODE)")
+
+
+# The store's time to answer about a pairing during a handshake (whose own bound is 10 s).
+FLEET_SECONDS = 3.0
 
 
 class Refused(Exception):
@@ -78,6 +83,33 @@ class SecureWriter:
         return self.writer.get_extra_info(name, default)
 
 
+async def _through_fleet(server, fleet, device, key):
+    """On a fleet anchor: the pairing key to use for `device`. One held here whose generation
+    the fleet revoked is dropped (None); none held here is looked for in the store, and
+    held here if found. The store is given FLEET_SECONDS; silent or away, the anchor decides
+    on what it holds (docs/fleet.md, section 3)."""
+    try:
+        if key is not None:
+            gen = fleet.held(device)
+            if gen is not None and await asyncio.wait_for(
+                    asyncio.to_thread(fleet.revoked_since, device, gen), FLEET_SECONDS):
+                log.warning("fleet: the pairing of %s was revoked on an anchor of the fleet", device)
+                fleet.drop(device)
+                server.catalog.unpair(device)
+                return None
+            return key
+        got = await asyncio.wait_for(asyncio.to_thread(fleet.lookup, device), FLEET_SECONDS)
+    except Exception as e:          # timeout, unreachable, damaged: what is held here decides
+        log.warning("fleet: no answer from the store about %s's pairing: %s", device, e or "timed out")
+        return key
+    if got is None:
+        return None
+    server.catalog.pair(device, got[1])
+    fleet.hold(device, got[0])
+    log.info("fleet: %s is paired on another anchor of the fleet; its pairing is held here now", device)
+    return got[1]
+
+
 async def accept(server, reader, writer):
     """(reader, writer, device): the secure wrappers and the authenticated device, or the
     originals and None for a plain rover at an anchor started with --open. Raises Refused
@@ -95,6 +127,9 @@ async def accept(server, reader, writer):
                 raise Refused("a plain link (no secure handshake)")
             elif ev == handshake.HELLO:
                 key = server.catalog.pairing_key(hs.device)
+                fleet = getattr(server, "fleet_pairings", None)
+                if fleet is not None:
+                    key = await _through_fleet(server, fleet, hs.device, key)
                 if key is None:
                     # Answered as if paired, under a key nobody holds: the proof we send
                     # is random to the peer either way, and the handshake fails at its

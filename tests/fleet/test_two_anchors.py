@@ -11,6 +11,11 @@ from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_
 from tests.support.linkemu import CountingRelay
 
 
+def refused(p):
+    # what an unpaired rover is told: the anchor cannot prove it holds the pairing secret
+    return p.returncode != 0 and "could not prove it holds this rover's pairing secret" in p.stderr
+
+
 def counted_backup(anchor, state, src):
     relay = CountingRelay("127.0.0.1", anchor.port)
     try:
@@ -128,6 +133,44 @@ def test_a_damaged_pack_is_offloaded_again_by_the_anchor_that_still_holds_it(fle
         out2 = str(tmp_path / "restored2")
         anchorctl(b.address, "restore", "r", "--to", out2)
         assert_same_tree(snapshot_of(src), out2)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_unpair_on_any_anchor_revokes_the_rover_on_every_anchor(fleet, tmp_path):
+    import time
+    poll = ["--fleet-pairing-poll", "0.5"]
+    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), *poll, secure=True).start()
+    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), *poll, secure=True).start()
+    try:
+        state = str(tmp_path / "state")
+        pair(a, "r", state)
+        src = str(tmp_path / "src")
+        make_tree(src, 5, 50_000, seed=2)
+        run_rover("cpython", a.link, "r", state, "backup", src)
+        run_rover("cpython", b.link, "r", state, "backup", src)        # B learns the pairing
+        r = json.loads(anchorctl(b.address, "unpair", "r", "--json").stdout)
+        assert r["unpaired"] and r["fleet"].startswith("revoked"), r
+        p = run_rover("cpython", b.link, "r", state, "backup", src, check=False)
+        assert refused(p), p.stdout + p.stderr
+        # A paired the rover itself; the revocation reaches it by its poll (0.5 s here).
+        deadline = time.monotonic() + 30
+        for _ in range(1000):
+            p = run_rover("cpython", a.link, "r", state, "backup", src, check=False)
+            if p.returncode != 0 or time.monotonic() > deadline:
+                break
+        assert refused(p), p.stdout + p.stderr
+        # Paired again on A: every anchor serves it again, B without being told (once the
+        # 10 s that B does not ask the store again about a name it just found nothing for).
+        pair(a, "r", state)
+        deadline = time.monotonic() + 30
+        for _ in range(1000):
+            p = run_rover("cpython", b.link, "r", state, "backup", src, check=False)
+            if p.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)           # a rover retrying, as one does; bounded by the deadline
+        assert p.returncode == 0, p.stdout + p.stderr
     finally:
         a.stop()
         b.stop()

@@ -127,6 +127,7 @@ def build_parser():
                     help="relayed bodies offloaded too: all (default), no-recipe (only those that cannot be fetched "
                          "from their origin again: uploads, publishes), or none")
     sp.add_argument("--fleet-pack-bytes", type=int, default=None, help=argparse.SUPPRESS)  # tests: small packs
+    sp.add_argument("--fleet-pairing-poll", type=float, default=300.0, help=argparse.SUPPRESS)  # tests: quick polls
     sp.add_argument("--fleet-interval", type=float, default=300.0,
                     help="seconds between offload passes (default %(default)s)")
     sp.add_argument("--relay-timeout", type=float, default=30.0, help="seconds to wait on an origin or broker (default %(default)s)")
@@ -242,7 +243,8 @@ def main(argv=None):
             fleet = FleetConfig(args.fleet, args.fleet_endpoint, args.fleet_key_file, args.fleet_credentials_file,
                                 rate=_size(args.fleet_rate) if args.fleet_rate else None,
                                 window=args.fleet_window, interval=args.fleet_interval,
-                                captures=args.fleet_captures, pack_bytes=args.fleet_pack_bytes)
+                                captures=args.fleet_captures, pack_bytes=args.fleet_pack_bytes,
+                                pairing_poll=args.fleet_pairing_poll)
         except FleetConfigError as e:
             print("anchor: %s" % e, file=sys.stderr, flush=True)
             return 2

@@ -172,9 +172,9 @@ class Api:
             raise ApiError(404, "no such endpoint")
         if len(segs) == 4 and segs[1] == "devices" and segs[3] == "pairing":
             if method == "POST":
-                return self._json(self.pair(segs[2]))
+                return self._json(await self._fleet_pair(self.pair(segs[2])))
             if method == "DELETE":
-                return self._json(self.unpair(segs[2]))
+                return self._json(await self.unpair_everywhere(segs[2]))
         if method == "DELETE":
             if len(segs) == 5 and segs[1] == "devices" and segs[3] == "snapshots":
                 dev = self._device(segs[2])
@@ -374,6 +374,47 @@ class Api:
         if not gone:
             raise ApiError(404, "rover %r is not paired" % device)
         return {"device": device, "unpaired": True}
+
+    async def _fleet_pair(self, out):
+        """On a fleet anchor, a new pairing goes to the store too, so every anchor of the fleet
+        knows the rover. The store away does not undo it here: `fleet` says what happened."""
+        fleet = getattr(self.app, "fleet_pairings", None)
+        if fleet is None:
+            return out
+        device = out["device"]
+        secret = self.catalog.pairing_key(device)
+        try:
+            gen = await asyncio.to_thread(fleet.put_pairing, device, secret)
+        except Exception as e:
+            fleet.drop(device)
+            out["fleet"] = "not published: %s (this anchor alone knows the pairing; pair again to share it)" % e
+            return out
+        fleet.hold(device, gen)
+        out["fleet"] = "published"
+        return out
+
+    async def unpair_everywhere(self, device):
+        """Unpair here, and on a fleet anchor revoke the pairing in the store so that every
+        anchor of the fleet refuses the rover (at its next handshake; open links within the
+        poll). 404 only if neither this anchor nor the fleet knew it."""
+        fleet = getattr(self.app, "fleet_pairings", None)
+        gone = self.app.sessions.revoke(device)
+        if fleet is None:
+            if not gone:
+                raise ApiError(404, "rover %r is not paired" % device)
+            return {"device": device, "unpaired": True}
+        fleet.drop(device)
+        try:
+            n = await asyncio.to_thread(fleet.revoke, device)
+        except Exception as e:
+            out = {"device": device, "unpaired": gone,
+                   "fleet": "not revoked: %s (other anchors of the fleet still serve it; unpair again)" % e}
+            if not gone:
+                raise ApiError(503, out["fleet"])
+            return out
+        if not gone and not n:
+            raise ApiError(404, "rover %r is not paired here nor in the fleet" % device)
+        return {"device": device, "unpaired": True, "fleet": "revoked (%d pairing record%s)" % (n, "" if n == 1 else "s")}
 
     def verify(self, repair=False):
         """Check everything a restore depends on: every indexed record (CRC, SHA-256), the

@@ -14,6 +14,7 @@ from anchor.fleet.index import FleetIndex
 from anchor.fleet.objects import ObjectStoreError, S3Objects
 from anchor.fleet.offload import Offloader
 from anchor.fleet.packs import DamagedObject
+from anchor.fleet.pairings import POLL_SECONDS, FleetPairings
 from anchor.fleet.remote import RemoteChunks, TieredStore
 from anchor.fleet.state import anchor_id, open_state
 from anchor.fleet.sync import DeviceSync
@@ -37,7 +38,8 @@ class FleetConfig:
     AWS_SECRET_ACCESS_KEY): never from the command line, where `ps` shows them."""
 
     def __init__(self, url, endpoint, key_file, credentials_file=None, rate=None, window=None,
-                 interval=DEFAULT_INTERVAL, env=None, captures="all", pack_bytes=None):
+                 interval=DEFAULT_INTERVAL, env=None, captures="all", pack_bytes=None,
+                 pairing_poll=POLL_SECONDS):
         env = os.environ if env is None else env
         u = urlparse(url or "")
         if u.scheme != "s3" or not u.netloc or u.path not in ("", "/"):
@@ -76,6 +78,7 @@ class FleetConfig:
             raise FleetConfigError("--fleet-captures is all, no-recipe or none, not %r" % captures)
         self.captures = captures
         self.pack_bytes = pack_bytes
+        self.pairing_poll = pairing_poll
 
 
 def parse_window(text):
@@ -117,6 +120,7 @@ class Fleet:
                                             region=config.region, prefix=self.keys.prefix())
         self.index = FleetIndex(self.objects, self.keys.index, self.anchor_id, now)
         self.remote = RemoteChunks(self.db, self.objects, self.keys)
+        self.pairings = FleetPairings(self.objects, self.keys, self.db, now)
         self.remote.on_damage = self.report_damage
         self.remote.relearn = self.relearn
         self.local = store
