@@ -290,6 +290,15 @@ def cmd_fleet(c, a):
             print("fleet key written to %s (mode 0600): copy it to every anchor of the fleet, "
                   "and keep a copy off the anchors: without it the store's data cannot be read" % a.file)
         return out
+    if a.what == "take-over":
+        if not a.file:
+            raise AnchorError("anchorctl fleet take-over DEVICE: say which rover")
+        r = c.fleet_take_over(a.file)
+        if not a.json:
+            print("%s: %d snapshot%s taken over from the fleet store; held here now: %s"
+                  % (r["device"], len(r["taken_over"]), "" if len(r["taken_over"]) == 1 else "s",
+                     ", ".join(map(str, r["snapshots"])) or "none"))
+        return r
     if a.what == "offload":
         r = c.fleet_offload()
         if not a.json:
@@ -380,9 +389,10 @@ def main(argv=None):
                         "uploads them again), rewrite damaged segment headers, rebuild a damaged index")
     add("watch", cmd_watch, "data backups wait to see pass through the relay")
     p = add("fleet", cmd_fleet, "the fleet tier: status (local, offloaded, pending), offload (a pass now: "
-            "the uplink is cheap), new-key FILE (a fleet key for `anchor serve --fleet-key-file`)")
-    p.add_argument("what", nargs="?", choices=("status", "offload", "new-key"), default="status")
-    p.add_argument("file", nargs="?", default=None, help="new-key: the file to write")
+            "the uplink is cheap), take-over DEVICE (a rover's pairing and snapshots from the store, to "
+            "restore it here), new-key FILE (a fleet key for `anchor serve --fleet-key-file`)")
+    p.add_argument("what", nargs="?", choices=("status", "offload", "take-over", "new-key"), default="status")
+    p.add_argument("file", nargs="?", default=None, metavar="ARG", help="new-key: the file to write; take-over: the rover")
     a = ap.parse_args(argv)
     status = 0
     try:

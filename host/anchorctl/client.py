@@ -139,6 +139,9 @@ class Client:
     def fleet_status(self):
         return self._json("/v1/fleet")
 
+    def fleet_take_over(self, device):
+        return self._call("/v1/fleet/devices/%s/take-over" % quote(device, safe=""), "POST")
+
     def fleet_offload(self):
         return self._call("/v1/fleet/offload", "POST")
 

@@ -71,6 +71,21 @@ def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
         assert_same_tree(snapshot_of(src), over_link)
         assert status(b)["read_from_store"] >= first[0]
         assert status(b)["local"]["chunks"] == uploaded(out_b)[0]   # restores did not fill flash
+
+        # An anchor the rover never reached restores it too, once its operator takes it over.
+        offload(b)
+        c = AnchorProc(str(tmp_path / "c"), *fleet.args(), secure=True).start()
+        try:
+            p = anchorctl(c.address, "fleet", "take-over", "nobody", check=False)
+            assert p.returncode == 1 and "no live pairing" in p.stderr, p.stderr
+            r = json.loads(anchorctl(c.address, "fleet", "take-over", "r", "--json").stdout)
+            assert r["snapshots"] == [1, 2], r
+            out_c = str(tmp_path / "restored-at-c")
+            anchorctl(c.address, "restore", "r", "--to", out_c)
+            assert_same_tree(snapshot_of(src), out_c)
+            assert status(c)["local"]["chunks"] == 0
+        finally:
+            c.stop()
     finally:
         a.stop()
         b.stop()

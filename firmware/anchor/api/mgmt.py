@@ -208,6 +208,12 @@ class Api:
                 raise ApiError(404, "this anchor is not part of a fleet (anchor serve --fleet)")
             if segs[2:] == [] and method == "GET":
                 return self._json(fleet.status())
+            if len(segs) == 5 and segs[2] == "devices" and segs[4] == "take-over" and method == "POST":
+                from anchor.fleet.service import TakeOverError
+                try:
+                    return self._json(await fleet.take_over(segs[3]))
+                except TakeOverError as e:
+                    raise ApiError(e.status, e.text)
             if segs[2:] == ["offload"] and method == "POST":
                 fleet.offload_now()
                 return self._json({"offload": "started", "state": fleet.state})

@@ -31,6 +31,13 @@ class FleetConfigError(Exception):
     pass
 
 
+class TakeOverError(Exception):
+    def __init__(self, status, text):
+        Exception.__init__(self, text)
+        self.status = status
+        self.text = text
+
+
 class FleetConfig:
     """What `anchor serve --fleet s3://BUCKET --fleet-endpoint URL --fleet-key-file FILE`
     says, with the store's credentials from --fleet-credentials-file (TOML: access_key,
@@ -248,6 +255,29 @@ class Fleet:
             log.warning("fleet: cannot look for %s's snapshots in the store: %s", device, e or "timed out")
             return []
         return self.sync.apply(plan)
+
+    async def take_over(self, device):
+        """For an operator at an anchor the rover has not reached: its pairing and snapshots
+        from the store, so restores and `ls` work here (`anchorctl fleet take-over DEVICE`)."""
+        from anchor_core.messages import ProtocolError, check_device
+        try:
+            check_device(device)
+        except ProtocolError as e:
+            raise TakeOverError(400, e.text)
+        if self.catalog.pairing_key(device) is None:
+            self.pairings.negative.pop(device, None)     # an operator's question is always asked
+            try:
+                got = await asyncio.to_thread(self.pairings.lookup, device)
+            except Exception as e:
+                raise TakeOverError(503, "the fleet store cannot be asked about %s: %s" % (device, e))
+            if got is None:
+                raise TakeOverError(404, "the fleet holds no live pairing for %r" % device)
+            self.catalog.pair(device, got[1])
+            self.pairings.hold(device, got[0])
+        taken = await self.visit(device)
+        dev = self.catalog.device_id(device, create=False)
+        return {"device": device, "taken_over": taken,
+                "snapshots": [s["id"] for s in self.catalog.snapshots(dev)] if dev is not None else []}
 
     # --- status ------------------------------------------------------------------------
 
