@@ -105,3 +105,27 @@ def test_killed_mid_offload_names_no_incomplete_pack_and_completes_after(fleet, 
             assert packs.read_chunk(objects, pack_key(p), p, off, ln, dkey, fleet.keys.content, c)
     finally:
         a.stop()
+
+
+def test_a_snapshot_damaged_on_flash_does_not_hold_back_the_others(fleet, tmp_path):
+    data = str(tmp_path / "a")
+    a = AnchorProc(data, *fleet.args(), secure=True).start()
+    try:
+        for name in ("x", "y"):
+            state = str(tmp_path / ("state-" + name))
+            pair(a, name, state)
+            src = str(tmp_path / ("src-" + name))
+            make_tree(src, 5, 100_000, seed=ord(name))
+            run_rover("cpython", a.link, name, state, "backup", src)
+        root = json.loads(anchorctl(a.address, "snapshots", "x", "--json").stdout)[0]["root"]
+        os.unlink(os.path.join(data, "trees", root + ".tree"))       # the SD card lost a file
+        anchorctl(a.address, "fleet", "offload")
+        st = wait(lambda: (lambda s: s if s["last_pass"] and s["state"] == "idle" else None)(status(a)),
+                  60, "an offload pass")
+        assert list(st["skipped"]) == ["x/1"] and root in st["skipped"]["x/1"], st["skipped"]
+        assert st["pending"]["devices"] == ["x"], st["pending"]
+        objects = fleet.objects()
+        assert [k for k, _ in objects.list("dev/%s/snap/" % fleet.keys.device_id("y"))]
+        assert not [k for k, _ in objects.list("dev/%s/snap/" % fleet.keys.device_id("x"))]
+    finally:
+        a.stop()

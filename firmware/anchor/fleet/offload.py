@@ -68,6 +68,7 @@ class Offloader:
         self.totals = {"packs": 0, "chunks": 0, "bytes": 0, "snapshots": 0, "requests": 0,
                        "seconds": 0.0}
         self.last_error = None
+        self.skipped = {}             # "device/seq" -> why it could not be offloaded this pass
         db.executescript(_SCHEMA)
 
     def mark(self, device, seq, how):
@@ -106,8 +107,16 @@ class Offloader:
         await self.repair()
         todo, _ = self.pending()
         n = 0
+        self.skipped = {}
         for name, snap in todo:
-            await self.offload_snapshot(name, snap)
+            try:
+                await self.offload_snapshot(name, snap)
+            except (StoreError, OSError) as e:
+                # Something of this snapshot is damaged on flash (a chunk, its tree): the others
+                # go on, and `anchorctl verify` / the next backup heal it; tried again next pass.
+                self.skipped["%s/%d" % (name, snap["id"])] = str(e)
+                log.error("fleet: snapshot %d of %s not offloaded: %s", snap["id"], name, e)
+                continue
             n += 1
         if self.captures != "none":
             for name in self.catalog.paired():

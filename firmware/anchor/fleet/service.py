@@ -296,7 +296,7 @@ class Fleet:
                                   "why": "no pairing here: no device key to seal their data under"} if unpaired else None,
                 "imported_snapshots": self.sync.imported, "read_from_store": self.remote.reads,
                 "damaged_reads": self.remote.damaged, "totals": dict(self.offloader.totals),
-                "gc": self.swept}
+                "gc": self.swept, "skipped": dict(self.offloader.skipped)}
 
     def close(self):
         self.db.close()

@@ -17,7 +17,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 def open_state(data_dir):
     db = sqlite3.connect(os.path.join(data_dir, STATE_FILE), isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a row saying a chunk is safely in the store lets flash evict it; after a power cut
+    # that row must still be there, or the anchor would have let go of a chunk it cannot find.
+    db.execute("PRAGMA synchronous=FULL")
     db.executescript(_SCHEMA)
     return db
 
