@@ -1,9 +1,46 @@
 """Anchors of a test's fleet as real `anchor serve` processes, and what the tests ask them."""
+import contextlib
 import json
 import subprocess
 import time
 
-from tests.support.harness import anchorctl, rover_cmd
+from tests.support.harness import AnchorProc, anchorctl, make_tree, rover_cmd, run_rover
+
+
+def wait(predicate, timeout, what):
+    """predicate()'s first true value, asked until `timeout` s have passed."""
+    deadline = time.monotonic() + timeout
+    for _ in range(100000):
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)          # polling a condition, bounded by the deadline
+    raise AssertionError("%s: not within %g s" % (what, timeout))
+
+
+@contextlib.contextmanager
+def anchors(fleet, tmp_path, names, *extra):
+    """Secure anchors of the test's fleet, one data directory each, stopped after."""
+    started = []
+    try:
+        for n in names:
+            started.append(AnchorProc(str(tmp_path / n), *fleet.args(), *extra, secure=True).start())
+        yield started
+    finally:
+        for a in started:
+            a.stop()
+
+
+def rover_backed_up(anchor, tmp_path, files, size, seed, device="r"):
+    """(state, src): rover `device` paired on `anchor` with a generated tree backed up there."""
+    state = str(tmp_path / ("state-" + device))
+    pair(anchor, device, state)
+    src = str(tmp_path / ("src-" + device))
+    make_tree(src, files, size, seed=seed)
+    p = run_rover("cpython", anchor.link, device, state, "backup", src)
+    return state, src, p.stdout
 
 
 def pair(anchor, device, state, runtime="cpython"):
@@ -21,16 +58,11 @@ def offload(anchor, timeout=60):
     """Ask for an offload pass and wait until nothing is pending; the status then."""
     before = status(anchor)["last_pass"] or 0
     anchorctl(anchor.address, "fleet", "offload")
-    deadline = time.monotonic() + timeout
-    r = None
-    for _ in range(100000):
+
+    def done():
         r = status(anchor)
-        if (r["last_pass"] or 0) > before and r["pending"]["snapshots"] == 0 and r["state"] == "idle":
-            return r
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)          # polling a condition, bounded by the deadline
-    raise AssertionError("offload did not finish in %d s: %s" % (timeout, r))
+        return r if (r["last_pass"] or 0) > before and not r["pending"]["snapshots"] and r["state"] == "idle" else None
+    return wait(done, timeout, "an offload pass with nothing left pending")
 
 
 def stats(anchor):

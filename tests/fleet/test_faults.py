@@ -3,24 +3,11 @@ offload waits and resumes, and nothing in the store ever names what is not there
 import json
 import os
 import signal
-import time
 
 from anchor.fleet import index as fi, packs
 from anchor.fleet.remote import pack_key
-from tests.fleet.anchors import Gate, offload, pair, status
+from tests.fleet.anchors import Gate, offload, pair, status, wait
 from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover, snapshot_of
-
-
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    for _ in range(100000):
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)          # polling a condition, bounded by the deadline
-    raise AssertionError("%s: not within %g s" % (what, timeout))
 
 
 def test_store_away_backups_and_restores_go_on_and_offload_resumes(fleet, s3, tmp_path):

@@ -6,8 +6,8 @@ import json
 import os
 import shutil
 
-from tests.fleet.anchors import offload, pair, status, uploaded
-from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, make_tree, run_rover, snapshot_of
+from tests.fleet.anchors import anchors, offload, rover_backed_up, status, uploaded, wait
+from tests.support.harness import anchorctl, assert_same_tree, run_rover, snapshot_of
 from tests.support.linkemu import CountingRelay
 
 
@@ -26,15 +26,9 @@ def counted_backup(anchor, state, src):
 
 
 def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
-    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), secure=True).start()
-    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), secure=True).start()
-    try:
-        state = str(tmp_path / "state")
-        pair(a, "r", state)
-        src = str(tmp_path / "src")
-        make_tree(src, 40, 3_000_000, seed=7)
-        p = run_rover("cpython", a.link, "r", state, "backup", src)
-        first = uploaded(p.stdout)
+    with anchors(fleet, tmp_path, "ab") as (a, b):
+        state, src, out = rover_backed_up(a, tmp_path, 40, 3_000_000, 7)
+        first = uploaded(out)
         st = offload(a)
         assert st["offloaded"]["chunks"] == st["local"]["chunks"] == first[0], (st, first)
 
@@ -74,8 +68,7 @@ def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
 
         # An anchor the rover never reached restores it too, once its operator takes it over.
         offload(b)
-        c = AnchorProc(str(tmp_path / "c"), *fleet.args(), secure=True).start()
-        try:
+        with anchors(fleet, tmp_path, "c") as (c,):
             p = anchorctl(c.address, "fleet", "take-over", "nobody", check=False)
             assert p.returncode == 1 and "no live pairing" in p.stderr, p.stderr
             r = json.loads(anchorctl(c.address, "fleet", "take-over", "r", "--json").stdout)
@@ -84,21 +77,11 @@ def test_a_rover_paired_on_a_backs_up_to_b_with_metadata_only(fleet, tmp_path):
             anchorctl(c.address, "restore", "r", "--to", out_c)
             assert_same_tree(snapshot_of(src), out_c)
             assert status(c)["local"]["chunks"] == 0
-        finally:
-            c.stop()
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_two_anchors_offload_the_same_chunks_at_once_and_a_third_restores(fleet, tmp_path):
-    a, b, c = (AnchorProc(str(tmp_path / n), *fleet.args(), secure=True).start() for n in "abc")
-    try:
-        state = str(tmp_path / "state")
-        pair(a, "r", state)
-        src = str(tmp_path / "src")
-        make_tree(src, 30, 2_000_000, seed=8)
-        run_rover("cpython", a.link, "r", state, "backup", src)
+    with anchors(fleet, tmp_path, "abc") as (a, b, c):
+        state, src, _ = rover_backed_up(a, tmp_path, 30, 2_000_000, 8)
         # Before A offloads, the rover reaches B: B knows it from the store but holds none of
         # its data, so the rover uploads it all again and B commits the same tree.
         p = run_rover("cpython", b.link, "r", state, "backup", src)
@@ -108,27 +91,18 @@ def test_two_anchors_offload_the_same_chunks_at_once_and_a_third_restores(fleet,
         sa, sb = offload(b), offload(a)
         assert sa["last_error"] is None and sb["last_error"] is None, (sa, sb)
         assert sa["totals"]["packs"] >= 1 and sb["totals"]["packs"] >= 1      # two copies, both fine
-        out_c, radio_c = counted_backup(c, state, src)
+        out_c, _ = counted_backup(c, state, src)
         assert uploaded(out_c) == (0, 0), out_c
         assert status(c)["local"]["chunks"] == 0
         out = str(tmp_path / "restored")
         anchorctl(c.address, "restore", "r", "--to", out)
         assert_same_tree(snapshot_of(src), out)
-    finally:
-        for x in (a, b, c):
-            x.stop()
 
 
 def test_a_damaged_pack_is_offloaded_again_by_the_anchor_that_still_holds_it(fleet, tmp_path):
     import obstore
-    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), secure=True).start()
-    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), secure=True).start()
-    try:
-        state = str(tmp_path / "state")
-        pair(a, "r", state)
-        src = str(tmp_path / "src")
-        make_tree(src, 30, 1_500_000, seed=9)
-        run_rover("cpython", a.link, "r", state, "backup", src)
+    with anchors(fleet, tmp_path, "ab") as (a, b):
+        state, src, _ = rover_backed_up(a, tmp_path, 30, 1_500_000, 9)
         offload(a)
         run_rover("cpython", b.link, "r", state, "backup", src)     # B takes the snapshots over
         # The store changes a pack behind the anchors' backs (same length, other bytes).
@@ -148,44 +122,23 @@ def test_a_damaged_pack_is_offloaded_again_by_the_anchor_that_still_holds_it(fle
         out2 = str(tmp_path / "restored2")
         anchorctl(b.address, "restore", "r", "--to", out2)
         assert_same_tree(snapshot_of(src), out2)
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_unpair_on_any_anchor_revokes_the_rover_on_every_anchor(fleet, tmp_path):
-    import time
-    poll = ["--fleet-pairing-poll", "0.5"]
-    a = AnchorProc(str(tmp_path / "a"), *fleet.args(), *poll, secure=True).start()
-    b = AnchorProc(str(tmp_path / "b"), *fleet.args(), *poll, secure=True).start()
-    try:
-        state = str(tmp_path / "state")
-        pair(a, "r", state)
-        src = str(tmp_path / "src")
-        make_tree(src, 5, 50_000, seed=2)
-        run_rover("cpython", a.link, "r", state, "backup", src)
+    with anchors(fleet, tmp_path, "ab", "--fleet-pairing-poll", "0.5") as (a, b):
+        state, src, _ = rover_backed_up(a, tmp_path, 5, 50_000, 2)
+
+        def backup(anchor):
+            return run_rover("cpython", anchor.link, "r", state, "backup", src, check=False)
         run_rover("cpython", b.link, "r", state, "backup", src)        # B learns the pairing
         r = json.loads(anchorctl(b.address, "unpair", "r", "--json").stdout)
         assert r["unpaired"] and r["fleet"].startswith("revoked"), r
-        p = run_rover("cpython", b.link, "r", state, "backup", src, check=False)
+        p = backup(b)
         assert refused(p), p.stdout + p.stderr
         # A paired the rover itself; the revocation reaches it by its poll (0.5 s here).
-        deadline = time.monotonic() + 30
-        for _ in range(1000):
-            p = run_rover("cpython", a.link, "r", state, "backup", src, check=False)
-            if p.returncode != 0 or time.monotonic() > deadline:
-                break
-        assert refused(p), p.stdout + p.stderr
+        wait(lambda: refused(backup(a)), 30, "A refusing the revoked rover")
         # Paired again on A: every anchor serves it again, B without being told (once the
         # 10 s that B does not ask the store again about a name it just found nothing for).
+        from tests.fleet.anchors import pair
         pair(a, "r", state)
-        deadline = time.monotonic() + 30
-        for _ in range(1000):
-            p = run_rover("cpython", b.link, "r", state, "backup", src, check=False)
-            if p.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)           # a rover retrying, as one does; bounded by the deadline
-        assert p.returncode == 0, p.stdout + p.stderr
-    finally:
-        a.stop()
-        b.stop()
+        wait(lambda: backup(b).returncode == 0, 30, "B serving the rover paired again")
