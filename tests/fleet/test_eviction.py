@@ -3,10 +3,11 @@ keeps may be evicted; restores read them from the fleet store, and a backup that
 relayed body again is answered from the store instead of its origin or the radio."""
 import os
 import random
+import urllib.request
 
 from tests.fleet.anchors import offload, pair, stats, status, uploaded
 from tests.support.harness import AnchorProc, anchorctl, assert_same_tree, run_rover, snapshot_of
-from tests.support.services import Origin
+from tests.support.services import Origin, free_port
 
 
 def test_offloaded_chunks_leave_flash_and_are_served_from_the_store(fleet, tmp_path):
@@ -14,7 +15,9 @@ def test_offloaded_chunks_leave_flash_and_are_served_from_the_store(fleet, tmp_p
     rnd = random.Random(15)
     origin.files["/a.bin"] = rnd.randbytes(800_000)
     origin.files["/b.bin"] = rnd.randbytes(900_000)
-    a = AnchorProc(str(tmp_path / "a"), "--capacity", "1500K", *fleet.args(), secure=True).start()
+    port = free_port()
+    a = AnchorProc(str(tmp_path / "a"), "--capacity", "1500K", "--http", "tcp://127.0.0.1:%d" % port,
+                   *fleet.args(), secure=True).start()
     try:
         state = str(tmp_path / "state")
         pair(a, "g", state)
@@ -47,6 +50,10 @@ def test_offloaded_chunks_leave_flash_and_are_served_from_the_store(fleet, tmp_p
         p = run_rover("cpython", a.link, "g", state, "backup", str(root))
         assert uploaded(p.stdout) == (0, 0), p.stdout
         assert len([r for r in origin.requests if r[1] == "/a.bin"]) == gets
+        metrics = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30).read().decode()
+        reads = [ln for ln in metrics.splitlines() if ln.startswith("anchor_fleet_chunk_reads")]
+        assert reads and float(reads[0].split()[-1]) > 50, reads
+        assert "anchor_fleet_store_ok 1.0" in metrics
         assert stats(a)["devices"]["g"].get("supplied_regenerated", 0) == 0
         out2 = str(tmp_path / "restored2")
         anchorctl(a.address, "restore", "g", "--to", out2)

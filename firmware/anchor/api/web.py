@@ -277,6 +277,19 @@ class Collector:
             lp.add_metric([ln["link"], "dropped"], ln["dropped"])
         yield lp
         yield GaugeMetricFamily("anchor_watch_items", "Objects on the watch list", value=len(st["watch"]))
+        fleet = self.status.app.fleet
+        if fleet is not None:
+            f = fleet.status()
+            yield GaugeMetricFamily("anchor_fleet_offloaded_chunks", "Chunks safely in the fleet store",
+                                    value=f["offloaded"]["chunks"])
+            yield GaugeMetricFamily("anchor_fleet_pending_snapshots", "Committed snapshots not yet in the fleet store",
+                                    value=f["pending"]["snapshots"])
+            yield GaugeMetricFamily("anchor_fleet_store_ok", "0 if the last offload pass failed (see anchorctl fleet)",
+                                    value=0 if f["last_error"] else 1)
+            yield GaugeMetricFamily("anchor_fleet_last_pass_timestamp_seconds", "End of the last offload pass",
+                                    value=f["last_pass"] or 0)
+            yield CounterMetricFamily("anchor_fleet_chunk_reads", "Chunks read from the fleet store",
+                                      value=f["read_from_store"])
 
 
 # --- the server --------------------------------------------------------------------------------
