@@ -142,3 +142,27 @@ def test_unpair_on_any_anchor_revokes_the_rover_on_every_anchor(fleet, tmp_path)
         from tests.fleet.anchors import pair
         pair(a, "r", state)
         wait(lambda: backup(b).returncode == 0, 30, "B serving the rover paired again")
+
+
+def test_another_rover_at_b_gets_a_s_data_only_on_proof(fleet, tmp_path):
+    # Scope at B is the scope at A: a rover that never uploaded r's file is challenged for it
+    # (proved from the bytes, which B reads from the store), never told "have" on the hash.
+    with anchors(fleet, tmp_path, "ab") as (a, b):
+        state, src, out = rover_backed_up(a, tmp_path, 10, 400_000, 11)
+        offload(a)
+        run_rover("cpython", b.link, "r", state, "backup", src)     # B takes r over
+        from tests.fleet.anchors import pair
+        other_state = str(tmp_path / "state-s")
+        pair(b, "s", other_state)
+        other = tmp_path / "src-s"
+        other.mkdir()
+        big = max((os.path.join(src, n) for n in os.listdir(src) if os.path.isfile(os.path.join(src, n))),
+                  key=os.path.getsize)
+        shutil.copyfile(big, str(other / "same.bin"))
+        p = run_rover("cpython", b.link, "s", other_state, "backup", str(other))
+        assert uploaded(p.stdout)[0] == 0 and "chunks another rover" in p.stdout, p.stdout
+        restored = str(tmp_path / "restored-s")
+        anchorctl(b.address, "restore", "s", "--to", restored)
+        with open(big, "rb") as f, open(os.path.join(restored, "same.bin"), "rb") as g:
+            assert f.read() == g.read()
+        assert status(b)["local"]["chunks"] == 0
