@@ -36,7 +36,8 @@ class SessionServer:
     handler from the services. Keeps who is connected (to cut an unpaired rover off) and
     the bytes links moved."""
 
-    def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None, restore=None):
+    def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None, restore=None,
+                 fleet_pairings=None):
         self.backup = backup              # services.backup.BackupService
         self.relay = relay                # services.relay.RelayService
         self.restore = restore            # services.restore.RestoreService (restores over the link)
@@ -57,7 +58,7 @@ class SessionServer:
         self.channel_links = {}           # port name -> its latest links.chanlink.ChannelConnection
         self.sessions_total = 0
         self.fleet = None                 # anchor.fleet.service.Fleet of a fleet anchor (App sets it)
-        self.fleet_pairings = None        # ...and its pairings (fleet/pairings.py): read at handshakes
+        self.fleet_pairings = fleet_pairings   # ...and its pairings (fleet/pairings.py): read at handshakes
 
     # --- one rover link ----------------------------------------------------------------
 

@@ -192,9 +192,13 @@ class FleetPairings:
 
 
 async def watch(pairings, catalog, revoke, interval=POLL_SECONDS, rounds=None):
-    """Every `interval` s: apply revocations (catalog unpair and cut the rover's links, through
-    `revoke(name)`) and newer generations (catalog.pair) to the pairings held here. Runs
-    until cancelled (or `rounds` rounds, for tests)."""
+    """Every `interval` s: apply revocations and newer generations to the pairings held here.
+    A revoked one leaves the catalog here and `revoke(name)` cuts the rover's links
+    (SessionServer.revoke; it may unpair again, harmlessly); a newer one replaces the secret
+    (catalog.pair). A round the store does not answer is logged once and changes nothing: the
+    pairings held here are served until the store answers again. One rover whose change
+    fails to apply does not hold back the others, nor later rounds. Runs until cancelled (or
+    `rounds` rounds, for tests)."""
     n = 0
     while rounds is None or n < rounds:
         n += 1
@@ -205,12 +209,22 @@ async def watch(pairings, catalog, revoke, interval=POLL_SECONDS, rounds=None):
         except (ObjectStoreError, OSError) as e:
             log.warning("fleet: cannot check pairings in the store (%s); serving the pairings held here", e)
             continue
+        except Exception:
+            log.exception("fleet: checking pairings in the store failed; tried again in %g s", interval)
+            continue
         for name, what in got.items():
-            if what == "revoked":
-                log.warning("fleet: pairing of %s revoked on an anchor of the fleet; its links are cut", name)
-                pairings.drop(name)
-                revoke(name)
-            else:
-                log.info("fleet: %s was paired again on an anchor of the fleet; the new pairing is held here", name)
-                catalog.pair(name, what[1])
-                pairings.hold(name, what[0])
+            if pairings.held(name) != held[name]:
+                continue          # paired again here while the store was asked: the next round
+            try:
+                if what == "revoked":
+                    log.warning("fleet: pairing of %s revoked on an anchor of the fleet; its links are cut", name)
+                    catalog.unpair(name)
+                    pairings.drop(name)
+                    revoke(name)
+                else:
+                    log.info("fleet: %s was paired again on an anchor of the fleet; the new pairing is held here",
+                             name)
+                    catalog.pair(name, what[1])
+                    pairings.hold(name, what[0])
+            except Exception:
+                log.exception("fleet: cannot apply the fleet's change to the pairing of %s", name)
