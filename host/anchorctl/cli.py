@@ -226,13 +226,26 @@ def cmd_pair(c, a):
     print("pairing code for %s:  %s" % (r["device"], r["code"]))
     print("on the rover:  rover --device %s --state DIR pair %s" % (r["device"], r["code"]))
     print("(on a board, the same command at the rover's console; an earlier pairing of %s no longer works)" % r["device"])
+    if r.get("fleet") == "published":
+        print("the pairing is in the fleet store: every anchor of the fleet serves %s" % r["device"])
+    elif r.get("fleet"):
+        print("fleet: %s" % r["fleet"], file=sys.stderr)
 
 
 def cmd_unpair(c, a):
     r = c.unpair(a.device)
-    if a.json:
-        return r
-    print("%s unpaired: it gets nothing but a refusal now" % a.device)
+    fleet = r.get("fleet")
+    if not a.json:
+        if fleet is None:
+            print("%s unpaired: it gets nothing but a refusal now" % a.device)
+        elif fleet.startswith("revoked"):
+            print("%s unpaired here and %s in the fleet store: every anchor of the fleet refuses it at its "
+                  "next handshake and cuts its open links within 5 minutes" % (a.device, fleet))
+        else:
+            print("%s unpaired here; fleet: %s" % (a.device, fleet))
+    if fleet is not None and not fleet.startswith("revoked"):
+        raise Incomplete("the fleet's other anchors still serve %s" % a.device, 1, r if a.json else None)
+    return r
 
 
 def cmd_verify(c, a):

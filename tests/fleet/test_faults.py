@@ -27,6 +27,11 @@ def test_store_away_backups_and_restores_go_on_and_offload_resumes(fleet, s3, tm
         out = str(tmp_path / "out")
         anchorctl(a.address, "restore", "r", "--to", out)          # from flash, store or not
         assert_same_tree(snapshot_of(src), out)
+        # An operator pairing and unpairing meanwhile is told what did not reach the fleet.
+        p = anchorctl(a.address, "pair", "r2")
+        assert "fleet: not published" in p.stderr, p.stderr
+        p = anchorctl(a.address, "unpair", "r2", check=False)
+        assert p.returncode == 1 and "not revoked" in p.stdout and "still serve r2" in p.stderr, (p.stdout, p.stderr)
         gate.open = True
         st = offload(a)
         assert st["last_error"] is None and st["offloaded"]["chunks"] >= st["local"]["chunks"] > 20, st
