@@ -93,8 +93,37 @@ with tempfile.TemporaryDirectory() as d:
     return json.loads(p.stdout)
 
 
-def anchor_offload(tmp, s3, mib):
-    """A real anchor process: back up a generated tree, offload it, change a little, again."""
+def prefill_cache(data_dir, n):
+    """n rows in an anchor's cache of the fleet index before it starts (another device's
+    chunks, as a fleet anchor holds after taking rovers over)."""
+    import random
+    import sqlite3
+    from anchor.fleet.keys import FleetKeys
+    from anchor.fleet.remote import RemoteChunks
+    from anchor.fleet.state import open_state
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    db = open_state(data_dir)
+    db.execute("PRAGMA synchronous=OFF")        # a bench's fill; the anchor opens it FULL
+    r = RemoteChunks(db, None, FleetKeys(bytes(32)))
+    rnd = random.Random(2)
+    for j in range(0, n, 10000):
+        r.add([(rnd.randbytes(32), "other", "%032x" % (j // 2048), k * 8192, 8192, 8100)
+               for k in range(min(10000, n - j))])
+    db.close()
+
+
+def rss_of(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1]) // 1024
+    return out
+
+
+def anchor_offload(tmp, s3, mib, cached=0):
+    """A real anchor process: back up a generated tree, offload it, change a little, again;
+    with `cached` rows in its cache of the fleet index, and its RSS after."""
     import subprocess
     from anchor.fleet import keys
     from tests.support.harness import AnchorProc, anchorctl, make_tree, rover_cmd, run_rover
@@ -104,6 +133,8 @@ def anchor_offload(tmp, s3, mib):
     cf = os.path.join(tmp, "store.toml")
     with open(cf, "w") as f:
         f.write('access_key = "%s"\nsecret_key = "%s"\n' % (ACCESS_KEY, SECRET_KEY))
+    if cached:
+        prefill_cache(os.path.join(tmp, "anchor"), cached)
     a = AnchorProc(os.path.join(tmp, "anchor"), "--fleet", "s3://" + BUCKET, "--fleet-endpoint", s3.endpoint,
                    "--fleet-key-file", kf, "--fleet-credentials-file", cf, secure=True).start()
     out = {}
@@ -142,6 +173,10 @@ def anchor_offload(tmp, s3, mib):
         run_rover("cpython", a.link, "bench", state, "backup", src)
         took, d, st = offload()
         out["second"] = {"seconds": round(took, 2), "requests": d["requests"], "packs": d["packs"]}
+        rss = rss_of(a.proc.pid)
+        out["anchor_rows_cached"] = cached
+        out["anchor_rss_mib"] = rss["VmRSS"]
+        out["anchor_peak_rss_mib"] = rss["VmHWM"]
     finally:
         a.stop()
     return out
@@ -216,7 +251,7 @@ def main():
                 loaded[k]
             lookup_us = (time.perf_counter() - t) / len(keys) * 1e6
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-            anchor = anchor_offload(tmp, s3, a.anchor_mib)
+            anchor = anchor_offload(tmp, s3, a.anchor_mib, cached=a.entries)
         finally:
             s3.stop()
     gb = raw / 1e9

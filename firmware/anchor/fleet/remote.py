@@ -50,6 +50,7 @@ class RemoteChunks:
         self.forgotten = set()        # chunks whose copy was found damaged or gone: relearn them
         self._lock = threading.Lock()  # rows are written by the loop, read by restore threads too
         db.executescript(_SCHEMA)
+        self._count = list(db.execute("SELECT count(*), coalesce(sum(raw), 0) FROM remote").fetchone())
 
     # --- device keys -----------------------------------------------------------------
 
@@ -70,18 +71,28 @@ class RemoteChunks:
         """rows: (chunk sha, device, pack, offset, sealed length, raw length)."""
         with self._lock:
             db = self.db
+            n = nbytes = 0
             db.execute("BEGIN")
             try:
-                db.executemany("INSERT OR IGNORE INTO remote VALUES (?, ?, ?, ?, ?, ?)", rows)
+                for r in rows:
+                    if db.execute("INSERT OR IGNORE INTO remote VALUES (?, ?, ?, ?, ?, ?)", r).rowcount:
+                        n += 1
+                        nbytes += r[5]
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            self._count[0] += n
+            self._count[1] += nbytes
 
     def forget(self, chunk, device):
         self.forgotten.add(bytes(chunk))
         with self._lock:
-            self.db.execute("DELETE FROM remote WHERE chunk=? AND device=?", (bytes(chunk), device))
+            row = self.db.execute("SELECT raw FROM remote WHERE chunk=? AND device=?", (bytes(chunk), device)).fetchone()
+            if row is not None:
+                self.db.execute("DELETE FROM remote WHERE chunk=? AND device=?", (bytes(chunk), device))
+                self._count[0] -= 1
+                self._count[1] -= row[0]
 
     def has(self, chunk):
         with self._lock:
@@ -107,9 +118,9 @@ class RemoteChunks:
         return row
 
     def count(self):
-        with self._lock:
-            n, b = self.db.execute("SELECT count(DISTINCT chunk), coalesce(sum(raw), 0) FROM remote").fetchone()
-        return n, b
+        """(copies of chunks in the store this anchor knows of, their raw bytes): kept as rows
+        come and go, so the status stays cheap with a million rows."""
+        return tuple(self._count)
 
     def rows(self, chunk):
         """Every copy of the chunk this anchor can unseal: (device, pack, offset, length, raw)."""
