@@ -139,6 +139,8 @@ def anchor_offload(tmp, s3, mib, cached=0):
                    "--fleet-key-file", kf, "--fleet-credentials-file", cf, secure=True).start()
     out = {}
     try:
+        anchorctl(a.address, "fleet")
+        out["anchor_idle_rss_mib"] = rss_of(a.proc.pid)["VmRSS"]      # the cache open, nothing done
         state = os.path.join(tmp, "state")
         code = json.loads(anchorctl(a.address, "pair", "bench", "--json").stdout)["code"]
         subprocess.run(rover_cmd("cpython", "tcp://unused:1", "bench", state, "pair", code), check=True,
