@@ -98,3 +98,23 @@ def test_a_damaged_or_foreign_index_object_is_named(objects):
     objects.put_once(key.replace("idx/0/", "idx/0/z"), bytes(raw))
     with pytest.raises(DamagedObject, match="does not unseal"):
         a.load()
+
+
+def test_a_reader_of_one_device_opens_only_its_objects(objects):
+    clock = Clock()
+    ix = fi.FleetIndex(objects, KEY, "anchor-a", clock)
+    ix.write([("d1", os.urandom(32), "p1", 0, 100, 90)])
+    ix.write([("d2", os.urandom(32), "p2", 0, 100, 90)])
+    ix.write([("d1", os.urandom(32), "p3", 0, 100, 90), ("d2", os.urandom(32), "p3", 100, 100, 90)])
+    everything = ix.load()
+    opened = []
+    real = ix._open
+
+    def counting(key):
+        opened.append(key)
+        return real(key)
+    ix._open = counting
+    got = ix.load(device="d1")
+    assert got == dict((k, v) for k, v in everything.items() if k[0] == "d1") and len(got) == 2
+    # d1's own object and the one of both devices; d2's own object was never read
+    assert len(opened) == 2 and not any("/dd2." in k for k in opened), opened

@@ -19,6 +19,7 @@ compacted/<c> only in that case, and the merged sources are deleted one WRITE_WI
 still, so a reader that listed them before the compaction appeared still finds them."""
 import json
 import os
+import re
 import struct
 import time
 
@@ -34,6 +35,9 @@ HEADER = struct.pack(">8sHH4x", MAGIC, VERSION, KIND_INDEX)
 WRITE_WINDOW = 3600          # seconds a writer may take from reading the epoch to its PUT
 MAX_OBJECTS = 1000           # index objects in an epoch before it is advanced
 MAX_AGE = 6 * 3600           # ...or seconds since it began
+
+
+_NAME = re.compile(r"^[0-9a-zA-Z_-]{1,64}$")    # device ids that may stand in an object's name
 
 
 def _num(key):
@@ -96,7 +100,12 @@ class FleetIndex:
         `epoch`, as read earlier by this writer); the object's key."""
         n = self.current() if epoch is None else epoch
         self.seq += 1
-        key = "idx/%d/%s-%08d-%s" % (n, self.anchor, self.seq, os.urandom(4).hex())
+        # An object of one device's entries says so in its name (d<device id>.): a reader that
+        # wants one device's entries skips the other devices' objects without a GET.
+        devices = set(e[0] for e in entries)
+        one = devices.pop() if len(devices) == 1 else None
+        only = "d%s." % one if isinstance(one, str) and _NAME.match(one) else ""
+        key = "idx/%d/%s%s-%08d-%s" % (n, only, self.anchor, self.seq, os.urandom(4).hex())
         if not self.objects.put_once(key, self._seal(sorted(entries), key)):
             raise DamagedObject("index object %s existed already" % key)
         return key
@@ -157,6 +166,9 @@ class FleetIndex:
                 raise DamagedObject("compacted/%d vanished while in use" % c)
             entries.extend(got)
         for key in self._sources(1 << 62, c):
+            name = key.rsplit("/", 1)[1]
+            if device is not None and name.startswith("d") and "." in name and name[1:name.index(".")] != device:
+                continue            # another device's object
             entries.extend(self._open(key) or ())
         # An entry is (device, chunk id, pack, offset, length[, raw length]): the value is
         # everything after the key, so entries of either length read the same way.
