@@ -43,7 +43,9 @@ class S3Objects:
         """Create `key` with `data` unless it exists (If-None-Match: *): True if this call
         created it, False if it was there (whoever wrote it first wins, whole)."""
         try:
-            obstore.put(self.store, self.prefix + key, bytes(data), mode="create")
+            # any buffer as it is (a pack is a 16 MiB bytearray: no copy of it here)
+            obstore.put(self.store, self.prefix + key, data if isinstance(data, (bytes, bytearray, memoryview))
+                        else bytes(data), mode="create")
             return True
         except (oe.AlreadyExistsError, oe.PreconditionError):
             return False

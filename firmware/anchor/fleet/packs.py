@@ -64,7 +64,9 @@ class PackWriter:
         self.aead = ChaCha20Poly1305(seal_key)
         self.content_key = content_key
         self.name = os.urandom(16).hex()
-        self.parts = [HEADER]
+        # One growing buffer, not parts joined at the end: a 16 MiB pack is then held once
+        # while it is built and PUT, not twice (docs/benchmarks.md, fleet: peak RSS).
+        self.buf = bytearray(HEADER)
         self.size = len(HEADER)
         self.entries = []           # [keyed id, offset, length]
 
@@ -75,7 +77,7 @@ class PackWriter:
         plain = (b"\x01" + packed) if len(packed) < len(raw) else (b"\x00" + bytes(raw))
         sealed = _seal(self.aead, plain, kid)
         entry = [kid, self.size, len(sealed)]
-        self.parts.append(sealed)
+        self.buf += sealed
         self.size += len(sealed)
         self.entries.append(entry)
         return tuple(entry)
@@ -84,8 +86,11 @@ class PackWriter:
         return self.size >= self.target
 
     def data(self):
+        """The whole pack (a bytearray: PUT as it is; call once)."""
         index = _seal(self.aead, cbor2.dumps(self.entries), b"index" + self.name.encode())
-        return b"".join(self.parts) + index + struct.pack(">I", len(index))
+        self.buf += index
+        self.buf += struct.pack(">I", len(index))
+        return self.buf
 
 
 def read_chunk(objects, key, name, offset, length, seal_key, content_key, chunk_sha):
