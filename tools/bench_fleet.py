@@ -102,7 +102,7 @@ def prefill_cache(data_dir, n):
     from anchor.fleet.remote import RemoteChunks
     from anchor.fleet.state import open_state
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    db = open_state(data_dir)
+    db, _ = open_state(data_dir)
     db.execute("PRAGMA synchronous=OFF")        # a bench's fill; the anchor opens it FULL
     r = RemoteChunks(db, None, FleetKeys(bytes(32)))
     rnd = random.Random(2)

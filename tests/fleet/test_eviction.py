@@ -58,6 +58,22 @@ def test_offloaded_chunks_leave_flash_and_are_served_from_the_store(fleet, tmp_p
         out2 = str(tmp_path / "restored2")
         anchorctl(a.address, "restore", "g", "--to", out2)
         assert_same_tree(snapshot_of(str(root)), out2, 10 ** 9)
+
+        # The SD card damages fleet.sqlite, the anchor's record of what it offloaded: it is
+        # moved aside, and where the evicted chunks are is read from the store again.
+        a.stop()
+        data = str(tmp_path / "a")
+        with open(os.path.join(data, "fleet.sqlite"), "r+b") as f:
+            f.write(b"\xff" * 4096)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(os.path.join(data, "fleet.sqlite" + suffix)):
+                os.unlink(os.path.join(data, "fleet.sqlite" + suffix))
+        a = AnchorProc(data, "--capacity", "1500K", *fleet.args(), secure=True).start()
+        assert [n for n in os.listdir(data) if n.startswith("fleet.sqlite.damaged-")]
+        offload(a)
+        out3 = str(tmp_path / "restored3")
+        anchorctl(a.address, "restore", "g", "--to", out3)
+        assert_same_tree(snapshot_of(str(root)), out3, 10 ** 9)
     finally:
         a.stop()
         origin.close()

@@ -120,7 +120,7 @@ class Fleet:
         self.config = config
         self.catalog = catalog
         self.now = now
-        self.db = open_state(data_dir)
+        self.db, self.fresh = open_state(data_dir)
         self.anchor_id = anchor_id(self.db)
         self.keys = fkeys.FleetKeys(config.key)
         self.objects = objects or S3Objects(config.bucket, config.endpoint, config.access_key, config.secret_key,
@@ -180,6 +180,8 @@ class Fleet:
         """One offload pass; True if it got everything pending into the store."""
         self.state = "offloading"
         try:
+            if self.fresh:
+                await self.rebuild()
             n = await self.offloader.run_once()
         except (ObjectStoreError, StoreError, DamagedObject, OSError) as e:
             self.last_error = "%s: %s" % (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.now())), e)
@@ -210,6 +212,31 @@ class Fleet:
         except (ObjectStoreError, DamagedObject) as e:
             log.warning("fleet: index upkeep stopped: %s", e)
 
+    async def rebuild(self):
+        """fleet.sqlite made new (first start in a fleet, or the file was lost or damaged)
+        while the catalog holds snapshots: the chunks of those that flash no longer holds were
+        evicted after an offload; where they are in the store is read from the index again.
+        Done once, before the first pass (the store away: tried again at the next)."""
+        want = set()
+        local = self.local
+        for d in self.catalog.devices():
+            name = d["device"]
+            secret = self.catalog.pairing_key(name)
+            if secret is not None and self.remote.device_key(name) is None:
+                self.remote.learn_device(name, secret)
+            dev = self.catalog.device_id(name, create=False)
+            for snap in self.catalog.snapshots(dev) if dev is not None else ():
+                ids = [bytes(c[i:i + 32]) for _, _, c in self.catalog.tree_chunk_lists(snap["root"])
+                       for i in range(0, len(c), 32)]
+                want.update(ids[i] for i in local.missing(ids))
+        if want:
+            self.state = "reading the index again"
+            kids, mine = self._wanted(want)
+            found = self._learned(await asyncio.to_thread(self._find, kids, mine, True))
+            log.warning("fleet: this anchor's record of its fleet was new; %d of %d chunks missing from "
+                        "flash found in the store again", len(found), len(want))
+        self.fresh = False
+
     # --- damage --------------------------------------------------------------------------
 
     def report_damage(self, pack):
@@ -222,19 +249,33 @@ class Fleet:
 
     def relearn(self, chunks):
         """Copies of `chunks` the index names that this anchor did not know (another anchor
-        offloaded them again after a damage), for devices whose key it holds: added to the
-        local rows; the set of chunks found. One read of the index for all of them."""
+        offloaded them again after a damage, or this anchor's record was lost), for devices
+        whose key it holds: added to the local rows; the set of chunks found. One read of the
+        index for all of them."""
+        want, mine = self._wanted(chunks)
+        return self._learned(self._find(want, mine))
+
+    def _wanted(self, chunks):
         from anchor.fleet.packs import keyed_id
         want = dict((keyed_id(self.keys.content, bytes(c)), bytes(c)) for c in chunks)
         mine = dict((self.keys.device_id(n), n) for n, in self.db.execute("SELECT device FROM device_keys"))
+        return want, mine
+
+    def _find(self, want, mine, strict=False):
+        """The rows for `want` (keyed id -> chunk) in the index: store only (any thread).
+        The store away or the index damaged: [] (strict: the error)."""
         try:
             bad = set(k.rsplit("/", 1)[1] for k, _ in self.objects.list("bad/"))
             entries = self.index.load()
         except (ObjectStoreError, DamagedObject) as e:
+            if strict:
+                raise
             log.warning("fleet: cannot read the index again: %s", e)
-            return set()
-        rows = [(want[k], mine[d], v[0], v[1], v[2], v[3]) for (d, k), v in entries.items()
+            return []
+        return [(want[k], mine[d], v[0], v[1], v[2], v[3]) for (d, k), v in entries.items()
                 if k in want and d in mine and v[0] not in bad and len(v) >= 4]
+
+    def _learned(self, rows):
         self.remote.add(rows)
         found = set(r[0] for r in rows)
         self.remote.forgotten -= found
