@@ -24,6 +24,7 @@ log = logging.getLogger("anchor")
 
 DEFAULT_INTERVAL = 300.0       # seconds between offload passes when nothing asks for one
 SYNC_SECONDS = 20.0            # a rover's first contact waits at most this for the store
+VISIT_SECONDS = 60.0           # a rover's snapshots are looked for at most this often
 MAX_BACKOFF = 600.0
 
 
@@ -142,6 +143,7 @@ class Fleet:
         self.last_pass = None
         self.last_error = None
         self.passes = 0
+        self.visited = {}               # device -> when its snapshots were last looked for
         self.last_upkeep = None
         self.swept = None               # what the last sweep of unnamed packs did
 
@@ -283,12 +285,18 @@ class Fleet:
 
     # --- a rover arrives ---------------------------------------------------------------
 
-    async def visit(self, device):
+    async def visit(self, device, again=False):
         """A paired rover is here: take over what other anchors offloaded for it since. Store
-        trouble is logged, never fatal: the backup then answers from flash alone."""
+        trouble is logged, never fatal: the backup then answers from flash alone. A rover that
+        opens link after link (relay commands) costs the store one look per VISIT_SECONDS:
+        it cannot have backed up elsewhere while it talks to this anchor."""
         secret = self.catalog.pairing_key(device)
         if secret is None:
             return []
+        t = time.monotonic()
+        if not again and t - self.visited.get(device, -1e18) < VISIT_SECONDS:
+            return []
+        self.visited[device] = t
         try:
             plan = await asyncio.wait_for(asyncio.to_thread(self.sync.fetch, device, secret,
                                                             self.sync.known(device)), SYNC_SECONDS)
@@ -315,7 +323,7 @@ class Fleet:
                 raise TakeOverError(404, "the fleet holds no live pairing for %r" % device)
             self.catalog.pair(device, got[1])
             self.pairings.hold(device, got[0])
-        taken = await self.visit(device)
+        taken = await self.visit(device, again=True)
         dev = self.catalog.device_id(device, create=False)
         return {"device": device, "taken_over": taken,
                 "snapshots": [s["id"] for s in self.catalog.snapshots(dev)] if dev is not None else []}
