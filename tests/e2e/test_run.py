@@ -60,8 +60,15 @@ class Rover:
         return len([ln for ln in self.lines if re.search(pattern, ln)])
 
     def finish(self, timeout=60):
-        """Exit status, all output read."""
-        out, _ = self.proc.communicate(timeout=timeout)
+        """Exit status, all output read; AssertionError with everything the rover printed if
+        it has not ended within `timeout` (it is killed then, so its output can be read)."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+            self.lines += [ln.decode(errors="replace") for ln in (self._buf + out).split(b"\n") if ln]
+            raise AssertionError("the rover did not end within %g s; it printed:\n%s" % (timeout, "\n".join(self.lines)))
         self._buf += out
         self.lines += [ln.decode(errors="replace") for ln in self._buf.split(b"\n") if ln]
         self._buf = b""
