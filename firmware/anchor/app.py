@@ -119,11 +119,10 @@ class App:
         self.admission = Admission()      # the links and proxy clients it holds at once
         self.http_proxy = HttpProxy(self.catalog, self.capture, relay_timeout, relay_max,
                                     keep_bodies=capture, open=open, admission=self.admission)
-        self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
-                                      admission=self.admission, restore=self.restore)
-        self.sessions.fleet = self.fleet
         self.fleet_pairings = self.fleet.pairings if self.fleet is not None else None
-        self.sessions.fleet_pairings = self.fleet_pairings
+        self.sessions = SessionServer(self.backup, self.relay, self.catalog, open=open, broker=broker,
+                                      admission=self.admission, restore=self.restore, fleet=self.fleet,
+                                      fleet_pairings=self.fleet_pairings)
 
     def _check_version(self):
         p = os.path.join(self.data_dir, "ANCHOR-DATA")

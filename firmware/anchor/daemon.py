@@ -37,7 +37,7 @@ class SessionServer:
     the bytes links moved."""
 
     def __init__(self, backup, relay, catalog, open=False, broker=None, admission=None, restore=None,
-                 fleet_pairings=None):
+                 fleet=None, fleet_pairings=None):
         self.backup = backup              # services.backup.BackupService
         self.relay = relay                # services.relay.RelayService
         self.restore = restore            # services.restore.RestoreService (restores over the link)
@@ -57,7 +57,7 @@ class SessionServer:
         self.streams = {}                 # task -> writer
         self.channel_links = {}           # port name -> its latest links.chanlink.ChannelConnection
         self.sessions_total = 0
-        self.fleet = None                 # anchor.fleet.service.Fleet of a fleet anchor (App sets it)
+        self.fleet = fleet                # anchor.fleet.service.Fleet of a fleet anchor, or None
         self.fleet_pairings = fleet_pairings   # ...and its pairings (fleet/pairings.py): read at handshakes
 
     # --- one rover link ----------------------------------------------------------------

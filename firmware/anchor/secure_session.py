@@ -100,7 +100,7 @@ async def _through_fleet(server, fleet, device, key):
             return key
         got = await asyncio.wait_for(asyncio.to_thread(fleet.lookup, device), FLEET_SECONDS)
     except Exception as e:          # timeout, unreachable, damaged: what is held here decides
-        log.warning("fleet: no answer from the store about %s's pairing: %s", device, e or "timed out")
+        log.warning("fleet: no answer from the store about %s's pairing: %s", device, str(e) or "timed out")
         return key
     if got is None:
         return None
@@ -127,9 +127,8 @@ async def accept(server, reader, writer):
                 raise Refused("a plain link (no secure handshake)")
             elif ev == handshake.HELLO:
                 key = server.catalog.pairing_key(hs.device)
-                fleet = getattr(server, "fleet_pairings", None)
-                if fleet is not None:
-                    key = await _through_fleet(server, fleet, hs.device, key)
+                if server.fleet_pairings is not None:
+                    key = await _through_fleet(server, server.fleet_pairings, hs.device, key)
                 if key is None:
                     # Answered as if paired, under a key nobody holds: the proof we send
                     # is random to the peer either way, and the handshake fails at its

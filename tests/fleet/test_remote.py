@@ -44,7 +44,8 @@ def test_a_swept_copy_is_forgotten_and_the_indexed_one_read(remote):
         asked.extend(cs)
         remote.add([good])
         return set(cs)
-    assert remote.read(cid, relearn) == raw
+    remote.relearn = relearn
+    assert remote.read(cid) == raw
     assert asked == [cid]
     assert [r[1] for r in remote.rows(cid)] == [good[2]]           # the gone copy is forgotten
 
@@ -60,9 +61,11 @@ def test_a_damaged_copy_is_reported_and_without_another_the_error_says_so(remote
     remote.add([row])
     reported = []
     remote.on_damage = reported.append
+    remote.relearn = lambda cs: set()
     with pytest.raises(StoreError, match="damaged or gone"):
-        remote.read(row[0], lambda cs: set())
+        remote.read(row[0])
     assert reported == [row[2]] and remote.damaged == 1 and remote.rows(row[0]) == []
+    remote.relearn = None
     with pytest.raises(StoreError, match="not stored here nor in the fleet store"):
         remote.read(row[0])
 

@@ -384,7 +384,7 @@ class Api:
     async def _fleet_pair(self, out):
         """On a fleet anchor, a new pairing goes to the store too, so every anchor of the fleet
         knows the rover. The store away does not undo it here: `fleet` says what happened."""
-        fleet = getattr(self.app, "fleet_pairings", None)
+        fleet = self.app.fleet_pairings
         if fleet is None:
             return out
         device = out["device"]
@@ -403,7 +403,7 @@ class Api:
         """Unpair here, and on a fleet anchor revoke the pairing in the store so that every
         anchor of the fleet refuses the rover (at its next handshake; open links within the
         poll). 404 only if neither this anchor nor the fleet knew it."""
-        fleet = getattr(self.app, "fleet_pairings", None)
+        fleet = self.app.fleet_pairings
         gone = self.app.sessions.revoke(device)
         if fleet is None:
             if not gone:

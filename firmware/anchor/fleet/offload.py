@@ -67,7 +67,6 @@ class Offloader:
         self.now = now
         self.totals = {"packs": 0, "chunks": 0, "bytes": 0, "snapshots": 0, "requests": 0,
                        "seconds": 0.0}
-        self.last_error = None
         self.skipped = {}             # "device/seq" -> why it could not be offloaded this pass
         db.executescript(_SCHEMA)
 
@@ -91,14 +90,21 @@ class Offloader:
                      if s["id"] not in done]
             if not snaps:
                 continue
-            if self.remote.device_key(name) is None:
-                secret = self.catalog.pairing_key(name)
-                if secret is None:
-                    unpaired.append(name)
-                    continue
-                self.remote.learn_device(name, secret)
+            if self.device_key(name) is None:
+                unpaired.append(name)
+                continue
             out += [(name, s) for s in snaps]
         return out, unpaired
+
+    def device_key(self, name):
+        """The key that seals `name`'s data, derived from its pairing once and kept; None for
+        a device never paired here."""
+        key = self.remote.device_key(name)
+        if key is None:
+            secret = self.catalog.pairing_key(name)
+            if secret is not None:
+                key = self.remote.learn_device(name, secret)
+        return key
 
     async def run_once(self):
         """Offload every pending snapshot, then the captures by policy; the number of
@@ -129,7 +135,7 @@ class Offloader:
         number offloaded again."""
         bad = [k.rsplit("/", 1)[1] for k, _ in await asyncio.to_thread(self.objects.list, "bad/")]
         seen = set(r[0] for r in self.db.execute("SELECT pack FROM bad_packs"))
-        n = 0
+        total = 0
         for pack in bad:
             if pack in seen:
                 continue
@@ -137,19 +143,19 @@ class Offloader:
             for c, d in self.remote.in_pack(pack):
                 self.remote.forget(c, d)
                 byd.setdefault(d, []).append(c)
+            n = 0
             for d, ids in byd.items():
                 n += await self._pack(d, ids, skip_missing=True)
             self.db.execute("INSERT OR IGNORE INTO bad_packs VALUES (?, ?)", (pack, self.now()))
             if byd:
                 log.warning("fleet: pack %s is damaged; %d of its chunks offloaded again from flash", pack, n)
-        return n
+            total += n
+        return total
 
     async def offload_captures(self, name):
         dev = self.catalog.device_id(name, create=False)
-        if dev is None:
+        if dev is None or self.device_key(name) is None:
             return
-        if self.remote.device_key(name) is None:
-            self.remote.learn_device(name, self.catalog.pairing_key(name))
         row = self.db.execute("SELECT last FROM offloaded_captures WHERE device=?", (name,)).fetchone()
         last = row[0] if row else 0
         while True:
@@ -202,7 +208,7 @@ class Offloader:
             await self._finish_pack(name, did, dkey, writer, packed)
         return len(todo)
 
-    async def _put(self, key, data, create_once=True):
+    async def _put(self, key, data):
         t0 = time.monotonic()
         made = await asyncio.to_thread(self.objects.put_once, key, data)
         self.totals["requests"] += 1
@@ -254,12 +260,10 @@ class Offloader:
         await self._put(key, data)
         # Read back before anything names it or flash lets go of its chunks: the store has it
         # whole (length) and its own index unseals from its tail with what was written.
-        size = await asyncio.to_thread(self.objects.size, key)
-        back = await asyncio.to_thread(packs.read_index, self.objects, key, writer.name, dkey)
-        self.totals["requests"] += 5
-        if size != len(data) or back != [(kid, off, ln) for _, kid, off, ln, _ in packed]:
-            raise packs.DamagedObject("pack %s did not read back as written (%s bytes of %d)"
-                                      % (writer.name, size, len(data)))
+        back = await asyncio.to_thread(packs.read_index, self.objects, key, writer.name, dkey, len(data))
+        self.totals["requests"] += 4
+        if back != [(kid, off, ln) for _, kid, off, ln, _ in packed]:
+            raise packs.DamagedObject("pack %s did not read back as written" % writer.name)
         if time.monotonic() - started > PACK_DEADLINE:
             raise ObjectStoreError("pack %s took %.0f s from its PUT to its index (deadline %.0f s): not named; "
                                    "packed again on the next pass" % (writer.name, time.monotonic() - started,

@@ -111,11 +111,14 @@ def read_chunk(objects, key, name, offset, length, seal_key, content_key, chunk_
     return raw
 
 
-def read_index(objects, key, name, seal_key):
-    """The pack's own index, [(keyed id, offset, length)], from its header and tail."""
+def read_index(objects, key, name, seal_key, expect_size=None):
+    """The pack's own index, [(keyed id, offset, length)], from its header and tail;
+    expect_size: the length it must have (a writer reading its PUT back)."""
     size = objects.size(key)
     if size is None:
         raise DamagedObject("pack %s is missing" % name)
+    if expect_size is not None and size != expect_size:
+        raise DamagedObject("pack %s is %d bytes in the store, %d were written" % (name, size, expect_size))
     if size < len(HEADER) + 4:
         raise DamagedObject("pack %s is %d bytes: too short" % (name, size))
     head = objects.get_range(key, 0, len(HEADER))

@@ -96,11 +96,12 @@ class FleetPairings:
                 log.warning("fleet: revocation %s of %s does not unseal: ignored", gen, name)
         return out
 
-    def _newest(self, name):
+    def _newest(self, name, revoked=None):
         """(generation, secret) of the newest pairing of `name` in the store that is not
-        revoked and unseals, or None."""
+        revoked and unseals, or None. revoked: its revoked generations, if already listed."""
         self.lookups += 1
-        revoked = self._revoked(name)
+        if revoked is None:
+            revoked = self._revoked(name)
         for gen in sorted(self._gens(name, "pair"), reverse=True):
             if gen in revoked:
                 continue
@@ -112,7 +113,8 @@ class FleetPairings:
             return gen, secret
         return None
 
-    def _hold(self, name, gen):
+    def hold(self, name, gen):
+        """This anchor holds generation `gen` of `name`'s pairing (the loop's thread)."""
         self.db.execute("INSERT OR REPLACE INTO fleet_pairings VALUES (?, ?, ?)", (name, gen, self.now()))
 
     def held(self, name):
@@ -148,9 +150,6 @@ class FleetPairings:
         self.checked[name] = t
         return got
 
-    def hold(self, name, gen):
-        self._hold(name, gen)
-
     def drop(self, name):
         self.db.execute("DELETE FROM fleet_pairings WHERE device=?", (name,))
         self.checked.pop(name, None)
@@ -179,10 +178,11 @@ class FleetPairings:
         "revoked"} for those revoked, {name: (generation, secret)} for a newer generation."""
         out = {}
         for name, gen in held.items():
-            if gen in self._revoked(name):
+            revoked = self._revoked(name)
+            if gen in revoked:
                 out[name] = "revoked"
                 continue
-            got = self._newest(name)
+            got = self._newest(name, revoked)
             if got is not None and got[0] > gen:
                 out[name] = got
         return out

@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS device_keys (device TEXT PRIMARY KEY, key BLOB NOT NU
 """
 
 
+# The copies of one chunk this anchor can unseal: those sealed for a device whose key it holds.
+_COPIES = ("SELECT r.device, r.pack, r.off, r.len, r.raw, k.key FROM remote r JOIN device_keys k "
+           "ON k.device = r.device WHERE r.chunk=?")
+
+
 def pack_key(name):
     return "packs/%s/%s" % (name[:2], name)
 
@@ -111,11 +116,9 @@ class RemoteChunks:
         return out
 
     def where(self, chunk):
+        """One copy of the chunk this anchor can unseal (see rows()), or None."""
         with self._lock:
-            # any copy whose device key this anchor holds
-            row = self.db.execute("SELECT r.device, r.pack, r.off, r.len, r.raw FROM remote r JOIN device_keys k "
-                                  "ON k.device = r.device WHERE r.chunk=? LIMIT 1", (bytes(chunk),)).fetchone()
-        return row
+            return self.db.execute(_COPIES + " LIMIT 1", (bytes(chunk),)).fetchone()
 
     def count(self):
         """(copies of chunks in the store this anchor knows of, their raw bytes): kept as rows
@@ -123,26 +126,25 @@ class RemoteChunks:
         return tuple(self._count)
 
     def rows(self, chunk):
-        """Every copy of the chunk this anchor can unseal: (device, pack, offset, length, raw)."""
+        """Every copy of the chunk this anchor can unseal: (device, pack, offset, sealed
+        length, raw length, device key)."""
         with self._lock:
-            return self.db.execute("SELECT r.device, r.pack, r.off, r.len, r.raw FROM remote r JOIN device_keys k "
-                                   "ON k.device = r.device WHERE r.chunk=?", (bytes(chunk),)).fetchall()
+            return self.db.execute(_COPIES, (bytes(chunk),)).fetchall()
 
     def in_pack(self, pack):
         """[(chunk, device)] this anchor knows in pack `pack`."""
         with self._lock:
             return [(bytes(c), d) for c, d in self.db.execute("SELECT chunk, device FROM remote WHERE pack=?", (pack,))]
 
-    def read(self, chunk, relearn=None):
+    def read(self, chunk):
         """The chunk's bytes from the store; StoreError if it is not there or not right. A
         damaged copy is forgotten and reported (on_damage: the pack's holders offload its
-        chunks again), then the next copy is tried; `relearn(chunk)` may find copies this
-        anchor did not know of (the index, read again: [chunks] -> set of those found)."""
+        chunks again), then the next copy is tried; `relearn` may find copies this anchor did
+        not know of (the index, read again)."""
         chunk = bytes(chunk)
         why = None
         for attempt in range(2):
-            for device, name, off, length, _ in self.rows(chunk):
-                key = self.device_key(device)
+            for device, name, off, length, _, key in self.rows(chunk):
                 try:
                     raw = packs.read_chunk(self.objects, pack_key(name), name, off, length, key,
                                            self.keys.content, chunk)
@@ -165,7 +167,7 @@ class RemoteChunks:
                     raise StoreError("chunk %s: the fleet store cannot be read: %s" % (chunk.hex()[:16], e))
                 self.reads += 1
                 return raw
-            if attempt or relearn is None or not relearn([chunk]):
+            if attempt or self.relearn is None or not self.relearn([chunk]):
                 break
         if why is not None:
             raise StoreError("chunk %s: the fleet store's copy is damaged or gone (%s)" % (chunk.hex()[:16], why))
@@ -205,7 +207,7 @@ class TieredStore:
         except StoreError:
             if not self.remote.has(chunk_id):
                 raise
-        return self.remote.read(chunk_id, self.remote.relearn)
+        return self.remote.read(chunk_id)
 
     def info(self, chunk_id):
         got = self.local.info(chunk_id)

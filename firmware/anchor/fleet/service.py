@@ -13,7 +13,7 @@ from anchor.fleet import keys as fkeys
 from anchor.fleet.index import FleetIndex
 from anchor.fleet.objects import ObjectStoreError, S3Objects
 from anchor.fleet.offload import Offloader
-from anchor.fleet.packs import DamagedObject
+from anchor.fleet.packs import DamagedObject, keyed_id
 from anchor.fleet.pairings import POLL_SECONDS, FleetPairings
 from anchor.fleet.remote import RemoteChunks, TieredStore
 from anchor.fleet.state import anchor_id, open_state
@@ -219,18 +219,15 @@ class Fleet:
         while the catalog holds snapshots: the chunks of those that flash no longer holds were
         evicted after an offload; where they are in the store is read from the index again.
         Done once, before the first pass (the store away: tried again at the next)."""
+        snaps = self.catalog.all_snapshots()
+        for name in set(n for n, _ in snaps):
+            self.offloader.device_key(name)          # learnt from its pairing, if any
+        roots = set(s["root"] for _, s in snaps)
         want = set()
-        local = self.local
-        for d in self.catalog.devices():
-            name = d["device"]
-            secret = self.catalog.pairing_key(name)
-            if secret is not None and self.remote.device_key(name) is None:
-                self.remote.learn_device(name, secret)
-            dev = self.catalog.device_id(name, create=False)
-            for snap in self.catalog.snapshots(dev) if dev is not None else ():
-                ids = [bytes(c[i:i + 32]) for _, _, c in self.catalog.tree_chunk_lists(snap["root"])
-                       for i in range(0, len(c), 32)]
-                want.update(ids[i] for i in local.missing(ids))
+        for root in roots:                           # a tree several snapshots share: once
+            ids = [bytes(c[i:i + 32]) for _, _, c in self.catalog.tree_chunk_lists(root)
+                   for i in range(0, len(c), 32)]
+            want.update(ids[i] for i in self.local.missing(ids))
         if want:
             self.state = "reading the index again"
             kids, mine = self._wanted(want)
@@ -258,7 +255,6 @@ class Fleet:
         return self._learned(self._find(want, mine))
 
     def _wanted(self, chunks):
-        from anchor.fleet.packs import keyed_id
         want = dict((keyed_id(self.keys.content, bytes(c)), bytes(c)) for c in chunks)
         mine = dict((self.keys.device_id(n), n) for n, in self.db.execute("SELECT device FROM device_keys"))
         return want, mine
@@ -301,7 +297,7 @@ class Fleet:
             plan = await asyncio.wait_for(asyncio.to_thread(self.sync.fetch, device, secret,
                                                             self.sync.known(device)), SYNC_SECONDS)
         except Exception as e:          # unreachable, slow (timeout), damaged: flash alone
-            log.warning("fleet: cannot look for %s's snapshots in the store: %s", device, e or "timed out")
+            log.warning("fleet: cannot look for %s's snapshots in the store: %s", device, str(e) or "timed out")
             return []
         return self.sync.apply(plan)
 

@@ -113,8 +113,8 @@ class Retention:
 
     def _evict(self, live, target):
         """Evict chunks no snapshot keeps (or that are in the fleet store) and no session holds,
-        least recently used first, until
-        the store's live bytes (now `live`) are at most `target`; then compact."""
+        least recently used first, until the store's live bytes (now `live`) are at most
+        `target`; then compact."""
         store = self.store
         catalog = self.catalog
         dropped = 0

@@ -66,13 +66,17 @@ class TreeStore:
             os.unlink(tmp)
         else:
             # new, or the file under this name is damaged: a backup with the same tree heals it
-            os.rename(tmp, final)
-            dfd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self._land(tmp, final)
         return digest, count, total
+
+    def _land(self, tmp, final):
+        """rename, then fsync the folder: the name survives a power cut."""
+        os.rename(tmp, final)
+        dfd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def install(self, digest, data):
         """Put a whole tree file (as another anchor of the fleet wrote it) under its digest:
@@ -83,33 +87,28 @@ class TreeStore:
             f.flush()
             os.fsync(f.fileno())
         try:
-            h = hashlib.sha256()
-            for enc in self._encodings_of(tmp, digest):
-                h.update(enc)
-            if h.digest() != digest:
-                raise TreeError("tree %s from the fleet store hashes to %s" % (digest.hex()[:16], h.hexdigest()[:16]))
+            self._hashed(tmp, digest, "from the fleet store does not match:")
         except BaseException:
             os.unlink(tmp)
             raise
-        os.rename(tmp, self.path(digest))
-        dfd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        self._land(tmp, self.path(digest))
 
     def check(self, digest):
         """Read tree `digest` whole and re-hash it: its number of entries when it is the tree
         its name says, else TreeError naming what is wrong. Records are not decoded (that
         costs ten times the hashing): a tree that hashes to its root is the one the rover
         committed, and its records were checked then."""
+        return self._hashed(self.path(digest), digest, "is damaged:")
+
+    def _hashed(self, p, digest, what):
+        """The number of records of the tree file at `p`; TreeError unless they hash to digest."""
         h = hashlib.sha256()
         count = 0
-        for enc in self._encodings(digest):
+        for enc in self._encodings_of(p, digest):
             h.update(enc)
             count += 1
         if h.digest() != digest:
-            raise TreeError("tree %s is damaged: its records hash to %s" % (digest.hex(), h.hexdigest()[:16]))
+            raise TreeError("tree %s %s its records hash to %s" % (digest.hex(), what, h.hexdigest()[:16]))
         return count
 
     def problem(self, digest):
